@@ -1,0 +1,28 @@
+//! tvault: a deduplicating, content-addressed backup engine for machine-learning model
+//! artifacts. The `tvault` binary is a thin CLI over this library.
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use tvault::ops::{backup, restore};
+//! use tvault::repo::Repository;
+//!
+//! # fn main() -> tvault::error::Result<()> {
+//! let repo = Repository::init(Path::new("/tmp/repo"))?;
+//! let report = backup::run(&repo, &backup::BackupOptions::new(vec!["/data/ckpt".into()]), &tvault::progress::NoProgress)?;
+//! let repo = Repository::open(Path::new("/tmp/repo"))?;
+//! restore::run(&repo, &restore::RestoreOptions::new(&report.snapshot_id.to_hex(), "/tmp/out"), &tvault::progress::NoProgress)?;
+//! # Ok(()) }
+//! ```
+
+pub mod chunker;
+pub mod cli;
+pub mod codec;
+pub mod error;
+pub mod id;
+pub mod index;
+pub mod ops;
+pub mod pack;
+pub mod progress;
+pub mod repo;
+pub mod snapshot;
+pub mod tree;

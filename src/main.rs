@@ -1,0 +1,21 @@
+//! The `tvault` binary: parse, run, print the error chain, exit with a documented code.
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    match tvault::cli::run() {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            // A closed pipe (`tvault snapshots | head`) is the reader's choice, not a failure.
+            let broken_pipe = err.chain().any(|e| {
+                e.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            });
+            if broken_pipe {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("tvault: error: {err:#}");
+            ExitCode::from(tvault::cli::exit::ERROR)
+        }
+    }
+}

@@ -1,0 +1,374 @@
+//! `backup`: walk the sources, reuse the parent snapshot's chunk lists for files whose
+//! metadata has not changed, read and store the rest, then write the tree, the index and,
+//! last, the snapshot manifest (the commit point).
+
+use std::collections::HashMap;
+use std::fs::{self, Metadata};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use chrono::Utc;
+
+use super::read_file::{store_file, ReadOutcome};
+use crate::codec;
+use crate::error::{Error, IoContext, Result};
+use crate::id::Id;
+use crate::pack::BlobKind;
+use crate::progress::Progress;
+use crate::repo::{lock, BlobWriter, Repository};
+use crate::snapshot::{Snapshot, SnapshotKind, Summary};
+use crate::tree::{Node, NodeKind, NodePath, Tree};
+
+#[derive(Clone, Debug, Default)]
+pub struct BackupOptions {
+    pub paths: Vec<PathBuf>,
+    pub tags: Vec<String>,
+    /// Read every file, even those unchanged since the parent.
+    pub full: bool,
+    /// The parent snapshot (ID or prefix); by default the latest with the same host and paths.
+    pub parent: Option<String>,
+    /// Recorded host name; this machine's by default.
+    pub host: Option<String>,
+}
+
+impl BackupOptions {
+    pub fn new(paths: Vec<PathBuf>) -> BackupOptions {
+        BackupOptions {
+            paths,
+            ..BackupOptions::default()
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct BackupReport {
+    pub snapshot_id: Id,
+    pub snapshot: Snapshot,
+    /// Non-fatal warnings that do not make the snapshot incomplete (skipped special files).
+    pub warnings: Vec<String>,
+}
+
+/// One source path and the name it gets at the top of the tree.
+struct Source {
+    abs: PathBuf,
+    name: Vec<u8>,
+}
+
+fn resolve_sources(paths: &[PathBuf]) -> Result<Vec<Source>> {
+    if paths.is_empty() {
+        return Err(Error::Invalid("backup needs at least one path".into()));
+    }
+    let mut sources: Vec<Source> = Vec::new();
+    for p in paths {
+        let abs = fs::canonicalize(p)
+            .map_err(|e| Error::Invalid(format!("cannot back up {}: {e}", p.display())))?;
+        let name = abs
+            .file_name()
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "cannot back up {}: give a directory below /",
+                    p.display()
+                ))
+            })?
+            .as_bytes()
+            .to_vec();
+        if let Some(other) = sources.iter().find(|s| s.name == name) {
+            return Err(Error::Invalid(format!(
+                "{} and {} would both be stored as {:?}; back them up in separate snapshots",
+                other.abs.display(),
+                abs.display(),
+                String::from_utf8_lossy(&name)
+            )));
+        }
+        sources.push(Source { abs, name });
+    }
+    Ok(sources)
+}
+
+fn node_from(path: NodePath, kind: NodeKind, m: &Metadata) -> Node {
+    Node {
+        path,
+        kind,
+        mode: m.mode() & 0o7777,
+        mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+        ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+        inode: m.ino(),
+        dev: m.dev(),
+        uid: m.uid(),
+        gid: m.gid(),
+        size: 0,
+        chunks: Vec::new(),
+        target: None,
+    }
+}
+
+/// Same content as the parent's entry, judged from metadata only (no read).
+fn unchanged(parent: &Node, now: &Node) -> bool {
+    parent.kind == NodeKind::File
+        && parent.size == now.size
+        && parent.mtime_ns == now.mtime_ns
+        && parent.ctime_ns == now.ctime_ns
+        && parent.inode == now.inode
+}
+
+/// The latest snapshot of the same host and paths, or the one the user named.
+fn find_parent(
+    repo: &Repository,
+    opts: &BackupOptions,
+    host: &str,
+    paths: &[String],
+) -> Result<Option<(Id, Snapshot)>> {
+    if let Some(prefix) = &opts.parent {
+        let id = repo.resolve_snapshot(prefix)?;
+        return Ok(Some((id, repo.load_snapshot(&id)?)));
+    }
+    Ok(repo
+        .snapshots()?
+        .into_iter()
+        .rev()
+        .find(|(_, s)| s.host == host && s.paths == paths))
+}
+
+/// A walked entry waiting to be stored.
+struct Walked {
+    node: Node,
+    abs: PathBuf,
+}
+
+pub fn run(
+    repo: &Repository,
+    opts: &BackupOptions,
+    progress: &dyn Progress,
+) -> Result<BackupReport> {
+    let started = Instant::now();
+    let sources = resolve_sources(&opts.paths)?;
+    let _lock = repo.lock(false, "backup")?;
+    let host = opts.host.clone().unwrap_or_else(lock::hostname);
+    let mut paths: Vec<String> = sources
+        .iter()
+        .map(|s| s.abs.display().to_string())
+        .collect();
+    paths.sort();
+
+    let parent = find_parent(repo, opts, &host, &paths)?;
+    let parent_files: HashMap<NodePath, Node> = match &parent {
+        Some((_, snap)) => repo
+            .load_tree(&snap.tree)?
+            .nodes
+            .into_iter()
+            .filter(|n| n.kind == NodeKind::File)
+            .map(|n| (n.path.clone(), n))
+            .collect(),
+        None => HashMap::new(),
+    };
+
+    let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+    let walked = walk(&sources, &mut problems, &mut warnings, progress)?;
+
+    let mut summary = Summary::default();
+    let mut nodes = Vec::with_capacity(walked.len());
+    let mut to_read = Vec::new();
+    for Walked { mut node, abs } in walked {
+        match node.kind {
+            NodeKind::Dir => summary.dirs += 1,
+            NodeKind::Symlink => summary.symlinks += 1,
+            NodeKind::File => {
+                let prev = parent_files.get(&node.path);
+                match prev {
+                    None => summary.files_new += 1,
+                    Some(p) if unchanged(p, &node) => summary.files_unchanged += 1,
+                    Some(_) => summary.files_changed += 1,
+                }
+                let reusable = prev.filter(|p| {
+                    !opts.full
+                        && unchanged(p, &node)
+                        && p.chunks.iter().all(|c| repo.index().contains(c))
+                });
+                if let Some(p) = reusable {
+                    node.chunks = p.chunks.clone();
+                } else {
+                    to_read.push((nodes.len(), abs));
+                }
+            }
+        }
+        nodes.push(node);
+    }
+
+    let read_bytes: u64 = to_read.iter().map(|(i, _)| nodes[*i].size).sum();
+    progress.start(to_read.len() as u64, read_bytes);
+    let mut writer = BlobWriter::new(repo);
+    let mut skipped = Vec::new();
+    for (i, abs) in to_read {
+        progress.file(&nodes[i].path.display());
+        match read_with_retry(&abs, &mut writer, progress, &mut summary)? {
+            Ok((chunks, meta)) => {
+                let path = nodes[i].path.clone();
+                nodes[i] = node_from(path, NodeKind::File, &meta);
+                nodes[i].size = meta.len();
+                nodes[i].chunks = chunks;
+            }
+            Err(problem) => {
+                progress.warn(&problem);
+                problems.push(problem);
+                skipped.push(i);
+            }
+        }
+    }
+    for i in skipped.into_iter().rev() {
+        nodes.remove(i);
+    }
+    for n in nodes.iter().filter(|n| n.kind == NodeKind::File) {
+        summary.files += 1;
+        summary.total_bytes += n.size;
+    }
+
+    let tree = Tree::new(nodes);
+    let tree_bytes = tree.to_bytes();
+    let tree_id = Id::of(&tree_bytes);
+    let (encoding, stored) = codec::encode(&tree_bytes, repo.config().zstd_level);
+    writer.add(tree_id, BlobKind::Tree, encoding, &stored, tree_bytes.len())?;
+    summary.chunks_added = writer.blobs_added;
+    summary.bytes_added = writer.finish()?;
+    summary.duration_ms = started.elapsed().as_millis() as u64;
+
+    let snapshot = Snapshot {
+        version: crate::snapshot::SNAPSHOT_VERSION,
+        time: Utc::now(),
+        host,
+        paths,
+        tags: opts.tags.clone(),
+        parent: parent.as_ref().map(|(id, _)| *id),
+        kind: if opts.full || parent.is_none() {
+            SnapshotKind::Full
+        } else {
+            SnapshotKind::Incremental
+        },
+        tree: tree_id,
+        summary,
+        problems,
+    };
+    let snapshot_id = repo.save_snapshot(&snapshot)?;
+    progress.finish();
+    Ok(BackupReport {
+        snapshot_id,
+        snapshot,
+        warnings,
+    })
+}
+
+/// Reads a file; once more if it changed while being read. The inner `Err` is a problem with
+/// the file (reported, and the file left out of the snapshot); the outer one is fatal.
+fn read_with_retry(
+    abs: &Path,
+    writer: &mut BlobWriter,
+    progress: &dyn Progress,
+    summary: &mut Summary,
+) -> Result<std::result::Result<(Vec<Id>, Metadata), String>> {
+    for _attempt in 0..2 {
+        match store_file(abs, writer, progress)? {
+            ReadOutcome::Stored {
+                chunks,
+                meta,
+                bytes_read,
+            } => {
+                summary.bytes_read += bytes_read;
+                return Ok(Ok((chunks, meta)));
+            }
+            ReadOutcome::Unreadable(msg) => {
+                return Ok(Err(format!("cannot read {msg}; not in this snapshot")))
+            }
+            ReadOutcome::Changed { bytes_read } => summary.bytes_read += bytes_read,
+        }
+    }
+    Ok(Err(format!(
+        "{} changed while it was read (twice); not in this snapshot, back it up again once it is complete",
+        abs.display()
+    )))
+}
+
+/// Walks every source in a stable order and records what it finds, without reading content.
+fn walk(
+    sources: &[Source],
+    problems: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+    progress: &dyn Progress,
+) -> Result<Vec<Walked>> {
+    let mut out = Vec::new();
+    for src in sources {
+        let walker = walkdir::WalkDir::new(&src.abs)
+            .follow_links(false)
+            .sort_by(|a, b| a.file_name().cmp(b.file_name()));
+        for entry in walker {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    let at = e
+                        .path()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default();
+                    let msg = format!(
+                        "cannot read {at}: {}; not in this snapshot",
+                        e.io_error()
+                            .map(|e| e.to_string())
+                            .unwrap_or_else(|| e.to_string())
+                    );
+                    progress.warn(&msg);
+                    problems.push(msg);
+                    continue;
+                }
+            };
+            let abs = entry.path().to_path_buf();
+            let rel = abs
+                .strip_prefix(&src.abs)
+                .expect("walk stays below its root");
+            let mut path = src.name.clone();
+            if !rel.as_os_str().is_empty() {
+                path.push(b'/');
+                path.extend_from_slice(rel.as_os_str().as_bytes());
+            }
+            let path = NodePath(path);
+            let meta = match fs::symlink_metadata(&abs) {
+                Ok(m) => m,
+                Err(e) => {
+                    let msg = format!("cannot read {}: {e}; not in this snapshot", abs.display());
+                    progress.warn(&msg);
+                    problems.push(msg);
+                    continue;
+                }
+            };
+            let ft = meta.file_type();
+            let node = if ft.is_dir() {
+                node_from(path, NodeKind::Dir, &meta)
+            } else if ft.is_symlink() {
+                let target = fs::read_link(&abs).at(&abs)?;
+                let mut n = node_from(path, NodeKind::Symlink, &meta);
+                n.target = Some(NodePath(target.as_os_str().as_bytes().to_vec()));
+                n
+            } else if ft.is_file() {
+                let mut n = node_from(path, NodeKind::File, &meta);
+                n.size = meta.len();
+                n
+            } else {
+                let what = if ft.is_socket() {
+                    "socket"
+                } else if ft.is_fifo() {
+                    "FIFO"
+                } else {
+                    "device file"
+                };
+                let msg = format!(
+                    "skipping {} ({what}: only files, directories and symlinks are backed up)",
+                    abs.display()
+                );
+                progress.warn(&msg);
+                warnings.push(msg);
+                continue;
+            };
+            out.push(Walked { node, abs });
+        }
+    }
+    Ok(out)
+}

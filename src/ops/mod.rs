@@ -1,0 +1,6 @@
+//! The verbs, one file each: every operation is a plan over the repository's parts, then its
+//! execution, taking plain option structs and returning a report (no CLI types here).
+
+pub mod backup;
+mod read_file;
+pub mod restore;

@@ -1,0 +1,179 @@
+//! Pack files: many encoded blobs back to back, followed by a trailer that lists them, so a
+//! pack describes itself (an index can be rebuilt from packs alone). Layout in `repo/FORMAT.md`.
+
+use crate::codec::Encoding;
+use crate::error::{Error, Result};
+use crate::id::Id;
+
+pub const MAGIC: &[u8; 8] = b"TVPACK01";
+pub const TRAILER_MAGIC: &[u8; 8] = b"TVPKEND1";
+const ENTRY_LEN: usize = 32 + 1 + 1 + 2 + 4 + 4;
+
+/// What a blob holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum BlobKind {
+    Data = 0,
+    Tree = 1,
+}
+
+impl BlobKind {
+    pub fn from_u8(b: u8) -> Option<BlobKind> {
+        match b {
+            0 => Some(BlobKind::Data),
+            1 => Some(BlobKind::Tree),
+            _ => None,
+        }
+    }
+}
+
+/// One blob's place in a pack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PackEntry {
+    pub id: Id,
+    pub kind: BlobKind,
+    pub encoding: Encoding,
+    pub offset: u32,
+    pub stored_len: u32,
+    pub plain_len: u32,
+}
+
+/// Collects blobs into one pack in memory until it is large enough to store.
+pub struct PackWriter {
+    buf: Vec<u8>,
+    entries: Vec<PackEntry>,
+}
+
+impl Default for PackWriter {
+    fn default() -> Self {
+        PackWriter::new()
+    }
+}
+
+impl PackWriter {
+    pub fn new() -> PackWriter {
+        PackWriter {
+            buf: MAGIC.to_vec(),
+            entries: Vec::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn add(
+        &mut self,
+        id: Id,
+        kind: BlobKind,
+        encoding: Encoding,
+        stored: &[u8],
+        plain_len: usize,
+    ) {
+        let entry = PackEntry {
+            id,
+            kind,
+            encoding,
+            offset: self.buf.len() as u32,
+            stored_len: stored.len() as u32,
+            plain_len: plain_len as u32,
+        };
+        self.buf.extend_from_slice(stored);
+        self.entries.push(entry);
+    }
+
+    /// Finishes the pack: its bytes (ID = their hash) and the blobs in it.
+    pub fn finish(mut self) -> (Id, Vec<u8>, Vec<PackEntry>) {
+        let trailer_start = self.buf.len();
+        for e in &self.entries {
+            write_entry(&mut self.buf, e);
+        }
+        let trailer_len = (self.buf.len() - trailer_start) as u32;
+        self.buf.extend_from_slice(&trailer_len.to_le_bytes());
+        self.buf.extend_from_slice(TRAILER_MAGIC);
+        (Id::of(&self.buf), self.buf, self.entries)
+    }
+}
+
+pub(crate) fn write_entry(out: &mut Vec<u8>, e: &PackEntry) {
+    out.extend_from_slice(&e.id.0);
+    out.push(e.kind as u8);
+    out.push(e.encoding as u8);
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&e.stored_len.to_le_bytes());
+    out.extend_from_slice(&e.plain_len.to_le_bytes());
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+}
+
+/// Parses a whole pack's trailer and checks that its blobs tile the body exactly.
+pub fn read_trailer(name: &str, pack: &[u8]) -> Result<Vec<PackEntry>> {
+    let bad = |reason: &str| Error::corrupt(name, reason.to_string());
+    if pack.len() < MAGIC.len() + 12 || &pack[..8] != MAGIC {
+        return Err(bad("not a tvault pack (bad header)"));
+    }
+    if &pack[pack.len() - 8..] != TRAILER_MAGIC {
+        return Err(bad("truncated or damaged pack (no trailer)"));
+    }
+    let trailer_len = u32_at(pack, pack.len() - 12) as usize;
+    let body_end = pack
+        .len()
+        .checked_sub(12 + trailer_len)
+        .filter(|&end| end >= MAGIC.len() && trailer_len % ENTRY_LEN == 0)
+        .ok_or_else(|| bad("trailer length out of range"))?;
+    let mut entries = Vec::with_capacity(trailer_len / ENTRY_LEN);
+    let mut offset = MAGIC.len() as u32;
+    for raw in pack[body_end..body_end + trailer_len].chunks(ENTRY_LEN) {
+        let entry = PackEntry {
+            id: Id(raw[..32].try_into().unwrap()),
+            kind: BlobKind::from_u8(raw[32]).ok_or_else(|| bad("unknown blob kind"))?,
+            encoding: Encoding::from_u8(raw[33]).ok_or_else(|| bad("unknown encoding"))?,
+            offset,
+            stored_len: u32_at(raw, 36),
+            plain_len: u32_at(raw, 40),
+        };
+        offset = offset
+            .checked_add(entry.stored_len)
+            .ok_or_else(|| bad("blob lengths overflow"))?;
+        entries.push(entry);
+    }
+    if offset as usize != body_end {
+        return Err(bad("blobs do not fill the pack body"));
+    }
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pack_round_trips_through_its_trailer() {
+        let mut w = PackWriter::new();
+        w.add(Id::of(b"a"), BlobKind::Data, Encoding::Raw, b"aaaa", 4);
+        w.add(Id::of(b"b"), BlobKind::Tree, Encoding::Zstd, b"zz", 9);
+        let (id, bytes, entries) = w.finish();
+        assert_eq!(id, Id::of(&bytes));
+        let parsed = read_trailer("p", &bytes).unwrap();
+        assert_eq!(parsed, entries);
+        assert_eq!(&bytes[parsed[1].offset as usize..][..2], b"zz");
+    }
+
+    #[test]
+    fn truncated_or_foreign_packs_are_rejected() {
+        let mut w = PackWriter::new();
+        w.add(Id::of(b"a"), BlobKind::Data, Encoding::Raw, b"aaaa", 4);
+        let (_, bytes, _) = w.finish();
+        assert!(read_trailer("p", &bytes[..bytes.len() - 1]).is_err());
+        assert!(read_trailer("p", b"hello world, this is not a pack").is_err());
+        let mut shifted = bytes.clone();
+        shifted.insert(10, 0);
+        assert!(read_trailer("p", &shifted).is_err());
+    }
+}

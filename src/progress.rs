@@ -1,0 +1,20 @@
+//! Progress reporting from the engine. Only the CLI draws anything; the engine calls these
+//! hooks, and a silent implementation serves tests and library users.
+
+/// Receives progress events. All methods may be called from several threads.
+pub trait Progress: Sync {
+    /// The work ahead is known: this many files holding this many bytes to read.
+    fn start(&self, _files: u64, _bytes: u64) {}
+    /// Work on a file begins.
+    fn file(&self, _path: &str) {}
+    /// This many more bytes were processed.
+    fn bytes(&self, _n: u64) {}
+    /// A non-fatal problem, reported as it happens (it also ends up in the final report).
+    fn warn(&self, _message: &str) {}
+    fn finish(&self) {}
+}
+
+/// Reports nothing.
+pub struct NoProgress;
+
+impl Progress for NoProgress {}

@@ -1,0 +1,257 @@
+//! Where repository files live. The trait has object-store semantics (whole-object put,
+//! ranged get, list, delete) so that an S3-style backend can implement it later; the local
+//! directory backend makes each put atomic and durable (temp file, fsync, rename, fsync dir).
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+use crate::error::{Error, IoContext, Result};
+
+/// Storage for repository files, addressed by `/`-separated keys such as `data/ab/abcd…`.
+pub trait Backend: Send + Sync {
+    /// Stores `data` under `key` as one durable, atomic write (replacing any old object).
+    fn put(&self, key: &str, data: &[u8]) -> Result<()>;
+    fn get(&self, key: &str) -> Result<Vec<u8>>;
+    fn get_range(&self, key: &str, offset: u64, len: usize) -> Result<Vec<u8>>;
+    /// Keys directly or indirectly below `prefix` (a folder such as `snapshots`), sorted.
+    fn list(&self, prefix: &str) -> Result<Vec<String>>;
+    fn size(&self, key: &str) -> Result<Option<u64>>;
+    fn delete(&self, key: &str) -> Result<()>;
+    /// A human-readable location of `key`, for messages.
+    fn describe(&self, key: &str) -> String;
+}
+
+/// A repository in a local directory.
+pub struct LocalBackend {
+    root: PathBuf,
+}
+
+impl LocalBackend {
+    pub fn new(root: impl Into<PathBuf>) -> LocalBackend {
+        LocalBackend { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        self.root.join(key)
+    }
+}
+
+/// Test hook: `TVAULT_CRASH_AFTER_WRITES=N` aborts the process at the N-th write step
+/// (each put has two: temp file written, then renamed), so tests can stop a run at any instant.
+fn crash_point() {
+    static LIMIT: OnceLock<Option<u64>> = OnceLock::new();
+    static STEPS: AtomicU64 = AtomicU64::new(0);
+    let limit = LIMIT.get_or_init(|| {
+        std::env::var("TVAULT_CRASH_AFTER_WRITES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    });
+    if let Some(limit) = limit {
+        if STEPS.fetch_add(1, Ordering::SeqCst) + 1 >= *limit {
+            std::process::abort();
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).at(dir)
+}
+
+fn tmp_name(path: &Path) -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    path.with_file_name(format!(".tmp-{}-{}-{name}", std::process::id(), n))
+}
+
+impl Backend for LocalBackend {
+    fn put(&self, key: &str, data: &[u8]) -> Result<()> {
+        let path = self.path(key);
+        let dir = path.parent().expect("keys have a folder");
+        if !dir.is_dir() {
+            fs::create_dir_all(dir).at(dir)?;
+            sync_dir(dir.parent().unwrap_or(dir))?;
+        }
+        let tmp = tmp_name(&path);
+        let write = || -> std::io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(data)?;
+            f.sync_all()
+        };
+        if let Err(e) = write() {
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::io(&path, e));
+        }
+        crash_point();
+        fs::rename(&tmp, &path).at(&path)?;
+        crash_point();
+        sync_dir(dir)
+    }
+
+    fn get(&self, key: &str) -> Result<Vec<u8>> {
+        let path = self.path(key);
+        fs::read(&path).at(&path)
+    }
+
+    fn get_range(&self, key: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let path = self.path(key);
+        let f = File::open(&path).at(&path)?;
+        let mut buf = vec![0u8; len];
+        f.read_exact_at(&mut buf, offset).at(&path)?;
+        Ok(buf)
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let dir = self.path(prefix);
+        if !dir.exists() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for entry in walkdir::WalkDir::new(&dir).min_depth(1) {
+            let entry = entry.map_err(|e| {
+                let path = e.path().unwrap_or(&dir).to_path_buf();
+                Error::io(path, e.into())
+            })?;
+            let name = entry.file_name().to_string_lossy();
+            if entry.file_type().is_file() && !name.starts_with('.') {
+                let rel = entry.path().strip_prefix(&self.root).expect("below root");
+                out.push(rel.to_string_lossy().into_owned());
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn size(&self, key: &str) -> Result<Option<u64>> {
+        let path = self.path(key);
+        match fs::metadata(&path) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(path, e)),
+        }
+    }
+
+    fn delete(&self, key: &str) -> Result<()> {
+        let path = self.path(key);
+        match fs::remove_file(&path) {
+            Ok(()) => sync_dir(path.parent().expect("keys have a folder")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(path, e)),
+        }
+    }
+
+    fn describe(&self, key: &str) -> String {
+        self.path(key).display().to_string()
+    }
+}
+
+/// An in-memory backend for tests.
+#[derive(Default)]
+pub struct MemBackend {
+    objects: Mutex<BTreeMap<String, Vec<u8>>>,
+}
+
+impl Backend for MemBackend {
+    fn put(&self, key: &str, data: &[u8]) -> Result<()> {
+        self.objects
+            .lock()
+            .unwrap()
+            .insert(key.to_string(), data.to_vec());
+        Ok(())
+    }
+
+    fn get(&self, key: &str) -> Result<Vec<u8>> {
+        self.objects
+            .lock()
+            .unwrap()
+            .get(key)
+            .cloned()
+            .ok_or_else(|| Error::io(key, std::io::Error::from(std::io::ErrorKind::NotFound)))
+    }
+
+    fn get_range(&self, key: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let all = self.get(key)?;
+        let mut cursor = std::io::Cursor::new(all);
+        cursor.seek(SeekFrom::Start(offset)).at(key)?;
+        let mut buf = vec![0u8; len];
+        cursor.read_exact(&mut buf).at(key)?;
+        Ok(buf)
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let prefix = format!("{prefix}/");
+        Ok(self
+            .objects
+            .lock()
+            .unwrap()
+            .keys()
+            .filter(|k| k.starts_with(&prefix))
+            .cloned()
+            .collect())
+    }
+
+    fn size(&self, key: &str) -> Result<Option<u64>> {
+        Ok(self
+            .objects
+            .lock()
+            .unwrap()
+            .get(key)
+            .map(|v| v.len() as u64))
+    }
+
+    fn delete(&self, key: &str) -> Result<()> {
+        self.objects.lock().unwrap().remove(key);
+        Ok(())
+    }
+
+    fn describe(&self, key: &str) -> String {
+        format!("mem:{key}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exercise(b: &dyn Backend) {
+        b.put("data/ab/x", b"hello world").unwrap();
+        b.put("snapshots/s1", b"{}").unwrap();
+        assert_eq!(b.get("data/ab/x").unwrap(), b"hello world");
+        assert_eq!(b.get_range("data/ab/x", 6, 5).unwrap(), b"world");
+        assert!(b.get_range("data/ab/x", 8, 5).is_err());
+        assert_eq!(b.list("data").unwrap(), vec!["data/ab/x".to_string()]);
+        assert_eq!(b.size("data/ab/x").unwrap(), Some(11));
+        assert_eq!(b.size("data/ab/y").unwrap(), None);
+        b.delete("data/ab/x").unwrap();
+        assert!(b.get("data/ab/x").is_err());
+        assert!(b.list("data").unwrap().is_empty());
+    }
+
+    #[test]
+    fn local_backend_behaves_like_an_object_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::new(dir.path());
+        exercise(&b);
+        // No temporary files are left behind by a successful put.
+        let leftovers: Vec<_> = walkdir::WalkDir::new(dir.path())
+            .into_iter()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty());
+    }
+
+    #[test]
+    fn mem_backend_behaves_like_an_object_store() {
+        exercise(&MemBackend::default());
+    }
+}

@@ -1,0 +1,237 @@
+//! Repository locks: one small file per holder under `locks/`. Backups take shared locks and
+//! run side by side; anything that deletes data takes an exclusive lock and runs alone.
+//!
+//! A holder rewrites its lock every `REFRESH_EVERY`. A lock is stale when its process is gone
+//! (same host: no `/proc/PID`) or it was last refreshed more than `STALE_AFTER` ago (any host).
+//! Stale locks are reported, never silently broken: `tvault unlock` removes them.
+
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::Backend;
+use crate::error::{Error, Result};
+use crate::id::Id;
+
+pub const REFRESH_EVERY: Duration = Duration::from_secs(5 * 60);
+pub const STALE_AFTER: Duration = Duration::from_secs(30 * 60);
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LockInfo {
+    pub host: String,
+    pub pid: u32,
+    pub exclusive: bool,
+    pub command: String,
+    pub created: DateTime<Utc>,
+    pub refreshed: DateTime<Utc>,
+}
+
+impl LockInfo {
+    pub fn is_stale(&self) -> bool {
+        if self.host == hostname() && !std::path::Path::new(&format!("/proc/{}", self.pid)).exists()
+        {
+            return true;
+        }
+        let age = Utc::now().signed_duration_since(self.refreshed);
+        age.to_std().map(|a| a > STALE_AFTER).unwrap_or(false)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} lock of `{}` (pid {} on host {}, since {})",
+            if self.exclusive {
+                "an exclusive"
+            } else {
+                "a shared"
+            },
+            self.command,
+            self.pid,
+            self.host,
+            self.created.format("%Y-%m-%d %H:%M:%S UTC"),
+        )
+    }
+}
+
+/// This machine's host name, as recorded in snapshots and locks.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// A held lock; released (its file deleted) on drop.
+pub struct LockGuard {
+    backend: Arc<dyn Backend>,
+    key: String,
+    stop: Option<mpsc::Sender<()>>,
+    refresher: Option<JoinHandle<()>>,
+}
+
+impl LockGuard {
+    pub fn acquire(backend: Arc<dyn Backend>, exclusive: bool, command: &str) -> Result<LockGuard> {
+        let now = Utc::now();
+        let mut info = LockInfo {
+            host: hostname(),
+            pid: std::process::id(),
+            exclusive,
+            command: command.to_string(),
+            created: now,
+            refreshed: now,
+        };
+        let seed = format!(
+            "{}{}{:?}",
+            info.pid,
+            now.to_rfc3339(),
+            std::time::Instant::now()
+        );
+        let key = format!("locks/{}", Id::of(seed.as_bytes()).to_hex());
+        backend.put(&key, &serde_json::to_vec(&info).expect("lock serialises"))?;
+
+        // Ours is visible first, then we look at the others: two racing writers that
+        // conflict both see each other and both back off, never both proceed.
+        if let Err(e) = check_others(backend.as_ref(), &key, exclusive) {
+            let _ = backend.delete(&key);
+            return Err(e);
+        }
+
+        let (tx, rx) = mpsc::channel::<()>();
+        let refresher = {
+            let backend = backend.clone();
+            let key = key.clone();
+            std::thread::spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(REFRESH_EVERY) {
+                    info.refreshed = Utc::now();
+                    let _ = backend.put(&key, &serde_json::to_vec(&info).expect("lock serialises"));
+                }
+            })
+        };
+        Ok(LockGuard {
+            backend,
+            key,
+            stop: Some(tx),
+            refresher: Some(refresher),
+        })
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.refresher.take() {
+            let _ = t.join();
+        }
+        let _ = self.backend.delete(&self.key);
+    }
+}
+
+fn check_others(backend: &dyn Backend, own: &str, exclusive: bool) -> Result<()> {
+    for key in backend.list("locks")? {
+        if key == own {
+            continue;
+        }
+        let Ok(bytes) = backend.get(&key) else {
+            continue; // released while we looked
+        };
+        let other: LockInfo = match serde_json::from_slice(&bytes) {
+            Ok(info) => info,
+            Err(_) => {
+                return Err(Error::Locked(format!(
+                    "the repository has an unreadable lock file {}; if no tvault is running on it, \
+                     remove it with `tvault unlock --all`",
+                    backend.describe(&key)
+                )))
+            }
+        };
+        if !(exclusive || other.exclusive) {
+            continue;
+        }
+        let msg = if other.is_stale() {
+            format!(
+                "the repository is locked by a stale {} ({}); its process is gone or stopped \
+                 refreshing it. If no tvault is running on this repository, remove it with \
+                 `tvault unlock`",
+                other.describe(),
+                backend.describe(&key)
+            )
+        } else {
+            format!(
+                "the repository is locked by {}; wait for it to finish and try again",
+                other.describe()
+            )
+        };
+        return Err(Error::Locked(msg));
+    }
+    Ok(())
+}
+
+/// Removes stale locks (every lock with `all`); returns what was removed.
+pub fn unlock(backend: &dyn Backend, all: bool) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for key in backend.list("locks")? {
+        let info = backend
+            .get(&key)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<LockInfo>(&b).ok());
+        let description = info
+            .as_ref()
+            .map(|i| i.describe())
+            .unwrap_or_else(|| "an unreadable lock".into());
+        let stale = info.map(|i| i.is_stale()).unwrap_or(true);
+        if all || stale {
+            backend.delete(&key)?;
+            removed.push(description);
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::MemBackend;
+
+    #[test]
+    fn shared_locks_coexist_and_exclusive_ones_do_not() {
+        let b: Arc<dyn Backend> = Arc::new(MemBackend::default());
+        let s1 = LockGuard::acquire(b.clone(), false, "backup").unwrap();
+        let s2 = LockGuard::acquire(b.clone(), false, "backup").unwrap();
+        let err = LockGuard::acquire(b.clone(), true, "prune").err().unwrap();
+        assert!(err.to_string().contains("wait for it to finish"), "{err}");
+        drop((s1, s2));
+        assert!(b.list("locks").unwrap().is_empty());
+        let x = LockGuard::acquire(b.clone(), true, "prune").unwrap();
+        assert!(LockGuard::acquire(b.clone(), false, "backup").is_err());
+        drop(x);
+        assert!(b.list("locks").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_dead_process_lock_is_reported_stale_and_unlock_removes_it() {
+        let b: Arc<dyn Backend> = Arc::new(MemBackend::default());
+        let dead = LockInfo {
+            host: hostname(),
+            pid: u32::MAX - 1, // no such process
+            exclusive: true,
+            command: "prune".into(),
+            created: Utc::now(),
+            refreshed: Utc::now(),
+        };
+        b.put("locks/dead", &serde_json::to_vec(&dead).unwrap())
+            .unwrap();
+        let err = LockGuard::acquire(b.clone(), false, "backup")
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("tvault unlock"), "{err}");
+        let live = LockGuard::acquire(b.clone(), false, "backup");
+        assert!(live.is_err());
+        assert_eq!(unlock(b.as_ref(), false).unwrap().len(), 1);
+        assert!(LockGuard::acquire(b.clone(), false, "backup").is_ok());
+    }
+}

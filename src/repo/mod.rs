@@ -1,0 +1,311 @@
+//! The repository: its config and format version, its files, the merged index, snapshots,
+//! and reading and writing blobs. The on-disk format is specified in `FORMAT.md` (below).
+#![doc = include_str!("FORMAT.md")]
+
+pub mod backend;
+pub mod lock;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+pub use backend::{Backend, LocalBackend, MemBackend};
+pub use writer::BlobWriter;
+
+use crate::chunker::ChunkerParams;
+use crate::codec;
+use crate::error::{Error, IoContext, Result};
+use crate::id::{self, Id};
+use crate::index::{self, Index};
+use crate::pack::BlobKind;
+use crate::snapshot::Snapshot;
+use crate::tree::Tree;
+
+/// The repository format this build writes.
+pub const FORMAT_VERSION: u32 = 1;
+/// The repository formats this build opens.
+pub const SUPPORTED_VERSIONS: std::ops::RangeInclusive<u32> = 1..=1;
+const FORMAT_NAME: &str = "tvault-repository";
+
+/// The `config` file: the format version and the parameters every chunk ID depends on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    pub format: String,
+    pub version: u32,
+    pub id: Id,
+    pub created: DateTime<Utc>,
+    pub chunker: ChunkerParams,
+    pub zstd_level: i32,
+    /// Packs are stored once they reach this many bytes.
+    pub pack_size: u32,
+    /// `"none"`; room for encryption at rest.
+    pub encryption: String,
+}
+
+impl Config {
+    fn new() -> Config {
+        let now = Utc::now();
+        let seed = format!(
+            "{}{}{:?}",
+            std::process::id(),
+            now.to_rfc3339(),
+            std::thread::current().id()
+        );
+        Config {
+            format: FORMAT_NAME.to_string(),
+            version: FORMAT_VERSION,
+            id: Id::of(seed.as_bytes()),
+            created: now,
+            chunker: ChunkerParams::default(),
+            zstd_level: 3,
+            pack_size: 32 * 1024 * 1024,
+            encryption: "none".to_string(),
+        }
+    }
+}
+
+pub struct Repository {
+    backend: Arc<dyn Backend>,
+    location: PathBuf,
+    config: Config,
+    index: Index,
+}
+
+pub fn pack_key(id: &Id) -> String {
+    let hex = id.to_hex();
+    format!("data/{}/{hex}", &hex[..2])
+}
+
+impl Repository {
+    /// Creates a repository in `path`, which must be missing or an empty directory.
+    pub fn init(path: &Path) -> Result<Repository> {
+        if path.join("config").exists() {
+            return Err(Error::Invalid(format!(
+                "{} is already a tvault repository",
+                path.display()
+            )));
+        }
+        if path.exists() {
+            let mut entries = std::fs::read_dir(path).at(path)?;
+            if entries.next().is_some() {
+                return Err(Error::NotARepository {
+                    path: path.to_path_buf(),
+                    reason: "the directory is not empty; choose a new or empty directory".into(),
+                });
+            }
+        }
+        std::fs::create_dir_all(path).at(path)?;
+        let backend = LocalBackend::new(path);
+        Self::init_with(Arc::new(backend), path.to_path_buf())
+    }
+
+    /// Creates a repository on any backend.
+    pub fn init_with(backend: Arc<dyn Backend>, location: PathBuf) -> Result<Repository> {
+        let config = Config::new();
+        let bytes = serde_json::to_vec_pretty(&config).expect("config serialises");
+        backend.put("config", &bytes)?;
+        Ok(Repository {
+            backend,
+            location,
+            config,
+            index: Index::default(),
+        })
+    }
+
+    /// Opens an existing repository in a local directory and loads its index.
+    pub fn open(path: &Path) -> Result<Repository> {
+        let has_files = std::fs::read_dir(path)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false);
+        if !path.join("config").exists() {
+            if has_files {
+                return Err(Error::NotARepository {
+                    path: path.to_path_buf(),
+                    reason: "it has files but no tvault `config`".into(),
+                });
+            }
+            return Err(Error::NoRepository {
+                path: path.to_path_buf(),
+            });
+        }
+        Self::open_with(Arc::new(LocalBackend::new(path)), path.to_path_buf())
+    }
+
+    pub fn open_with(backend: Arc<dyn Backend>, location: PathBuf) -> Result<Repository> {
+        let raw = backend.get("config")?;
+        let not_repo = |reason: String| Error::NotARepository {
+            path: location.clone(),
+            reason,
+        };
+        let value: serde_json::Value = serde_json::from_slice(&raw)
+            .map_err(|e| not_repo(format!("its config does not parse: {e}")))?;
+        if value.get("format").and_then(|f| f.as_str()) != Some(FORMAT_NAME) {
+            return Err(not_repo("its config is not a tvault config".into()));
+        }
+        let version = value.get("version").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
+        if !SUPPORTED_VERSIONS.contains(&version) {
+            return Err(Error::UnsupportedVersion {
+                path: location,
+                found: version,
+                supported: format!(
+                    "{}..={}",
+                    SUPPORTED_VERSIONS.start(),
+                    SUPPORTED_VERSIONS.end()
+                ),
+            });
+        }
+        let config: Config = serde_json::from_value(value)
+            .map_err(|e| not_repo(format!("its config is damaged: {e}")))?;
+        if config.encryption != "none" {
+            return Err(not_repo(format!(
+                "it uses encryption {:?}, which this tvault does not support",
+                config.encryption
+            )));
+        }
+        config.chunker.validate().map_err(not_repo)?;
+        let mut repo = Repository {
+            backend,
+            location,
+            config,
+            index: Index::default(),
+        };
+        repo.load_index()?;
+        Ok(repo)
+    }
+
+    pub fn location(&self) -> &Path {
+        &self.location
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    /// Reads every index file into the merged in-memory index.
+    pub fn load_index(&mut self) -> Result<()> {
+        let mut index = Index::default();
+        for key in self.backend.list("index")? {
+            let id = key_id(&key)?;
+            let bytes = self.backend.get(&key)?;
+            for (pack, entries) in index::decode_file(&key, id, &bytes)? {
+                index.add_pack(pack, &entries);
+            }
+        }
+        self.index = index;
+        Ok(())
+    }
+
+    /// Reads, decodes and re-hashes one blob.
+    pub fn read_blob(&self, id: &Id) -> Result<Vec<u8>> {
+        let loc = self
+            .index
+            .get(id)
+            .ok_or_else(|| Error::MissingChunk { id: id.to_hex() })?;
+        let pack = self.index.pack_id(loc);
+        let stored =
+            self.backend
+                .get_range(&pack_key(&pack), loc.offset as u64, loc.stored_len as usize)?;
+        let damaged = |reason: String| Error::CorruptChunk {
+            id: id.to_hex(),
+            pack: pack.to_hex(),
+            reason,
+        };
+        let plain = codec::decode(loc.encoding, &stored, loc.plain_len as usize)
+            .map_err(|e| damaged(e.to_string()))?;
+        if Id::of(&plain) != *id {
+            return Err(damaged("content does not match its hash".into()));
+        }
+        Ok(plain)
+    }
+
+    pub fn load_tree(&self, id: &Id) -> Result<Tree> {
+        if self.index.get(id).map(|l| l.kind) != Some(BlobKind::Tree) {
+            return Err(Error::MissingChunk { id: id.to_hex() });
+        }
+        Tree::from_bytes(&format!("tree {}", id.short()), &self.read_blob(id)?)
+    }
+
+    pub fn snapshot_ids(&self) -> Result<Vec<Id>> {
+        self.backend
+            .list("snapshots")?
+            .iter()
+            .map(|k| key_id(k))
+            .collect()
+    }
+
+    pub fn load_snapshot(&self, id: &Id) -> Result<Snapshot> {
+        let key = format!("snapshots/{}", id.to_hex());
+        Snapshot::from_bytes(&key, *id, &self.backend.get(&key)?)
+    }
+
+    /// All snapshots, oldest first.
+    pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
+        let mut all = Vec::new();
+        for id in self.snapshot_ids()? {
+            all.push((id, self.load_snapshot(&id)?));
+        }
+        all.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        Ok(all)
+    }
+
+    /// The snapshot a full ID or a unique prefix names. Never guesses.
+    pub fn resolve_snapshot(&self, prefix: &str) -> Result<Id> {
+        let prefix_lc = prefix.to_ascii_lowercase();
+        if prefix_lc.len() < id::MIN_PREFIX_LEN || !prefix_lc.chars().all(|c| c.is_ascii_hexdigit())
+        {
+            return Err(Error::BadSnapshotId {
+                prefix: prefix.to_string(),
+                min: id::MIN_PREFIX_LEN,
+            });
+        }
+        let matches: Vec<Id> = self
+            .snapshot_ids()?
+            .into_iter()
+            .filter(|id| id.to_hex().starts_with(&prefix_lc))
+            .collect();
+        match matches.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(Error::SnapshotNotFound {
+                prefix: prefix.to_string(),
+            }),
+            many => Err(Error::AmbiguousSnapshot {
+                prefix: prefix.to_string(),
+                candidates: many.iter().map(|id| id.to_hex()).collect(),
+            }),
+        }
+    }
+
+    /// Writes a snapshot manifest: the commit point of a backup.
+    pub fn save_snapshot(&self, snap: &Snapshot) -> Result<Id> {
+        let bytes = snap.to_bytes();
+        let id = Id::of(&bytes);
+        self.backend
+            .put(&format!("snapshots/{}", id.to_hex()), &bytes)?;
+        Ok(id)
+    }
+}
+
+/// The ID a content-addressed key ends in.
+fn key_id(key: &str) -> Result<Id> {
+    let name = key.rsplit('/').next().unwrap_or(key);
+    Id::from_hex(name).ok_or_else(|| Error::corrupt(key, "file name is not an ID"))
+}
+
+impl Repository {
+    /// Takes the repository lock: shared for writers that only add (backup), exclusive for
+    /// anything that deletes. Held until the guard is dropped.
+    pub fn lock(&self, exclusive: bool, command: &str) -> Result<lock::LockGuard> {
+        lock::LockGuard::acquire(self.backend.clone(), exclusive, command)
+    }
+}

@@ -1,0 +1,83 @@
+//! Snapshot manifests: the small JSON file that names a tree and describes one backup.
+//! A manifest's ID is the BLAKE3 hash of its bytes; writing it is a backup's commit point.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::id::Id;
+
+pub const SNAPSHOT_VERSION: u32 = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotKind {
+    /// Every file was read.
+    Full,
+    /// Files unchanged since the parent reused the parent's chunk lists without being read.
+    Incremental,
+}
+
+/// What one backup did. Also the `--json` output of `backup`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    /// Sum of the sizes of the files in the snapshot.
+    pub total_bytes: u64,
+    pub files_new: u64,
+    pub files_changed: u64,
+    pub files_unchanged: u64,
+    /// File content read from disk (0 for an incremental backup of an unchanged tree).
+    pub bytes_read: u64,
+    /// Bytes this backup added to the repository (packs and index), after dedup and compression.
+    pub bytes_added: u64,
+    pub chunks_added: u64,
+    pub duration_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub version: u32,
+    pub time: DateTime<Utc>,
+    pub host: String,
+    /// The absolute source paths, as given to `backup` (after resolving).
+    pub paths: Vec<String>,
+    pub tags: Vec<String>,
+    pub parent: Option<Id>,
+    pub kind: SnapshotKind,
+    pub tree: Id,
+    pub summary: Summary,
+    /// Why the snapshot is incomplete (files skipped), empty when it holds everything.
+    #[serde(default)]
+    pub problems: Vec<String>,
+}
+
+impl Snapshot {
+    pub fn is_complete(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).expect("a snapshot always serialises")
+    }
+
+    pub fn from_bytes(name: &str, id: Id, bytes: &[u8]) -> Result<Snapshot> {
+        if Id::of(bytes) != id {
+            return Err(Error::corrupt(
+                name,
+                "content does not match its name (damaged)",
+            ));
+        }
+        let snap: Snapshot = serde_json::from_slice(bytes)
+            .map_err(|e| Error::corrupt(name, format!("snapshot does not parse: {e}")))?;
+        if snap.version != SNAPSHOT_VERSION {
+            return Err(Error::corrupt(
+                name,
+                format!("unknown snapshot version {}", snap.version),
+            ));
+        }
+        Ok(snap)
+    }
+}
