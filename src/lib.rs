@@ -26,3 +26,4 @@ pub mod progress;
 pub mod repo;
 pub mod snapshot;
 pub mod tree;
+pub mod workload;

@@ -100,6 +100,29 @@ pub fn mix(parts: &[u64]) -> u64 {
     h
 }
 
+/// Natural logarithm of a positive normal `x` from IEEE arithmetic alone: unlike libm's `ln`,
+/// it gives the same bits everywhere, which keeps generated workloads platform-independent.
+/// Relative error is below 1e-12.
+pub fn ln(x: f64) -> f64 {
+    debug_assert!(x.is_normal() && x > 0.0, "ln({x})");
+    let bits = x.to_bits();
+    let mut exponent = ((bits >> 52) & 0x7FF) as i64 - 1023;
+    let mut m = f64::from_bits((bits & 0x000F_FFFF_FFFF_FFFF) | 0x3FF0_0000_0000_0000);
+    if m > std::f64::consts::SQRT_2 {
+        m *= 0.5;
+        exponent += 1;
+    }
+    // ln m = 2 atanh(t) = 2 (t + t^3/3 + t^5/5 + ...) with |t| < 0.172 for m in [0.71, 1.42).
+    let t = (m - 1.0) / (m + 1.0);
+    let t2 = t * t;
+    let series = 1.0
+        + t2 * (1.0 / 3.0
+            + t2 * (1.0 / 5.0
+                + t2 * (1.0 / 7.0
+                    + t2 * (1.0 / 9.0 + t2 * (1.0 / 11.0 + t2 * (1.0 / 13.0 + t2 / 15.0))))));
+    exponent as f64 * std::f64::consts::LN_2 + 2.0 * t * series
+}
+
 impl Rng {
     pub fn new(seed: u64) -> Rng {
         let mut sm = seed;
@@ -140,17 +163,23 @@ impl Rng {
         ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
     }
 
-    /// Normal(0, std) by Box-Muller; the second value of each pair is kept for the next call.
+    /// Normal(0, std) by Box-Muller in Marsaglia's polar form (no sin/cos, and [`ln`] instead of
+    /// libm, so it is fast and bit-identical on every platform); the second value of each pair is
+    /// kept for the next call.
     pub fn normal(&mut self, std: f64) -> f64 {
         if let Some(z) = self.spare.take() {
             return z * std;
         }
-        let u1 = 1.0 - self.next_f64(); // (0, 1], so ln() stays finite
-        let u2 = self.next_f64();
-        let r = (-2.0 * u1.ln()).sqrt();
-        let (sin, cos) = (std::f64::consts::TAU * u2).sin_cos();
-        self.spare = Some(r * sin);
-        r * cos * std
+        loop {
+            let u = 2.0 * self.next_f64() - 1.0;
+            let v = 2.0 * self.next_f64() - 1.0;
+            let s = u * u + v * v;
+            if s > 0.0 && s < 1.0 {
+                let f = (-2.0 * ln(s) / s).sqrt();
+                self.spare = Some(v * f);
+                return u * f * std;
+            }
+        }
     }
 
     pub fn fill_bytes(&mut self, buf: &mut [u8]) {
@@ -647,11 +676,11 @@ fn fill_base(seed: u64, i: usize, spec: &TensorSpec, buf: &mut [u8]) {
 /// back to the same bf16 moves one ulp instead, so every picked value really changes.
 fn finetune_step(rng: &mut Rng, buf: &mut [u8]) {
     let n = buf.len() / 2;
-    let log_keep = (1.0 - FINETUNE_FRACTION).ln();
+    let log_keep = ln(1.0 - FINETUNE_FRACTION);
     let mut idx = 0usize;
     loop {
         // Geometric gaps: as if each index were tossed, at the cost of one draw per pick.
-        let gap = ((1.0 - rng.next_f64()).ln() / log_keep).floor();
+        let gap = (ln(1.0 - rng.next_f64()) / log_keep).floor();
         if gap >= (n - idx) as f64 {
             break;
         }
@@ -700,7 +729,7 @@ fn adam_state(
         let mut rng = Rng::keyed(&[moments, b]);
         for (m, v) in m.iter_mut().zip(v.iter_mut()) {
             *m = rng.normal(MOMENT_STD) as f32;
-            *v = (GRAD_STD * GRAD_STD * rng.normal(0.5).exp()) as f32;
+            *v = (GRAD_STD * GRAD_STD * (0.5 + rng.next_f64())) as f32;
         }
         for &key in &grads {
             let mut rng = Rng::keyed(&[key, b]);
@@ -1050,22 +1079,22 @@ fn small_file_path(j: usize) -> (usize, String) {
             let group = ["model", "train", "eval", "data"][(j / 5) % 4];
             format!("configs/{group}/config-{j:05}.json")
         }
-        3 => format!("data/meta/{:02}/shard-{j:05}.json", j / 200),
+        3 => format!("data/meta/{:02}/shard-{j:05}.jsonl", j / 200),
         _ => format!("eval/results/run-{}/result-{j:05}.csv", j / 500),
     };
     (kind, path)
 }
 
-/// Log-uniform sizes in 100 B..20 KiB, scaled down so that small files take at most a quarter of
-/// `size` (never below 100 B each).
+/// Sizes in 100 B..20 KiB skewed towards small ones (min + range * u^4: median ~1.4 KiB, mean
+/// ~4 KiB), scaled down so that small files take at most a quarter of `size` (never below 100 B).
 fn small_file_sizes(size: u64, seed: u64) -> Vec<usize> {
-    let mean = (SMALL_MAX - SMALL_MIN) / (SMALL_MAX / SMALL_MIN).ln();
+    let mean = SMALL_MIN + (SMALL_MAX - SMALL_MIN) / 5.0;
     let scale = (size as f64 / 4.0 / (mean * SMALL_FILES as f64)).min(1.0);
     (0..SMALL_FILES)
         .map(|j| {
-            let mut rng = Rng::keyed(&[seed, tag::SMALL_SIZE, j as u64]);
-            let raw = SMALL_MIN * (SMALL_MAX / SMALL_MIN).powf(rng.next_f64());
-            (SMALL_MIN + (raw - SMALL_MIN) * scale).round() as usize
+            let u = Rng::keyed(&[seed, tag::SMALL_SIZE, j as u64]).next_f64();
+            let extra = (SMALL_MAX - SMALL_MIN) * (u * u) * (u * u);
+            (SMALL_MIN + extra * scale).round() as usize
         })
         .collect()
 }
@@ -1299,7 +1328,7 @@ mod tests {
             assert_eq!(end - begin, numel * dtype.size(), "{key}: offsets vs shape");
             entries.push((begin, end, key.clone(), dtype, shape));
         }
-        entries.sort_by_key(|e| e.0);
+        entries.sort_by_key(|e| (e.0, e.1));
         let mut expected_begin = 0;
         let mut tensors = Vec::new();
         for (begin, end, name, dtype, shape) in entries {
@@ -1383,6 +1412,20 @@ mod tests {
             "{mean} {std}"
         );
         assert!((0..1000).all(|_| rng.below(7) < 7));
+    }
+
+    #[test]
+    fn ln_matches_libm() {
+        let mut rng = Rng::new(9);
+        for _ in 0..100_000 {
+            let x = (1.0 - rng.next_f64()) * 2f64.powi(rng.below(200) as i32 - 100);
+            let (ours, libm) = (ln(x), x.ln());
+            assert!(
+                (ours - libm).abs() <= 1e-12 * libm.abs().max(1e-3),
+                "ln({x}): {ours} vs {libm}"
+            );
+        }
+        assert_eq!(ln(1.0), 0.0);
     }
 
     #[test]
@@ -1569,15 +1612,19 @@ mod tests {
 
     #[test]
     fn same_seed_same_bytes_other_seed_other_bytes() {
-        for &scenario in Scenario::all() {
+        // Smallfiles is checked in its own test: creating 2000 files three times is slow.
+        for &scenario in Scenario::all()
+            .iter()
+            .filter(|&&s| s != Scenario::Smallfiles)
+        {
             let (a, b, c) = (
                 tempfile::tempdir().unwrap(),
                 tempfile::tempdir().unwrap(),
                 tempfile::tempdir().unwrap(),
             );
-            let files_a = generate(scenario, a.path(), MIB, 11, 1).unwrap();
-            let files_b = generate(scenario, b.path(), MIB, 11, 1).unwrap();
-            generate(scenario, c.path(), MIB, 12, 1).unwrap();
+            let files_a = generate(scenario, a.path(), MIB / 2, 11, 1).unwrap();
+            let files_b = generate(scenario, b.path(), MIB / 2, 11, 1).unwrap();
+            generate(scenario, c.path(), MIB / 2, 12, 1).unwrap();
             assert_eq!(files_a, files_b);
             let (ta, tb, tc) = (
                 read_tree(a.path()),
@@ -1782,7 +1829,7 @@ mod tests {
     #[test]
     fn smallfiles_writes_many_small_files_and_changes_few() {
         let dir = tempfile::tempdir().unwrap();
-        let size = 8 * MIB;
+        let size = 2 * MIB;
         let files = gen_step(Scenario::Smallfiles, dir.path(), size, 0);
         let tree0 = read_tree(dir.path());
         assert!(files.len() >= 1000, "{} files", files.len());
@@ -1831,6 +1878,11 @@ mod tests {
         assert!(changed
             .iter()
             .all(|p| !p.to_string_lossy().contains("safetensors")));
+
+        // Going back to step 0 restores exactly the first tree; another seed gives other files.
+        gen_step(Scenario::Smallfiles, dir.path(), size, 0);
+        assert!(read_tree(dir.path()) == tree0, "step 0 not reproduced");
+        assert_ne!(small_file_sizes(size, 7), small_file_sizes(size, 8));
     }
 
     #[test]

@@ -166,7 +166,15 @@ pub fn run(
 
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
-    let walked = walk(&sources, &mut problems, &mut warnings, progress)?;
+    // Backing up a folder that holds the repository must not back up the repository itself.
+    let repo_dir = fs::canonicalize(repo.location()).ok();
+    let walked = walk(
+        &sources,
+        repo_dir.as_deref(),
+        &mut problems,
+        &mut warnings,
+        progress,
+    )?;
 
     let mut summary = Summary::default();
     let mut nodes = Vec::with_capacity(walked.len());
@@ -292,6 +300,7 @@ fn read_with_retry(
 /// Walks every source in a stable order and records what it finds, without reading content.
 fn walk(
     sources: &[Source],
+    skip: Option<&Path>,
     problems: &mut Vec<String>,
     warnings: &mut Vec<String>,
     progress: &dyn Progress,
@@ -301,7 +310,17 @@ fn walk(
         let walker = walkdir::WalkDir::new(&src.abs)
             .follow_links(false)
             .sort_by(|a, b| a.file_name().cmp(b.file_name()));
-        for entry in walker {
+        for entry in walker.into_iter().filter_entry(|e| {
+            let inside = Some(e.path()) == skip;
+            if inside {
+                let msg = format!(
+                    "skipping {}: it is the repository itself",
+                    e.path().display()
+                );
+                progress.warn(&msg);
+            }
+            !inside
+        }) {
             let entry = match entry {
                 Ok(e) => e,
                 Err(e) => {
