@@ -22,12 +22,12 @@ pub struct ChunkerParams {
 }
 
 impl Default for ChunkerParams {
-    /// 256 KiB / 1 MiB / 4 MiB: see `repo/FORMAT.md` ("Chunking") for the measurement.
+    /// 128 KiB / 512 KiB / 2 MiB: see `repo/FORMAT.md` ("Chunking parameters") for why.
     fn default() -> Self {
         ChunkerParams {
-            min_size: 256 * 1024,
-            avg_size: 1024 * 1024,
-            max_size: 4 * 1024 * 1024,
+            min_size: 128 * 1024,
+            avg_size: 512 * 1024,
+            max_size: 2 * 1024 * 1024,
             gear_seed: 0,
         }
     }
@@ -83,7 +83,7 @@ pub struct StreamChunker<R> {
 /// A block and the ranges of the complete chunks in it.
 pub type Batch<'a> = (&'a [u8], Vec<Range<usize>>);
 
-/// Default block: big enough for a batch of ~16 average chunks to spread over the cores.
+/// Default block: a batch of ~32 average chunks, enough to keep every core busy.
 pub const DEFAULT_BLOCK: usize = 16 * 1024 * 1024;
 
 impl<R: Read> StreamChunker<R> {

@@ -44,9 +44,9 @@ impl LockInfo {
         format!(
             "{} lock of `{}` (pid {} on host {}, since {})",
             if self.exclusive {
-                "an exclusive"
+                "exclusive"
             } else {
-                "a shared"
+                "shared"
             },
             self.command,
             self.pid,
@@ -162,7 +162,7 @@ fn check_others(backend: &dyn Backend, own: &str, exclusive: bool) -> Result<()>
             )
         } else {
             format!(
-                "the repository is locked by {}; wait for it to finish and try again",
+                "the repository is locked ({}); wait for it to finish and try again",
                 other.describe()
             )
         };
