@@ -391,3 +391,96 @@ fn walk(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::progress::NoProgress;
+    use crate::repo::{Backend, MemBackend};
+
+    /// A backend whose disk fills up after `room` bytes of repository data.
+    struct FillingDisk {
+        inner: MemBackend,
+        room: AtomicUsize,
+    }
+
+    impl Backend for FillingDisk {
+        fn put(&self, key: &str, data: &[u8]) -> Result<()> {
+            if !key.starts_with("locks/") {
+                let left = self.room.load(Ordering::SeqCst);
+                if data.len() > left {
+                    let enospc = std::io::Error::from_raw_os_error(libc::ENOSPC);
+                    return Err(Error::io(key, enospc));
+                }
+                self.room.store(left - data.len(), Ordering::SeqCst);
+            }
+            self.inner.put(key, data)
+        }
+        fn get(&self, key: &str) -> Result<Vec<u8>> {
+            self.inner.get(key)
+        }
+        fn get_range(&self, key: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+            self.inner.get_range(key, offset, len)
+        }
+        fn list(&self, prefix: &str) -> Result<Vec<String>> {
+            self.inner.list(prefix)
+        }
+        fn size(&self, key: &str) -> Result<Option<u64>> {
+            self.inner.size(key)
+        }
+        fn delete(&self, key: &str) -> Result<()> {
+            self.inner.delete(key)
+        }
+        fn describe(&self, key: &str) -> String {
+            self.inner.describe(key)
+        }
+    }
+
+    #[test]
+    fn full_disk_fails_the_backup_clearly_and_leaves_no_snapshot() {
+        let src = tempfile::tempdir().unwrap();
+        let mut data = vec![0u8; 3 << 20];
+        crate::workload::Rng::new(3).fill_bytes(&mut data);
+        fs::write(src.path().join("weights.bin"), &data).unwrap();
+
+        let disk = Arc::new(FillingDisk {
+            inner: MemBackend::default(),
+            room: AtomicUsize::new(1 << 20),
+        });
+        let repo = Repository::init_with(disk.clone(), "mem".into()).unwrap();
+        let opts = BackupOptions::new(vec![src.path().to_path_buf()]);
+        let err = run(&repo, &opts, &NoProgress).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("No space left") && msg.contains("free some space"),
+            "{msg}"
+        );
+        assert!(repo.snapshot_ids().unwrap().is_empty());
+        assert!(
+            disk.list("locks").unwrap().is_empty(),
+            "the lock is released"
+        );
+
+        // With room again, the next backup works and restores what was backed up.
+        disk.room.store(usize::MAX, Ordering::SeqCst);
+        let report = run(&repo, &opts, &NoProgress).unwrap();
+        assert!(report.snapshot.is_complete());
+        let mut repo = Repository::open_with(disk, "mem".into()).unwrap();
+        repo.load_index().unwrap();
+        let tree = repo.load_tree(&report.snapshot.tree).unwrap();
+        let file = tree
+            .nodes
+            .iter()
+            .find(|n| n.kind == NodeKind::File)
+            .unwrap();
+        let restored: Vec<u8> = file
+            .chunks
+            .iter()
+            .flat_map(|c| repo.read_blob(c).unwrap())
+            .collect();
+        assert_eq!(restored, data);
+    }
+}
