@@ -58,12 +58,9 @@ pub enum Error {
     #[error("restore target {path} is not empty: choose an empty directory or pass --overwrite")]
     TargetNotEmpty { path: PathBuf },
 
-    #[error("{path}: {source}{}", hint(source))]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    /// The OS error is part of the message (not a `source`), so it is printed once.
+    #[error("{path}: {err}{}", hint(err))]
+    Io { path: PathBuf, err: io::Error },
 
     #[error("{0}")]
     Invalid(String),
@@ -83,7 +80,7 @@ impl Error {
     pub fn io(path: impl AsRef<Path>, source: io::Error) -> Error {
         Error::Io {
             path: path.as_ref().to_path_buf(),
-            source,
+            err: source,
         }
     }
 

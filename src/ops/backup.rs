@@ -310,18 +310,21 @@ fn walk(
         let walker = walkdir::WalkDir::new(&src.abs)
             .follow_links(false)
             .sort_by(|a, b| a.file_name().cmp(b.file_name()));
-        for entry in walker.into_iter().filter_entry(|e| {
-            let inside = Some(e.path()) == skip;
-            if inside {
-                let msg = format!(
-                    "skipping {}: it is the repository itself",
-                    e.path().display()
-                );
-                progress.warn(&msg);
-            }
-            !inside
-        }) {
+        let mut entries = walker.into_iter();
+        while let Some(entry) = entries.next() {
             let entry = match entry {
+                Ok(e) if Some(e.path()) == skip => {
+                    let msg = format!(
+                        "skipping {}: it is the repository itself",
+                        e.path().display()
+                    );
+                    progress.warn(&msg);
+                    warnings.push(msg);
+                    if e.file_type().is_dir() {
+                        entries.skip_current_dir();
+                    }
+                    continue;
+                }
                 Ok(e) => e,
                 Err(e) => {
                     let at = e

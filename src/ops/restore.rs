@@ -1,6 +1,7 @@
 //! `restore ID TARGET`: recreate a snapshot's files byte for byte, re-hashing every chunk
 //! before it is written. A file whose chunks fail is reported and not left behind looking
-//! complete (it is written under a temporary name and renamed only when whole).
+//! complete: files are written into a staging folder in TARGET and renamed into place only
+//! when whole, so a killed restore leaves partial files only there.
 
 use std::fs::{self, File, FileTimes};
 use std::io::Write;
@@ -133,6 +134,7 @@ pub fn run(
     let tree = repo.load_tree(&snapshot.tree)?;
     let nodes = select(tree.nodes, &opts.include, &id.short())?;
     check_target(&opts.target, opts.overwrite)?;
+    let staging = staging_dir(&opts.target, &id, &nodes)?;
 
     let mut report = RestoreReport {
         snapshot_id: id.to_hex(),
@@ -145,10 +147,10 @@ pub fn run(
         make_dir(&opts.target.join(dir.path.to_path_buf()))?;
         report.dirs += 1;
     }
-    for file in files {
+    for (i, file) in files.into_iter().enumerate() {
         progress.file(&file.path.display());
         let dest = opts.target.join(file.path.to_path_buf());
-        match restore_file(repo, file, &dest, progress) {
+        match restore_file(repo, file, &dest, &staging.join(i.to_string()), progress) {
             Ok(()) => {
                 report.files += 1;
                 report.bytes_written += file.size;
@@ -160,6 +162,7 @@ pub fn run(
             }
         }
     }
+    fs::remove_dir_all(&staging).at(&staging)?;
     for link in nodes.iter().filter(|n| n.kind == NodeKind::Symlink) {
         let dest = opts.target.join(link.path.to_path_buf());
         if fs::symlink_metadata(&dest).is_ok() {
@@ -173,21 +176,39 @@ pub fn run(
     // and a read-only mode would stop the writes.
     for dir in nodes.iter().rev().filter(|n| n.kind == NodeKind::Dir) {
         let path = opts.target.join(dir.path.to_path_buf());
-        fs::set_permissions(&path, fs::Permissions::from_mode(dir.mode)).at(&path)?;
+        // Times first: a mode without read permission would stop the open.
         let times = FileTimes::new().set_modified(to_system_time(dir.mtime_ns));
         File::open(&path)
             .and_then(|f| f.set_times(times))
             .at(&path)?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(dir.mode)).at(&path)?;
     }
     progress.finish();
     report.duration_ms = started.elapsed().as_millis() as u64;
     Ok(report)
 }
 
+/// The staging folder for this snapshot's files: `TARGET/.tvault-restore-<ID>`, a name no
+/// top-level entry of the snapshot has. A leftover from a killed restore is cleared first.
+fn staging_dir(target: &Path, id: &Id, nodes: &[Node]) -> Result<PathBuf> {
+    let taken = |name: &str| nodes.iter().any(|n| n.path.0 == name.as_bytes());
+    let mut name = format!(".tvault-restore-{}", id.short());
+    while taken(&name) {
+        name.push('_');
+    }
+    let dir = target.join(name);
+    if fs::symlink_metadata(&dir).is_ok() {
+        fs::remove_dir_all(&dir).at(&dir)?;
+    }
+    fs::create_dir(&dir).at(&dir)?;
+    Ok(dir)
+}
+
 fn restore_file(
     repo: &Repository,
     node: &Node,
     dest: &Path,
+    tmp: &Path,
     progress: &dyn Progress,
 ) -> Result<()> {
     if fs::symlink_metadata(dest)
@@ -199,17 +220,11 @@ fn restore_file(
             dest.display()
         )));
     }
-    let name = dest
-        .file_name()
-        .expect("restored paths have names")
-        .to_string_lossy();
-    let tmp = dest.with_file_name(format!(".{name}.tvault-restore"));
-    let result = write_content(repo, node, &tmp, progress);
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
+    if let Err(e) = write_content(repo, node, tmp, progress) {
+        let _ = fs::remove_file(tmp);
         return Err(e);
     }
-    fs::rename(&tmp, dest).at(dest)
+    fs::rename(tmp, dest).at(dest)
 }
 
 fn write_content(

@@ -66,11 +66,14 @@ fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).at(dir)
 }
 
+/// Temporary files of writes in progress (or interrupted) start with this.
+pub const TMP_PREFIX: &str = ".tmp-";
+
 fn tmp_name(path: &Path) -> PathBuf {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let name = path.file_name().unwrap_or_default().to_string_lossy();
-    path.with_file_name(format!(".tmp-{}-{}-{name}", std::process::id(), n))
+    path.with_file_name(format!("{TMP_PREFIX}{}-{n}-{name}", std::process::id()))
 }
 
 impl Backend for LocalBackend {

@@ -89,12 +89,16 @@ impl Repository {
             )));
         }
         if path.exists() {
-            let mut entries = std::fs::read_dir(path).at(path)?;
-            if entries.next().is_some() {
+            let (others, leftovers) = dir_entries(path)?;
+            if !others.is_empty() {
                 return Err(Error::NotARepository {
                     path: path.to_path_buf(),
                     reason: "the directory is not empty; choose a new or empty directory".into(),
                 });
+            }
+            // What an interrupted `init` left behind.
+            for tmp in leftovers {
+                std::fs::remove_file(&tmp).at(&tmp)?;
             }
         }
         std::fs::create_dir_all(path).at(path)?;
@@ -117,10 +121,8 @@ impl Repository {
 
     /// Opens an existing repository in a local directory and loads its index.
     pub fn open(path: &Path) -> Result<Repository> {
-        let has_files = std::fs::read_dir(path)
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(false);
         if !path.join("config").exists() {
+            let has_files = path.is_dir() && !dir_entries(path)?.0.is_empty();
             if has_files {
                 return Err(Error::NotARepository {
                     path: path.to_path_buf(),
@@ -294,6 +296,26 @@ impl Repository {
             .put(&format!("snapshots/{}", id.to_hex()), &bytes)?;
         Ok(id)
     }
+}
+
+/// A directory's entries, split into temporary files of interrupted writes and the rest.
+fn dir_entries(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+    let mut others = Vec::new();
+    let mut leftovers = Vec::new();
+    for entry in std::fs::read_dir(dir).at(dir)? {
+        let entry = entry.at(dir)?;
+        let is_tmp = entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(backend::TMP_PREFIX)
+            && entry.file_type().map(|t| t.is_file()).unwrap_or(false);
+        if is_tmp {
+            leftovers.push(entry.path());
+        } else {
+            others.push(entry.path());
+        }
+    }
+    Ok((others, leftovers))
 }
 
 /// The ID a content-addressed key ends in.

@@ -1,0 +1,19 @@
+//! The integration test binary: runs the built `tvault` against temporary repositories.
+//!
+//! Every test gets its own [`testenv::TestEnv`] (a temp dir with `src/` and `repo/`), passes
+//! `--repo` explicitly (or points `HOME`/`XDG_DATA_HOME` into the temp dir when it tests the
+//! default location), and never touches the real default repository.
+
+#[path = "cli/testenv.rs"]
+mod testenv;
+
+#[path = "cli/bad_input.rs"]
+mod bad_input;
+#[path = "cli/crash.rs"]
+mod crash;
+#[path = "cli/damage.rs"]
+mod damage;
+#[path = "cli/incremental.rs"]
+mod incremental;
+#[path = "cli/roundtrip.rs"]
+mod roundtrip;

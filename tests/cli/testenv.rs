@@ -1,0 +1,543 @@
+//! `TestEnv`: a temp dir with `src/` and `repo/`, helpers that write trees and realistic
+//! checkpoints into it, run the built `tvault` binary and parse its `--json`, and an exact tree
+//! comparison (content, permission bits, mtimes in ns, symlink targets, empty directories,
+//! non-UTF-8 names) that never follows symlinks.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::fs::{self, File, FileTimes};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde_json::Value;
+use tvault::workload::{self, Scenario};
+
+/// The binary under test.
+pub const TVAULT: &str = env!("CARGO_BIN_EXE_tvault");
+
+/// Builds a `Vec<OsString>` from anything path- or string-like: `args!["backup", &path]`.
+macro_rules! args {
+    ($($x:expr),* $(,)?) => {
+        vec![$(::std::ffi::OsStr::new(&$x).to_os_string()),*]
+    };
+}
+pub(crate) use args;
+
+/// What one run of the binary did.
+pub struct Run {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    pub what: String,
+}
+
+impl Run {
+    fn from_output(what: String, out: Output) -> Run {
+        Run {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            what,
+        }
+    }
+
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    /// Panics (showing the whole output) unless the process exited with `code`.
+    #[track_caller]
+    pub fn expect_code(self, code: i32) -> Run {
+        assert_eq!(self.code(), Some(code), "unexpected exit status\n{self}");
+        self
+    }
+
+    /// The `--json` report on stdout.
+    #[track_caller]
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e})\n{self}"))
+    }
+
+    /// Panics unless stderr contains every one of `needles`.
+    #[track_caller]
+    pub fn stderr_has(&self, needles: &[&str]) -> &Run {
+        for n in needles {
+            assert!(self.stderr.contains(n), "stderr lacks {n:?}\n{self}");
+        }
+        self
+    }
+}
+
+impl fmt::Display for Run {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "$ {}\n{}\n--- stdout ---\n{}--- stderr ---\n{}",
+            self.what, self.status, self.stdout, self.stderr
+        )
+    }
+}
+
+pub struct TestEnv {
+    /// The temp dir; `src/` and `repo/` are inside it.
+    pub root: PathBuf,
+    pub src: PathBuf,
+    pub repo: PathBuf,
+    bin: PathBuf,
+    user: Option<(u32, u32)>,
+    fresh: Cell<u32>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestEnv {
+    /// A temp dir with empty `src/` and `repo/` directories (no repository yet).
+    pub fn new() -> TestEnv {
+        let dir = tempfile::Builder::new()
+            .prefix("tvault-test-")
+            .tempdir()
+            .expect("temp dir");
+        let root = dir.path().to_path_buf();
+        for sub in ["src", "repo", "home", "xdg"] {
+            fs::create_dir(root.join(sub)).unwrap();
+        }
+        TestEnv {
+            src: root.join("src"),
+            repo: root.join("repo"),
+            root,
+            bin: PathBuf::from(TVAULT),
+            user: None,
+            fresh: Cell::new(0),
+            _dir: dir,
+        }
+    }
+
+    /// A `TestEnv` with an initialised repository.
+    pub fn with_repo() -> TestEnv {
+        let env = TestEnv::new();
+        env.init();
+        env
+    }
+
+    /// From now on, runs the binary as `uid`/`gid` (needs root). The temp dir is opened to
+    /// everyone and the binary copied into it, so that user can reach both.
+    pub fn run_as(&mut self, uid: u32, gid: u32) {
+        let bin = self.root.join("tvault-bin");
+        fs::copy(TVAULT, &bin).unwrap();
+        set_mode(&bin, 0o755);
+        set_mode(&self.root, 0o777);
+        for sub in ["home", "xdg"] {
+            set_mode(&self.root.join(sub), 0o777);
+        }
+        self.bin = bin;
+        self.user = Some((uid, gid));
+    }
+
+    pub fn path(&self, rel: impl AsRef<Path>) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    /// A new path below the temp dir that does not exist yet (`restore-1`, `restore-2`, ...).
+    pub fn fresh_path(&self, stem: &str) -> PathBuf {
+        self.fresh.set(self.fresh.get() + 1);
+        self.root.join(format!("{stem}-{}", self.fresh.get()))
+    }
+
+    /// The binary with a clean environment: no `TVAULT_REPO`, no crash hook, `HOME` and
+    /// `XDG_DATA_HOME` inside the temp dir; run as the user `run_as` chose, if any.
+    pub fn command(&self) -> Command {
+        let mut cmd = self.command_as_invoker();
+        if let Some((uid, gid)) = self.user {
+            cmd.uid(uid).gid(gid);
+        }
+        cmd
+    }
+
+    /// Like [`TestEnv::command`], but always as the user running the tests.
+    pub fn command_as_invoker(&self) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.env_remove("TVAULT_REPO")
+            .env_remove("TVAULT_CRASH_AFTER_WRITES")
+            .env("HOME", self.root.join("home"))
+            .env("XDG_DATA_HOME", self.root.join("xdg"))
+            .current_dir(&self.root)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn run_command(&self, mut cmd: Command) -> Run {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let what = format!(
+            "{}{}",
+            cmd.get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(" "),
+            cmd.get_envs()
+                .filter_map(|(k, v)| Some((k, v?)))
+                .filter(|(k, _)| *k == "TVAULT_CRASH_AFTER_WRITES" || *k == "TVAULT_REPO")
+                .map(|(k, v)| format!("  [{}={}]", k.to_string_lossy(), v.to_string_lossy()))
+                .collect::<String>()
+        );
+        let out = spawn(&mut cmd).wait_with_output().expect("wait for tvault");
+        Run::from_output(format!("tvault {what}"), out)
+    }
+
+    /// `tvault --repo REPO ARGS...`
+    pub fn tvault<S: AsRef<OsStr>>(&self, args: impl IntoIterator<Item = S>) -> Run {
+        let mut cmd = self.command();
+        cmd.arg("--repo").arg(&self.repo).args(args);
+        self.run_command(cmd)
+    }
+
+    /// `tvault ARGS...` with neither `--repo` nor `TVAULT_REPO` (the default location).
+    pub fn tvault_default_repo<S: AsRef<OsStr>>(&self, args: impl IntoIterator<Item = S>) -> Run {
+        let mut cmd = self.command();
+        cmd.args(args);
+        self.run_command(cmd)
+    }
+
+    pub fn init(&self) {
+        self.tvault(["init"]).expect_code(0);
+        assert!(self.repo.join("config").is_file());
+    }
+
+    /// `backup --json PATHS EXTRA`, which must exit 0; returns the report.
+    #[track_caller]
+    pub fn backup(&self, paths: &[&Path], extra: &[&str]) -> Value {
+        let mut a: Vec<OsString> = args!["--json", "backup"];
+        a.extend(paths.iter().map(|p| p.as_os_str().to_os_string()));
+        a.extend(extra.iter().map(OsString::from));
+        self.tvault(a).expect_code(0).json()
+    }
+
+    /// Restores `id` into a fresh directory (exit 0 required); returns the directory.
+    #[track_caller]
+    pub fn restore(&self, id: &str) -> PathBuf {
+        let target = self.fresh_path("restore");
+        let run = self
+            .tvault(args!["--json", "restore", id, &target])
+            .expect_code(0);
+        let report = run.json();
+        assert!(
+            report["failed"].as_array().is_some_and(|f| f.is_empty()),
+            "{run}"
+        );
+        target
+    }
+
+    /// Restores `id` and checks the result is exactly `expected`; removes the copy afterwards.
+    #[track_caller]
+    pub fn assert_restores(&self, id: &str, expected: &Manifest) {
+        let target = self.restore(id);
+        assert_manifest_eq(expected, &manifest(&target), &format!("restore of {id}"));
+        fs::remove_dir_all(&target).unwrap();
+    }
+
+    /// `snapshots --json`, which must exit 0.
+    #[track_caller]
+    pub fn snapshots(&self) -> Vec<Value> {
+        let v = self.tvault(["--json", "snapshots"]).expect_code(0).json();
+        v.as_array().expect("snapshots --json is an array").clone()
+    }
+
+    /// Writes `bytes` to `rel` below the temp dir, creating parent directories.
+    pub fn write(&self, rel: impl AsRef<Path>, bytes: &[u8]) -> PathBuf {
+        let path = self.root.join(rel);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    /// Writes step `step` of a generated checkpoint workload into `rel` below the temp dir.
+    pub fn checkpoint(
+        &self,
+        rel: impl AsRef<Path>,
+        scenario: Scenario,
+        size: u64,
+        seed: u64,
+        step: u32,
+    ) -> PathBuf {
+        let dir = self.root.join(rel);
+        let files =
+            workload::generate(scenario, &dir, size, seed, step).expect("generate workload");
+        assert!(!files.is_empty());
+        dir
+    }
+
+    /// Every file of the repository with the hash of its content (temp files included), to
+    /// show that a failed command wrote, renamed and deleted nothing.
+    pub fn repo_state(&self) -> BTreeMap<PathBuf, String> {
+        manifest(&self.repo)
+            .into_iter()
+            .filter_map(|(p, e)| match e {
+                Entry::File { hash, .. } => Some((p, hash)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Spawns `cmd`, retrying while its binary is "busy": a copy of the binary just written by this
+/// process can still be open for writing in a child that another test thread is forking.
+pub fn spawn(cmd: &mut Command) -> Child {
+    for _ in 0..100 {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            other => return other.expect("spawn tvault"),
+        }
+    }
+    panic!("{:?} stayed busy", cmd.get_program());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tree comparison
+
+/// One entry of a tree, as the comparison sees it. Symlinks are compared by target only
+/// (their mode is always 0777 and restore cannot set their times).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Entry {
+    File {
+        mode: u32,
+        mtime_ns: i128,
+        size: u64,
+        hash: String,
+    },
+    Dir {
+        mode: u32,
+        mtime_ns: i128,
+    },
+    Symlink {
+        target: PathBuf,
+    },
+    Other {
+        kind: String,
+    },
+}
+
+/// Relative path → entry, for everything below a directory.
+pub type Manifest = BTreeMap<PathBuf, Entry>;
+
+fn entry_of(path: &Path) -> Entry {
+    let m = fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let ft = m.file_type();
+    let mode = m.mode() & 0o7777;
+    let mtime_ns = i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec());
+    if ft.is_file() {
+        let mut hasher = blake3::Hasher::new();
+        let mut f = File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        std::io::copy(&mut f, &mut hasher).unwrap();
+        Entry::File {
+            mode,
+            mtime_ns,
+            size: m.len(),
+            hash: hasher.finalize().to_hex().to_string(),
+        }
+    } else if ft.is_dir() {
+        Entry::Dir { mode, mtime_ns }
+    } else if ft.is_symlink() {
+        Entry::Symlink {
+            target: fs::read_link(path).unwrap(),
+        }
+    } else {
+        Entry::Other {
+            kind: format!("{ft:?}"),
+        }
+    }
+}
+
+fn walk_into(abs: &Path, key: PathBuf, out: &mut Manifest) {
+    let entry = entry_of(abs);
+    let is_dir = matches!(entry, Entry::Dir { .. });
+    out.insert(key.clone(), entry);
+    if is_dir {
+        for child in fs::read_dir(abs).unwrap() {
+            let name = child.unwrap().file_name();
+            walk_into(&abs.join(&name), key.join(&name), out);
+        }
+    }
+}
+
+/// Everything below `dir` (not `dir` itself), keyed by relative path.
+pub fn manifest(dir: &Path) -> Manifest {
+    let mut out = Manifest::new();
+    for child in fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let name = child.unwrap().file_name();
+        walk_into(&dir.join(&name), PathBuf::from(&name), &mut out);
+    }
+    out
+}
+
+/// What restoring a backup of `sources` must produce: each source under its base name.
+pub fn sources_manifest(sources: &[&Path]) -> Manifest {
+    let mut out = Manifest::new();
+    for s in sources {
+        walk_into(s, PathBuf::from(s.file_name().unwrap()), &mut out);
+    }
+    out
+}
+
+/// Panics with a readable list of every difference.
+#[track_caller]
+pub fn assert_manifest_eq(expected: &Manifest, actual: &Manifest, what: &str) {
+    let mut diffs = Vec::new();
+    for (path, e) in expected {
+        match actual.get(path) {
+            None => diffs.push(format!("missing  {path:?}: {e:?}")),
+            Some(a) if a != e => {
+                diffs.push(format!("differs  {path:?}:\n   want {e:?}\n   got  {a:?}"))
+            }
+            Some(_) => {}
+        }
+    }
+    for (path, a) in actual {
+        if !expected.contains_key(path) {
+            diffs.push(format!("extra    {path:?}: {a:?}"));
+        }
+    }
+    assert!(
+        diffs.is_empty(),
+        "{what}: trees differ ({} of {} entries expected):\n{}",
+        diffs.len(),
+        expected.len(),
+        diffs.join("\n")
+    );
+}
+
+/// Compares two directories' contents (not the directories themselves).
+#[track_caller]
+pub fn assert_same_tree(expected: &Path, actual: &Path) {
+    assert_manifest_eq(
+        &manifest(expected),
+        &manifest(actual),
+        &format!("{} vs {}", expected.display(), actual.display()),
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small file-system helpers
+
+pub fn set_mode(path: &Path, mode: u32) {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Sets a file's or directory's mtime (seconds may be negative: before 1970).
+pub fn set_mtime(path: &Path, secs: i64, nanos: u32) {
+    let t = if secs >= 0 {
+        UNIX_EPOCH + Duration::new(secs as u64, nanos)
+    } else {
+        UNIX_EPOCH - Duration::new(secs.unsigned_abs(), 0) + Duration::new(0, nanos)
+    };
+    let f = File::options()
+        .read(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    f.set_times(FileTimes::new().set_modified(t).set_accessed(t))
+        .unwrap();
+}
+
+/// Overwrites `bytes.len()` bytes at `offset` in place (same inode, same length).
+pub fn overwrite_at(path: &Path, offset: u64, bytes: &[u8]) {
+    let mut f = File::options().write(true).open(path).unwrap();
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    f.write_all(bytes).unwrap();
+    f.sync_all().unwrap();
+}
+
+pub fn read_at(path: &Path, offset: u64, len: usize) -> Vec<u8> {
+    let mut f = File::open(path).unwrap();
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    let mut buf = vec![0; len];
+    f.read_exact(&mut buf).unwrap();
+    buf
+}
+
+/// True when this test process runs as root (permission bits do not stop its reads).
+pub fn is_root() -> bool {
+    fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
+/// The host name tvault records, read the same way it does.
+pub fn hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// A tensor of a safetensors file: name, dtype, absolute byte range in the file.
+#[derive(Clone, Debug)]
+pub struct TensorLoc {
+    pub name: String,
+    pub dtype: String,
+    pub start: u64,
+    pub len: u64,
+}
+
+/// Parses a safetensors header (8-byte LE length, JSON) into absolute tensor locations.
+pub fn safetensors_tensors(path: &Path) -> Vec<TensorLoc> {
+    let len_bytes = read_at(path, 0, 8);
+    let header_len = u64::from_le_bytes(len_bytes.try_into().unwrap());
+    let header: Value = serde_json::from_slice(&read_at(path, 8, header_len as usize)).unwrap();
+    let data_start = 8 + header_len;
+    let mut out: Vec<TensorLoc> = header
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .map(|(name, v)| {
+            let offsets = v["data_offsets"].as_array().unwrap();
+            let (b, e) = (offsets[0].as_u64().unwrap(), offsets[1].as_u64().unwrap());
+            TensorLoc {
+                name: name.clone(),
+                dtype: v["dtype"].as_str().unwrap().to_string(),
+                start: data_start + b,
+                len: e - b,
+            }
+        })
+        .collect();
+    out.sort_by_key(|t| t.start);
+    out
+}
+
+/// A JSON field as u64, with a message naming it.
+#[track_caller]
+pub fn num(v: &Value, field: &str) -> u64 {
+    v[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("field {field:?} is not a number in {v:#}"))
+}
+
+/// A JSON field as a string, with a message naming it.
+#[track_caller]
+pub fn text(v: &Value, field: &str) -> String {
+    v[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("field {field:?} is not a string in {v:#}"))
+        .to_string()
+}
+
+/// Copies a directory tree of regular files and directories (a repository, say).
+pub fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&src, &dst);
+        } else {
+            fs::copy(&src, &dst).unwrap();
+        }
+    }
+}
