@@ -214,7 +214,12 @@ fn killed_restore_leaves_no_partial_file_under_its_final_name() {
             let Some(want) = expected.get(&path) else {
                 // Not in the snapshot: a temporary file, only ever inside the hidden staging
                 // folder that the next restore of this snapshot clears.
-                let top = path.components().next().unwrap().as_os_str().to_string_lossy();
+                let top = path
+                    .components()
+                    .next()
+                    .unwrap()
+                    .as_os_str()
+                    .to_string_lossy();
                 assert!(
                     top.starts_with(".tvault-restore-"),
                     "{}: visible stray file",
