@@ -8,9 +8,10 @@
 //!
 //! # fn main() -> tvault::error::Result<()> {
 //! let repo = Repository::init(Path::new("/tmp/repo"))?;
-//! let report = backup::run(&repo, &backup::BackupOptions::new(vec!["/data/ckpt".into()]), &tvault::progress::NoProgress)?;
-//! let repo = Repository::open(Path::new("/tmp/repo"))?;
-//! restore::run(&repo, &restore::RestoreOptions::new(&report.snapshot_id.to_hex(), "/tmp/out"), &tvault::progress::NoProgress)?;
+//! let mut repo = repo;
+//! let report = backup::run(&mut repo, &backup::BackupOptions::new(vec!["/data/ckpt".into()]), &tvault::progress::NoProgress)?;
+//! let mut repo = Repository::open(Path::new("/tmp/repo"))?;
+//! restore::run(&mut repo, &restore::RestoreOptions::new(&report.snapshot_id.to_hex(), "/tmp/out"), &tvault::progress::NoProgress)?;
 //! # Ok(()) }
 //! ```
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use crate::ops::{backup, restore};
+use crate::ops::{backup, prune, restore, retention, verify};
 use crate::repo::{lock, Repository};
 use output::Out;
 
@@ -21,7 +21,7 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     /// `backup` wrote a snapshot, but some files could not be stored in it.
     pub const INCOMPLETE: u8 = 3;
-    /// `restore` finished, but some files failed (damaged data).
+    /// `verify` found damage; `restore` finished but some files failed (damaged data).
     pub const DAMAGE: u8 = 4;
 }
 
@@ -82,6 +82,57 @@ enum Command {
         #[arg(long)]
         overwrite: bool,
     },
+    /// Check the repository's integrity (exit 0 clean, 4 damage found, 1 could not check)
+    Verify {
+        /// Also read every pack and decode and re-hash every chunk
+        #[arg(long, conflicts_with = "read_data_subset")]
+        read_data: bool,
+        /// Read only a subset: `n/m` (the n-th of m slices; m runs cover everything) or `P%`
+        #[arg(long, value_name = "SPEC", value_parser = verify::ReadData::parse_subset)]
+        read_data_subset: Option<verify::ReadData>,
+    },
+    /// Remove snapshots by a retention policy, then the data only they used
+    Prune {
+        /// Keep the N newest snapshots
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_last: u32,
+        /// Keep the newest snapshot of each of the last N hours that have one (UTC)
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_hourly: u32,
+        /// Keep the newest snapshot of each of the last N days that have one (UTC)
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_daily: u32,
+        /// Keep the newest snapshot of each of the last N ISO weeks that have one
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_weekly: u32,
+        /// Keep the newest snapshot of each of the last N months that have one
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_monthly: u32,
+        /// Keep the newest snapshot of each of the last N years that have one
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_yearly: u32,
+        /// Keep snapshots newer than DURATION before the newest one (e.g. 36h, 7d, 1y6m)
+        #[arg(long, value_name = "DURATION", value_parser = retention::Within::parse)]
+        keep_within: Option<retention::Within>,
+        /// Keep snapshots with this tag (repeatable)
+        #[arg(long, value_name = "TAG")]
+        keep_tag: Vec<String>,
+        /// Apply the policy only to snapshots with this tag (repeatable); others are kept
+        #[arg(long = "tag", value_name = "TAG")]
+        only_tags: Vec<String>,
+        /// Remove this snapshot whatever the policy says (repeatable)
+        #[arg(long, value_name = "ID")]
+        forget: Vec<String>,
+        /// Print what would be removed and freed, change nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Repack packs with more than this percentage of unused bytes
+        #[arg(long, value_name = "PERCENT", default_value_t = prune::DEFAULT_MAX_UNUSED)]
+        max_unused: f64,
+        /// Allow a policy that removes every snapshot
+        #[arg(long)]
+        allow_remove_all: bool,
+    },
     /// Remove stale locks left by crashed tvault processes
     Unlock {
         /// Remove every lock, also those of running processes
@@ -125,7 +176,7 @@ pub fn run() -> Result<u8> {
             parent,
             host,
         } => {
-            let repo = open(&repo_path, explicit.is_none(), &out)?;
+            let mut repo = open(&repo_path, explicit.is_none(), &out)?;
             let opts = backup::BackupOptions {
                 paths,
                 tags,
@@ -134,7 +185,7 @@ pub fn run() -> Result<u8> {
                 host,
             };
             let progress = out.progress("backup");
-            let report = backup::run(&repo, &opts, &progress)?;
+            let report = backup::run(&mut repo, &opts, &progress)?;
             drop(progress);
             Ok(out.backup(&report))
         }
@@ -149,7 +200,7 @@ pub fn run() -> Result<u8> {
             include,
             overwrite,
         } => {
-            let repo = open(&repo_path, false, &out)?;
+            let mut repo = open(&repo_path, false, &out)?;
             let opts = restore::RestoreOptions {
                 snapshot: id,
                 target,
@@ -157,9 +208,63 @@ pub fn run() -> Result<u8> {
                 overwrite,
             };
             let progress = out.progress("restore");
-            let report = restore::run(&repo, &opts, &progress)?;
+            let report = restore::run(&mut repo, &opts, &progress)?;
             drop(progress);
             Ok(out.restore(&report, &opts.target))
+        }
+        Command::Verify {
+            read_data,
+            read_data_subset,
+        } => {
+            let mut repo = open(&repo_path, false, &out)?;
+            let mode = match (read_data, read_data_subset) {
+                (true, _) => verify::ReadData::All,
+                (false, Some(subset)) => subset,
+                (false, None) => verify::ReadData::None,
+            };
+            let progress = out.progress("verify");
+            let report = verify::run(&mut repo, mode, &progress)?;
+            drop(progress);
+            Ok(out.verify(&report))
+        }
+        Command::Prune {
+            keep_last,
+            keep_hourly,
+            keep_daily,
+            keep_weekly,
+            keep_monthly,
+            keep_yearly,
+            keep_within,
+            keep_tag,
+            only_tags,
+            forget,
+            dry_run,
+            max_unused,
+            allow_remove_all,
+        } => {
+            let mut repo = open(&repo_path, false, &out)?;
+            let opts = prune::PruneOptions {
+                policy: retention::KeepPolicy {
+                    last: keep_last,
+                    hourly: keep_hourly,
+                    daily: keep_daily,
+                    weekly: keep_weekly,
+                    monthly: keep_monthly,
+                    yearly: keep_yearly,
+                    within: keep_within,
+                    tags: keep_tag,
+                },
+                only_tags,
+                forget,
+                dry_run,
+                max_unused,
+                allow_remove_all,
+            };
+            let progress = out.progress("prune");
+            let report = prune::run(&mut repo, &opts, &progress)?;
+            drop(progress);
+            out.prune(&report);
+            Ok(exit::SUCCESS)
         }
         Command::Unlock { all } => {
             let repo = open(&repo_path, false, &out)?;
@@ -186,5 +291,11 @@ fn open(path: &Path, create_default: bool, out: &Out) -> Result<Repository> {
         ));
         return Ok(repo);
     }
-    Ok(Repository::open(path)?)
+    let repo = Repository::open(path)?;
+    for e in repo.index_problems() {
+        out.warn(&format!(
+            "{e}; chunks only it lists count as missing: run `tvault verify`"
+        ));
+    }
+    Ok(repo)
 }

@@ -10,7 +10,9 @@ use serde_json::json;
 use super::exit;
 use crate::id::Id;
 use crate::ops::backup::BackupReport;
+use crate::ops::prune::PruneReport;
 use crate::ops::restore::RestoreReport;
+use crate::ops::verify::VerifyReport;
 use crate::progress::Progress;
 use crate::snapshot::{Snapshot, SnapshotKind};
 
@@ -36,6 +38,11 @@ impl Out {
         if !self.quiet {
             eprintln!("tvault: {text}");
         }
+    }
+
+    /// A warning on stderr, even with --quiet (it may mean data is at risk).
+    pub fn warn(&self, text: &str) {
+        eprintln!("tvault: warning: {text}");
     }
 
     pub fn json(&self, value: &serde_json::Value) {
@@ -194,6 +201,93 @@ impl Out {
         }
         exit::DAMAGE
     }
+}
+
+impl Out {
+    pub fn verify(&self, r: &VerifyReport) -> u8 {
+        self.json(&serde_json::to_value(r).expect("report serialises"));
+        let read = if r.packs_read > 0 {
+            format!(
+                ", read {} packs ({})",
+                r.packs_read,
+                HumanBytes(r.bytes_read)
+            )
+        } else {
+            String::new()
+        };
+        let summary = format!(
+            "checked {} snapshots, {} index files, {} packs{read} in {}",
+            r.snapshots,
+            r.index_files,
+            r.packs,
+            secs(r.duration_ms)
+        );
+        if r.reclaimable_packs > 0 {
+            self.line(&format!(
+                "{} unused pack(s), {}, can be reclaimed with `tvault prune`",
+                r.reclaimable_packs,
+                HumanBytes(r.reclaimable_bytes)
+            ));
+        }
+        if r.clean {
+            self.line(&format!("{summary}: no problems"));
+            return exit::SUCCESS;
+        }
+        // Damage is printed even with --quiet: CI and cron must show it.
+        if !self.json {
+            eprintln!(
+                "tvault: DAMAGE: {} problem(s) found; {summary}",
+                r.problems.len()
+            );
+            for p in &r.problems {
+                eprintln!("  [{}] {}: {}", kind_name(p), p.file, p.message);
+                const SHOWN: usize = 20;
+                for a in p.affected.iter().take(SHOWN) {
+                    eprintln!("      snapshot {}: {}", a.snapshot, a.path);
+                }
+                if p.affected.len() > SHOWN {
+                    eprintln!("      … and {} more (see --json)", p.affected.len() - SHOWN);
+                }
+            }
+        }
+        exit::DAMAGE
+    }
+
+    pub fn prune(&self, r: &PruneReport) {
+        self.json(&serde_json::to_value(r).expect("report serialises"));
+        for d in &r.snapshots {
+            self.line(&format!(
+                "{:<6} {}  {}  {:<12} {}  [{}]",
+                if d.keep { "keep" } else { "remove" },
+                d.short_id,
+                d.time.format("%Y-%m-%d %H:%M:%S"),
+                d.host,
+                d.tags.join(","),
+                d.reasons.join(", "),
+            ));
+        }
+        let verb = if r.dry_run { "would free" } else { "freed" };
+        self.line(&format!(
+            "{} snapshot(s) removed, {} pack(s) deleted, {} repacked into {}, {} leftover file(s) removed; {verb} {} of {}",
+            r.snapshots_removed,
+            r.packs_deleted,
+            r.packs_repacked,
+            r.packs_written,
+            r.leftovers_deleted,
+            HumanBytes(r.bytes_freed),
+            HumanBytes(r.bytes_before),
+        ));
+        if r.dry_run {
+            self.line("dry run: nothing was changed");
+        }
+    }
+}
+
+fn kind_name(p: &crate::ops::verify::Problem) -> String {
+    serde_json::to_value(p.kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 /// Draws a bar on a terminal; otherwise only prints warnings.

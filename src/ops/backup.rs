@@ -138,13 +138,16 @@ struct Walked {
 }
 
 pub fn run(
-    repo: &Repository,
+    repo: &mut Repository,
     opts: &BackupOptions,
     progress: &dyn Progress,
 ) -> Result<BackupReport> {
     let started = Instant::now();
     let sources = resolve_sources(&opts.paths)?;
     let _lock = repo.lock(false, "backup")?;
+    // What was loaded before the lock may be stale (a prune may have run in between).
+    repo.refresh_index()?;
+    let repo: &Repository = repo;
     let host = opts.host.clone().unwrap_or_else(lock::hostname);
     let mut paths: Vec<String> = sources
         .iter()
@@ -453,9 +456,9 @@ mod tests {
             inner: MemBackend::default(),
             room: AtomicUsize::new(1 << 20),
         });
-        let repo = Repository::init_with(disk.clone(), "mem".into()).unwrap();
+        let mut repo = Repository::init_with(disk.clone(), "mem".into()).unwrap();
         let opts = BackupOptions::new(vec![src.path().to_path_buf()]);
-        let err = run(&repo, &opts, &NoProgress).unwrap_err();
+        let err = run(&mut repo, &opts, &NoProgress).unwrap_err();
         let msg = err.to_string();
         assert!(
             msg.contains("No space left") && msg.contains("free some space"),
@@ -469,7 +472,7 @@ mod tests {
 
         // With room again, the next backup works and restores what was backed up.
         disk.room.store(usize::MAX, Ordering::SeqCst);
-        let report = run(&repo, &opts, &NoProgress).unwrap();
+        let report = run(&mut repo, &opts, &NoProgress).unwrap();
         assert!(report.snapshot.is_complete());
         let mut repo = Repository::open_with(disk, "mem".into()).unwrap();
         repo.load_index().unwrap();

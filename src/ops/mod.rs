@@ -2,5 +2,8 @@
 //! execution, taking plain option structs and returning a report (no CLI types here).
 
 pub mod backup;
+pub mod prune;
 mod read_file;
 pub mod restore;
+pub mod retention;
+pub mod verify;

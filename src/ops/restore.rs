@@ -123,13 +123,16 @@ fn make_dir(path: &Path) -> Result<()> {
 }
 
 pub fn run(
-    repo: &Repository,
+    repo: &mut Repository,
     opts: &RestoreOptions,
     progress: &dyn Progress,
 ) -> Result<RestoreReport> {
     let started = Instant::now();
     let id = repo.resolve_snapshot(&opts.snapshot)?;
     let _lock = repo.lock(false, "restore")?;
+    // What was loaded before the lock may be stale (a prune may have run in between).
+    repo.refresh_index()?;
+    let repo: &Repository = repo;
     let snapshot = repo.load_snapshot(&id)?;
     let tree = repo.load_tree(&snapshot.tree)?;
     let nodes = select(tree.nodes, &opts.include, &id.short())?;

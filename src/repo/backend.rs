@@ -22,6 +22,10 @@ pub trait Backend: Send + Sync {
     fn list(&self, prefix: &str) -> Result<Vec<String>>;
     fn size(&self, key: &str) -> Result<Option<u64>>;
     fn delete(&self, key: &str) -> Result<()>;
+    /// Temporary objects of interrupted writes below `prefix` (only backends that have them).
+    fn list_temporary(&self, _prefix: &str) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
     /// A human-readable location of `key`, for messages.
     fn describe(&self, key: &str) -> String;
 }
@@ -154,6 +158,23 @@ impl Backend for LocalBackend {
 
     fn describe(&self, key: &str) -> String {
         self.path(key).display().to_string()
+    }
+
+    fn list_temporary(&self, prefix: &str) -> Result<Vec<String>> {
+        let dir = self.path(prefix);
+        let mut out = Vec::new();
+        for entry in walkdir::WalkDir::new(&dir)
+            .min_depth(1)
+            .into_iter()
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy();
+            if entry.file_type().is_file() && name.starts_with(TMP_PREFIX) {
+                let rel = entry.path().strip_prefix(&self.root).expect("below root");
+                out.push(rel.to_string_lossy().into_owned());
+            }
+        }
+        Ok(out)
     }
 }
 

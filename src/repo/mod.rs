@@ -72,6 +72,14 @@ pub struct Repository {
     location: PathBuf,
     config: Config,
     index: Index,
+    index_keys: Vec<String>,
+    index_problems: Vec<Error>,
+}
+
+/// One index file as read from the repository, or why it could not be read.
+pub struct IndexFile {
+    pub key: String,
+    pub packs: Result<Vec<(Id, Vec<crate::pack::PackEntry>)>>,
 }
 
 pub fn pack_key(id: &Id) -> String {
@@ -116,6 +124,8 @@ impl Repository {
             location,
             config,
             index: Index::default(),
+            index_keys: Vec::new(),
+            index_problems: Vec::new(),
         })
     }
 
@@ -173,6 +183,8 @@ impl Repository {
             location,
             config,
             index: Index::default(),
+            index_keys: Vec::new(),
+            index_problems: Vec::new(),
         };
         repo.load_index()?;
         Ok(repo)
@@ -194,18 +206,55 @@ impl Repository {
         &self.index
     }
 
-    /// Reads every index file into the merged in-memory index.
+    /// Reads every index file into the merged in-memory index. A damaged index file does not
+    /// stop the repository from opening: it is recorded in `index_problems` (verify reports
+    /// it; blobs only it knew are treated as missing, so a backup stores them again).
     pub fn load_index(&mut self) -> Result<()> {
         let mut index = Index::default();
-        for key in self.backend.list("index")? {
-            let id = key_id(&key)?;
-            let bytes = self.backend.get(&key)?;
-            for (pack, entries) in index::decode_file(&key, id, &bytes)? {
-                index.add_pack(pack, &entries);
+        let mut problems = Vec::new();
+        let mut keys = Vec::new();
+        for file in self.read_index_files()? {
+            keys.push(file.key.clone());
+            match file.packs {
+                Ok(packs) => {
+                    for (pack, entries) in packs {
+                        index.add_pack(pack, &entries);
+                    }
+                }
+                Err(e) => problems.push(e),
             }
         }
         self.index = index;
+        self.index_keys = keys;
+        self.index_problems = problems;
         Ok(())
+    }
+
+    /// Reloads the index if index files were added or removed since it was loaded. Commands
+    /// call it once they hold their lock, so they never trust what another process changed.
+    pub fn refresh_index(&mut self) -> Result<()> {
+        if self.backend.list("index")? != self.index_keys {
+            self.load_index()?;
+        }
+        Ok(())
+    }
+
+    /// Index files that could not be read when the index was loaded.
+    pub fn index_problems(&self) -> &[Error] {
+        &self.index_problems
+    }
+
+    /// Every index file, parsed separately (for verify and prune, which need per-file detail).
+    pub fn read_index_files(&self) -> Result<Vec<IndexFile>> {
+        let mut out = Vec::new();
+        for key in self.backend.list("index")? {
+            let packs = key_id(&key).and_then(|id| {
+                let bytes = self.backend.get(&key)?;
+                index::decode_file(&key, id, &bytes)
+            });
+            out.push(IndexFile { key, packs });
+        }
+        Ok(out)
     }
 
     /// Reads, decodes and re-hashes one blob.

@@ -1,0 +1,504 @@
+//! `verify`: is every snapshot restorable? Always a structure check (index files parse, every
+//! indexed pack exists with the size its index implies, every snapshot's tree decodes, every
+//! chunk a tree references is indexed). With `--read-data` (or a subset of it) packs are read
+//! and every chunk in them decoded and re-hashed, in parallel. Each problem names its file in
+//! the repository and, for lost data, every snapshot and path that needs it.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::id::Id;
+use crate::index::{IdMap, IdSet};
+use crate::pack::{PackEntry, MAGIC};
+use crate::progress::Progress;
+use crate::repo::{pack_key, Repository};
+use crate::tree::NodeKind;
+
+/// How much pack data to read.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ReadData {
+    /// Structure only.
+    None,
+    All,
+    /// The `n`-th (1-based) of `m` deterministic slices of the packs: m runs cover everything.
+    Slice {
+        n: u32,
+        m: u32,
+    },
+    /// A random sample of this percentage of the packs.
+    Percent(f64),
+}
+
+impl ReadData {
+    /// Parses `n/m` or `P%`.
+    pub fn parse_subset(spec: &str) -> std::result::Result<ReadData, String> {
+        let bad = || {
+            format!(
+                "invalid subset {spec:?}: use n/m (e.g. 3/7, the 3rd of 7 slices) or P% (e.g. 10%)"
+            )
+        };
+        if let Some(p) = spec.strip_suffix('%') {
+            let p: f64 = p.trim().parse().map_err(|_| bad())?;
+            if !(p > 0.0 && p <= 100.0) {
+                return Err(bad());
+            }
+            return Ok(ReadData::Percent(p));
+        }
+        let (n, m) = spec.split_once('/').ok_or_else(bad)?;
+        let (n, m): (u32, u32) = (
+            n.trim().parse().map_err(|_| bad())?,
+            m.trim().parse().map_err(|_| bad())?,
+        );
+        if n == 0 || m == 0 || n > m {
+            return Err(bad());
+        }
+        Ok(ReadData::Slice { n, m })
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            ReadData::None => "none".into(),
+            ReadData::All => "all".into(),
+            ReadData::Slice { n, m } => format!("{n}/{m}"),
+            ReadData::Percent(p) => format!("{p}%"),
+        }
+    }
+
+    fn selects(&self, pack: &Id, sample: &IdSet) -> bool {
+        match self {
+            ReadData::None => false,
+            ReadData::All => true,
+            ReadData::Slice { n, m } => {
+                let x = u64::from_be_bytes(pack.0[..8].try_into().unwrap());
+                x % u64::from(*m) == u64::from(n - 1)
+            }
+            ReadData::Percent(_) => sample.contains(pack),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProblemKind {
+    CorruptIndex,
+    MissingPack,
+    DamagedPack,
+    DamagedChunk,
+    MissingChunks,
+    CorruptSnapshot,
+    CorruptTree,
+}
+
+/// A snapshot and a path in it that a problem makes unrestorable.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Affected {
+    pub snapshot: String,
+    pub path: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Problem {
+    pub kind: ProblemKind,
+    /// The repository file the problem is in (`data/…`, `index/…`, `snapshots/…`).
+    pub file: String,
+    pub message: String,
+    pub affected: Vec<Affected>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct VerifyReport {
+    pub clean: bool,
+    pub read_data: String,
+    pub snapshots: u64,
+    pub index_files: u64,
+    pub packs: u64,
+    pub packs_read: u64,
+    pub blobs_read: u64,
+    pub bytes_read: u64,
+    pub problems: Vec<Problem>,
+    /// Packs no snapshot needs (left by crashes or forgotten snapshots): `prune` frees them.
+    pub reclaimable_packs: u64,
+    pub reclaimable_bytes: u64,
+    pub duration_ms: u64,
+}
+
+struct Checker<'a> {
+    repo: &'a Repository,
+    problems: Vec<Problem>,
+    /// Blobs lost or damaged → the problem that explains it.
+    damaged: IdMap<usize>,
+}
+
+impl Checker<'_> {
+    fn problem(&mut self, kind: ProblemKind, file: String, message: String) -> usize {
+        self.problems.push(Problem {
+            kind,
+            file,
+            message,
+            affected: Vec::new(),
+        });
+        self.problems.len() - 1
+    }
+}
+
+/// The size a pack has when it holds exactly `entries` (see FORMAT.md).
+fn expected_pack_size(entries: &[PackEntry]) -> u64 {
+    let stored: u64 = entries.iter().map(|e| e.stored_len as u64).sum();
+    MAGIC.len() as u64 + stored + 44 * entries.len() as u64 + 12
+}
+
+pub fn run(
+    repo: &mut Repository,
+    read_data: ReadData,
+    progress: &dyn Progress,
+) -> Result<VerifyReport> {
+    let started = Instant::now();
+    let _lock = repo.lock(false, "verify")?;
+    repo.refresh_index()?;
+    let repo: &Repository = repo;
+    let mut report = VerifyReport {
+        read_data: read_data.describe(),
+        ..VerifyReport::default()
+    };
+    let mut c = Checker {
+        repo,
+        problems: Vec::new(),
+        damaged: IdMap::default(),
+    };
+
+    // Index files, and the packs they describe.
+    let mut packs: IdMap<Vec<PackEntry>> = IdMap::default();
+    for file in repo.read_index_files()? {
+        report.index_files += 1;
+        match file.packs {
+            Ok(list) => {
+                for (pack, entries) in list {
+                    packs.entry(pack).or_insert(entries);
+                }
+            }
+            Err(e) => {
+                c.problem(ProblemKind::CorruptIndex, file.key, e.to_string());
+            }
+        }
+    }
+    report.packs = packs.len() as u64;
+
+    // Packs on disk against what the index says.
+    let mut on_disk: IdMap<u64> = IdMap::default();
+    for key in repo.backend().list("data")? {
+        if let Some(id) = key.rsplit('/').next().and_then(Id::from_hex) {
+            if let Some(size) = repo.backend().size(&key)? {
+                on_disk.insert(id, size);
+            }
+        }
+    }
+    let mut pack_ids: Vec<&Id> = packs.keys().collect();
+    pack_ids.sort();
+    for pack in &pack_ids {
+        let entries = &packs[*pack];
+        let expected = expected_pack_size(entries);
+        match on_disk.get(*pack) {
+            None => {
+                let p = c.problem(
+                    ProblemKind::MissingPack,
+                    pack_key(pack),
+                    format!("pack is missing; {} chunks in it are lost", entries.len()),
+                );
+                for e in entries {
+                    c.damaged.entry(e.id).or_insert(p);
+                }
+            }
+            Some(&size) if size != expected => {
+                let p = c.problem(
+                    ProblemKind::DamagedPack,
+                    pack_key(pack),
+                    format!("pack has {size} bytes but its index implies {expected} (truncated or damaged)"),
+                );
+                for e in entries
+                    .iter()
+                    .filter(|e| e.offset as u64 + e.stored_len as u64 > size)
+                {
+                    c.damaged.entry(e.id).or_insert(p);
+                }
+            }
+            Some(_) => {}
+        }
+    }
+
+    // Read the selected packs in parallel and check every chunk in them.
+    let sample = sample_packs(&pack_ids, read_data);
+    let selected: Vec<&Id> = pack_ids
+        .iter()
+        .copied()
+        .filter(|p| on_disk.contains_key(*p) && read_data.selects(p, &sample))
+        .collect();
+    progress.start(
+        selected.len() as u64,
+        selected.iter().map(|p| on_disk[*p]).sum(),
+    );
+    let results: Vec<PackCheck> = selected
+        .par_iter()
+        .map(|pack| {
+            let r = check_pack(repo, pack, &packs[*pack]);
+            progress.bytes(r.bytes);
+            r
+        })
+        .collect();
+    for r in results {
+        report.packs_read += 1;
+        report.bytes_read += r.bytes;
+        report.blobs_read += r.blobs as u64;
+        let key = pack_key(&r.pack);
+        if let Some(err) = r.unreadable {
+            let p = c.problem(
+                ProblemKind::DamagedPack,
+                key.clone(),
+                format!("cannot read pack: {err}"),
+            );
+            for e in &packs[&r.pack] {
+                c.damaged.entry(e.id).or_insert(p);
+            }
+            continue;
+        }
+        for (blob, reason) in &r.bad_blobs {
+            let p = c.problem(
+                ProblemKind::DamagedChunk,
+                key.clone(),
+                format!("chunk {blob}: {reason}"),
+            );
+            c.damaged.insert(*blob, p);
+        }
+        if !r.hash_ok && r.bad_blobs.is_empty() {
+            c.problem(
+                ProblemKind::DamagedPack,
+                key,
+                "pack content does not match its name (damage outside its chunks, e.g. in the trailer)".into(),
+            );
+        }
+    }
+
+    // Snapshots and their trees: what is referenced, and what is lost for whom.
+    let referenced = check_snapshots(&mut c, &mut report)?;
+    for pack in &pack_ids {
+        if let Some(size) = on_disk.get(*pack) {
+            if !packs[*pack].iter().any(|e| referenced.contains(&e.id)) {
+                report.reclaimable_packs += 1;
+                report.reclaimable_bytes += size;
+            }
+        }
+    }
+    for (pack, size) in &on_disk {
+        if !packs.contains_key(pack) {
+            report.reclaimable_packs += 1;
+            report.reclaimable_bytes += size;
+        }
+    }
+    progress.finish();
+    report.problems = c.problems;
+    report.clean = report.problems.is_empty();
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    Ok(report)
+}
+
+fn sample_packs(packs: &[&Id], read_data: ReadData) -> IdSet {
+    let ReadData::Percent(p) = read_data else {
+        return IdSet::default();
+    };
+    let want = ((packs.len() as f64 * p / 100.0).ceil() as usize).min(packs.len());
+    // Rank packs by a hash keyed with the current time: a different sample each run.
+    let key = Id::of(format!("{:?}", std::time::SystemTime::now()).as_bytes());
+    let mut ranked: Vec<(Id, Id)> = packs
+        .iter()
+        .map(|p| {
+            let mut both = key.0.to_vec();
+            both.extend_from_slice(&p.0);
+            (Id::of(&both), **p)
+        })
+        .collect();
+    ranked.sort();
+    ranked.into_iter().take(want).map(|(_, p)| p).collect()
+}
+
+struct PackCheck {
+    pack: Id,
+    bytes: u64,
+    blobs: usize,
+    hash_ok: bool,
+    unreadable: Option<Error>,
+    bad_blobs: Vec<(Id, String)>,
+}
+
+fn check_pack(repo: &Repository, pack: &Id, entries: &[PackEntry]) -> PackCheck {
+    let mut r = PackCheck {
+        pack: *pack,
+        bytes: 0,
+        blobs: 0,
+        hash_ok: false,
+        unreadable: None,
+        bad_blobs: Vec::new(),
+    };
+    let data = match repo.backend().get(&pack_key(pack)) {
+        Ok(d) => d,
+        Err(e) => {
+            r.unreadable = Some(e);
+            return r;
+        }
+    };
+    r.bytes = data.len() as u64;
+    r.hash_ok = Id::of(&data) == *pack;
+    for e in entries {
+        r.blobs += 1;
+        let (start, end) = (e.offset as usize, e.offset as usize + e.stored_len as usize);
+        let Some(stored) = data.get(start..end) else {
+            r.bad_blobs
+                .push((e.id, "lies beyond the end of the pack".into()));
+            continue;
+        };
+        match codec::decode(e.encoding, stored, e.plain_len as usize) {
+            Err(err) => r
+                .bad_blobs
+                .push((e.id, format!("cannot be decoded ({err})"))),
+            Ok(plain) if Id::of(&plain) != e.id => r
+                .bad_blobs
+                .push((e.id, "content does not match its ID".into())),
+            Ok(_) => {}
+        }
+    }
+    r
+}
+
+/// Checks every snapshot and tree; records who is affected by each damaged blob. Returns the
+/// set of referenced blobs.
+fn check_snapshots(c: &mut Checker, report: &mut VerifyReport) -> Result<IdSet> {
+    let mut referenced = IdSet::default();
+    let mut missing = Vec::new();
+    let repo = c.repo;
+    for key in repo.backend().list("snapshots")? {
+        report.snapshots += 1;
+        let Some(id) = key.rsplit('/').next().and_then(Id::from_hex) else {
+            c.problem(
+                ProblemKind::CorruptSnapshot,
+                key,
+                "file name is not a snapshot ID".into(),
+            );
+            continue;
+        };
+        let snap = match repo.load_snapshot(&id) {
+            Ok(s) => s,
+            Err(e) => {
+                c.problem(ProblemKind::CorruptSnapshot, key, e.to_string());
+                continue;
+            }
+        };
+        let short = id.short();
+        referenced.insert(snap.tree);
+        let tree = match repo.load_tree(&snap.tree) {
+            Ok(t) => t,
+            Err(e) => {
+                let whole = Affected {
+                    snapshot: short.clone(),
+                    path: "(the whole snapshot: its tree is lost)".into(),
+                };
+                if let Some(&p) = c.damaged.get(&snap.tree) {
+                    c.problems[p].affected.push(whole.clone());
+                }
+                let p = c.problem(
+                    ProblemKind::CorruptTree,
+                    key,
+                    format!("tree {} cannot be read: {e}", snap.tree.short()),
+                );
+                c.problems[p].affected.push(whole);
+                continue;
+            }
+        };
+        for node in tree.nodes.iter().filter(|n| n.kind == NodeKind::File) {
+            let path = node.path.display();
+            let mut seen_problem: HashMap<usize, ()> = HashMap::new();
+            let mut file_missing = false;
+            for chunk in &node.chunks {
+                referenced.insert(*chunk);
+                if !repo.index().contains(chunk) {
+                    file_missing = true;
+                } else if let Some(&p) = c.damaged.get(chunk) {
+                    if seen_problem.insert(p, ()).is_none() {
+                        c.problems[p].affected.push(Affected {
+                            snapshot: short.clone(),
+                            path: path.clone(),
+                        });
+                    }
+                }
+            }
+            if file_missing {
+                missing.push(Affected {
+                    snapshot: short.clone(),
+                    path,
+                });
+            }
+        }
+    }
+    if !missing.is_empty() {
+        let p = c.problem(
+            ProblemKind::MissingChunks,
+            "index".into(),
+            format!(
+                "{} file(s) reference chunks that no readable index file lists",
+                missing.len()
+            ),
+        );
+        c.problems[p].affected = missing;
+    }
+    Ok(referenced)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subset_specs_parse_or_explain() {
+        assert_eq!(
+            ReadData::parse_subset("3/7").unwrap(),
+            ReadData::Slice { n: 3, m: 7 }
+        );
+        assert_eq!(
+            ReadData::parse_subset("12.5%").unwrap(),
+            ReadData::Percent(12.5)
+        );
+        for bad in ["0/7", "8/7", "1/0", "x/2", "0%", "101%", "abc", "3"] {
+            assert!(
+                ReadData::parse_subset(bad)
+                    .unwrap_err()
+                    .contains("invalid subset"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn slices_partition_the_packs() {
+        let packs: Vec<Id> = (0..200u32).map(|i| Id::of(&i.to_le_bytes())).collect();
+        let none = IdSet::default();
+        let mut covered = 0;
+        for n in 1..=7 {
+            let slice = ReadData::Slice { n, m: 7 };
+            let picked = packs.iter().filter(|p| slice.selects(p, &none)).count();
+            assert!(picked > 10, "slice {n}/7 picked only {picked}");
+            covered += picked;
+        }
+        assert_eq!(covered, packs.len(), "every pack is in exactly one slice");
+    }
+
+    #[test]
+    fn a_percentage_samples_that_share_of_packs() {
+        let packs: Vec<Id> = (0..200u32).map(|i| Id::of(&i.to_le_bytes())).collect();
+        let refs: Vec<&Id> = packs.iter().collect();
+        assert_eq!(sample_packs(&refs, ReadData::Percent(10.0)).len(), 20);
+        assert_eq!(sample_packs(&refs, ReadData::Percent(100.0)).len(), 200);
+        assert_eq!(sample_packs(&refs, ReadData::Percent(0.1)).len(), 1);
+    }
+}
