@@ -13,6 +13,8 @@ mod bad_input;
 mod crash;
 #[path = "cli/damage.rs"]
 mod damage;
+#[path = "cli/format.rs"]
+mod format;
 #[path = "cli/incremental.rs"]
 mod incremental;
 #[path = "cli/roundtrip.rs"]

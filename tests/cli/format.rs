@@ -1,0 +1,84 @@
+//! The repository format is a promise to users: a repository written by an earlier tvault
+//! keeps opening, verifying and restoring. `tests/fixtures/repo-v1` was written by tvault 0.1
+//! (format version 1) and is never regenerated; if this test fails, a change broke old
+//! repositories (bump the format version and migrate or refuse them explicitly instead).
+//!
+//! The tree it holds (`fixture/`): `notes.txt` (mode 0640), `ramp.bin` (300 000 compressible
+//! bytes: zstd blobs), `noise.bin` (200 000 xorshift bytes: raw blobs), `caf\xe9.txt` (a
+//! Latin-1, non-UTF-8 name), `link -> notes.txt`, and an empty directory `empty_dir`.
+
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use crate::testenv::{args, copy_dir, num, text, TestEnv};
+
+const FIXTURE_SNAPSHOT: &str = "edf764eef2b30b91942c4587751c22f326371bb23fb0a4993ac180b96bf270ae";
+
+fn ramp() -> Vec<u8> {
+    (0..300_000u64)
+        .map(|i| ((i * 31 + i / 1000) % 251) as u8)
+        .collect()
+}
+
+fn noise() -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut out = Vec::with_capacity(200_008);
+    while out.len() < 200_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(200_000);
+    out
+}
+
+#[test]
+fn format_v1_repository_still_opens_verifies_and_restores() {
+    let env = TestEnv::new();
+    // A copy: commands write lock files, and the fixture must stay as it was committed.
+    copy_dir(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/repo-v1")
+            .as_path(),
+        &env.repo,
+    );
+
+    let snaps = env.snapshots();
+    assert_eq!(snaps.len(), 1);
+    assert_eq!(text(&snaps[0], "id"), FIXTURE_SNAPSHOT);
+    assert_eq!(text(&snaps[0], "host"), "fixture-host");
+    assert_eq!(snaps[0]["tags"], serde_json::json!(["fixture"]));
+    assert_eq!(num(&snaps[0], "files"), 4);
+
+    let report = env
+        .tvault(args!["--json", "verify", "--read-data"])
+        .expect_code(0)
+        .json();
+    assert_eq!(report["clean"], true, "{report:#}");
+    assert_eq!(num(&report, "blobs_read"), 5, "{report:#}");
+
+    let out = env.restore(&FIXTURE_SNAPSHOT[..8]);
+    let dir = out.join("fixture");
+    assert_eq!(
+        fs::read(dir.join("notes.txt")).unwrap(),
+        b"tvault repository format v1 fixture\n"
+    );
+    let mode = fs::metadata(dir.join("notes.txt"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o640);
+    assert_eq!(fs::read(dir.join("ramp.bin")).unwrap(), ramp());
+    assert_eq!(fs::read(dir.join("noise.bin")).unwrap(), noise());
+    let latin1 = dir.join(std::ffi::OsStr::from_bytes(b"caf\xe9.txt"));
+    assert_eq!(fs::read(latin1).unwrap(), b"latin-1 name\n");
+    assert_eq!(
+        fs::read_link(dir.join("link")).unwrap(),
+        Path::new("notes.txt")
+    );
+    assert!(dir.join("empty_dir").is_dir());
+    assert_eq!(fs::read_dir(dir.join("empty_dir")).unwrap().count(), 0);
+}
