@@ -1,15 +1,19 @@
 //! The command line: clap definitions, converted once into the engine's option structs.
 //! Nothing below this module knows clap or indicatif.
 
+mod args;
+mod metrics;
 mod output;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use crate::ops::{backup, prune, restore, retention, verify};
 use crate::repo::{lock, Repository};
+use metrics::{sample, MetricsFile, Sample};
 use output::Out;
 
 /// Exit codes, documented in the README.
@@ -23,6 +27,8 @@ pub mod exit {
     pub const INCOMPLETE: u8 = 3;
     /// `verify` found damage; `restore` finished but some files failed (damaged data).
     pub const DAMAGE: u8 = 4;
+    /// `snapshots --max-age`: no complete snapshot as recent as required.
+    pub const STALE: u8 = 5;
 }
 
 #[derive(Parser, Debug)]
@@ -41,6 +47,9 @@ pub struct Cli {
     /// Print a machine-readable JSON report on stdout
     #[arg(long, global = true)]
     json: bool,
+    /// Wait up to DURATION for a lock held by another tvault (e.g. 10m) instead of failing
+    #[arg(long, global = true, value_name = "DURATION", value_parser = args::parse_duration)]
+    lock_wait: Option<std::time::Duration>,
     #[command(subcommand)]
     command: Command,
 }
@@ -66,9 +75,38 @@ enum Command {
         /// Host name to record [default: this machine's]
         #[arg(long)]
         host: Option<String>,
+        /// Leave out files and directories matching GLOB (repeatable): `*.tmp` matches names
+        /// at any depth, `ckpt/cache/**` paths as stored, `/abs/path` absolute paths
+        #[arg(long, value_name = "GLOB")]
+        exclude: Vec<String>,
+        /// Read exclusion patterns from FILE, one per line (`#` starts a comment)
+        #[arg(long, value_name = "FILE")]
+        exclude_file: Vec<PathBuf>,
+        /// Skip files modified within DURATION (still being written); the next backup takes them
+        #[arg(long, value_name = "DURATION", value_parser = args::parse_duration)]
+        settle: Option<std::time::Duration>,
+        /// Read file content at most this fast on average (e.g. 200MiB, per second)
+        #[arg(long, value_name = "RATE", value_parser = args::parse_rate)]
+        read_limit: Option<u64>,
+        /// Write Prometheus textfile metrics of this run to FILE (atomically), also on failure
+        #[arg(long, value_name = "FILE")]
+        metrics_file: Option<PathBuf>,
     },
-    /// List snapshots, oldest first
-    Snapshots,
+    /// List snapshots, oldest first; with --max-age, alarm when the newest is too old
+    Snapshots {
+        /// Only snapshots with this tag (repeatable: any of them)
+        #[arg(long, value_name = "TAG")]
+        tag: Vec<String>,
+        /// Only snapshots of this host
+        #[arg(long)]
+        host: Option<String>,
+        /// Only snapshots that backed up this path
+        #[arg(long, value_name = "PATH")]
+        path: Option<PathBuf>,
+        /// Exit with code 5 unless the newest complete snapshot shown is younger than DURATION
+        #[arg(long, value_name = "DURATION", value_parser = args::parse_duration)]
+        max_age: Option<Duration>,
+    },
     /// Restore a snapshot into a directory
     Restore {
         /// Snapshot ID or a unique prefix of it (at least 4 hex digits)
@@ -90,6 +128,9 @@ enum Command {
         /// Read only a subset: `n/m` (the n-th of m slices; m runs cover everything) or `P%`
         #[arg(long, value_name = "SPEC", value_parser = verify::ReadData::parse_subset)]
         read_data_subset: Option<verify::ReadData>,
+        /// Write Prometheus textfile metrics of this run to FILE (atomically), also on failure
+        #[arg(long, value_name = "FILE")]
+        metrics_file: Option<PathBuf>,
     },
     /// Remove snapshots by a retention policy, then the data only they used
     Prune {
@@ -132,6 +173,9 @@ enum Command {
         /// Allow a policy that removes every snapshot
         #[arg(long)]
         allow_remove_all: bool,
+        /// Write Prometheus textfile metrics of this run to FILE (atomically), also on failure
+        #[arg(long, value_name = "FILE")]
+        metrics_file: Option<PathBuf>,
     },
     /// Remove stale locks left by crashed tvault processes
     Unlock {
@@ -155,6 +199,7 @@ pub fn run() -> Result<u8> {
     let cli = Cli::parse();
     let out = Out::new(cli.quiet, cli.json);
     let explicit = cli.repo.clone();
+    let lock_wait = cli.lock_wait.unwrap_or_default();
     let repo_path = match explicit.clone().or_else(default_repo) {
         Some(p) => p,
         None => anyhow::bail!("no repository given: pass --repo PATH or set TVAULT_REPO"),
@@ -175,24 +220,82 @@ pub fn run() -> Result<u8> {
             full,
             parent,
             host,
+            mut exclude,
+            exclude_file,
+            settle,
+            read_limit,
+            metrics_file,
         } => {
-            let mut repo = open(&repo_path, explicit.is_none(), &out)?;
+            for file in &exclude_file {
+                exclude.extend(crate::ops::Excludes::read_file(file)?);
+            }
+            let mut repo = open(&repo_path, explicit.is_none(), &out, lock_wait)?;
             let opts = backup::BackupOptions {
                 paths,
                 tags,
                 full,
                 parent,
                 host,
+                excludes: exclude,
+                settle,
+                read_limit,
             };
-            let progress = out.progress("backup");
-            let report = backup::run(&mut repo, &opts, &progress)?;
-            drop(progress);
-            Ok(out.backup(&report))
+            measured(metrics_file, "backup", &repo_path, || {
+                let progress = out.progress("backup");
+                let r = backup::run(&mut repo, &opts, &progress)?;
+                drop(progress);
+                let m = &r.snapshot.summary;
+                let samples = vec![
+                    sample(
+                        "tvault_backup_bytes_read",
+                        "File content read by the last backup",
+                        m.bytes_read as f64,
+                    ),
+                    sample(
+                        "tvault_backup_bytes_added",
+                        "Bytes the last backup added to the repository",
+                        m.bytes_added as f64,
+                    ),
+                    sample(
+                        "tvault_backup_files",
+                        "Files in the last snapshot",
+                        m.files as f64,
+                    ),
+                    sample(
+                        "tvault_backup_complete",
+                        "1 if the last snapshot holds every file",
+                        u8::from(r.snapshot.is_complete()),
+                    ),
+                    sample(
+                        "tvault_snapshots",
+                        "Snapshots in the repository",
+                        repo.snapshot_ids()?.len() as f64,
+                    ),
+                ];
+                Ok((out.backup(&r), samples))
+            })
         }
-        Command::Snapshots => {
-            let repo = open(&repo_path, false, &out)?;
-            out.snapshots(&repo.snapshots()?);
-            Ok(exit::SUCCESS)
+        Command::Snapshots {
+            tag,
+            host,
+            path,
+            max_age,
+        } => {
+            let repo = open(&repo_path, false, &out, lock_wait)?;
+            // Paths are stored resolved; resolve the filter the same way when it exists here.
+            let path = path.map(|p| std::fs::canonicalize(&p).unwrap_or(p).display().to_string());
+            let shown: Vec<_> = repo
+                .snapshots()?
+                .into_iter()
+                .filter(|(_, s)| tag.is_empty() || s.tags.iter().any(|t| tag.contains(t)))
+                .filter(|(_, s)| host.as_ref().is_none_or(|h| &s.host == h))
+                .filter(|(_, s)| path.as_ref().is_none_or(|p| s.paths.contains(p)))
+                .collect();
+            out.snapshots(&shown);
+            match max_age {
+                Some(max) => Ok(out.freshness(&shown, max)),
+                None => Ok(exit::SUCCESS),
+            }
         }
         Command::Restore {
             id,
@@ -200,7 +303,7 @@ pub fn run() -> Result<u8> {
             include,
             overwrite,
         } => {
-            let mut repo = open(&repo_path, false, &out)?;
+            let mut repo = open(&repo_path, false, &out, lock_wait)?;
             let opts = restore::RestoreOptions {
                 snapshot: id,
                 target,
@@ -215,17 +318,37 @@ pub fn run() -> Result<u8> {
         Command::Verify {
             read_data,
             read_data_subset,
+            metrics_file,
         } => {
-            let mut repo = open(&repo_path, false, &out)?;
+            let mut repo = open(&repo_path, false, &out, lock_wait)?;
             let mode = match (read_data, read_data_subset) {
                 (true, _) => verify::ReadData::All,
                 (false, Some(subset)) => subset,
                 (false, None) => verify::ReadData::None,
             };
-            let progress = out.progress("verify");
-            let report = verify::run(&mut repo, mode, &progress)?;
-            drop(progress);
-            Ok(out.verify(&report))
+            measured(metrics_file, "verify", &repo_path, || {
+                let progress = out.progress("verify");
+                let r = verify::run(&mut repo, mode, &progress)?;
+                drop(progress);
+                let samples = vec![
+                    sample(
+                        "tvault_verify_problems",
+                        "Problems the last verify found (0 = clean)",
+                        r.problems.len() as f64,
+                    ),
+                    sample(
+                        "tvault_verify_bytes_read",
+                        "Pack bytes the last verify read",
+                        r.bytes_read as f64,
+                    ),
+                    sample(
+                        "tvault_snapshots",
+                        "Snapshots in the repository",
+                        r.snapshots as f64,
+                    ),
+                ];
+                Ok((out.verify(&r), samples))
+            })
         }
         Command::Prune {
             keep_last,
@@ -241,8 +364,9 @@ pub fn run() -> Result<u8> {
             dry_run,
             max_unused,
             allow_remove_all,
+            metrics_file,
         } => {
-            let mut repo = open(&repo_path, false, &out)?;
+            let mut repo = open(&repo_path, false, &out, lock_wait)?;
             let opts = prune::PruneOptions {
                 policy: retention::KeepPolicy {
                     last: keep_last,
@@ -260,14 +384,34 @@ pub fn run() -> Result<u8> {
                 max_unused,
                 allow_remove_all,
             };
-            let progress = out.progress("prune");
-            let report = prune::run(&mut repo, &opts, &progress)?;
-            drop(progress);
-            out.prune(&report);
-            Ok(exit::SUCCESS)
+            measured(metrics_file, "prune", &repo_path, || {
+                let progress = out.progress("prune");
+                let r = prune::run(&mut repo, &opts, &progress)?;
+                drop(progress);
+                out.prune(&r);
+                let kept = r.snapshots.iter().filter(|d| d.keep).count();
+                let samples = vec![
+                    sample(
+                        "tvault_prune_snapshots_removed",
+                        "Snapshots the last prune removed",
+                        r.snapshots_removed as f64,
+                    ),
+                    sample(
+                        "tvault_prune_bytes_freed",
+                        "Bytes the last prune freed",
+                        r.bytes_freed as f64,
+                    ),
+                    sample(
+                        "tvault_snapshots",
+                        "Snapshots in the repository",
+                        kept as f64,
+                    ),
+                ];
+                Ok((exit::SUCCESS, samples))
+            })
         }
         Command::Unlock { all } => {
-            let repo = open(&repo_path, false, &out)?;
+            let repo = open(&repo_path, false, &out, lock_wait)?;
             let removed = lock::unlock(repo.backend(), all)?;
             for r in &removed {
                 out.line(&format!("removed {r}"));
@@ -281,17 +425,47 @@ pub fn run() -> Result<u8> {
     }
 }
 
+/// Runs a command; with `--metrics-file`, writes its metrics afterwards, also when it failed
+/// (the file is checked before the command starts, so a bad path changes nothing).
+fn measured(
+    file: Option<PathBuf>,
+    command: &'static str,
+    repo: &Path,
+    run: impl FnOnce() -> Result<(u8, Vec<Sample>)>,
+) -> Result<u8> {
+    let metrics = file
+        .map(|p| MetricsFile::prepare(&p, command, repo))
+        .transpose()?;
+    let started = std::time::Instant::now();
+    let result = run();
+    if let Some(m) = metrics {
+        let (success, samples) = match &result {
+            Ok((code, samples)) => (*code == exit::SUCCESS, samples.as_slice()),
+            Err(_) => (false, &[][..]),
+        };
+        if let Err(e) = m.write(success, started.elapsed(), samples) {
+            if result.is_ok() {
+                return Err(e);
+            }
+            eprintln!("tvault: warning: {e:#}");
+        }
+    }
+    result.map(|(code, _)| code)
+}
+
 /// Opens the repository; the default location (and only that) is created on first backup.
-fn open(path: &Path, create_default: bool, out: &Out) -> Result<Repository> {
+fn open(path: &Path, create_default: bool, out: &Out, lock_wait: Duration) -> Result<Repository> {
     if create_default && !path.exists() {
-        let repo = Repository::init(path)?;
+        let mut repo = Repository::init(path)?;
         out.note(&format!(
             "created a new tvault repository at {} (the default location)",
             path.display()
         ));
+        repo.set_lock_wait(lock_wait);
         return Ok(repo);
     }
-    let repo = Repository::open(path)?;
+    let mut repo = Repository::open(path)?;
+    repo.set_lock_wait(lock_wait);
     for e in repo.index_problems() {
         out.warn(&format!(
             "{e}; chunks only it lists count as missing: run `tvault verify`"

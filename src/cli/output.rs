@@ -84,6 +84,8 @@ impl Out {
             "complete": s.is_complete(),
             "problems": s.problems,
             "warnings": r.warnings,
+            "settling": r.settling,
+            "excluded": r.excluded,
             "files": m.files,
             "dirs": m.dirs,
             "symlinks": m.symlinks,
@@ -111,6 +113,15 @@ impl Out {
             HumanBytes(m.bytes_added),
             secs(m.duration_ms),
         ));
+        if r.excluded > 0 {
+            self.line(&format!("  {} entries excluded by pattern", r.excluded));
+        }
+        if !r.settling.is_empty() {
+            self.line(&format!(
+                "  {} recently modified file(s) left for the next backup (--settle)",
+                r.settling.len()
+            ));
+        }
         if s.is_complete() {
             return exit::SUCCESS;
         }
@@ -178,6 +189,32 @@ impl Out {
         if all.iter().any(|(_, s)| !s.is_complete()) {
             println!("(! = incomplete: some files could not be stored)");
         }
+    }
+
+    /// The alarm for backups that silently stopped: is the newest complete snapshot recent?
+    pub fn freshness(&self, shown: &[(Id, Snapshot)], max_age: std::time::Duration) -> u8 {
+        let newest = shown.iter().rev().find(|(_, s)| s.is_complete());
+        let Some((id, s)) = newest else {
+            eprintln!("tvault: STALE: no complete snapshot matches the filter");
+            return exit::STALE;
+        };
+        let age = chrono::Utc::now()
+            .signed_duration_since(s.time)
+            .to_std()
+            .unwrap_or_default();
+        if age <= max_age {
+            return exit::SUCCESS;
+        }
+        eprintln!(
+            "tvault: STALE: the newest complete snapshot is {} from {} ({}h{:02}m ago, limit {}h{:02}m)",
+            id.short(),
+            s.time.format("%Y-%m-%d %H:%M:%S UTC"),
+            age.as_secs() / 3600,
+            age.as_secs() / 60 % 60,
+            max_age.as_secs() / 3600,
+            max_age.as_secs() / 60 % 60,
+        );
+        exit::STALE
     }
 
     pub fn restore(&self, r: &RestoreReport, target: &Path) -> u8 {

@@ -4,16 +4,16 @@
 
 use std::collections::HashMap;
 use std::fs::{self, Metadata};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use chrono::Utc;
 
 use super::read_file::{store_file, ReadOutcome};
+use super::throttle::Throttled;
+use super::walk::{node_from, resolve_sources, walk, Excludes, WalkOptions, WalkResult, Walked};
 use crate::codec;
-use crate::error::{Error, IoContext, Result};
+use crate::error::Result;
 use crate::id::Id;
 use crate::pack::BlobKind;
 use crate::progress::Progress;
@@ -31,6 +31,12 @@ pub struct BackupOptions {
     pub parent: Option<String>,
     /// Recorded host name; this machine's by default.
     pub host: Option<String>,
+    /// Exclusion patterns (see [`Excludes`]).
+    pub excludes: Vec<String>,
+    /// Skip files modified less than this long ago (still being written).
+    pub settle: Option<Duration>,
+    /// Cap on the average read rate, in bytes per second.
+    pub read_limit: Option<u64>,
 }
 
 impl BackupOptions {
@@ -48,60 +54,10 @@ pub struct BackupReport {
     pub snapshot: Snapshot,
     /// Non-fatal warnings that do not make the snapshot incomplete (skipped special files).
     pub warnings: Vec<String>,
-}
-
-/// One source path and the name it gets at the top of the tree.
-struct Source {
-    abs: PathBuf,
-    name: Vec<u8>,
-}
-
-fn resolve_sources(paths: &[PathBuf]) -> Result<Vec<Source>> {
-    if paths.is_empty() {
-        return Err(Error::Invalid("backup needs at least one path".into()));
-    }
-    let mut sources: Vec<Source> = Vec::new();
-    for p in paths {
-        let abs = fs::canonicalize(p)
-            .map_err(|e| Error::Invalid(format!("cannot back up {}: {e}", p.display())))?;
-        let name = abs
-            .file_name()
-            .ok_or_else(|| {
-                Error::Invalid(format!(
-                    "cannot back up {}: give a directory below /",
-                    p.display()
-                ))
-            })?
-            .as_bytes()
-            .to_vec();
-        if let Some(other) = sources.iter().find(|s| s.name == name) {
-            return Err(Error::Invalid(format!(
-                "{} and {} would both be stored as {:?}; back them up in separate snapshots",
-                other.abs.display(),
-                abs.display(),
-                String::from_utf8_lossy(&name)
-            )));
-        }
-        sources.push(Source { abs, name });
-    }
-    Ok(sources)
-}
-
-fn node_from(path: NodePath, kind: NodeKind, m: &Metadata) -> Node {
-    Node {
-        path,
-        kind,
-        mode: m.mode() & 0o7777,
-        mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
-        ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
-        inode: m.ino(),
-        dev: m.dev(),
-        uid: m.uid(),
-        gid: m.gid(),
-        size: 0,
-        chunks: Vec::new(),
-        target: None,
-    }
+    /// Files left for the next backup because they were modified too recently (`--settle`).
+    pub settling: Vec<String>,
+    /// Files and directories left out by `--exclude` patterns.
+    pub excluded: u64,
 }
 
 /// Same content as the parent's entry, judged from metadata only (no read).
@@ -131,19 +87,22 @@ fn find_parent(
         .find(|(_, s)| s.host == host && s.paths == paths))
 }
 
-/// A walked entry waiting to be stored.
-struct Walked {
-    node: Node,
-    abs: PathBuf,
-}
-
 pub fn run(
     repo: &mut Repository,
     opts: &BackupOptions,
     progress: &dyn Progress,
 ) -> Result<BackupReport> {
     let started = Instant::now();
+    let throttled;
+    let progress: &dyn Progress = match opts.read_limit {
+        Some(rate) => {
+            throttled = Throttled::new(progress, rate);
+            &throttled
+        }
+        None => progress,
+    };
     let sources = resolve_sources(&opts.paths)?;
+    let excludes = Excludes::new(&opts.excludes)?;
     let _lock = repo.lock(false, "backup")?;
     // What was loaded before the lock may be stale (a prune may have run in between).
     repo.refresh_index()?;
@@ -167,17 +126,21 @@ pub fn run(
         None => HashMap::new(),
     };
 
-    let mut problems = Vec::new();
-    let mut warnings = Vec::new();
     // Backing up a folder that holds the repository must not back up the repository itself.
     let repo_dir = fs::canonicalize(repo.location()).ok();
-    let walked = walk(
-        &sources,
-        repo_dir.as_deref(),
-        &mut problems,
-        &mut warnings,
-        progress,
-    )?;
+    let walk_opts = WalkOptions {
+        skip: repo_dir.as_deref(),
+        excludes: &excludes,
+        settle: opts.settle,
+        now: SystemTime::now(),
+    };
+    let WalkResult {
+        entries: walked,
+        mut problems,
+        warnings,
+        settling,
+        excluded,
+    } = walk(&sources, &walk_opts, progress)?;
 
     let mut summary = Summary::default();
     let mut nodes = Vec::with_capacity(walked.len());
@@ -267,6 +230,8 @@ pub fn run(
         snapshot_id,
         snapshot,
         warnings,
+        settling,
+        excluded,
     })
 }
 
@@ -300,110 +265,13 @@ fn read_with_retry(
     )))
 }
 
-/// Walks every source in a stable order and records what it finds, without reading content.
-fn walk(
-    sources: &[Source],
-    skip: Option<&Path>,
-    problems: &mut Vec<String>,
-    warnings: &mut Vec<String>,
-    progress: &dyn Progress,
-) -> Result<Vec<Walked>> {
-    let mut out = Vec::new();
-    for src in sources {
-        let walker = walkdir::WalkDir::new(&src.abs)
-            .follow_links(false)
-            .sort_by(|a, b| a.file_name().cmp(b.file_name()));
-        let mut entries = walker.into_iter();
-        while let Some(entry) = entries.next() {
-            let entry = match entry {
-                Ok(e) if Some(e.path()) == skip => {
-                    let msg = format!(
-                        "skipping {}: it is the repository itself",
-                        e.path().display()
-                    );
-                    progress.warn(&msg);
-                    warnings.push(msg);
-                    if e.file_type().is_dir() {
-                        entries.skip_current_dir();
-                    }
-                    continue;
-                }
-                Ok(e) => e,
-                Err(e) => {
-                    let at = e
-                        .path()
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_default();
-                    let msg = format!(
-                        "cannot read {at}: {}; not in this snapshot",
-                        e.io_error()
-                            .map(|e| e.to_string())
-                            .unwrap_or_else(|| e.to_string())
-                    );
-                    progress.warn(&msg);
-                    problems.push(msg);
-                    continue;
-                }
-            };
-            let abs = entry.path().to_path_buf();
-            let rel = abs
-                .strip_prefix(&src.abs)
-                .expect("walk stays below its root");
-            let mut path = src.name.clone();
-            if !rel.as_os_str().is_empty() {
-                path.push(b'/');
-                path.extend_from_slice(rel.as_os_str().as_bytes());
-            }
-            let path = NodePath(path);
-            let meta = match fs::symlink_metadata(&abs) {
-                Ok(m) => m,
-                Err(e) => {
-                    let msg = format!("cannot read {}: {e}; not in this snapshot", abs.display());
-                    progress.warn(&msg);
-                    problems.push(msg);
-                    continue;
-                }
-            };
-            let ft = meta.file_type();
-            let node = if ft.is_dir() {
-                node_from(path, NodeKind::Dir, &meta)
-            } else if ft.is_symlink() {
-                let target = fs::read_link(&abs).at(&abs)?;
-                let mut n = node_from(path, NodeKind::Symlink, &meta);
-                n.target = Some(NodePath(target.as_os_str().as_bytes().to_vec()));
-                n
-            } else if ft.is_file() {
-                let mut n = node_from(path, NodeKind::File, &meta);
-                n.size = meta.len();
-                n
-            } else {
-                let what = if ft.is_socket() {
-                    "socket"
-                } else if ft.is_fifo() {
-                    "FIFO"
-                } else {
-                    "device file"
-                };
-                let msg = format!(
-                    "skipping {} ({what}: only files, directories and symlinks are backed up)",
-                    abs.display()
-                );
-                progress.warn(&msg);
-                warnings.push(msg);
-                continue;
-            };
-            out.push(Walked { node, abs });
-        }
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
     use super::*;
+    use crate::error::Error;
     use crate::progress::NoProgress;
     use crate::repo::{Backend, MemBackend};
 

@@ -6,4 +6,7 @@ pub mod prune;
 mod read_file;
 pub mod restore;
 pub mod retention;
+mod throttle;
 pub mod verify;
+mod walk;
+pub use walk::Excludes;

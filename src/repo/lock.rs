@@ -75,7 +75,15 @@ pub struct LockGuard {
 }
 
 impl LockGuard {
-    pub fn acquire(backend: Arc<dyn Backend>, exclusive: bool, command: &str) -> Result<LockGuard> {
+    /// Takes the lock; while another process holds a conflicting live lock, retries for up
+    /// to `wait` (a stale lock fails at once: waiting cannot help).
+    pub fn acquire(
+        backend: Arc<dyn Backend>,
+        exclusive: bool,
+        command: &str,
+        wait: Duration,
+    ) -> Result<LockGuard> {
+        let started = std::time::Instant::now();
         let now = Utc::now();
         let mut info = LockInfo {
             host: hostname(),
@@ -85,20 +93,25 @@ impl LockGuard {
             created: now,
             refreshed: now,
         };
-        let seed = format!(
-            "{}{}{:?}",
-            info.pid,
-            now.to_rfc3339(),
-            std::time::Instant::now()
-        );
+        let seed = format!("{}{}{:?}", info.pid, now.to_rfc3339(), started);
         let key = format!("locks/{}", Id::of(seed.as_bytes()).to_hex());
-        backend.put(&key, &serde_json::to_vec(&info).expect("lock serialises"))?;
-
-        // Ours is visible first, then we look at the others: two racing writers that
-        // conflict both see each other and both back off, never both proceed.
-        if let Err(e) = check_others(backend.as_ref(), &key, exclusive) {
-            let _ = backend.delete(&key);
-            return Err(e);
+        loop {
+            info.refreshed = Utc::now();
+            backend.put(&key, &serde_json::to_vec(&info).expect("lock serialises"))?;
+            // Ours is visible first, then we look at the others: two racing writers that
+            // conflict both see each other and both back off, never both proceed.
+            match check_others(backend.as_ref(), &key, exclusive) {
+                Ok(()) => break,
+                Err((e, stale)) => {
+                    let _ = backend.delete(&key);
+                    if stale || started.elapsed() >= wait {
+                        return Err(e);
+                    }
+                    // Jittered, so two waiters that keep colliding drift apart.
+                    let jitter = Id::of(format!("{:?}", std::time::Instant::now()).as_bytes()).0[0];
+                    std::thread::sleep(Duration::from_millis(500 + 2 * jitter as u64));
+                }
+            }
         }
 
         let (tx, rx) = mpsc::channel::<()>();
@@ -131,8 +144,14 @@ impl Drop for LockGuard {
     }
 }
 
-fn check_others(backend: &dyn Backend, own: &str, exclusive: bool) -> Result<()> {
-    for key in backend.list("locks")? {
+/// The first conflicting lock, and whether it is stale.
+fn check_others(
+    backend: &dyn Backend,
+    own: &str,
+    exclusive: bool,
+) -> std::result::Result<(), (Error, bool)> {
+    let listed = backend.list("locks").map_err(|e| (e, false))?;
+    for key in listed {
         if key == own {
             continue;
         }
@@ -142,17 +161,21 @@ fn check_others(backend: &dyn Backend, own: &str, exclusive: bool) -> Result<()>
         let other: LockInfo = match serde_json::from_slice(&bytes) {
             Ok(info) => info,
             Err(_) => {
-                return Err(Error::Locked(format!(
+                return Err((
+                    Error::Locked(format!(
                     "the repository has an unreadable lock file {}; if no tvault is running on it, \
                      remove it with `tvault unlock --all`",
                     backend.describe(&key)
-                )))
+                )),
+                    true,
+                ))
             }
         };
         if !(exclusive || other.exclusive) {
             continue;
         }
-        let msg = if other.is_stale() {
+        let stale = other.is_stale();
+        let msg = if stale {
             format!(
                 "the repository is locked by a stale {} ({}); its process is gone or stopped \
                  refreshing it. If no tvault is running on this repository, remove it with \
@@ -162,11 +185,12 @@ fn check_others(backend: &dyn Backend, own: &str, exclusive: bool) -> Result<()>
             )
         } else {
             format!(
-                "the repository is locked ({}); wait for it to finish and try again",
+                "the repository is locked ({}); wait for it to finish and try again, or let \
+                 tvault wait with --lock-wait DURATION",
                 other.describe()
             )
         };
-        return Err(Error::Locked(msg));
+        return Err((Error::Locked(msg), stale));
     }
     Ok(())
 }
@@ -200,16 +224,53 @@ mod tests {
     #[test]
     fn shared_locks_coexist_and_exclusive_ones_do_not() {
         let b: Arc<dyn Backend> = Arc::new(MemBackend::default());
-        let s1 = LockGuard::acquire(b.clone(), false, "backup").unwrap();
-        let s2 = LockGuard::acquire(b.clone(), false, "backup").unwrap();
-        let err = LockGuard::acquire(b.clone(), true, "prune").err().unwrap();
+        let s1 = LockGuard::acquire(b.clone(), false, "backup", Duration::ZERO).unwrap();
+        let s2 = LockGuard::acquire(b.clone(), false, "backup", Duration::ZERO).unwrap();
+        let err = LockGuard::acquire(b.clone(), true, "prune", Duration::ZERO)
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("wait for it to finish"), "{err}");
         drop((s1, s2));
         assert!(b.list("locks").unwrap().is_empty());
-        let x = LockGuard::acquire(b.clone(), true, "prune").unwrap();
-        assert!(LockGuard::acquire(b.clone(), false, "backup").is_err());
+        let x = LockGuard::acquire(b.clone(), true, "prune", Duration::ZERO).unwrap();
+        assert!(LockGuard::acquire(b.clone(), false, "backup", Duration::ZERO).is_err());
         drop(x);
         assert!(b.list("locks").unwrap().is_empty());
+    }
+
+    #[test]
+    fn lock_wait_outlasts_a_live_holder_but_not_a_stale_one() {
+        let b: Arc<dyn Backend> = Arc::new(MemBackend::default());
+        let held = LockGuard::acquire(b.clone(), true, "prune", Duration::ZERO).unwrap();
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(700));
+            drop(held);
+        });
+        let waited = LockGuard::acquire(b.clone(), false, "backup", Duration::from_secs(30));
+        releaser.join().unwrap();
+        assert!(
+            waited.is_ok(),
+            "the waiter got the lock once it was released"
+        );
+        drop(waited);
+
+        let dead = LockInfo {
+            host: hostname(),
+            pid: u32::MAX - 1,
+            exclusive: true,
+            command: "prune".into(),
+            created: Utc::now(),
+            refreshed: Utc::now(),
+        };
+        b.put("locks/dead", &serde_json::to_vec(&dead).unwrap())
+            .unwrap();
+        let started = std::time::Instant::now();
+        let err = LockGuard::acquire(b.clone(), false, "backup", Duration::from_secs(60));
+        assert!(err.is_err());
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "waiting cannot fix a stale lock"
+        );
     }
 
     #[test]
@@ -225,13 +286,13 @@ mod tests {
         };
         b.put("locks/dead", &serde_json::to_vec(&dead).unwrap())
             .unwrap();
-        let err = LockGuard::acquire(b.clone(), false, "backup")
+        let err = LockGuard::acquire(b.clone(), false, "backup", Duration::ZERO)
             .err()
             .unwrap();
         assert!(err.to_string().contains("tvault unlock"), "{err}");
-        let live = LockGuard::acquire(b.clone(), false, "backup");
+        let live = LockGuard::acquire(b.clone(), false, "backup", Duration::ZERO);
         assert!(live.is_err());
         assert_eq!(unlock(b.as_ref(), false).unwrap().len(), 1);
-        assert!(LockGuard::acquire(b.clone(), false, "backup").is_ok());
+        assert!(LockGuard::acquire(b.clone(), false, "backup", Duration::ZERO).is_ok());
     }
 }

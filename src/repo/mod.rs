@@ -74,6 +74,7 @@ pub struct Repository {
     index: Index,
     index_keys: Vec<String>,
     index_problems: Vec<Error>,
+    lock_wait: std::time::Duration,
 }
 
 /// One index file as read from the repository, or why it could not be read.
@@ -126,6 +127,7 @@ impl Repository {
             index: Index::default(),
             index_keys: Vec::new(),
             index_problems: Vec::new(),
+            lock_wait: std::time::Duration::ZERO,
         })
     }
 
@@ -185,9 +187,15 @@ impl Repository {
             index: Index::default(),
             index_keys: Vec::new(),
             index_problems: Vec::new(),
+            lock_wait: std::time::Duration::ZERO,
         };
         repo.load_index()?;
         Ok(repo)
+    }
+
+    /// How long `lock` waits for a conflicting live lock to go away (default: not at all).
+    pub fn set_lock_wait(&mut self, wait: std::time::Duration) {
+        self.lock_wait = wait;
     }
 
     pub fn location(&self) -> &Path {
@@ -377,6 +385,6 @@ impl Repository {
     /// Takes the repository lock: shared for writers that only add (backup), exclusive for
     /// anything that deletes. Held until the guard is dropped.
     pub fn lock(&self, exclusive: bool, command: &str) -> Result<lock::LockGuard> {
-        lock::LockGuard::acquire(self.backend.clone(), exclusive, command)
+        lock::LockGuard::acquire(self.backend.clone(), exclusive, command, self.lock_wait)
     }
 }

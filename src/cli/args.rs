@@ -1,0 +1,98 @@
+//! Parsers for command-line values: durations and byte rates.
+
+use std::time::Duration;
+
+/// Parses `30s`, `10m`, `26h`, `7d`, `2w`, or combinations like `1h30m` (m = minutes).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || {
+        format!("invalid duration {text:?}: use a number and a unit (s, m, h, d, w), e.g. 90s, 10m, 26h, 1h30m")
+    };
+    let mut total = 0u64;
+    let mut digits = String::new();
+    for c in text.trim().chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        digits.clear();
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            'w' => 7 * 86_400,
+            _ => return Err(bad()),
+        };
+        total = n
+            .checked_mul(unit)
+            .and_then(|s| total.checked_add(s))
+            .ok_or_else(bad)?;
+    }
+    if !digits.is_empty() || text.trim().is_empty() {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs(total))
+}
+
+/// Parses a byte rate per second: `200MiB`, `1.5GB`, `500k` (K/M/G = powers of 1000,
+/// KiB/MiB/GiB = powers of 1024; an optional `/s`).
+pub fn parse_rate(text: &str) -> Result<u64, String> {
+    let bad =
+        || format!("invalid rate {text:?}: use e.g. 200MiB, 1.5GB or 500M (bytes per second)");
+    let t = text.trim().trim_end_matches("/s");
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let mult = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(bad()),
+    };
+    let rate = n * mult;
+    if !(rate >= 1.0 && rate.is_finite()) {
+        return Err(bad());
+    }
+    Ok(rate as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_or_explain() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("26h"), Ok(Duration::from_secs(26 * 3600)));
+        assert_eq!(parse_duration("2w"), Ok(Duration::from_secs(14 * 86_400)));
+        for bad in ["", "10", "h", "5y", "-3s", "1.5h", "99999999999999999999s"] {
+            assert!(
+                parse_duration(bad)
+                    .unwrap_err()
+                    .contains("invalid duration"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn rates_parse_or_explain() {
+        assert_eq!(parse_rate("200MiB"), Ok(200 << 20));
+        assert_eq!(parse_rate("1.5GB/s"), Ok(1_500_000_000));
+        assert_eq!(parse_rate("500k"), Ok(500_000));
+        for bad in ["", "fast", "0", "10 parsecs", "-5M"] {
+            assert!(
+                parse_rate(bad).unwrap_err().contains("invalid rate"),
+                "{bad}"
+            );
+        }
+    }
+}
