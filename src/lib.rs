@@ -19,6 +19,7 @@ pub mod chunker;
 pub mod cli;
 pub mod codec;
 pub mod error;
+pub mod format;
 pub mod id;
 pub mod index;
 pub mod ops;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use crate::ops::{backup, prune, restore, retention, verify};
+use crate::ops::{backup, diff, export, prune, restore, retention, verify};
 use crate::repo::{lock, Repository};
 use metrics::{sample, MetricsFile, Sample};
 use output::Out;
@@ -107,19 +107,37 @@ enum Command {
         #[arg(long, value_name = "DURATION", value_parser = args::parse_duration)]
         max_age: Option<Duration>,
     },
-    /// Restore a snapshot into a directory
+    /// Restore a snapshot into a directory, or as a tar archive with --tar
     Restore {
         /// Snapshot ID or a unique prefix of it (at least 4 hex digits)
         id: String,
         /// Directory to restore into (created if missing; must be empty unless --overwrite)
-        target: PathBuf,
+        #[arg(required_unless_present = "tar", conflicts_with = "tar")]
+        target: Option<PathBuf>,
+        /// Write a tar archive to FILE instead (gzip for .tar.gz/.tgz; `-` for standard output)
+        #[arg(long, value_name = "FILE")]
+        tar: Option<PathBuf>,
         /// Restore only this path of the snapshot and what is below it (repeatable)
         #[arg(long, value_name = "PATH")]
         include: Vec<String>,
-        /// Restore into a non-empty directory, replacing files in the way
+        /// Restore into a non-empty directory, replacing files in the way (or replace FILE)
         #[arg(long)]
         overwrite: bool,
     },
+    /// Show what changed between two snapshots, down to the tensors of checkpoint files
+    Diff {
+        /// The older snapshot (ID or unique prefix)
+        from: String,
+        /// The newer snapshot (ID or unique prefix)
+        to: String,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `tvault man > /usr/local/share/man/man1/tvault.1`
+    Man,
     /// Check the repository's integrity (exit 0 clean, 4 damage found, 1 could not check)
     Verify {
         /// Also read every pack and decode and re-hash every chunk
@@ -300,13 +318,34 @@ pub fn run() -> Result<u8> {
         Command::Restore {
             id,
             target,
+            tar,
             include,
             overwrite,
         } => {
             let mut repo = open(&repo_path, false, &out, lock_wait)?;
+            if let Some(tar) = tar {
+                let dest = if tar.as_os_str() == "-" {
+                    export::TarTarget::Stdout
+                } else {
+                    export::TarTarget::File(&tar)
+                };
+                let to_stdout = matches!(dest, export::TarTarget::Stdout);
+                let report = export::run(&mut repo, &id, &include, dest, overwrite)?;
+                if !to_stdout {
+                    out.json(&serde_json::to_value(&report)?);
+                    out.line(&format!(
+                        "wrote snapshot {} to {}: {} entries, {} of file content",
+                        &report.snapshot_id[..crate::id::SHORT_LEN],
+                        tar.display(),
+                        report.entries,
+                        indicatif::HumanBytes(report.bytes)
+                    ));
+                }
+                return Ok(exit::SUCCESS);
+            }
             let opts = restore::RestoreOptions {
                 snapshot: id,
-                target,
+                target: target.expect("clap requires TARGET without --tar"),
                 include,
                 overwrite,
             };
@@ -314,6 +353,25 @@ pub fn run() -> Result<u8> {
             let report = restore::run(&mut repo, &opts, &progress)?;
             drop(progress);
             Ok(out.restore(&report, &opts.target))
+        }
+        Command::Diff { from, to } => {
+            let mut repo = open(&repo_path, false, &out, lock_wait)?;
+            let report = diff::run(&mut repo, &from, &to)?;
+            out.diff(&report);
+            Ok(exit::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            // Rendered to memory first: clap_complete panics on a failed write (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "tvault", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script)?;
+            Ok(exit::SUCCESS)
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+            Ok(exit::SUCCESS)
         }
         Command::Verify {
             read_data,

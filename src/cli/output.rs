@@ -10,6 +10,7 @@ use serde_json::json;
 use super::exit;
 use crate::id::Id;
 use crate::ops::backup::BackupReport;
+use crate::ops::diff::DiffReport;
 use crate::ops::prune::PruneReport;
 use crate::ops::restore::RestoreReport;
 use crate::ops::verify::VerifyReport;
@@ -241,6 +242,53 @@ impl Out {
 }
 
 impl Out {
+    pub fn diff(&self, r: &DiffReport) {
+        self.json(&serde_json::to_value(r).expect("report serialises"));
+        for f in &r.removed {
+            self.line(&format!("-  {}  ({})", f.path, HumanBytes(f.size)));
+        }
+        for f in &r.added {
+            self.line(&format!("+  {}  ({})", f.path, HumanBytes(f.size)));
+        }
+        for c in &r.changed {
+            let what = if c.content { "M " } else { "m " };
+            self.line(&format!(
+                "{what} {}  ({} -> {})",
+                c.path,
+                HumanBytes(c.size_before),
+                HumanBytes(c.size_after)
+            ));
+            if let Some(t) = &c.tensors {
+                self.line(&format!(
+                    "     tensors: {} changed, {} added, {} removed, {} unchanged",
+                    t.changed.len(),
+                    t.added.len(),
+                    t.removed.len(),
+                    t.unchanged
+                ));
+                const SHOWN: usize = 50;
+                for (mark, names) in [("~", &t.changed), ("+", &t.added), ("-", &t.removed)] {
+                    for name in names.iter().take(SHOWN) {
+                        self.line(&format!("       {mark} {name}"));
+                    }
+                    if names.len() > SHOWN {
+                        self.line(&format!(
+                            "       … and {} more (see --json)",
+                            names.len() - SHOWN
+                        ));
+                    }
+                }
+            }
+        }
+        self.line(&format!(
+            "{} added, {} removed, {} changed (M content, m metadata only), {} unchanged",
+            r.added.len(),
+            r.removed.len(),
+            r.changed.len(),
+            r.unchanged
+        ));
+    }
+
     pub fn verify(&self, r: &VerifyReport) -> u8 {
         self.json(&serde_json::to_value(r).expect("report serialises"));
         let read = if r.packs_read > 0 {

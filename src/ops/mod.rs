@@ -2,6 +2,9 @@
 //! execution, taking plain option structs and returning a report (no CLI types here).
 
 pub mod backup;
+mod content;
+pub mod diff;
+pub mod export;
 pub mod prune;
 mod read_file;
 pub mod restore;

@@ -53,7 +53,7 @@ pub struct RestoreReport {
 /// Chunks fetched and checked in parallel before being written in order.
 const READ_AHEAD: usize = 8;
 
-fn select(nodes: Vec<Node>, include: &[String], snapshot: &str) -> Result<Vec<Node>> {
+pub(crate) fn select(nodes: Vec<Node>, include: &[String], snapshot: &str) -> Result<Vec<Node>> {
     if include.is_empty() {
         return Ok(nodes);
     }
