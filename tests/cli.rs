@@ -17,5 +17,7 @@ mod damage;
 mod format;
 #[path = "cli/incremental.rs"]
 mod incremental;
+#[path = "cli/recipes.rs"]
+mod recipes;
 #[path = "cli/roundtrip.rs"]
 mod roundtrip;
