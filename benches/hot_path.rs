@@ -6,7 +6,7 @@
 //! `cargo bench --bench hot_path -- --baseline before`.
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use tvault::chunker::{ChunkerParams, StreamChunker, DEFAULT_BLOCK};
+use tvault::chunker::{ChunkerParams, Cutter, StreamChunker, DEFAULT_BLOCK};
 use tvault::codec;
 use tvault::workload::{fill_weights, Dtype, Rng};
 
@@ -38,6 +38,15 @@ fn chunking(c: &mut Criterion) {
                 }
                 black_box(n)
             })
+        });
+        // The cutter alone on a block in memory (scan on every core), without the stream's copy.
+        let cutter = Cutter::new(&ChunkerParams::default());
+        g.bench_with_input(BenchmarkId::new("cutter", name), &data, |b, data| {
+            b.iter(|| black_box(cutter.cut(data, true).0.len()))
+        });
+        // The fastcdc crate's own chunker on one core: the reference the cutter reproduces.
+        g.bench_with_input(BenchmarkId::new("fastcdc", name), &data, |b, data| {
+            b.iter(|| black_box(ChunkerParams::default().cut_all(data).len()))
         });
     }
     g.finish();

@@ -4,11 +4,23 @@
 //! is handed out as a batch, so callers can hash and compress a batch in parallel. A chunk cut
 //! only by the end of a block is carried into the next block: FastCDC decides each cut from
 //! the chunk's own start, so the result is exactly what chunking the whole stream at once gives.
+//!
+//! [`Cutter`] finds exactly the cut points of the `fastcdc` crate's v2020 chunker (the tests
+//! compare the two), but in two phases so that the expensive one runs on every core:
+//!
+//! 1. *Scan* (parallel, any split of the block): the gear hash at a position depends only on the
+//!    64 bytes ending there once it is 64 bytes past where the chunk's hashing began, so each
+//!    piece of the block is hashed independently (after 64 bytes of warm-up) and the rare
+//!    positions whose hash passes both masks' common bits are kept as candidates.
+//! 2. *Walk* (serial, cheap): from each chunk start, the first 63 hashed positions are hashed
+//!    directly (their hash still lacks older bytes), then the candidates are checked in order
+//!    against the mask that applies at their distance from the chunk start.
 
 use std::io::{self, Read};
 use std::ops::Range;
 
-use fastcdc::v2020::{FastCDC, Normalization};
+use fastcdc::v2020::{FastCDC, Normalization, MASKS};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// Chunking parameters, stored in the repository config (they decide every chunk ID).
@@ -68,10 +80,193 @@ impl ChunkerParams {
     }
 }
 
+/// Finds FastCDC cut points (exactly those of [`ChunkerParams::cut_all`]) with the gear-hash
+/// scan spread over every core. See the module documentation for how.
+pub struct Cutter {
+    gear: Box<[u64; 256]>,
+    min: usize,
+    avg: usize,
+    max: usize,
+    mask_s: u64,
+    mask_l: u64,
+    /// Bits every checked mask has: a position can only cut if its hash has none of them.
+    filter: u64,
+}
+
+/// A position whose full-window hash passed the filter, and that hash.
+type Candidate = (usize, u64);
+
+/// Pieces of at least this many bytes are scanned as one task.
+const SCAN_PIECE: usize = 1 << 20;
+/// Independent hash chains interleaved in one scan loop, to hide the chain's latency.
+const LANES: usize = 4;
+
+impl Cutter {
+    pub fn new(params: &ChunkerParams) -> Cutter {
+        let bits = fastcdc::v2020::logarithm2(params.avg_size);
+        let normalization = Normalization::Level1.bits();
+        let mask_s = MASKS[(bits + normalization) as usize];
+        let mask_l = MASKS[(bits - normalization) as usize];
+        // fastcdc checks even positions as `(2h) & (mask << 1)`, which drops the mask's top bit.
+        let filter = mask_s & mask_l & !(1 << 63);
+        let (gear, _) = fastcdc::v2020::get_gear_with_seed(params.gear_seed);
+        Cutter {
+            gear,
+            min: params.min_size as usize,
+            avg: params.avg_size as usize,
+            max: params.max_size as usize,
+            mask_s,
+            mask_l,
+            filter,
+        }
+    }
+
+    /// Cuts `data`, which begins at a chunk start. With `eof` every chunk is returned and the
+    /// second value is `data.len()`; otherwise the last chunk (which only the end of `data` may
+    /// have cut) is held back and the second value is where it starts.
+    pub fn cut(&self, data: &[u8], eof: bool) -> (Vec<Range<usize>>, usize) {
+        let candidates = self.scan(data);
+        let mut ranges = Vec::with_capacity(data.len() / self.avg + 2);
+        let mut start = 0;
+        while start < data.len() {
+            let end = self.cut_one(data, start, &candidates);
+            ranges.push(start..end);
+            start = end;
+        }
+        if eof {
+            (ranges, data.len())
+        } else {
+            let tail = ranges.pop().map_or(data.len(), |r| r.start);
+            (ranges, tail)
+        }
+    }
+
+    /// Candidates of the whole of `data`, in order, scanned in parallel pieces.
+    fn scan(&self, data: &[u8]) -> Vec<Candidate> {
+        let pieces = data.len().div_ceil(SCAN_PIECE).max(1);
+        let per = data.len().div_ceil(pieces);
+        let found: Vec<Vec<Candidate>> = (0..pieces)
+            .into_par_iter()
+            .map(|i| {
+                let from = (i * per).min(data.len());
+                let to = ((i + 1) * per).min(data.len());
+                let mut out = Vec::new();
+                self.scan_range(data, from, to, &mut out);
+                out
+            })
+            .collect();
+        found.concat()
+    }
+
+    /// Candidates in `data[from..to]`, hashed with 64 bytes of history where there are.
+    fn scan_range(&self, data: &[u8], from: usize, to: usize, out: &mut Vec<Candidate>) {
+        let gear = &*self.gear;
+        let filter = self.filter;
+        let step = |h: u64, b: u8| (h << 1).wrapping_add(gear[b as usize]);
+        let warm = |start: usize| {
+            data[start.saturating_sub(64)..start]
+                .iter()
+                .fold(0, |h, &b| step(h, b))
+        };
+        let lane_len = (to - from) / LANES;
+        let starts: [usize; LANES] = std::array::from_fn(|lane| from + lane * lane_len);
+        let mut h: [u64; LANES] = std::array::from_fn(|lane| warm(starts[lane]));
+        let lanes: [&[u8]; LANES] = std::array::from_fn(|lane| &data[starts[lane]..][..lane_len]);
+        let mut found: [Vec<Candidate>; LANES] = Default::default();
+        let (l0, l1, l2, l3) = (lanes[0], lanes[1], lanes[2], lanes[3]);
+        let (mut h0, mut h1, mut h2, mut h3) = (h[0], h[1], h[2], h[3]);
+        for i in 0..lane_len {
+            h0 = step(h0, l0[i]);
+            h1 = step(h1, l1[i]);
+            h2 = step(h2, l2[i]);
+            h3 = step(h3, l3[i]);
+            // Separate tests: each is one fused test-and-branch, almost never taken.
+            if h0 & filter == 0 {
+                found[0].push((starts[0] + i, h0));
+            }
+            if h1 & filter == 0 {
+                found[1].push((starts[1] + i, h1));
+            }
+            if h2 & filter == 0 {
+                found[2].push((starts[2] + i, h2));
+            }
+            if h3 & filter == 0 {
+                found[3].push((starts[3] + i, h3));
+            }
+        }
+        h = [h0, h1, h2, h3];
+        for lane in found {
+            out.extend(lane);
+        }
+        // What the lanes left over at the end continues the last lane.
+        let mut hash = h[LANES - 1];
+        let rest = from + LANES * lane_len;
+        for (at, &b) in (rest..to).zip(&data[rest..to]) {
+            hash = step(hash, b);
+            if hash & filter == 0 {
+                out.push((at, hash));
+            }
+        }
+    }
+
+    /// The end of the chunk that starts at `start`, exactly as `fastcdc::v2020::cut_gear`
+    /// finds it.
+    fn cut_one(&self, data: &[u8], start: usize, candidates: &[Candidate]) -> usize {
+        let left = data.len() - start;
+        if left <= self.min {
+            return data.len();
+        }
+        let mut center = self.avg;
+        let mut remaining = left;
+        if remaining > self.max {
+            remaining = self.max;
+        } else if remaining < center {
+            center = remaining;
+        }
+        // Relative positions checked: [first, checked_end); mask_s below small_end.
+        let first = self.min / 2 * 2;
+        let small_end = center / 2 * 2;
+        let checked_end = remaining / 2 * 2;
+        let hits = |a: usize, h: u64| {
+            let mut mask = if a < small_end {
+                self.mask_s
+            } else {
+                self.mask_l
+            };
+            if a % 2 == 0 {
+                mask &= !(1 << 63);
+            }
+            h & mask == 0
+        };
+        // The first 63 positions: the hash still lacks bytes from before `first`.
+        let warm_end = (first + 63).min(checked_end);
+        let mut h = 0u64;
+        for a in first..warm_end {
+            h = (h << 1).wrapping_add(self.gear[data[start + a] as usize]);
+            if hits(a, h) {
+                return start + a;
+            }
+        }
+        // From there on the hash is the full-window hash the scan computed.
+        let from = start + warm_end;
+        let to = start + checked_end;
+        let first_candidate = candidates.partition_point(|c| c.0 < from);
+        for &(at, h) in &candidates[first_candidate..] {
+            if at >= to {
+                break;
+            }
+            if hits(at - start, h) {
+                return at;
+            }
+        }
+        start + remaining
+    }
+}
+
 /// Reads a stream and hands out its chunks in batches.
 pub struct StreamChunker<R> {
     reader: R,
-    params: ChunkerParams,
+    cutter: Cutter,
     buf: Vec<u8>,
     /// `buf[start..filled]` is read but not yet handed out.
     start: usize,
@@ -91,7 +286,7 @@ impl<R: Read> StreamChunker<R> {
         let cap = block.max(2 * params.max_size as usize);
         StreamChunker {
             reader,
-            params,
+            cutter: Cutter::new(&params),
             buf: vec![0; cap],
             start: 0,
             filled: 0,
@@ -124,15 +319,10 @@ impl<R: Read> StreamChunker<R> {
         if self.filled == 0 {
             return Ok(None);
         }
-        let data = &self.buf[..self.filled];
-        let mut ranges = self.params.cut_all(data);
-        if !self.eof {
-            // The buffer holds at least two maximal chunks, so the first cut is a real one.
-            let last = ranges.pop().expect("a full block has chunks");
-            self.start = last.start;
-        } else {
-            self.start = self.filled;
-        }
+        // Unless at the end, the buffer holds at least two maximal chunks, so the chunk held
+        // back is never the only one.
+        let (ranges, tail) = self.cutter.cut(&self.buf[..self.filled], self.eof);
+        self.start = tail;
         Ok(Some((&self.buf[..self.filled], ranges)))
     }
 }
@@ -216,6 +406,67 @@ mod tests {
                 prop_assert!(before.contains(c), "a chunk ending before the edit changed");
             }
             prop_assert!(new_bytes <= insert + 6 * 1024, "new bytes {}", new_bytes);
+        }
+    }
+
+    fn cutter_all(data: &[u8], params: ChunkerParams) -> Vec<Range<usize>> {
+        let (ranges, tail) = Cutter::new(&params).cut(data, true);
+        assert_eq!(tail, data.len());
+        ranges
+    }
+
+    proptest! {
+        #[test]
+        fn cutter_cuts_exactly_where_fastcdc_does(
+            len in 0usize..60_000, seed in any::<u64>(), gear_seed in prop_oneof![Just(0u64), any::<u64>()],
+            min in 64u32..400, avg_extra in 0u32..2000, max_extra in 0u32..3000, runs in any::<bool>(),
+        ) {
+            let mut data = noise(len, seed);
+            if runs {
+                // Long runs of one byte reach the maximal size and the "no cut" paths.
+                for (i, b) in data.iter_mut().enumerate() {
+                    if (i / 3000) % 2 == 0 {
+                        *b = 0;
+                    }
+                }
+            }
+            let avg = (min + avg_extra).max(256);
+            let params = ChunkerParams { min_size: min, avg_size: avg, max_size: (avg + max_extra).max(1024), gear_seed };
+            prop_assume!(params.validate().is_ok());
+            prop_assert_eq!(cutter_all(&data, params), params.cut_all(&data));
+        }
+    }
+
+    #[test]
+    fn cutter_matches_fastcdc_on_weights_zeros_and_default_params() {
+        let params = ChunkerParams::default();
+        let mut weights = vec![0u8; 8 << 20];
+        crate::workload::fill_weights(
+            &mut crate::workload::Rng::new(3),
+            crate::workload::Dtype::BF16,
+            &mut weights,
+        );
+        assert_eq!(cutter_all(&weights, params), params.cut_all(&weights));
+        let mut mixed = noise(9 << 20, 5);
+        mixed[1 << 20..5 << 20].fill(0);
+        assert_eq!(cutter_all(&mixed, params), params.cut_all(&mixed));
+        let seeded = ChunkerParams {
+            gear_seed: 0xdead_beef,
+            ..params
+        };
+        assert_eq!(cutter_all(&mixed, seeded), seeded.cut_all(&mixed));
+        let zeros = vec![0u8; 7 << 20];
+        assert_eq!(cutter_all(&zeros, params), params.cut_all(&zeros));
+    }
+
+    #[test]
+    fn gear_table_shifted_is_the_shifted_gear_table() {
+        // Cutter relies on fastcdc's second table being the first shifted left by one.
+        for seed in [0, 1, u64::MAX] {
+            let (gear, gear_ls) = fastcdc::v2020::get_gear_with_seed(seed);
+            for i in 0..256 {
+                assert_eq!(gear_ls[i], gear[i] << 1);
+            }
         }
     }
 
