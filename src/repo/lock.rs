@@ -221,6 +221,20 @@ mod tests {
     use super::*;
     use crate::repo::MemBackend;
 
+    /// An exclusive lock of a process that no longer exists on this host.
+    fn plant_dead_exclusive_lock(b: &dyn Backend) {
+        let dead = LockInfo {
+            host: hostname(),
+            pid: u32::MAX - 1, // no such process
+            exclusive: true,
+            command: "prune".into(),
+            created: Utc::now(),
+            refreshed: Utc::now(),
+        };
+        b.put("locks/dead", &serde_json::to_vec(&dead).unwrap())
+            .unwrap();
+    }
+
     #[test]
     fn shared_locks_coexist_and_exclusive_ones_do_not() {
         let b: Arc<dyn Backend> = Arc::new(MemBackend::default());
@@ -254,16 +268,7 @@ mod tests {
         );
         drop(waited);
 
-        let dead = LockInfo {
-            host: hostname(),
-            pid: u32::MAX - 1,
-            exclusive: true,
-            command: "prune".into(),
-            created: Utc::now(),
-            refreshed: Utc::now(),
-        };
-        b.put("locks/dead", &serde_json::to_vec(&dead).unwrap())
-            .unwrap();
+        plant_dead_exclusive_lock(b.as_ref());
         let started = std::time::Instant::now();
         let err = LockGuard::acquire(b.clone(), false, "backup", Duration::from_secs(60));
         assert!(err.is_err());
@@ -276,16 +281,7 @@ mod tests {
     #[test]
     fn a_dead_process_lock_is_reported_stale_and_unlock_removes_it() {
         let b: Arc<dyn Backend> = Arc::new(MemBackend::default());
-        let dead = LockInfo {
-            host: hostname(),
-            pid: u32::MAX - 1, // no such process
-            exclusive: true,
-            command: "prune".into(),
-            created: Utc::now(),
-            refreshed: Utc::now(),
-        };
-        b.put("locks/dead", &serde_json::to_vec(&dead).unwrap())
-            .unwrap();
+        plant_dead_exclusive_lock(b.as_ref());
         let err = LockGuard::acquire(b.clone(), false, "backup", Duration::ZERO)
             .err()
             .unwrap();

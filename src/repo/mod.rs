@@ -120,7 +120,12 @@ impl Repository {
         let config = Config::new();
         let bytes = serde_json::to_vec_pretty(&config).expect("config serialises");
         backend.put("config", &bytes)?;
-        Ok(Repository {
+        Ok(Repository::with_config(backend, location, config))
+    }
+
+    /// A repository handle with an empty index (not loaded yet).
+    fn with_config(backend: Arc<dyn Backend>, location: PathBuf, config: Config) -> Repository {
+        Repository {
             backend,
             location,
             config,
@@ -128,7 +133,7 @@ impl Repository {
             index_keys: Vec::new(),
             index_problems: Vec::new(),
             lock_wait: std::time::Duration::ZERO,
-        })
+        }
     }
 
     /// Opens an existing repository in a local directory and loads its index.
@@ -180,15 +185,7 @@ impl Repository {
             )));
         }
         config.chunker.validate().map_err(not_repo)?;
-        let mut repo = Repository {
-            backend,
-            location,
-            config,
-            index: Index::default(),
-            index_keys: Vec::new(),
-            index_problems: Vec::new(),
-            lock_wait: std::time::Duration::ZERO,
-        };
+        let mut repo = Repository::with_config(backend, location, config);
         repo.load_index()?;
         Ok(repo)
     }
