@@ -1,17 +1,30 @@
 //! Adds blobs to a repository: fills packs, stores each full pack, and at the end writes one
 //! index file naming every pack written. Nothing refers to a pack before its index is durable,
 //! and nothing refers to the index before the snapshot that needs it is written.
+//!
+//! A full pack is finished (trailer, hash) and stored on a background thread while the next one
+//! fills, so the pack's hashing and its fsync overlap the backup's reading and compressing. At
+//! most one pack is being stored at a time: the next flush waits for it, and so does `finish`
+//! before it writes the index, so a pack is durable before any index names it.
 
-use super::{pack_key, Repository};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use super::{pack_key, Backend, Repository};
 use crate::codec::Encoding;
 use crate::error::Result;
 use crate::id::Id;
 use crate::index::{self, IdSet};
 use crate::pack::{BlobKind, PackEntry, PackWriter};
 
+/// What storing one pack gives back: its ID, its size, and its blobs.
+type Stored = Result<(Id, u64, Vec<PackEntry>)>;
+
 pub struct BlobWriter<'r> {
     repo: &'r Repository,
     pack: PackWriter,
+    /// The pack being stored in the background, if any.
+    storing: Option<JoinHandle<Stored>>,
     /// Blobs added in this session (in the open pack or in packs already stored).
     added: IdSet,
     stored_packs: Vec<(Id, Vec<PackEntry>)>,
@@ -24,6 +37,7 @@ impl<'r> BlobWriter<'r> {
         BlobWriter {
             repo,
             pack: PackWriter::new(),
+            storing: None,
             added: IdSet::default(),
             stored_packs: Vec::new(),
             bytes_added: 0,
@@ -57,14 +71,39 @@ impl<'r> BlobWriter<'r> {
         Ok(())
     }
 
-    /// Stores the open pack, if it holds anything.
+    /// Starts storing the open pack, if it holds anything, once the previous one is stored.
     pub fn flush(&mut self) -> Result<()> {
         if self.pack.is_empty() {
             return Ok(());
         }
-        let (id, bytes, entries) = std::mem::take(&mut self.pack).finish();
-        self.repo.backend().put(&pack_key(&id), &bytes)?;
-        self.bytes_added += bytes.len() as u64;
+        self.wait()?;
+        let pack = std::mem::take(&mut self.pack);
+        let backend: Arc<dyn Backend> = self.repo.backend.clone();
+        let store = move || -> Stored {
+            let (id, bytes, entries) = pack.finish();
+            backend.put(&pack_key(&id), &bytes)?;
+            Ok((id, bytes.len() as u64, entries))
+        };
+        self.storing = Some(std::thread::spawn(store));
+        Ok(())
+    }
+
+    /// Waits for the pack being stored, if any.
+    fn wait(&mut self) -> Result<()> {
+        match self.storing.take() {
+            Some(handle) => {
+                let stored = handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                self.record(stored)
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn record(&mut self, stored: Stored) -> Result<()> {
+        let (id, len, entries) = stored?;
+        self.bytes_added += len;
         self.stored_packs.push((id, entries));
         Ok(())
     }
@@ -72,6 +111,7 @@ impl<'r> BlobWriter<'r> {
     /// Stores the last pack and the index file for every pack of this session.
     pub fn finish(mut self) -> Result<u64> {
         self.flush()?;
+        self.wait()?;
         if !self.stored_packs.is_empty() {
             let bytes = index::encode_file(&self.stored_packs);
             let key = format!("index/{}", Id::of(&bytes).to_hex());
@@ -79,6 +119,16 @@ impl<'r> BlobWriter<'r> {
             self.bytes_added += bytes.len() as u64;
         }
         Ok(self.bytes_added)
+    }
+}
+
+impl Drop for BlobWriter<'_> {
+    /// A writer dropped without `finish` (a failed backup) still waits for its pack: the caller
+    /// may release the repository lock right after.
+    fn drop(&mut self) {
+        if let Some(handle) = self.storing.take() {
+            let _ = handle.join();
+        }
     }
 }
 
