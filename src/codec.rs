@@ -34,6 +34,35 @@ pub fn encode(plain: &[u8], zstd_level: i32) -> (Encoding, Vec<u8>) {
     }
 }
 
+thread_local! {
+    /// One zstd context per thread and level, reused for every chunk the thread compresses.
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Encodes `plain` into `out` (cleared first) with this thread's reused zstd context. For
+/// [`Encoding::Raw`] `out` is left empty: the stored bytes are `plain` itself, not copied.
+/// Chooses exactly as [`encode`] does.
+pub fn encode_into(plain: &[u8], zstd_level: i32, out: &mut Vec<u8>) -> Encoding {
+    out.clear();
+    out.reserve(zstd::zstd_safe::compress_bound(plain.len()));
+    let compressed = COMPRESSOR.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.as_ref().map(|(level, _)| *level) != Some(zstd_level) {
+            *cell = Some((zstd_level, zstd::bulk::Compressor::new(zstd_level).ok()?));
+        }
+        let (_, compressor) = cell.as_mut()?;
+        compressor.compress_to_buffer(plain, out).ok()
+    });
+    match compressed {
+        Some(n) if pays(plain.len(), n) => Encoding::Zstd,
+        _ => {
+            out.clear();
+            Encoding::Raw
+        }
+    }
+}
+
 /// Decodes a stored blob back to exactly `plain_len` bytes.
 pub fn decode(encoding: Encoding, stored: &[u8], plain_len: usize) -> Result<Vec<u8>> {
     match encoding {
@@ -92,6 +121,30 @@ mod tests {
         assert!(decode(enc, &stored, 4095).is_err());
         assert!(decode(Encoding::Zstd, b"not zstd at all", 10).is_err());
         assert!(decode(Encoding::Raw, b"abc", 4).is_err());
+    }
+
+    #[test]
+    fn encode_into_chooses_and_stores_as_encode_does() {
+        let mut out = Vec::new();
+        let mut weights = vec![0u8; 300_000];
+        crate::workload::fill_weights(
+            &mut crate::workload::Rng::new(4),
+            crate::workload::Dtype::BF16,
+            &mut weights,
+        );
+        let noise: Vec<u8> = (0..70_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        for data in [&weights[..], &noise[..], &[0u8; 5000][..], &[][..]] {
+            for level in [1, 3] {
+                let (enc, stored) = encode(data, level);
+                assert_eq!(encode_into(data, level, &mut out), enc);
+                match enc {
+                    Encoding::Raw => assert!(out.is_empty()),
+                    Encoding::Zstd => assert_eq!(out, stored),
+                }
+            }
+        }
     }
 
     proptest! {

@@ -1,15 +1,21 @@
 //! The backup hot path for one file: read → chunk → hash → (if new) compress → pack.
-//! Each block's chunks are hashed and compressed in parallel; memory is one block plus its
-//! encoded chunks plus the open pack, whatever the file's size.
+//!
+//! A reader thread reads the file in large blocks while the previous block is processed; each
+//! block is chunked with the gear-hash scan on every core, its chunks are hashed and compressed
+//! in parallel (each thread reusing its zstd context and output buffers), and the results are
+//! added to the pack in order, the full pack being stored in the background by `BlobWriter`.
+//! Memory is a few blocks plus their encoded chunks plus two packs, whatever the file's size.
 
 use std::fs::{File, Metadata};
+use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 use rayon::prelude::*;
 
-use crate::chunker::{StreamChunker, DEFAULT_BLOCK};
-use crate::codec;
+use crate::chunker::Cutter;
+use crate::codec::{self, Encoding};
 use crate::error::Result;
 use crate::id::Id;
 use crate::pack::BlobKind;
@@ -39,6 +45,60 @@ fn same_state(a: &Metadata, b: &Metadata) -> bool {
         && a.ino() == b.ino()
 }
 
+/// Bytes per read block: 16 chunks of the default average size, enough to keep both cores
+/// busy between blocks while three blocks and two packs stay well under 200 MiB.
+const BLOCK: usize = 8 * 1024 * 1024;
+
+/// A block read by the reader thread: `buf[head..head + len]` is file content; the `head`
+/// bytes before it are room for the unfinished last chunk of the previous block.
+struct Block {
+    buf: Vec<u8>,
+    len: usize,
+    eof: bool,
+}
+
+/// Reads `file` into blocks until its end or an error, reusing buffers sent back on `free`.
+fn read_blocks(
+    mut file: &File,
+    head: usize,
+    block: usize,
+    full: SyncSender<io::Result<Block>>,
+    free: Receiver<Vec<u8>>,
+) {
+    loop {
+        let mut buf = free.try_recv().unwrap_or_else(|_| vec![0; head + block]);
+        let mut len = 0;
+        let mut eof = false;
+        let result = loop {
+            if len == block {
+                break Ok(());
+            }
+            match file.read(&mut buf[head + len..]) {
+                Ok(0) => {
+                    eof = true;
+                    break Ok(());
+                }
+                Ok(n) => len += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        let done = eof || result.is_err();
+        if full.send(result.map(|()| Block { buf, len, eof })).is_err() || done {
+            return;
+        }
+    }
+}
+
+/// One chunk's result: its ID and length, and where its stored bytes are if it is new.
+struct Encoded {
+    id: Id,
+    range: std::ops::Range<usize>,
+    /// `None`: already stored. `Raw`: stored as the plain bytes. `Zstd`: in `out`.
+    encoding: Option<Encoding>,
+    out: Vec<u8>,
+}
+
 /// Reads and stores one file. `Err` only for repository failures (which end the backup);
 /// problems with the file itself come back as an outcome.
 pub(crate) fn store_file(
@@ -57,35 +117,75 @@ pub(crate) fn store_file(
         Err(e) => return unreadable(e),
     };
     let config = writer.config().clone();
-    let mut chunker = StreamChunker::new(&file, config.chunker, DEFAULT_BLOCK);
+    let cutter = Cutter::new(&config.chunker);
+    let head = config.chunker.max_size as usize;
     let mut chunks = Vec::new();
-    loop {
-        let (block, ranges) = match chunker.next_batch() {
-            Ok(Some(batch)) => batch,
-            Ok(None) => break,
-            Err(e) => return unreadable(e),
-        };
-        let w: &BlobWriter = writer;
-        let encoded: Vec<_> = ranges
-            .par_iter()
-            .map(|r| {
-                let plain = &block[r.clone()];
-                let id = Id::of(plain);
-                let enc = (!w.contains(&id)).then(|| codec::encode(plain, config.zstd_level));
-                (id, plain.len(), enc)
-            })
-            .collect();
-        let mut n = 0;
-        for (id, plain_len, enc) in encoded {
-            if let Some((encoding, stored)) = enc {
-                writer.add(id, BlobKind::Data, encoding, &stored, plain_len)?;
+    let mut bytes_read = 0u64;
+    let read = std::thread::scope(|scope| -> Result<io::Result<()>> {
+        // Rendezvous channels: the reader fills one block ahead, and spare buffers wait in
+        // `free`, so at most three blocks exist at once.
+        let (full_tx, full_rx) = sync_channel(0);
+        let (free_tx, free_rx) = sync_channel(1);
+        let file = &file;
+        scope.spawn(move || read_blocks(file, head, BLOCK, full_tx, free_rx));
+        // The previous block and where its unfinished last chunk lies in it.
+        let mut prev: Option<(Vec<u8>, std::ops::Range<usize>)> = None;
+        let mut spare: Vec<Vec<u8>> = Vec::new();
+        // The reader stops on its own at the end or an error; dropping `full_rx` on an early
+        // return ends it too.
+        for block in full_rx.iter() {
+            let Block { mut buf, len, eof } = match block {
+                Ok(b) => b,
+                Err(e) => return Ok(Err(e)),
+            };
+            bytes_read += len as u64;
+            let mut start = head;
+            if let Some((old, tail)) = prev.take() {
+                start -= tail.len();
+                buf[start..head].copy_from_slice(&old[tail]);
+                let _ = free_tx.try_send(old);
             }
-            chunks.push(id);
-            n += plain_len as u64;
+            let data = &buf[start..head + len];
+            let (ranges, tail) = cutter.cut(data, eof);
+            let w: &BlobWriter = writer;
+            let mut encoded: Vec<Encoded> = ranges
+                .into_iter()
+                .map(|range| Encoded {
+                    id: Id([0; 32]),
+                    range,
+                    encoding: None,
+                    out: spare.pop().unwrap_or_default(),
+                })
+                .collect();
+            encoded.par_iter_mut().for_each(|e| {
+                let plain = &data[e.range.clone()];
+                e.id = Id::of(plain);
+                if !w.contains(&e.id) {
+                    e.encoding = Some(codec::encode_into(plain, config.zstd_level, &mut e.out));
+                }
+            });
+            let mut n = 0;
+            for e in encoded {
+                let plain = &data[e.range.clone()];
+                if let Some(encoding) = e.encoding {
+                    let stored = match encoding {
+                        Encoding::Raw => plain,
+                        Encoding::Zstd => &e.out[..],
+                    };
+                    writer.add(e.id, BlobKind::Data, encoding, stored, plain.len())?;
+                }
+                chunks.push(e.id);
+                n += plain.len() as u64;
+                spare.push(e.out);
+            }
+            progress.bytes(n);
+            prev = Some((buf, start + tail..head + len));
         }
-        progress.bytes(n);
+        Ok(Ok(()))
+    })?;
+    if let Err(e) = read {
+        return unreadable(e);
     }
-    let bytes_read = chunker.bytes_read();
     let after = match file.metadata() {
         Ok(m) => m,
         Err(e) => return unreadable(e),
