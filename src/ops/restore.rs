@@ -4,8 +4,7 @@
 //! when whole, so a killed restore leaves partial files only there.
 
 use std::fs::{self, File, FileTimes};
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -49,9 +48,6 @@ pub struct RestoreReport {
     pub failed: Vec<String>,
     pub duration_ms: u64,
 }
-
-/// Chunks fetched and checked in parallel before being written in order.
-const READ_AHEAD: usize = 8;
 
 pub(crate) fn select(nodes: Vec<Node>, include: &[String], snapshot: &str) -> Result<Vec<Node>> {
     if include.is_empty() {
@@ -230,24 +226,40 @@ fn restore_file(
     fs::rename(tmp, dest).at(dest)
 }
 
+/// Writes a file's content into the new file `tmp`: chunks are read, decoded and re-hashed in
+/// parallel and each is written at its own offset as soon as it is checked, so memory holds
+/// only the chunks in flight. All-zero chunks are not written: the file is new, so they stay
+/// holes (sparse) and read back as zeros.
 fn write_content(
     repo: &Repository,
     node: &Node,
     tmp: &Path,
     progress: &dyn Progress,
 ) -> Result<()> {
-    let mut out = File::create(tmp).at(tmp)?;
+    let out = File::create(tmp).at(tmp)?;
+    let mut offsets = Vec::with_capacity(node.chunks.len());
     let mut written = 0u64;
-    for group in node.chunks.chunks(READ_AHEAD) {
-        let plains: Vec<Result<Vec<u8>>> =
-            group.par_iter().map(|id: &Id| repo.read_blob(id)).collect();
-        for plain in plains {
-            let plain = plain?;
-            out.write_all(&plain).at(tmp)?;
-            written += plain.len() as u64;
-            progress.bytes(plain.len() as u64);
-        }
+    for id in &node.chunks {
+        let loc = repo
+            .index()
+            .get(id)
+            .ok_or_else(|| Error::MissingChunk { id: id.to_hex() })?;
+        offsets.push(written);
+        written += loc.plain_len as u64;
     }
+    node.chunks
+        .par_iter()
+        .zip(offsets)
+        .try_for_each(|(id, offset)| -> Result<()> {
+            let plain = repo.read_blob(id)?;
+            if !is_zero(&plain) {
+                out.write_all_at(&plain, offset).at(tmp)?;
+            }
+            progress.bytes(plain.len() as u64);
+            Ok(())
+        })?;
+    // The size, including any hole at the end.
+    out.set_len(written).at(tmp)?;
     if written != node.size {
         return Err(Error::corrupt(
             format!("tree entry {}", node.path.display()),
@@ -259,4 +271,10 @@ fn write_content(
     out.set_times(FileTimes::new().set_modified(to_system_time(node.mtime_ns)))
         .at(tmp)?;
     Ok(())
+}
+
+/// True when every byte is zero (a vectorisable OR, then one test per 4 KiB).
+fn is_zero(data: &[u8]) -> bool {
+    data.chunks(4096)
+        .all(|page| page.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }
