@@ -17,7 +17,11 @@ mod damage;
 mod format;
 #[path = "cli/incremental.rs"]
 mod incremental;
+#[path = "cli/prune.rs"]
+mod prune;
 #[path = "cli/recipes.rs"]
 mod recipes;
 #[path = "cli/roundtrip.rs"]
 mod roundtrip;
+#[path = "cli/verify.rs"]
+mod verify;

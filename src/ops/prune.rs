@@ -136,6 +136,15 @@ pub fn run(
         }
     }
 
+    let unindexed = live.iter().filter(|id| !repo.index().contains(id)).count();
+    if unindexed > 0 {
+        return Err(Error::Invalid(format!(
+            "{unindexed} chunk(s) that kept snapshots need are in no index file (a lost or damaged \
+             index?); prune deletes nothing while packs it cannot account for may hold them: run \
+             `tvault verify`"
+        )));
+    }
+
     // 3. The fate of every pack.
     let index_files = repo.read_index_files()?;
     let mut packs: BTreeMap<Id, Vec<PackEntry>> = BTreeMap::new();
@@ -204,18 +213,25 @@ pub fn run(
         return Ok(report);
     }
 
-    // 4. Execute, in the order that keeps every kept snapshot restorable.
-    for (snap, decision) in snaps.iter().zip(&report.snapshots) {
-        if !decision.keep {
-            repo.backend()
-                .delete(&format!("snapshots/{}", snap.0.to_hex()))?;
-        }
-    }
+    // 4. Execute, in the order that keeps every kept snapshot restorable: new packs (checking
+    // every chunk copied, so damage stops prune before it deletes anything), the new index,
+    // then deletions: forgotten manifests, old index files, dead packs, leftovers. Nothing that
+    // this run wrote or that the new index names is ever deleted, whatever its name collides
+    // with (a crashed earlier prune may have left byte-identical files under the same names).
+    let mut keep_keys: std::collections::HashSet<String> = std::collections::HashSet::new();
     let changes_packs = fates.values().any(|f| !matches!(f, PackFate::Keep));
     if changes_packs {
         let mut new_index: Vec<(Id, Vec<PackEntry>)> = Vec::new();
         let mut writer = PackWriter::new();
         let pack_size = repo.config().pack_size as usize;
+        let store =
+            |writer: PackWriter, new_index: &mut Vec<_>, report: &mut PruneReport| -> Result<()> {
+                let (id, bytes, entries) = writer.finish();
+                repo.backend().put(&pack_key(&id), &bytes)?;
+                report.packs_written += 1;
+                new_index.push((id, entries));
+                Ok(())
+            };
         for (pack, fate) in &fates {
             match fate {
                 PackFate::Keep => new_index.push((*pack, packs[pack].clone())),
@@ -232,36 +248,41 @@ pub fn run(
                         let stored = checked_blob(&data, pack, e)?;
                         writer.add(e.id, e.kind, e.encoding, stored, e.plain_len as usize);
                         if writer.len() >= pack_size {
-                            let (id, bytes, entries) = std::mem::take(&mut writer).finish();
-                            repo.backend().put(&pack_key(&id), &bytes)?;
-                            report.packs_written += 1;
-                            new_index.push((id, entries));
+                            store(std::mem::take(&mut writer), &mut new_index, &mut report)?;
                         }
                     }
                 }
             }
         }
         if !writer.is_empty() {
-            let (id, bytes, entries) = writer.finish();
-            repo.backend().put(&pack_key(&id), &bytes)?;
-            report.packs_written += 1;
-            new_index.push((id, entries));
+            store(writer, &mut new_index, &mut report)?;
         }
+        keep_keys.extend(new_index.iter().map(|(id, _)| pack_key(id)));
         if !new_index.is_empty() {
             let bytes = index::encode_file(&new_index);
+            let key = format!("index/{}", Id::of(&bytes).to_hex());
+            repo.backend().put(&key, &bytes)?;
+            keep_keys.insert(key);
+        }
+    }
+    for (snap, decision) in snaps.iter().zip(&report.snapshots) {
+        if !decision.keep {
             repo.backend()
-                .put(&format!("index/{}", Id::of(&bytes).to_hex()), &bytes)?;
+                .delete(&format!("snapshots/{}", snap.0.to_hex()))?;
         }
-        for key in &old_index_keys {
-            repo.backend().delete(key)?;
-        }
-        for (pack, fate) in &fates {
-            if !matches!(fate, PackFate::Keep) {
-                repo.backend().delete(&pack_key(pack))?;
+    }
+    if changes_packs {
+        let dead_packs = fates
+            .iter()
+            .filter(|(_, fate)| !matches!(fate, PackFate::Keep))
+            .map(|(pack, _)| pack_key(pack));
+        for key in old_index_keys.into_iter().chain(dead_packs) {
+            if !keep_keys.contains(&key) {
+                repo.backend().delete(&key)?;
             }
         }
     }
-    for key in &leftovers {
+    for key in leftovers.iter().filter(|k| !keep_keys.contains(*k)) {
         repo.backend().delete(key)?;
     }
     report.bytes_freed = report.bytes_before.saturating_sub(stored_bytes(repo)?);

@@ -292,10 +292,24 @@ pub fn run(
             }
         }
     }
-    for (pack, size) in &on_disk {
-        if !packs.contains_key(pack) {
-            report.reclaimable_packs += 1;
-            report.reclaimable_bytes += size;
+    let unindexed: Vec<u64> = on_disk
+        .iter()
+        .filter(|(pack, _)| !packs.contains_key(*pack))
+        .map(|(_, size)| *size)
+        .collect();
+    let missing = c
+        .problems
+        .iter_mut()
+        .find(|p| p.kind == ProblemKind::MissingChunks);
+    match missing {
+        // Packs describe themselves: unindexed ones may hold exactly the missing chunks.
+        Some(p) if !unindexed.is_empty() => p.message.push_str(&format!(
+            "; {} pack(s) on disk are in no index file and may hold them (prune will not delete them)",
+            unindexed.len()
+        )),
+        _ => {
+            report.reclaimable_packs += unindexed.len() as u64;
+            report.reclaimable_bytes += unindexed.iter().sum::<u64>();
         }
     }
     progress.finish();

@@ -541,3 +541,73 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Repository files, for the verify and prune tests
+
+impl TestEnv {
+    /// Sets `pack_size` in the repository's `config`, so that small test backups spread over
+    /// several packs (a pack is stored once it reaches this size).
+    pub fn set_pack_size(&self, bytes: u32) {
+        let path = self.repo.join("config");
+        let mut config: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        config["pack_size"] = Value::from(bytes);
+        fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    }
+
+    /// Bytes of the packs and index files (`data/` and `index/`, temporary files excluded).
+    pub fn repo_data_bytes(&self) -> u64 {
+        ["data", "index"]
+            .iter()
+            .flat_map(|d| files_below(&self.repo.join(d)))
+            .filter(|p| !is_temporary(p))
+            .map(|p| fs::metadata(p).unwrap().len())
+            .sum()
+    }
+
+    /// Lock files now in the repository (temporary files excluded). Cheap enough to poll.
+    pub fn lock_files(&self) -> Vec<PathBuf> {
+        files_below(&self.repo.join("locks"))
+            .into_iter()
+            .filter(|p| !is_temporary(p))
+            .collect()
+    }
+
+    /// Temporary files (`.tmp-…`) anywhere in the repository.
+    pub fn temp_files(&self) -> Vec<PathBuf> {
+        files_below(&self.repo)
+            .into_iter()
+            .filter(|p| is_temporary(p))
+            .collect()
+    }
+}
+
+/// Every regular file below `dir` (none if it does not exist), without reading them.
+pub fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let Ok(ft) = entry.file_type() else { continue };
+        if ft.is_dir() {
+            out.extend(files_below(&entry.path()));
+        } else if ft.is_file() {
+            out.push(entry.path());
+        }
+    }
+    out.sort();
+    out
+}
+
+fn is_temporary(path: &Path) -> bool {
+    path.file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with(".tmp-"))
+}
+
+/// Flips one bit of the byte at `offset` in place (same length, same inode).
+pub fn flip_byte(path: &Path, offset: u64) {
+    let byte = read_at(path, offset, 1)[0];
+    set_mode(path, 0o644);
+    overwrite_at(path, offset, &[byte ^ 0x40]);
+}
