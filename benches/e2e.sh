@@ -1,17 +1,27 @@
 #!/usr/bin/env bash
-# End-to-end figures on generated checkpoints, beside a `tar | zstd -3 -T0` baseline measured
-# in the same run: first backup, incremental backup of an unchanged tree, restore (all of the
-# `single` workload), the second snapshot of `frozen`, and peak memory against file size.
+# End-to-end figures on generated checkpoints (SCENARIOS.md), beside baselines and physical
+# limits measured in the same run:
+#   - limits: plain read of the checkpoint (`cat`), BLAKE3 alone on every core (examples/b3),
+#     sequential write speed of the work directory's filesystem (`dd conv=fsync`);
+#   - baselines: `tar | zstd -3 -T0`; restic and borg when installed (skipped otherwise);
+#   - tvault: first backup, incremental backup of the unchanged tree, restore,
+#     `verify --read-data` (when this build has it), the second snapshot of `frozen`, and peak
+#     memory backing up 1 GiB and 20 GiB files (sparse zeros: memory must not follow size).
+# Each line: seconds, input bytes/s, peak RSS. The page cache is warm (the input is read first).
 #
-#   bash benches/e2e.sh                 # 2 GiB checkpoints, work files in /tmp/tvault-bench
-#   SIZE=512MiB WORK=/dev/shm/tb bash benches/e2e.sh   # smaller, on tmpfs (CPU cost only)
+#   bash benches/e2e.sh                                  # 2 GiB checkpoints, on disk (/tmp)
+#   WORK=/dev/shm/tvault-bench bash benches/e2e.sh       # on tmpfs: the CPU cost alone
+#   SIZE=512MiB bash benches/e2e.sh                      # smaller checkpoints
+#   BEFORE=/path/to/old/tvault bash benches/e2e.sh       # also time another build, interleaved
 set -euo pipefail
 SIZE=${SIZE:-2GiB}
 WORK=${WORK:-/tmp/tvault-bench}
+ROUNDS=${ROUNDS:-1}
 cd "$(dirname "$0")/.."
-cargo build --release --quiet --bin tvault --example gen
+cargo build --release --quiet --bin tvault --example gen --example b3
 B=$PWD/target/release/tvault
 GEN=$PWD/target/release/examples/gen
+B3=$PWD/target/release/examples/b3
 command -v zstd >/dev/null || { echo "e2e: zstd is needed for the baseline (apt-get install zstd)" >&2; exit 1; }
 TIME=/usr/bin/time
 [ -x $TIME ] || { echo "e2e: GNU time is needed (apt-get install time)" >&2; exit 1; }
@@ -19,41 +29,88 @@ TIME=/usr/bin/time
 rm -rf "$WORK"; mkdir -p "$WORK/data"
 $GEN single "$WORK/data/single/ckpt" --size "$SIZE" >/dev/null
 $GEN frozen "$WORK/data/frozen/ckpt" --size "$SIZE" --step 0 >/dev/null
-cp "$WORK/data/frozen/ckpt/model.safetensors" "$WORK/data/frozen0.safetensors"
 $GEN frozen "$WORK/data/frozen1/ckpt" --size "$SIZE" --step 1 >/dev/null
-cat "$WORK"/data/single/ckpt/* >/dev/null   # page cache warm
+CKPT=$WORK/data/single/ckpt
+cat "$CKPT"/* >/dev/null   # page cache warm
 
-bytes=$(du -sb "$WORK/data/single/ckpt" | cut -f1)
+bytes=$(du -sb --apparent-size "$CKPT" | cut -f1)
+gbs() { python3 -c "print(f'{$1 / max($2, 0.01) / 1e9:.2f}')"; }
 measure() { # label, command...: prints "label  seconds  GB/s  peak-MiB"
   local label=$1; shift
   $TIME -f "%e %M" -o "$WORK/time" "$@" >"$WORK/out" 2>"$WORK/err" || { cat "$WORK/err" >&2; exit 1; }
   read -r secs kib <"$WORK/time"
-  printf '%-34s %8.2f s %8.2f GB/s %8d MiB peak RSS\n' "$label" "$secs" "$(python3 -c "print($bytes / max($secs, 0.01) / 1e9)")" $((kib / 1024))
+  printf '%-36s %7.2f s %7s GB/s %6d MiB peak RSS\n' "$label" "$secs" "$(gbs "$bytes" "$secs")" $((kib / 1024))
 }
 json() { python3 -c "import json; print(json.load(open('$WORK/out'))$1)"; }
+share() { python3 -c "print(round($1 / $bytes, 3))"; }
 
-echo "input: $bytes bytes per checkpoint, work dir $WORK"
-measure "baseline tar | zstd -3 -T0" bash -c "tar -C '$WORK/data/single' -cf - ckpt | zstd -3 -T0 -q -o '$WORK/single.tar.zst'"
-echo "  baseline stored: $(stat -c %s "$WORK/single.tar.zst") bytes"
-$B --repo "$WORK/repo" init -q
-measure "tvault backup (single, first)" $B --repo "$WORK/repo" --json backup "$WORK/data/single/ckpt"
-echo "  stored: $(json "['bytes_added']") bytes = $(python3 -c "import json; print(round(json.load(open('$WORK/out'))['bytes_added'] / $bytes, 3))") of the input"
-ID=$(json "['snapshot_id']")
-measure "tvault backup (unchanged, 2nd)" $B --repo "$WORK/repo" --json backup "$WORK/data/single/ckpt"
-echo "  bytes read: $(json "['bytes_read']"), bytes added: $(json "['bytes_added']"), kind: $(json "['kind']")"
-measure "tvault restore (single)" $B --repo "$WORK/repo" -q restore "$ID" "$WORK/restored"
-cmp "$WORK/restored/ckpt/model.safetensors" "$WORK/data/single/ckpt/model.safetensors"
-rm -rf "$WORK/restored"
+echo "input: $bytes bytes per checkpoint, work dir $WORK ($(df -T "$WORK" | awk 'NR==2 {print $2}')), $(nproc) cores"
+echo "== physical limits"
+measure "read (cat > /dev/null)" cat "$CKPT/model.safetensors"
+measure "BLAKE3 alone, all cores" $B3 "$CKPT/model.safetensors"
+measure "sequential write (dd conv=fsync)" dd if="$CKPT/model.safetensors" of="$WORK/dd.out" bs=8M conv=fsync
+rm -f "$WORK/dd.out"
 
+echo "== baselines"
+measure "tar | zstd -3 -T0" bash -c "tar -C '$WORK/data/single' -cf - ckpt | zstd -3 -T0 -q -o '$WORK/single.tar.zst'"
+echo "  stored: $(stat -c %s "$WORK/single.tar.zst") bytes = $(share "$(stat -c %s "$WORK/single.tar.zst")") of the input"
+rm -f "$WORK/single.tar.zst"
+if command -v restic >/dev/null; then
+  export RESTIC_PASSWORD=bench
+  restic init -q -r "$WORK/restic" >/dev/null
+  measure "restic backup (first)" restic -q -r "$WORK/restic" backup "$CKPT"
+  measure "restic backup (unchanged)" restic -q -r "$WORK/restic" backup "$CKPT"
+  rm -rf "$WORK/restic"
+else
+  echo "  restic: not installed, skipped"
+fi
+if command -v borg >/dev/null; then
+  export BORG_PASSPHRASE=bench BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes
+  borg init -e none "$WORK/borg" >/dev/null
+  measure "borg create (first, zstd,3)" borg create -C zstd,3 "$WORK/borg::a" "$CKPT"
+  measure "borg create (unchanged)" borg create -C zstd,3 "$WORK/borg::b" "$CKPT"
+  rm -rf "$WORK/borg"
+else
+  echo "  borg: not installed, skipped"
+fi
+
+run_tvault() { # name, binary
+  local name=$1 bin=$2 repo=$WORK/repo-$1
+  echo "== $name ($bin)"
+  rm -rf "$repo"; $bin --repo "$repo" init -q
+  measure "$name backup (single, first)" $bin --repo "$repo" --json backup "$CKPT"
+  echo "  stored: $(json "['bytes_added']") bytes = $(share "$(json "['bytes_added']")") of the input"
+  local id; id=$(json "['snapshot_id']")
+  measure "$name backup (unchanged, 2nd)" $bin --repo "$repo" --json backup "$CKPT"
+  echo "  bytes read: $(json "['bytes_read']"), bytes added: $(json "['bytes_added']")"
+  measure "$name restore (single)" $bin --repo "$repo" -q restore "$id" "$WORK/restored"
+  cmp "$WORK/restored/ckpt/model.safetensors" "$CKPT/model.safetensors"
+  rm -rf "$WORK/restored"
+  if $bin verify --help >/dev/null 2>&1; then
+    measure "$name verify --read-data" $bin --repo "$repo" -q verify --read-data
+  else
+    echo "  verify --read-data: not in this build, skipped"
+  fi
+  rm -rf "$repo"
+}
+for round in $(seq "$ROUNDS"); do
+  [ -n "${BEFORE:-}" ] && run_tvault before "$BEFORE"
+  run_tvault tvault "$B"
+done
+
+echo "== frozen (about half the tensors change between checkpoints)"
 $B --repo "$WORK/frozen-repo" init -q
 measure "tvault backup (frozen, step 0)" $B --repo "$WORK/frozen-repo" --json backup "$WORK/data/frozen/ckpt"
 cp "$WORK/data/frozen1/ckpt/model.safetensors" "$WORK/data/frozen/ckpt/model.safetensors"
 measure "tvault backup (frozen, step 1)" $B --repo "$WORK/frozen-repo" --json backup "$WORK/data/frozen/ckpt"
-echo "  step 1 added: $(json "['bytes_added']") bytes = $(python3 -c "import json; print(round(json.load(open('$WORK/out'))['bytes_added'] / $bytes, 3))") of the checkpoint"
+echo "  step 1 added: $(json "['bytes_added']") bytes = $(share "$(json "['bytes_added']")") of the checkpoint"
+rm -rf "$WORK/frozen-repo" "$WORK/data/frozen" "$WORK/data/frozen1"
 
+echo "== memory against file size (sparse zeros)"
 for g in 1 20; do
   mkdir -p "$WORK/sparse$g"; truncate -s ${g}G "$WORK/sparse$g/big.bin"
   $B --repo "$WORK/sparse-repo$g" init -q
   bytes=$((g << 30)) measure "tvault backup (${g} GiB of zeros)" $B --repo "$WORK/sparse-repo$g" -q backup "$WORK/sparse$g"
+  rm -rf "$WORK/sparse$g" "$WORK/sparse-repo$g"
 done
 rm -rf "$WORK"

@@ -1,6 +1,8 @@
 //! Micro-benchmarks of the backup hot path: chunking, hashing, and each codec, on bf16-like
 //! weights (the realistic case), random bytes and zeros. Inputs are seeded and deterministic.
 //!
+//! Also: filling a pack, and index lookups with 1 M chunks in the index.
+//!
 //! Run: `cargo bench --bench hot_path`. Compare against a saved baseline with
 //! `cargo bench --bench hot_path -- --save-baseline before`, change the code, then
 //! `cargo bench --bench hot_path -- --baseline before`.
@@ -8,6 +10,9 @@
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tvault::chunker::{ChunkerParams, Cutter, StreamChunker, DEFAULT_BLOCK};
 use tvault::codec;
+use tvault::id::Id;
+use tvault::index::Index;
+use tvault::pack::{BlobKind, PackEntry, PackWriter};
 use tvault::workload::{fill_weights, Dtype, Rng};
 
 const LEN: usize = 32 * 1024 * 1024;
@@ -75,6 +80,11 @@ fn codecs(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("encode", name), chunk, |b, chunk| {
             b.iter(|| codec::encode(chunk, 3).1.len())
         });
+        // The hot path's form: this thread's zstd context and output buffer, reused.
+        let mut out = Vec::new();
+        g.bench_with_input(BenchmarkId::new("encode_into", name), chunk, |b, chunk| {
+            b.iter(|| (codec::encode_into(chunk, 3, &mut out), out.len()))
+        });
         let (enc, stored) = codec::encode(chunk, 3);
         g.bench_with_input(BenchmarkId::new("decode", name), &stored, |b, stored| {
             b.iter(|| codec::decode(enc, stored, chunk.len()).unwrap().len())
@@ -83,5 +93,63 @@ fn codecs(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, chunking, hashing, codecs);
+/// Filling and finishing a 32 MiB pack (copying the blobs in, the trailer, the pack's BLAKE3).
+fn pack_writing(c: &mut Criterion) {
+    let (_, data) = inputs().swap_remove(0);
+    let blobs: Vec<(Id, &[u8])> = data.chunks(512 * 1024).map(|b| (Id::of(b), b)).collect();
+    let mut g = c.benchmark_group("pack");
+    g.throughput(Throughput::Bytes(LEN as u64)).sample_size(10);
+    g.bench_function("write 32 MiB", |b| {
+        b.iter(|| {
+            let mut w = PackWriter::new();
+            for (id, blob) in &blobs {
+                w.add(*id, BlobKind::Data, codec::Encoding::Raw, blob, blob.len());
+            }
+            black_box(w.finish().0)
+        })
+    });
+    g.finish();
+}
+
+/// Index lookups with 1 M chunks in the index (what a ~500 GB repository holds), for IDs that
+/// are present (dedup hits) and absent (new chunks).
+fn index_lookups(c: &mut Criterion) {
+    const CHUNKS: u32 = 1_000_000;
+    const PER_PACK: u32 = 64;
+    let id = |n: u32| Id::of(&n.to_le_bytes());
+    let mut index = Index::default();
+    for pack in 0..CHUNKS / PER_PACK {
+        let entries: Vec<PackEntry> = (0..PER_PACK)
+            .map(|i| PackEntry {
+                id: id(pack * PER_PACK + i),
+                kind: BlobKind::Data,
+                encoding: codec::Encoding::Zstd,
+                offset: 8 + i * 1000,
+                stored_len: 1000,
+                plain_len: 2000,
+            })
+            .collect();
+        index.add_pack(Id::of(&pack.to_be_bytes()), &entries);
+    }
+    assert_eq!(index.len(), CHUNKS as usize);
+    let present: Vec<Id> = (0..10_000).map(|n| id(n * 97 % CHUNKS)).collect();
+    let absent: Vec<Id> = (0..10_000).map(|n| id(CHUNKS + n)).collect();
+    let mut g = c.benchmark_group("index 1M chunks");
+    g.throughput(Throughput::Elements(10_000));
+    for (name, ids) in [("present", &present), ("absent", &absent)] {
+        g.bench_function(name, |b| {
+            b.iter(|| ids.iter().filter(|id| index.get(id).is_some()).count())
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    chunking,
+    hashing,
+    codecs,
+    pack_writing,
+    index_lookups
+);
 criterion_main!(benches);
