@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use crate::ops::{backup, diff, export, prune, restore, retention, verify};
+use crate::ops::{backup, diff, export, import, prune, restore, retention, verify};
 use crate::repo::{lock, Repository};
 use metrics::{sample, MetricsFile, Sample};
 use output::Out;
@@ -61,8 +61,12 @@ enum Command {
     /// Back up files and directories into a new snapshot
     Backup {
         /// Files or directories; each is stored under its own name
-        #[arg(required = true)]
+        #[arg(required_unless_present = "from_tar", conflicts_with = "from_tar")]
         paths: Vec<PathBuf>,
+        /// Import a tar or tar.gz archive (`-`: standard input) as the snapshot, keeping names,
+        /// modes and mtimes
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["full", "parent", "exclude", "exclude_file", "settle", "read_limit"])]
+        from_tar: Option<PathBuf>,
         /// Tag the snapshot (repeatable)
         #[arg(long = "tag", value_name = "TAG")]
         tags: Vec<String>,
@@ -234,6 +238,7 @@ pub fn run() -> Result<u8> {
         }
         Command::Backup {
             paths,
+            from_tar,
             tags,
             full,
             parent,
@@ -260,7 +265,17 @@ pub fn run() -> Result<u8> {
             };
             measured(metrics_file, "backup", &repo_path, || {
                 let progress = out.progress("backup");
-                let r = backup::run(&mut repo, &opts, &progress)?;
+                let r = match &from_tar {
+                    Some(archive) => {
+                        let opts = import::ImportOptions {
+                            archive: archive.clone(),
+                            tags: opts.tags.clone(),
+                            host: opts.host.clone(),
+                        };
+                        import::run(&mut repo, &opts, &progress)?
+                    }
+                    None => backup::run(&mut repo, &opts, &progress)?,
+                };
                 drop(progress);
                 let m = &r.snapshot.summary;
                 let samples = vec![

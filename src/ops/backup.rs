@@ -199,15 +199,6 @@ pub fn run(
         summary.total_bytes += n.size;
     }
 
-    let tree = Tree::new(nodes);
-    let tree_bytes = tree.to_bytes();
-    let tree_id = Id::of(&tree_bytes);
-    let (encoding, stored) = codec::encode(&tree_bytes, repo.config().zstd_level);
-    writer.add(tree_id, BlobKind::Tree, encoding, &stored, tree_bytes.len())?;
-    summary.chunks_added = writer.blobs_added;
-    summary.bytes_added = writer.finish()?;
-    summary.duration_ms = started.elapsed().as_millis() as u64;
-
     let snapshot = Snapshot {
         version: crate::snapshot::SNAPSHOT_VERSION,
         time: Utc::now(),
@@ -220,11 +211,11 @@ pub fn run(
         } else {
             SnapshotKind::Incremental
         },
-        tree: tree_id,
+        tree: Id([0; 32]),
         summary,
         problems,
     };
-    let snapshot_id = repo.save_snapshot(&snapshot)?;
+    let (snapshot_id, snapshot) = commit(repo, writer, nodes, snapshot, started)?;
     progress.finish();
     Ok(BackupReport {
         snapshot_id,
@@ -233,6 +224,26 @@ pub fn run(
         settling,
         excluded,
     })
+}
+
+/// Stores the tree, the last pack and the index, then the manifest: the commit point. The
+/// snapshot's `tree`, `chunks_added`, `bytes_added` and `duration_ms` are filled in here.
+pub(crate) fn commit(
+    repo: &Repository,
+    mut writer: BlobWriter,
+    nodes: Vec<Node>,
+    mut snapshot: Snapshot,
+    started: Instant,
+) -> Result<(Id, Snapshot)> {
+    let tree_bytes = Tree::new(nodes).to_bytes();
+    let tree_id = Id::of(&tree_bytes);
+    let (encoding, stored) = codec::encode(&tree_bytes, repo.config().zstd_level);
+    writer.add(tree_id, BlobKind::Tree, encoding, &stored, tree_bytes.len())?;
+    snapshot.tree = tree_id;
+    snapshot.summary.chunks_added = writer.blobs_added;
+    snapshot.summary.bytes_added = writer.finish()?;
+    snapshot.summary.duration_ms = started.elapsed().as_millis() as u64;
+    Ok((repo.save_snapshot(&snapshot)?, snapshot))
 }
 
 /// Reads a file; once more if it changed while being read. The inner `Err` is a problem with

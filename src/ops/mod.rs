@@ -5,6 +5,7 @@ pub mod backup;
 mod content;
 pub mod diff;
 pub mod export;
+pub mod import;
 pub mod prune;
 mod read_file;
 pub mod restore;

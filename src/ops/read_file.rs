@@ -58,8 +58,8 @@ struct Block {
 }
 
 /// Reads `file` into blocks until its end or an error, reusing buffers sent back on `free`.
-fn read_blocks(
-    mut file: &File,
+fn read_blocks<R: Read>(
+    mut file: R,
     head: usize,
     block: usize,
     full: SyncSender<io::Result<Block>>,
@@ -116,6 +116,31 @@ pub(crate) fn store_file(
         Ok(m) => m,
         Err(e) => return unreadable(e),
     };
+    let (chunks, bytes_read) = match store_stream(&file, writer, progress)? {
+        Ok(stored) => stored,
+        Err(e) => return unreadable(e),
+    };
+    let after = match file.metadata() {
+        Ok(m) => m,
+        Err(e) => return unreadable(e),
+    };
+    if !same_state(&before, &after) || bytes_read != before.len() {
+        return Ok(ReadOutcome::Changed { bytes_read });
+    }
+    Ok(ReadOutcome::Stored {
+        chunks,
+        meta: before,
+        bytes_read,
+    })
+}
+
+/// Stores everything `reader` yields: its chunk IDs and length. The outer `Err` is a
+/// repository failure, the inner one a failure to read the stream.
+pub(crate) fn store_stream<R: Read + Send>(
+    reader: R,
+    writer: &mut BlobWriter,
+    progress: &dyn Progress,
+) -> Result<io::Result<(Vec<Id>, u64)>> {
     let config = writer.config().clone();
     let cutter = Cutter::new(&config.chunker);
     let head = config.chunker.max_size as usize;
@@ -126,8 +151,7 @@ pub(crate) fn store_file(
         // `free`, so at most three blocks exist at once.
         let (full_tx, full_rx) = sync_channel(0);
         let (free_tx, free_rx) = sync_channel(1);
-        let file = &file;
-        scope.spawn(move || read_blocks(file, head, BLOCK, full_tx, free_rx));
+        scope.spawn(move || read_blocks(reader, head, BLOCK, full_tx, free_rx));
         // The previous block and where its unfinished last chunk lies in it.
         let mut prev: Option<(Vec<u8>, std::ops::Range<usize>)> = None;
         let mut spare: Vec<Vec<u8>> = Vec::new();
@@ -183,19 +207,5 @@ pub(crate) fn store_file(
         }
         Ok(Ok(()))
     })?;
-    if let Err(e) = read {
-        return unreadable(e);
-    }
-    let after = match file.metadata() {
-        Ok(m) => m,
-        Err(e) => return unreadable(e),
-    };
-    if !same_state(&before, &after) || bytes_read != before.len() {
-        return Ok(ReadOutcome::Changed { bytes_read });
-    }
-    Ok(ReadOutcome::Stored {
-        chunks,
-        meta: before,
-        bytes_read,
-    })
+    Ok(read.map(|()| (chunks, bytes_read)))
 }
