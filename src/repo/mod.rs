@@ -60,7 +60,7 @@ impl Config {
             id: Id::of(seed.as_bytes()),
             created: now,
             chunker: ChunkerParams::default(),
-            zstd_level: 3,
+            zstd_level: 1,
             pack_size: 32 * 1024 * 1024,
             encryption: "none".to_string(),
         }
