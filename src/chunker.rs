@@ -270,6 +270,87 @@ impl Cutter {
     }
 }
 
+/// A stretch of a file chunked one way: a tensor in fixed blocks aligned to its start, anything
+/// else by content. See [`cut_spans`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    pub start: u64,
+    pub end: u64,
+    /// Cut into blocks of this many bytes from `start` (the last one shorter); 0: by content.
+    pub block: u32,
+    /// Bytes per element of a float tensor (2, 4, 8) for dtype-aware encoding; 0: none.
+    pub width: u8,
+}
+
+/// One chunk of a block: its range and the float element width of the tensor it is in.
+pub type Cut = (Range<usize>, u8);
+
+/// Cuts `data`, which begins at a chunk start at file offset `base`, honouring `spans` (sorted,
+/// tiling the file): every span boundary is a cut, a fixed-block span is cut at its blocks, and
+/// the rest by content exactly as [`Cutter::cut`] would cut each span alone. So a tensor's
+/// chunks do not depend on where it sits in the file. Returns the chunks and, unless `eof`,
+/// where the held-back last chunk starts (it is at most `max(max_size, block)` bytes long).
+pub fn cut_spans(
+    cutter: &Cutter,
+    spans: &[Span],
+    data: &[u8],
+    base: u64,
+    eof: bool,
+) -> (Vec<Cut>, usize) {
+    let end_abs = base + data.len() as u64;
+    let mut out: Vec<Cut> = Vec::new();
+    let first = spans.partition_point(|s| s.end <= base);
+    for span in &spans[first..] {
+        if span.start >= end_abs {
+            break;
+        }
+        let from = (span.start.max(base) - base) as usize;
+        let complete = span.end <= end_abs;
+        let to = (span.end.min(end_abs) - base) as usize;
+        let last = eof || complete;
+        if span.block == 0 {
+            let (ranges, tail) = cutter.cut(&data[from..to], last);
+            out.extend(
+                ranges
+                    .into_iter()
+                    .map(|r| (r.start + from..r.end + from, 0)),
+            );
+            if !last {
+                return (out, from + tail);
+            }
+        } else {
+            let block = span.block as usize;
+            let mut at = from;
+            // `from` is a block boundary: chunk starts are, and so is the span's start.
+            while to - at >= block {
+                out.push((at..at + block, span.width));
+                at += block;
+            }
+            if at < to {
+                if !last {
+                    return (out, at);
+                }
+                out.push((at..to, span.width));
+            } else if !last {
+                return (out, at);
+            }
+        }
+    }
+    // Past the spans (a file that grew since its layout was read): by content.
+    let covered = spans.last().map_or(0, |s| s.end);
+    if covered < end_abs {
+        let from = (covered.max(base) - base) as usize;
+        let (ranges, tail) = cutter.cut(&data[from..], eof);
+        out.extend(
+            ranges
+                .into_iter()
+                .map(|r| (r.start + from..r.end + from, 0)),
+        );
+        return (out, from + tail);
+    }
+    (out, data.len())
+}
+
 /// Reads a stream and hands out its chunks in batches.
 pub struct StreamChunker<R> {
     reader: R,
@@ -464,6 +545,68 @@ mod tests {
         assert_eq!(cutter_all(&mixed, seeded), seeded.cut_all(&mixed));
         let zeros = vec![0u8; 7 << 20];
         assert_eq!(cutter_all(&zeros, params), params.cut_all(&zeros));
+    }
+
+    /// Chunks of `data` cut along `spans` through the block-wise streaming of `read_file`.
+    fn span_chunks(data: &[u8], spans: &[Span], block: usize) -> Vec<(Range<usize>, u8)> {
+        let cutter = Cutter::new(&small());
+        let mut out = Vec::new();
+        let mut base = 0usize;
+        let mut end = 0usize;
+        loop {
+            end = (end + block).min(data.len());
+            let eof = end == data.len();
+            let (cuts, tail) = cut_spans(&cutter, spans, &data[base..end], base as u64, eof);
+            out.extend(
+                cuts.into_iter()
+                    .map(|(r, w)| (r.start + base..r.end + base, w)),
+            );
+            base += tail;
+            if eof {
+                return out;
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn span_cuts_tile_the_input_honour_spans_and_ignore_blocking(
+            len in 0usize..30_000, seed in any::<u64>(), bounds in proptest::collection::vec(0usize..30_000, 0..6),
+            fixed in any::<u8>(), block in 2048usize..9000,
+        ) {
+            let data = noise(len, seed);
+            let mut cuts: Vec<usize> = bounds.into_iter().filter(|&b| b < len).collect();
+            cuts.push(0);
+            cuts.push(len);
+            cuts.sort();
+            cuts.dedup();
+            let spans: Vec<Span> = cuts.windows(2).enumerate().map(|(i, w)| Span {
+                start: w[0] as u64, end: w[1] as u64,
+                block: if fixed >> (i % 8) & 1 == 1 { 700 } else { 0 },
+                width: if fixed >> (i % 8) & 1 == 1 { 2 } else { 0 },
+            }).collect();
+            let got = span_chunks(&data, &spans, block);
+            let whole = span_chunks(&data, &spans, len.max(1) + 4096);
+            prop_assert_eq!(&got, &whole);
+            let mut at = 0;
+            for (r, _) in &got {
+                prop_assert_eq!(r.start, at);
+                prop_assert!(r.end > r.start);
+                at = r.end;
+            }
+            prop_assert_eq!(at, len);
+            for s in &spans {
+                // Every span boundary is a cut; fixed spans are cut every 700 bytes from their start.
+                prop_assert!(got.iter().any(|(r, _)| r.start as u64 == s.start) || s.start == s.end);
+                for (r, w) in got.iter().filter(|(r, _)| r.start as u64 >= s.start && (r.end as u64) <= s.end) {
+                    if s.block > 0 {
+                        prop_assert_eq!((r.start as u64 - s.start) % 700, 0);
+                        prop_assert!(r.len() == 700 || r.end as u64 == s.end);
+                        prop_assert_eq!(*w, 2);
+                    }
+                }
+            }
+        }
     }
 
     #[test]

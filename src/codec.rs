@@ -1,6 +1,11 @@
-//! How a chunk's plain bytes are stored: zstd, or raw when compression does not pay.
-//! The encoding is recorded per blob (one byte in the pack and index), so new encodings
-//! can be added without touching old data.
+//! How a chunk's plain bytes are stored: zstd, raw when compression does not pay, or (for
+//! chunks of float tensors) split into byte planes, each stored raw, as zstd or with an order-0
+//! Huffman code. The encoding is recorded per blob (one byte in the pack and index), so new
+//! encodings can be added without touching old data. Layouts: `repo/FORMAT.md`.
+
+pub mod huffman;
+
+use std::cell::RefCell;
 
 use crate::error::{Error, Result};
 
@@ -9,6 +14,8 @@ use crate::error::{Error, Result};
 pub enum Encoding {
     Raw = 0,
     Zstd = 1,
+    /// Byte planes of fixed-width elements (format version 2).
+    Planes = 2,
 }
 
 impl Encoding {
@@ -16,9 +23,27 @@ impl Encoding {
         match b {
             0 => Some(Encoding::Raw),
             1 => Some(Encoding::Zstd),
+            2 => Some(Encoding::Planes),
             _ => None,
         }
     }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Encoding::Raw => "raw",
+            Encoding::Zstd => "zstd",
+            Encoding::Planes => "byte-planes",
+        }
+    }
+}
+
+/// How one byte plane of an [`Encoding::Planes`] blob is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum PlaneMethod {
+    Raw = 0,
+    Zstd = 1,
+    Huffman = 2,
 }
 
 /// Compression must save at least 1/32 of a chunk to be worth a decode on restore.
@@ -38,23 +63,187 @@ thread_local! {
     /// One zstd context per thread and level, reused for every chunk the thread compresses.
     static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
         const { std::cell::RefCell::new(None) };
+    /// Scratch for splitting planes and trying zstd on one, reused per thread.
+    static SCRATCH: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
-/// Encodes `plain` into `out` (cleared first) with this thread's reused zstd context. For
-/// [`Encoding::Raw`] `out` is left empty: the stored bytes are `plain` itself, not copied.
-/// Chooses exactly as [`encode`] does.
-pub fn encode_into(plain: &[u8], zstd_level: i32, out: &mut Vec<u8>) -> Encoding {
+/// zstd-compresses `plain` into `out` (cleared) with this thread's context; its length.
+fn zstd_into(plain: &[u8], zstd_level: i32, out: &mut Vec<u8>) -> Option<usize> {
     out.clear();
     out.reserve(zstd::zstd_safe::compress_bound(plain.len()));
-    let compressed = COMPRESSOR.with(|cell| {
+    COMPRESSOR.with(|cell| {
         let mut cell = cell.borrow_mut();
         if cell.as_ref().map(|(level, _)| *level) != Some(zstd_level) {
             *cell = Some((zstd_level, zstd::bulk::Compressor::new(zstd_level).ok()?));
         }
         let (_, compressor) = cell.as_mut()?;
         compressor.compress_to_buffer(plain, out).ok()
+    })
+}
+
+/// Chunks shorter than this are not split into planes (the per-plane headers would not pay).
+const MIN_PLANES: usize = 4096;
+
+/// Like [`encode_into`], for a chunk of a float tensor whose elements are `width` bytes (2, 4
+/// or 8; anything else, or `planes == false`, is [`encode_into`]). The chunk is split into byte
+/// planes; each plane is stored with an order-0 Huffman code when that saves at least 1/32 of
+/// it, else raw, and very skewed planes (under ~1.3 bits per byte: runs of zeros) also try
+/// zstd. When the planes save less than a tenth, plain zstd is tried too, and the smaller wins.
+/// For [`Encoding::Raw`] `out` is left empty.
+pub fn encode_typed(plain: &[u8], width: u8, zstd_level: i32, out: &mut Vec<u8>) -> Encoding {
+    let w = width as usize;
+    if !matches!(w, 2 | 4 | 8) || plain.len() < MIN_PLANES {
+        return encode_into(plain, zstd_level, out);
+    }
+    out.clear();
+    let n = plain.len() / w;
+    SCRATCH.with(|cell| {
+        let (planes, z) = &mut *cell.borrow_mut();
+        split_planes(&plain[..n * w], w, planes);
+        out.push(width);
+        let table_at = out.len();
+        out.resize(table_at + 5 * w, 0);
+        for (p, plane) in planes.chunks_exact(n).enumerate() {
+            let (method, lens, zn) = choose(plane, zstd_level, z);
+            let start = out.len();
+            match method {
+                PlaneMethod::Raw => out.extend_from_slice(plane),
+                PlaneMethod::Zstd => out.extend_from_slice(&z[..zn]),
+                PlaneMethod::Huffman => huffman::encode(plane, &lens, out),
+            }
+            let len = (out.len() - start) as u32;
+            out[table_at + 5 * p] = method as u8;
+            out[table_at + 5 * p + 1..][..4].copy_from_slice(&len.to_le_bytes());
+        }
+        out.extend_from_slice(&plain[n * w..]);
     });
-    match compressed {
+    let planes = out.len();
+    if planes * 10 > plain.len() * 9 {
+        // Planes barely help: plain zstd may do better (or nothing pays: raw).
+        let mut z = Vec::new();
+        let enc = encode_into(plain, zstd_level, &mut z);
+        let plain_size = if enc == Encoding::Raw {
+            plain.len()
+        } else {
+            z.len()
+        };
+        if plain_size <= planes || !pays(plain.len(), planes) {
+            *out = z;
+            return enc;
+        }
+    }
+    Encoding::Planes
+}
+
+/// Bytes of a plane sample that decide, before a full histogram, that a plane is noise.
+const SAMPLE: usize = 8192;
+
+/// How to store one plane: the method, the Huffman code lengths, and the zstd length (its
+/// bytes in `z`). See [`encode_typed`].
+fn choose(plane: &[u8], zstd_level: i32, z: &mut Vec<u8>) -> (PlaneMethod, [u8; 256], usize) {
+    let n = plane.len();
+    let none = [0u8; 256];
+    if n > 4 * SAMPLE {
+        // Mantissa planes are noise: a sample says so at a fraction of the cost.
+        let freq = huffman::histogram(&plane[..SAMPLE]);
+        let lens = huffman::code_lengths(&freq);
+        if huffman::estimate(&freq, &lens) - huffman::HEADER > SAMPLE * 31 / 32 {
+            return (PlaneMethod::Raw, none, 0);
+        }
+    }
+    let freq = huffman::histogram(plane);
+    let lens = huffman::code_lengths(&freq);
+    let est = huffman::estimate(&freq, &lens);
+    let (mut method, mut best) = (PlaneMethod::Raw, n);
+    if pays(n, est) {
+        (method, best) = (PlaneMethod::Huffman, est);
+    }
+    let mut zn = 0;
+    if est - huffman::HEADER < n / 6 {
+        if let Some(k) = zstd_into(plane, zstd_level, z) {
+            if k < best {
+                (method, zn) = (PlaneMethod::Zstd, k);
+            }
+        }
+    }
+    (method, lens, zn)
+}
+
+/// Splits `elems` (whole elements of `w` bytes) into `w` planes of `elems.len() / w` bytes,
+/// back to back in `planes`.
+fn split_planes(elems: &[u8], w: usize, planes: &mut Vec<u8>) {
+    let n = elems.len() / w;
+    planes.clear();
+    planes.resize(elems.len(), 0);
+    match w {
+        2 => {
+            let (p0, p1) = planes.split_at_mut(n);
+            for ((e, a), b) in elems.chunks_exact(2).zip(p0).zip(p1) {
+                *a = e[0];
+                *b = e[1];
+            }
+        }
+        _ => {
+            for (p, plane) in planes.chunks_exact_mut(n).enumerate() {
+                for (e, x) in elems.chunks_exact(w).zip(plane) {
+                    *x = e[p];
+                }
+            }
+        }
+    }
+}
+
+/// Decodes an [`Encoding::Planes`] blob into `plain_len` bytes.
+fn decode_planes(stored: &[u8], plain_len: usize) -> Result<Vec<u8>> {
+    let bad = |m: &str| Error::Invalid(format!("byte planes: {m}"));
+    let w = *stored.first().ok_or_else(|| bad("empty"))? as usize;
+    if !matches!(w, 2 | 4 | 8) {
+        return Err(bad(&format!("unknown element width {w}")));
+    }
+    let n = plain_len / w;
+    let tail = plain_len % w;
+    let table = stored.get(1..1 + 5 * w).ok_or_else(|| bad("truncated"))?;
+    let mut at = 1 + 5 * w;
+    let mut out = vec![0u8; plain_len];
+    let mut plane = vec![0u8; n];
+    for p in 0..w {
+        let method = table[5 * p];
+        let len = u32::from_le_bytes(table[5 * p + 1..][..4].try_into().expect("4")) as usize;
+        let data = at
+            .checked_add(len)
+            .and_then(|end| stored.get(at..end))
+            .ok_or_else(|| bad("plane lengths exceed the blob"))?;
+        at += len;
+        match method {
+            0 if data.len() == n => plane.copy_from_slice(data),
+            0 => return Err(bad("raw plane of the wrong length")),
+            1 => {
+                let k = zstd::bulk::Decompressor::new()
+                    .and_then(|mut d| d.decompress_to_buffer(data, &mut plane[..]))
+                    .map_err(|e| bad(&format!("zstd: {e}")))?;
+                if k != n {
+                    return Err(bad("zstd plane of the wrong length"));
+                }
+            }
+            2 => huffman::decode(data, &mut plane).map_err(|e| bad(&e))?,
+            m => return Err(bad(&format!("unknown plane method {m}"))),
+        }
+        for (e, &b) in out.chunks_exact_mut(w).zip(&plane) {
+            e[p] = b;
+        }
+    }
+    if stored.len() != at + tail {
+        return Err(bad("length does not match the planes"));
+    }
+    out[n * w..].copy_from_slice(&stored[at..]);
+    Ok(out)
+}
+
+/// Encodes `plain` into `out` (cleared first) with this thread's reused zstd context. For
+/// [`Encoding::Raw`] `out` is left empty: the stored bytes are `plain` itself, not copied.
+/// Chooses exactly as [`encode`] does.
+pub fn encode_into(plain: &[u8], zstd_level: i32, out: &mut Vec<u8>) -> Encoding {
+    match zstd_into(plain, zstd_level, out) {
         Some(n) if pays(plain.len(), n) => Encoding::Zstd,
         _ => {
             out.clear();
@@ -75,6 +264,7 @@ pub fn decode(encoding: Encoding, stored: &[u8], plain_len: usize) -> Result<Vec
             }
             Ok(stored.to_vec())
         }
+        Encoding::Planes => decode_planes(stored, plain_len),
         Encoding::Zstd => {
             let out = zstd::bulk::decompress(stored, plain_len)
                 .map_err(|e| Error::Invalid(format!("zstd: {e}")))?;
@@ -141,13 +331,95 @@ mod tests {
                 assert_eq!(encode_into(data, level, &mut out), enc);
                 match enc {
                     Encoding::Raw => assert!(out.is_empty()),
-                    Encoding::Zstd => assert_eq!(out, stored),
+                    _ => assert_eq!(out, stored),
                 }
             }
         }
     }
 
+    fn stored<'a>(enc: Encoding, plain: &'a [u8], out: &'a [u8]) -> &'a [u8] {
+        if enc == Encoding::Raw {
+            plain
+        } else {
+            out
+        }
+    }
+
+    #[test]
+    fn float_chunks_store_as_planes_below_plain_zstd() {
+        use crate::workload::{fill_weights, Dtype, Rng};
+        let mut out = Vec::new();
+        for (dtype, width) in [(Dtype::BF16, 2u8), (Dtype::F16, 2), (Dtype::F32, 4)] {
+            let mut w = vec![0u8; 512 * 1024];
+            fill_weights(&mut Rng::new(5), dtype, &mut w);
+            let (_, z) = encode(&w, 1);
+            let enc = encode_typed(&w, width, 1, &mut out);
+            assert_eq!(enc, Encoding::Planes, "{dtype:?}");
+            assert!(
+                out.len() < z.len(),
+                "{dtype:?}: {} vs zstd {}",
+                out.len(),
+                z.len()
+            );
+            assert_eq!(decode(enc, &out, w.len()).unwrap(), w);
+        }
+        // All zeros: zstd beats any plane coding; odd lengths keep their tail.
+        for data in [vec![0u8; 100_001], vec![3u8; 5000]] {
+            let enc = encode_typed(&data, 4, 1, &mut out);
+            assert!(stored(enc, &data, &out).len() < 200, "{enc:?}");
+            assert_eq!(
+                decode(enc, stored(enc, &data, &out), data.len()).unwrap(),
+                data
+            );
+        }
+        // Noise: raw.
+        let mut noise = vec![0u8; 70_000];
+        crate::workload::Rng::new(1).fill_bytes(&mut noise);
+        assert_eq!(encode_typed(&noise, 2, 1, &mut out), Encoding::Raw);
+    }
+
+    #[test]
+    fn damaged_planes_are_refused() {
+        let mut w = vec![0u8; 64 * 1024];
+        crate::workload::fill_weights(
+            &mut crate::workload::Rng::new(2),
+            crate::workload::Dtype::BF16,
+            &mut w,
+        );
+        let mut out = Vec::new();
+        assert_eq!(encode_typed(&w, 2, 1, &mut out), Encoding::Planes);
+        assert!(decode(Encoding::Planes, &out[..out.len() - 1], w.len()).is_err());
+        let mut bad_width = out.clone();
+        bad_width[0] = 3;
+        assert!(decode(Encoding::Planes, &bad_width, w.len()).is_err());
+        let mut bad_method = out.clone();
+        bad_method[1] = 9;
+        assert!(decode(Encoding::Planes, &bad_method, w.len()).is_err());
+        assert_eq!(Encoding::from_u8(3), None);
+    }
+
     proptest! {
+        #[test]
+        fn planes_round_trip(data in proptest::collection::vec(0u8..8, 0..20_000), width in prop_oneof![Just(2u8), Just(4), Just(8)]) {
+            let mut out = Vec::new();
+            let enc = encode_typed(&data, width, 1, &mut out);
+            let s = stored(enc, &data, &out);
+            prop_assert!(s.len() <= data.len());
+            prop_assert_eq!(decode(enc, s, data.len()).unwrap(), data);
+        }
+
+        #[test]
+        fn damaged_planes_never_panic(data in proptest::collection::vec(0u8..30, 4096..9000), flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..5)) {
+            let mut out = Vec::new();
+            if encode_typed(&data, 2, 1, &mut out) == Encoding::Planes {
+                for (at, b) in flips {
+                    let n = out.len();
+                    out[at % n] ^= b;
+                }
+                let _ = decode(Encoding::Planes, &out, data.len());
+            }
+        }
+
         #[test]
         fn encode_decode_round_trips(data in proptest::collection::vec(0u8..4, 0..20_000)) {
             let (enc, stored) = encode(&data, 1);

@@ -35,6 +35,40 @@ pub struct Summary {
     pub bytes_added: u64,
     pub chunks_added: u64,
     pub duration_ms: u64,
+    /// How the content read was stored (absent in snapshots of older builds: all zero).
+    #[serde(default)]
+    pub stored: StoredBy,
+}
+
+/// Plain bytes of file content read by one backup, by how they were stored, and the stored
+/// bytes of each new kind (`*_stored`). `deduplicated` bytes were already in the repository.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StoredBy {
+    pub deduplicated: u64,
+    pub byte_planes: u64,
+    pub byte_planes_stored: u64,
+    pub zstd: u64,
+    pub zstd_stored: u64,
+    pub raw: u64,
+}
+
+impl StoredBy {
+    /// Records a new data blob of `plain` bytes stored as `stored` bytes with `encoding`.
+    pub fn add(&mut self, encoding: crate::codec::Encoding, plain: u64, stored: u64) {
+        use crate::codec::Encoding;
+        match encoding {
+            Encoding::Raw => self.raw += plain,
+            Encoding::Zstd => {
+                self.zstd += plain;
+                self.zstd_stored += stored;
+            }
+            Encoding::Planes => {
+                self.byte_planes += plain;
+                self.byte_planes_stored += stored;
+            }
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

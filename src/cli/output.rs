@@ -98,6 +98,7 @@ impl Out {
             "bytes_added": m.bytes_added,
             "chunks_added": m.chunks_added,
             "duration_ms": m.duration_ms,
+            "stored": m.stored,
         }));
         let parent = match (s.kind, s.parent) {
             (SnapshotKind::Incremental, Some(p)) => format!("incremental, parent {}", p.short()),
@@ -114,6 +115,25 @@ impl Out {
             HumanBytes(m.bytes_added),
             secs(m.duration_ms),
         ));
+        let st = &m.stored;
+        if st.deduplicated + st.byte_planes + st.zstd + st.raw > 0 {
+            let ratio = |plain: u64, stored: u64| {
+                if plain == 0 {
+                    String::new()
+                } else {
+                    format!(" -> {}", HumanBytes(stored))
+                }
+            };
+            self.line(&format!(
+                "  content: {} deduplicated, {} byte-planes{}, {} zstd{}, {} raw",
+                HumanBytes(st.deduplicated),
+                HumanBytes(st.byte_planes),
+                ratio(st.byte_planes, st.byte_planes_stored),
+                HumanBytes(st.zstd),
+                ratio(st.zstd, st.zstd_stored),
+                HumanBytes(st.raw),
+            ));
+        }
         if r.excluded > 0 {
             self.line(&format!("  {} entries excluded by pattern", r.excluded));
         }

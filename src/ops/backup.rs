@@ -241,6 +241,7 @@ pub(crate) fn commit(
     writer.add(tree_id, BlobKind::Tree, encoding, &stored, tree_bytes.len())?;
     snapshot.tree = tree_id;
     snapshot.summary.chunks_added = writer.blobs_added;
+    snapshot.summary.stored = writer.stored_by;
     snapshot.summary.bytes_added = writer.finish()?;
     snapshot.summary.duration_ms = started.elapsed().as_millis() as u64;
     Ok((repo.save_snapshot(&snapshot)?, snapshot))

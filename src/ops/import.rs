@@ -271,7 +271,7 @@ pub fn run(
                     pos: 0,
                     done: false,
                 };
-                let (chunks, len) = store_stream(content, &mut writer, progress)?
+                let (chunks, len) = store_stream(content, &[], &mut writer, progress)?
                     .map_err(|e| damaged(archive_path, e))?;
                 n.size = len;
                 n.chunks = chunks;

@@ -14,7 +14,7 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 use rayon::prelude::*;
 
-use crate::chunker::Cutter;
+use crate::chunker::{cut_spans, Cutter, Span};
 use crate::codec::{self, Encoding};
 use crate::error::Result;
 use crate::id::Id;
@@ -94,6 +94,8 @@ fn read_blocks<R: Read>(
 struct Encoded {
     id: Id,
     range: std::ops::Range<usize>,
+    /// Element width of the float tensor the chunk is in (0: none).
+    width: u8,
     /// `None`: already stored. `Raw`: stored as the plain bytes. `Zstd`: in `out`.
     encoding: Option<Encoding>,
     out: Vec<u8>,
@@ -116,7 +118,8 @@ pub(crate) fn store_file(
         Ok(m) => m,
         Err(e) => return unreadable(e),
     };
-    let (chunks, bytes_read) = match store_stream(&file, writer, progress)? {
+    let spans = spans_of(&file, before.len(), writer.config(), path, progress);
+    let (chunks, bytes_read) = match store_stream(&file, &spans, writer, progress)? {
         Ok(stored) => stored,
         Err(e) => return unreadable(e),
     };
@@ -134,16 +137,56 @@ pub(crate) fn store_file(
     })
 }
 
-/// Stores everything `reader` yields: its chunk IDs and length. The outer `Err` is a
-/// repository failure, the inner one a failure to read the stream.
+/// How a file is chunked: in a version-2 repository, its format's regions (a tensor in fixed
+/// blocks from its start, the rest by content); otherwise (or for unknown formats) nothing,
+/// which chunks the whole file by content.
+fn spans_of(
+    file: &File,
+    len: u64,
+    config: &crate::repo::Config,
+    path: &Path,
+    progress: &dyn Progress,
+) -> Vec<Span> {
+    let Some(block) = config.tensor_block else {
+        return Vec::new();
+    };
+    let layout = crate::format::layout(&crate::format::FileSource { file, len });
+    if let Some(w) = &layout.warning {
+        progress.warn(&format!("{}: {w}", path.display()));
+    }
+    layout
+        .regions
+        .iter()
+        .map(|r| {
+            let tensor = r.tensor();
+            Span {
+                start: r.start,
+                end: r.end,
+                block: if tensor.is_some() { block } else { 0 },
+                width: tensor.map_or(0, |t| t.float_width()),
+            }
+        })
+        .collect()
+}
+
+/// Stores everything `reader` yields, chunked along `spans` (see [`cut_spans`]; empty: all by
+/// content): its chunk IDs and length. The outer `Err` is a repository failure, the inner one
+/// a failure to read the stream.
 pub(crate) fn store_stream<R: Read + Send>(
     reader: R,
+    spans: &[Span],
     writer: &mut BlobWriter,
     progress: &dyn Progress,
 ) -> Result<io::Result<(Vec<Id>, u64)>> {
     let config = writer.config().clone();
     let cutter = Cutter::new(&config.chunker);
-    let head = config.chunker.max_size as usize;
+    let head = (config
+        .chunker
+        .max_size
+        .max(config.tensor_block.unwrap_or(0))) as usize;
+    let planes = config.model_aware();
+    // File offset of the first byte of the data being cut.
+    let mut base = 0u64;
     let mut chunks = Vec::new();
     let mut bytes_read = 0u64;
     let read = std::thread::scope(|scope| -> Result<io::Result<()>> {
@@ -170,13 +213,15 @@ pub(crate) fn store_stream<R: Read + Send>(
                 let _ = free_tx.try_send(old);
             }
             let data = &buf[start..head + len];
-            let (ranges, tail) = cutter.cut(data, eof);
+            let (ranges, tail) = cut_spans(&cutter, spans, data, base, eof);
+            base += tail as u64;
             let w: &BlobWriter = writer;
             let mut encoded: Vec<Encoded> = ranges
                 .into_iter()
-                .map(|range| Encoded {
+                .map(|(range, width)| Encoded {
                     id: Id([0; 32]),
                     range,
+                    width: if planes { width } else { 0 },
                     encoding: None,
                     out: spare.pop().unwrap_or_default(),
                 })
@@ -185,7 +230,12 @@ pub(crate) fn store_stream<R: Read + Send>(
                 let plain = &data[e.range.clone()];
                 e.id = Id::of(plain);
                 if !w.contains(&e.id) {
-                    e.encoding = Some(codec::encode_into(plain, config.zstd_level, &mut e.out));
+                    e.encoding = Some(codec::encode_typed(
+                        plain,
+                        e.width,
+                        config.zstd_level,
+                        &mut e.out,
+                    ));
                 }
             });
             let mut n = 0;
@@ -194,9 +244,11 @@ pub(crate) fn store_stream<R: Read + Send>(
                 if let Some(encoding) = e.encoding {
                     let stored = match encoding {
                         Encoding::Raw => plain,
-                        Encoding::Zstd => &e.out[..],
+                        Encoding::Zstd | Encoding::Planes => &e.out[..],
                     };
                     writer.add(e.id, BlobKind::Data, encoding, stored, plain.len())?;
+                } else {
+                    writer.stored_by.deduplicated += plain.len() as u64;
                 }
                 chunks.push(e.id);
                 n += plain.len() as u64;

@@ -24,10 +24,14 @@ use crate::pack::BlobKind;
 use crate::snapshot::Snapshot;
 use crate::tree::Tree;
 
-/// The repository format this build writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The repository format this build writes in new repositories. Version 2 adds model-aware
+/// chunking (`tensor_block`) and the byte-planes encoding; a version-1 repository is written as
+/// version 1 (see `FORMAT.md`, "Versions").
+pub const FORMAT_VERSION: u32 = 2;
 /// The repository formats this build opens.
-pub const SUPPORTED_VERSIONS: std::ops::RangeInclusive<u32> = 1..=1;
+pub const SUPPORTED_VERSIONS: std::ops::RangeInclusive<u32> = 1..=2;
+/// Fixed block size inside tensors in new repositories.
+pub const DEFAULT_TENSOR_BLOCK: u32 = 512 * 1024;
 const FORMAT_NAME: &str = "tvault-repository";
 
 /// The `config` file: the format version and the parameters every chunk ID depends on.
@@ -43,6 +47,10 @@ pub struct Config {
     pub pack_size: u32,
     /// `"none"`; room for encryption at rest.
     pub encryption: String,
+    /// Version 2: tensors of recognised model files are cut into blocks of this many bytes
+    /// from each tensor's start. Absent in version 1 (every file chunked by content).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tensor_block: Option<u32>,
 }
 
 impl Config {
@@ -63,6 +71,25 @@ impl Config {
             zstd_level: 1,
             pack_size: 32 * 1024 * 1024,
             encryption: "none".to_string(),
+            tensor_block: Some(DEFAULT_TENSOR_BLOCK),
+        }
+    }
+
+    /// True when this repository uses the version-2 model-aware chunking and encodings.
+    pub fn model_aware(&self) -> bool {
+        self.version >= 2
+    }
+
+    /// Checks what every chunk ID depends on, so a bad config is an error and not a panic.
+    fn validate(&self) -> std::result::Result<(), String> {
+        self.chunker.validate()?;
+        match (self.version, self.tensor_block) {
+            (1, None) => Ok(()),
+            (1, Some(_)) => Err("a version 1 config with a tensor_block".into()),
+            (_, Some(b)) if b >= 4096 && b % 64 == 0 && b <= self.chunker.max_size => Ok(()),
+            (_, b) => Err(format!(
+                "unsupported tensor_block {b:?} (a multiple of 64 from 4096 to max_size)"
+            )),
         }
     }
 }
@@ -184,7 +211,7 @@ impl Repository {
                 config.encryption
             )));
         }
-        config.chunker.validate().map_err(not_repo)?;
+        config.validate().map_err(not_repo)?;
         let mut repo = Repository::with_config(backend, location, config);
         repo.load_index()?;
         Ok(repo)

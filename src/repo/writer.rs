@@ -30,6 +30,8 @@ pub struct BlobWriter<'r> {
     stored_packs: Vec<(Id, Vec<PackEntry>)>,
     pub bytes_added: u64,
     pub blobs_added: u64,
+    /// File content offered to this writer, by how it was stored.
+    pub stored_by: crate::snapshot::StoredBy,
 }
 
 impl<'r> BlobWriter<'r> {
@@ -42,6 +44,7 @@ impl<'r> BlobWriter<'r> {
             stored_packs: Vec::new(),
             bytes_added: 0,
             blobs_added: 0,
+            stored_by: Default::default(),
         }
     }
 
@@ -60,7 +63,14 @@ impl<'r> BlobWriter<'r> {
         plain_len: usize,
     ) -> Result<()> {
         if self.contains(&id) {
+            if kind == BlobKind::Data {
+                self.stored_by.deduplicated += plain_len as u64;
+            }
             return Ok(());
+        }
+        if kind == BlobKind::Data {
+            self.stored_by
+                .add(encoding, plain_len as u64, stored.len() as u64);
         }
         self.pack.add(id, kind, encoding, stored, plain_len);
         self.added.insert(id);
