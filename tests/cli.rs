@@ -23,5 +23,9 @@ mod prune;
 mod recipes;
 #[path = "cli/roundtrip.rs"]
 mod roundtrip;
+#[path = "cli/tar.rs"]
+mod tar;
+#[path = "cli/unattended.rs"]
+mod unattended;
 #[path = "cli/verify.rs"]
 mod verify;

@@ -40,6 +40,12 @@ impl MetricsFile {
             command,
             repository: repository.display().to_string(),
         };
+        if path.is_dir() {
+            anyhow::bail!(
+                "cannot write the metrics file {}: it is a directory",
+                path.display()
+            );
+        }
         let probe = m.tmp_path();
         File::create(&probe)
             .and_then(|_| fs::remove_file(&probe))
@@ -115,7 +121,11 @@ impl MetricsFile {
             f.sync_all()?;
             fs::rename(&tmp, &self.path)
         };
-        write().with_context(|| format!("cannot write the metrics file {}", self.path.display()))
+        write()
+            .inspect_err(|_| {
+                let _ = fs::remove_file(&tmp);
+            })
+            .with_context(|| format!("cannot write the metrics file {}", self.path.display()))
     }
 }
 

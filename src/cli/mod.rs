@@ -140,7 +140,8 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff), e.g. `tvault man > /usr/local/share/man/man1/tvault.1`
+    /// Print the man page (roff) with every subcommand's options, e.g.
+    /// `tvault man > /usr/local/share/man/man1/tvault.1`
     Man,
     /// Check the repository's integrity (exit 0 clean, 4 damage found, 1 could not check)
     Verify {
@@ -252,7 +253,6 @@ pub fn run() -> Result<u8> {
             for file in &exclude_file {
                 exclude.extend(crate::ops::Excludes::read_file(file)?);
             }
-            let mut repo = open(&repo_path, explicit.is_none(), &out, lock_wait)?;
             let opts = backup::BackupOptions {
                 paths,
                 tags,
@@ -264,6 +264,7 @@ pub fn run() -> Result<u8> {
                 read_limit,
             };
             measured(metrics_file, "backup", &repo_path, || {
+                let mut repo = open(&repo_path, explicit.is_none(), &out, lock_wait)?;
                 let progress = out.progress("backup");
                 let r = match &from_tar {
                     Some(archive) => {
@@ -384,8 +385,18 @@ pub fn run() -> Result<u8> {
             Ok(exit::SUCCESS)
         }
         Command::Man => {
-            let cmd = <Cli as clap::CommandFactory>::command();
-            clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+            // The top page, then one page per subcommand with its options (global options
+            // propagated into each), in one roff stream.
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            cmd.build();
+            let mut page = Vec::new();
+            clap_mangen::Man::new(cmd.clone()).render(&mut page)?;
+            for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+                let name = format!("tvault-{}", sub.get_name());
+                let sub = sub.clone().name(name).version(env!("CARGO_PKG_VERSION"));
+                clap_mangen::Man::new(sub).render(&mut page)?;
+            }
+            std::io::Write::write_all(&mut std::io::stdout(), &page)?;
             Ok(exit::SUCCESS)
         }
         Command::Verify {
@@ -393,13 +404,13 @@ pub fn run() -> Result<u8> {
             read_data_subset,
             metrics_file,
         } => {
-            let mut repo = open(&repo_path, false, &out, lock_wait)?;
             let mode = match (read_data, read_data_subset) {
                 (true, _) => verify::ReadData::All,
                 (false, Some(subset)) => subset,
                 (false, None) => verify::ReadData::None,
             };
             measured(metrics_file, "verify", &repo_path, || {
+                let mut repo = open(&repo_path, false, &out, lock_wait)?;
                 let progress = out.progress("verify");
                 let r = verify::run(&mut repo, mode, &progress)?;
                 drop(progress);
@@ -439,7 +450,6 @@ pub fn run() -> Result<u8> {
             allow_remove_all,
             metrics_file,
         } => {
-            let mut repo = open(&repo_path, false, &out, lock_wait)?;
             let opts = prune::PruneOptions {
                 policy: retention::KeepPolicy {
                     last: keep_last,
@@ -458,26 +468,33 @@ pub fn run() -> Result<u8> {
                 allow_remove_all,
             };
             measured(metrics_file, "prune", &repo_path, || {
+                let mut repo = open(&repo_path, false, &out, lock_wait)?;
                 let progress = out.progress("prune");
                 let r = prune::run(&mut repo, &opts, &progress)?;
                 drop(progress);
                 out.prune(&r);
-                let kept = r.snapshots.iter().filter(|d| d.keep).count();
+                // A dry run changes nothing: its metrics describe the repository as it is.
+                let (removed, freed, remaining) = if r.dry_run {
+                    (0, 0, r.snapshots.len())
+                } else {
+                    let kept = r.snapshots.iter().filter(|d| d.keep).count();
+                    (r.snapshots_removed, r.bytes_freed, kept)
+                };
                 let samples = vec![
                     sample(
                         "tvault_prune_snapshots_removed",
                         "Snapshots the last prune removed",
-                        r.snapshots_removed as f64,
+                        removed as f64,
                     ),
                     sample(
                         "tvault_prune_bytes_freed",
                         "Bytes the last prune freed",
-                        r.bytes_freed as f64,
+                        freed as f64,
                     ),
                     sample(
                         "tvault_snapshots",
                         "Snapshots in the repository",
-                        kept as f64,
+                        remaining as f64,
                     ),
                 ];
                 Ok((exit::SUCCESS, samples))

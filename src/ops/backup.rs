@@ -54,7 +54,7 @@ pub struct BackupReport {
     pub snapshot: Snapshot,
     /// Non-fatal warnings that do not make the snapshot incomplete (skipped special files).
     pub warnings: Vec<String>,
-    /// Files left for the next backup because they were modified too recently (`--settle`).
+    /// Paths of files left for the next backup: modified too recently (`--settle`).
     pub settling: Vec<String>,
     /// Files and directories left out by `--exclude` patterns.
     pub excluded: u64,

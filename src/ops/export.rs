@@ -126,8 +126,17 @@ fn append_all<W: Write>(
             NodeKind::Symlink => {
                 h.set_entry_type(tar::EntryType::Symlink);
                 h.set_size(0);
-                let target = n.target.as_ref().expect("validated tree").to_path_buf();
-                tar.append_link(&mut h, &path, target).map_err(failed)?;
+                let target = n.target.as_ref().expect("validated tree");
+                // The link name verbatim (`append_link` would normalise `a//b` to `a/b`); only
+                // targets too long for the header go through its GNU long-name extension.
+                if target.0.len() <= 100 {
+                    h.set_link_name_literal(&target.0).map_err(failed)?;
+                    tar.append_data(&mut h, &path, io::empty())
+                        .map_err(failed)?;
+                } else {
+                    tar.append_link(&mut h, &path, target.to_path_buf())
+                        .map_err(failed)?;
+                }
             }
             NodeKind::File => {
                 h.set_entry_type(tar::EntryType::Regular);

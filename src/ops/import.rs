@@ -214,13 +214,17 @@ pub fn run(
     let mut warnings = Vec::new();
     let mut writer = BlobWriter::new(repo);
     let mut summary = Summary::default();
+    let mut entries = 0u64;
     loop {
         let (raw, header, link) = match rx.recv() {
             Ok(Msg::Entry {
                 raw_path,
                 header,
                 link,
-            }) => (raw_path, header, link),
+            }) => {
+                entries += 1;
+                (raw_path, header, link)
+            }
             Ok(Msg::Failed(e)) => return Err(damaged(archive_path, e)),
             Ok(Msg::Data(_) | Msg::End) => {
                 return Err(damaged(archive_path, "content outside an entry"))
@@ -295,6 +299,10 @@ pub fn run(
             }
         }
         nodes.insert(n.path.clone(), n);
+    }
+    if entries == 0 {
+        // What a failed `ssh host tar -c | tvault backup --from-tar -` produces: not a migration.
+        return Err(damaged(archive_path, "it holds no entries (empty input?)"));
     }
     // Archives may omit directories: create the missing parents.
     let mut parents = Vec::new();

@@ -141,7 +141,7 @@ pub(crate) struct WalkResult {
     pub problems: Vec<String>,
     /// Entries skipped on purpose or by nature (special files, the repository itself).
     pub warnings: Vec<String>,
-    /// Files modified too recently (`--settle`): left for the next backup.
+    /// Paths of files modified too recently (`--settle`): left for the next backup.
     pub settling: Vec<String>,
     pub excluded: u64,
 }
@@ -245,14 +245,12 @@ pub(crate) fn walk(
                         .ok()
                         .and_then(|m| opts.now.duration_since(m).ok());
                     if age.is_none_or(|a| a < settle) {
-                        note(
-                            &mut out.settling,
-                            format!(
-                                "skipping {}: modified less than {}s ago (--settle); the next backup picks it up",
-                                abs.display(),
-                                settle.as_secs()
-                            ),
-                        );
+                        progress.warn(&format!(
+                            "skipping {}: modified less than {}s ago (--settle); the next backup picks it up",
+                            abs.display(),
+                            settle.as_secs()
+                        ));
+                        out.settling.push(abs.display().to_string());
                         continue;
                     }
                 }

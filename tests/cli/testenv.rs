@@ -611,3 +611,105 @@ pub fn flip_byte(path: &Path, offset: u64) {
     set_mode(path, 0o644);
     overwrite_at(path, offset, &[byte ^ 0x40]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Snapshot manifests and second-resolution trees, for the unattended-operation tests
+
+impl TestEnv {
+    /// Rewrites snapshot `id`'s manifest with `edit` and stores it under its new ID (a manifest
+    /// is named by the BLAKE3 hash of its content; the old file is deleted). Returns the new ID.
+    pub fn rewrite_snapshot(&self, id: &str, edit: impl FnOnce(&mut Value)) -> String {
+        let dir = self.repo.join("snapshots");
+        let mut manifest: Value = serde_json::from_slice(&fs::read(dir.join(id)).unwrap()).unwrap();
+        edit(&mut manifest);
+        let bytes = serde_json::to_vec_pretty(&manifest).unwrap();
+        let new = tvault::id::Id::of(&bytes).to_hex();
+        fs::write(dir.join(&new), &bytes).unwrap();
+        if new != id {
+            fs::remove_file(dir.join(id)).unwrap();
+        }
+        new
+    }
+}
+
+/// `m` with every mtime truncated to whole seconds (what a tar archive keeps).
+pub fn mtimes_in_seconds(m: &Manifest) -> Manifest {
+    let secs = |ns: i128| ns.div_euclid(1_000_000_000) * 1_000_000_000;
+    m.iter()
+        .map(|(p, e)| {
+            let e = match e.clone() {
+                Entry::File {
+                    mode,
+                    mtime_ns,
+                    size,
+                    hash,
+                } => Entry::File {
+                    mode,
+                    mtime_ns: secs(mtime_ns),
+                    size,
+                    hash,
+                },
+                Entry::Dir { mode, mtime_ns } => Entry::Dir {
+                    mode,
+                    mtime_ns: secs(mtime_ns),
+                },
+                other => other,
+            };
+            (p.clone(), e)
+        })
+        .collect()
+}
+
+impl TestEnv {
+    /// `tvault --repo REPO ARGS…` with `input` written to its standard input through a pipe.
+    pub fn tvault_with_stdin<S: AsRef<OsStr>>(
+        &self,
+        args: impl IntoIterator<Item = S>,
+        input: &[u8],
+    ) -> Run {
+        let mut cmd = self.command();
+        cmd.arg("--repo")
+            .arg(&self.repo)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let what = format!(
+            "tvault {} < ({} bytes)",
+            cmd.get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(" "),
+            input.len()
+        );
+        let mut child = spawn(&mut cmd);
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        let data = input.to_vec();
+        // tvault may stop reading early (a refused archive): a broken pipe is not an error here.
+        let writer = std::thread::spawn(move || {
+            let _ = stdin.write_all(&data);
+        });
+        let out = child.wait_with_output().expect("wait for tvault");
+        writer.join().unwrap();
+        Run::from_output(what, out)
+    }
+
+    /// `tvault --repo REPO ARGS…` whose standard output is binary: (status, stdout, stderr).
+    pub fn tvault_bytes<S: AsRef<OsStr>>(
+        &self,
+        args: impl IntoIterator<Item = S>,
+    ) -> (ExitStatus, Vec<u8>, String) {
+        let mut cmd = self.command();
+        cmd.arg("--repo")
+            .arg(&self.repo)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let out = spawn(&mut cmd).wait_with_output().expect("wait for tvault");
+        (
+            out.status,
+            out.stdout,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
