@@ -82,3 +82,47 @@ fn format_v1_repository_still_opens_verifies_and_restores() {
     assert!(dir.join("empty_dir").is_dir());
     assert_eq!(fs::read_dir(dir.join("empty_dir")).unwrap().count(), 0);
 }
+
+/// A version-1 repository stays version 1: new backups into it use only the encodings and the
+/// chunking that version defines, so the tvault that wrote it can still read everything.
+#[test]
+fn backups_into_a_v1_repository_write_only_v1_encodings() {
+    let env = TestEnv::new();
+    copy_dir(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/repo-v1")
+            .as_path(),
+        &env.repo,
+    );
+    let ckpt = env.checkpoint(
+        "src/ckpt",
+        tvault::workload::Scenario::Single,
+        2 << 20,
+        9,
+        0,
+    );
+    let report = env.backup(&[&ckpt], &[]);
+    assert!(num(&report, "bytes_added") > 0);
+
+    let config: serde_json::Value =
+        serde_json::from_slice(&fs::read(env.repo.join("config")).unwrap()).unwrap();
+    assert_eq!(
+        config["version"], 1,
+        "the config was not upgraded behind the user's back"
+    );
+    let repo = tvault::repo::Repository::open(&env.repo).unwrap();
+    let mut encodings = std::collections::BTreeSet::new();
+    for file in repo.read_index_files().unwrap() {
+        for (_, entries) in file.packs.unwrap() {
+            encodings.extend(entries.iter().map(|e| e.encoding as u8));
+        }
+    }
+    assert!(
+        encodings.iter().all(|&e| e <= 1),
+        "v1 defines encodings 0 and 1 only: {encodings:?}"
+    );
+
+    let id = text(&report, "snapshot_id");
+    env.assert_restores(&id, &crate::testenv::sources_manifest(&[&ckpt]));
+    env.tvault(args!["verify", "--read-data"]).expect_code(0);
+}
