@@ -16,6 +16,8 @@ pub enum Encoding {
     Zstd = 1,
     /// Byte planes of fixed-width elements (format version 2).
     Planes = 2,
+    /// XOR with a base blob of the same length (format version 2); see [`encode_delta`].
+    Delta = 3,
 }
 
 impl Encoding {
@@ -24,6 +26,7 @@ impl Encoding {
             0 => Some(Encoding::Raw),
             1 => Some(Encoding::Zstd),
             2 => Some(Encoding::Planes),
+            3 => Some(Encoding::Delta),
             _ => None,
         }
     }
@@ -33,6 +36,7 @@ impl Encoding {
             Encoding::Raw => "raw",
             Encoding::Zstd => "zstd",
             Encoding::Planes => "byte-planes",
+            Encoding::Delta => "xor-delta",
         }
     }
 }
@@ -265,6 +269,9 @@ pub fn decode(encoding: Encoding, stored: &[u8], plain_len: usize) -> Result<Vec
             Ok(stored.to_vec())
         }
         Encoding::Planes => decode_planes(stored, plain_len),
+        Encoding::Delta => Err(Error::Invalid(
+            "a delta blob needs its base (read it through the repository)".into(),
+        )),
         Encoding::Zstd => {
             let out = zstd::bulk::decompress(stored, plain_len)
                 .map_err(|e| Error::Invalid(format!("zstd: {e}")))?;
@@ -277,6 +284,214 @@ pub fn decode(encoding: Encoding, stored: &[u8], plain_len: usize) -> Result<Vec
             Ok(out)
         }
     }
+}
+
+/// A writer stores a delta only while its chain depth stays at or below this; past it, a
+/// keyframe (an ordinary encoding). See `repo/FORMAT.md`, "Encoding 3".
+pub const MAX_DELTA_DEPTH: u8 = 32;
+/// Depth a sparse delta adds to its base's (cheap to apply: only the changed bytes).
+pub const SPARSE_DEPTH_COST: u8 = 1;
+/// Depth a dense delta adds (applying it decodes a whole chunk's worth of XOR).
+pub const DENSE_DEPTH_COST: u8 = 4;
+/// Readers follow at most this many bases (a longer chain is damage, e.g. a cycle).
+pub const MAX_READ_CHAIN: usize = 64;
+/// Bytes before a delta's payload: base ID, depth, method.
+pub const DELTA_HEADER: usize = 34;
+/// Delta payload method: runs of the XOR's non-zero bytes, one zstd frame.
+const SPARSE: u8 = 3;
+
+/// What a delta blob's first [`DELTA_HEADER`] bytes say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeltaHeader {
+    /// The blob whose plain bytes this delta is XORed with.
+    pub base: crate::id::Id,
+    /// Chain depth: the base's depth (0 for a keyframe) plus this delta's cost.
+    pub depth: u8,
+    /// How the XOR is stored: 0 raw, 1 zstd, 2 byte planes (as encodings 0-2), 3 sparse.
+    pub method: u8,
+}
+
+/// Parses a delta blob's header.
+pub fn delta_header(stored: &[u8]) -> Result<DeltaHeader> {
+    let bad = |m: &str| Error::Invalid(format!("xor-delta: {m}"));
+    if stored.len() < DELTA_HEADER {
+        return Err(bad("shorter than its header"));
+    }
+    let h = DeltaHeader {
+        base: crate::id::Id(stored[..32].try_into().expect("32")),
+        depth: stored[32],
+        method: stored[33],
+    };
+    if h.depth == 0 || h.method > SPARSE {
+        return Err(bad(&format!(
+            "bad header (depth {}, method {})",
+            h.depth, h.method
+        )));
+    }
+    Ok(h)
+}
+
+thread_local! {
+    /// The XOR and the sparse runs of the chunk being delta-encoded, reused per thread.
+    static DELTA_SCRATCH: RefCell<(Vec<u8>, Vec<u8>, Vec<u8>)> =
+        const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
+}
+
+/// Encodes `plain` as its XOR with `base` (the plain bytes of blob `base_id`, same length,
+/// chain depth `base_depth`) into `out`: the header, then the XOR stored sparse (runs of its
+/// non-zero bytes, zstd) when it is mostly zeros, else as [`encode_typed`] stores a chunk.
+/// `None` when the chain would grow past [`MAX_DELTA_DEPTH`] or the lengths differ: store a
+/// keyframe. The caller compares the size with a plain encoding.
+pub fn encode_delta(
+    plain: &[u8],
+    base: &[u8],
+    base_id: &crate::id::Id,
+    base_depth: u8,
+    width: u8,
+    zstd_level: i32,
+    out: &mut Vec<u8>,
+) -> Option<u8> {
+    if plain.len() != base.len() || plain.is_empty() {
+        return None;
+    }
+    DELTA_SCRATCH.with(|cell| {
+        let (xor, runs, enc) = &mut *cell.borrow_mut();
+        xor.clear();
+        xor.extend(plain.iter().zip(base).map(|(a, b)| a ^ b));
+        let (method, cost) = if sparse_runs(xor, plain.len() / 8, runs) {
+            (SPARSE, SPARSE_DEPTH_COST)
+        } else {
+            (u8::MAX, DENSE_DEPTH_COST)
+        };
+        let depth = base_depth
+            .checked_add(cost)
+            .filter(|&d| d <= MAX_DELTA_DEPTH)?;
+        out.clear();
+        out.extend_from_slice(&base_id.0);
+        out.push(depth);
+        if method == SPARSE {
+            out.push(SPARSE);
+            zstd_into(runs, zstd_level, enc)?;
+            out.extend_from_slice(enc);
+        } else {
+            let e = encode_typed(xor, width, zstd_level, enc);
+            out.push(e as u8);
+            out.extend_from_slice(if e == Encoding::Raw { xor } else { enc });
+        }
+        Some(depth)
+    })
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: usize) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn get_varint(data: &[u8], at: &mut usize) -> Option<usize> {
+    let mut v = 0usize;
+    for shift in (0..64).step_by(7) {
+        let b = *data.get(*at)?;
+        *at += 1;
+        v |= ((b & 0x7f) as usize).checked_shl(shift)?;
+        if b < 0x80 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// Writes the runs of `xor`'s non-zero bytes (gaps of up to two zeros stay inside a run) as
+/// `(gap, len, bytes)` triples into `out`; false once they pass `limit` bytes.
+fn sparse_runs(xor: &[u8], limit: usize, out: &mut Vec<u8>) -> bool {
+    out.clear();
+    let n = xor.len();
+    let (mut i, mut last) = (0, 0);
+    while i < n {
+        while i + 8 <= n && xor[i..i + 8] == [0; 8] {
+            i += 8;
+        }
+        while i < n && xor[i] == 0 {
+            i += 1;
+        }
+        if i == n {
+            break;
+        }
+        let start = i;
+        let mut end = i + 1;
+        let mut j = end;
+        while j < n && j - end < 3 {
+            if xor[j] != 0 {
+                end = j + 1;
+            }
+            j += 1;
+        }
+        put_varint(out, start - last);
+        put_varint(out, end - start);
+        out.extend_from_slice(&xor[start..end]);
+        if out.len() > limit {
+            return false;
+        }
+        (i, last) = (end, end);
+    }
+    true
+}
+
+/// Turns `base` (the plain bytes of the delta's base, `plain_len` of them) into the delta
+/// blob's plain bytes, in place.
+pub fn apply_delta(stored: &[u8], base: &mut [u8], plain_len: usize) -> Result<()> {
+    let bad = |m: String| Error::Invalid(format!("xor-delta: {m}"));
+    let h = delta_header(stored)?;
+    if base.len() != plain_len {
+        return Err(bad(format!(
+            "base has {} bytes, the delta {plain_len}",
+            base.len()
+        )));
+    }
+    let payload = &stored[DELTA_HEADER..];
+    if h.method == SPARSE {
+        let runs = zstd::bulk::decompress(payload, plain_len + 64)
+            .map_err(|e| bad(format!("zstd: {e}")))?;
+        let mut at = 0;
+        let mut pos = 0usize;
+        while at < runs.len() {
+            let gap = get_varint(&runs, &mut at);
+            let len = get_varint(&runs, &mut at);
+            let (Some(gap), Some(len)) = (gap, len) else {
+                return Err(bad("truncated run".into()));
+            };
+            let start = pos
+                .checked_add(gap)
+                .filter(|s| s.checked_add(len).is_some_and(|e| e <= plain_len));
+            let bytes = at.checked_add(len).and_then(|e| runs.get(at..e));
+            let (Some(start), Some(bytes)) = (start, bytes) else {
+                return Err(bad("run past the end".into()));
+            };
+            for (b, x) in base[start..start + len].iter_mut().zip(bytes) {
+                *b ^= x;
+            }
+            at += len;
+            pos = start + len;
+        }
+        return Ok(());
+    }
+    let enc = Encoding::from_u8(h.method).ok_or_else(|| bad("bad method".into()))?;
+    let xor;
+    let xor_bytes = if enc == Encoding::Raw {
+        if payload.len() != plain_len {
+            return Err(bad("raw XOR of the wrong length".into()));
+        }
+        payload
+    } else {
+        xor = decode(enc, payload, plain_len)?;
+        &xor[..]
+    };
+    for (b, x) in base.iter_mut().zip(xor_bytes) {
+        *b ^= x;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -395,7 +610,7 @@ mod tests {
         let mut bad_method = out.clone();
         bad_method[1] = 9;
         assert!(decode(Encoding::Planes, &bad_method, w.len()).is_err());
-        assert_eq!(Encoding::from_u8(3), None);
+        assert_eq!(Encoding::from_u8(4), None);
     }
 
     proptest! {
@@ -425,6 +640,68 @@ mod tests {
             let (enc, stored) = encode(&data, 1);
             prop_assert!(stored.len() <= data.len());
             prop_assert_eq!(decode(enc, &stored, data.len()).unwrap(), data);
+        }
+    }
+
+    #[test]
+    fn deltas_round_trip_sparse_and_dense() {
+        use crate::id::Id;
+        use crate::workload::{fill_weights, Dtype, Rng};
+        let mut base = vec![0u8; 512 * 1024];
+        fill_weights(&mut Rng::new(7), Dtype::BF16, &mut base);
+        let base_id = Id::of(&base);
+        let mut out = Vec::new();
+        // Sparse: a few changed elements.
+        let mut new = base.clone();
+        for i in (0..new.len()).step_by(997) {
+            new[i] ^= 0x5a;
+        }
+        let depth = encode_delta(&new, &base, &base_id, 3, 2, 1, &mut out).unwrap();
+        assert_eq!(depth, 3 + SPARSE_DEPTH_COST);
+        assert!(out.len() < new.len() / 50, "{}", out.len());
+        let h = delta_header(&out).unwrap();
+        assert_eq!((h.base, h.depth, h.method), (base_id, depth, SPARSE));
+        let mut plain = base.clone();
+        apply_delta(&out, &mut plain, new.len()).unwrap();
+        assert_eq!(plain, new);
+        // Dense: every element changed.
+        let mut dense = base.clone();
+        fill_weights(&mut Rng::new(8), Dtype::BF16, &mut dense);
+        let depth = encode_delta(&dense, &base, &base_id, 0, 2, 1, &mut out).unwrap();
+        assert_eq!(depth, DENSE_DEPTH_COST);
+        let mut plain = base.clone();
+        apply_delta(&out, &mut plain, dense.len()).unwrap();
+        assert_eq!(plain, dense);
+        // Past the depth bound: no delta.
+        assert!(encode_delta(&new, &base, &base_id, MAX_DELTA_DEPTH, 2, 1, &mut out).is_none());
+        // Damage is refused, never a panic.
+        encode_delta(&new, &base, &base_id, 0, 2, 1, &mut out).unwrap();
+        let mut plain = base.clone();
+        assert!(apply_delta(&out[..out.len() - 3], &mut plain, new.len()).is_err());
+        assert!(apply_delta(&out, &mut plain[..100], new.len()).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn sparse_runs_round_trip(base in proptest::collection::vec(any::<u8>(), 1..3000), flips in proptest::collection::vec((any::<usize>(), 1u8..), 0..40)) {
+            let mut new = base.clone();
+            for (at, x) in flips {
+                let n = new.len();
+                new[at % n] ^= x;
+            }
+            let id = crate::id::Id::of(&base);
+            let mut out = Vec::new();
+            if encode_delta(&new, &base, &id, 0, 2, 1, &mut out).is_some() {
+                let mut plain = base.clone();
+                apply_delta(&out, &mut plain, new.len()).unwrap();
+                prop_assert_eq!(plain, new);
+            }
+        }
+
+        #[test]
+        fn damaged_deltas_never_panic(stored in proptest::collection::vec(any::<u8>(), 0..200), len in 0usize..500) {
+            let mut base = vec![1u8; len];
+            let _ = apply_delta(&stored, &mut base, len);
         }
     }
 }

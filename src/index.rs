@@ -44,12 +44,27 @@ pub struct Location {
     pub plain_len: u32,
 }
 
+/// A delta blob's base and chain depth (encoding 3; see `repo/FORMAT.md`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeltaRef {
+    pub base: Id,
+    pub depth: u8,
+}
+
+/// The deltas among one pack's blobs, by blob ID.
+pub type Deltas = IdMap<DeltaRef>;
+
+/// One pack as an index file lists it: its ID, its blobs, and the bases of its delta blobs.
+pub type PackList = Vec<(Id, Vec<PackEntry>, Deltas)>;
+
 /// All index files of a repository, merged.
 #[derive(Default)]
 pub struct Index {
     pub packs: Vec<Id>,
     pack_pos: IdMap<u32>,
     blobs: IdMap<Location>,
+    /// Base and depth of every delta blob, for the copy `blobs` names.
+    deltas: IdMap<DeltaRef>,
 }
 
 impl Index {
@@ -73,41 +88,69 @@ impl Index {
         self.packs[loc.pack as usize]
     }
 
+    /// The base and depth of a delta blob; `None` for any other blob.
+    pub fn delta(&self, id: &Id) -> Option<DeltaRef> {
+        self.deltas.get(id).copied()
+    }
+
+    /// Every delta blob and its base.
+    pub fn deltas(&self) -> impl Iterator<Item = (&Id, &DeltaRef)> {
+        self.deltas.iter()
+    }
+
     pub fn add_pack(&mut self, pack: Id, entries: &[PackEntry]) {
+        self.add_pack_with(pack, entries, &Deltas::default())
+    }
+
+    /// Adds a pack's blobs; `deltas` gives the base of each delta blob among them.
+    pub fn add_pack_with(&mut self, pack: Id, entries: &[PackEntry], deltas: &Deltas) {
         let pos = *self.pack_pos.entry(pack).or_insert_with(|| {
             self.packs.push(pack);
             (self.packs.len() - 1) as u32
         });
         for e in entries {
-            self.blobs.entry(e.id).or_insert(Location {
-                pack: pos,
-                kind: e.kind,
-                encoding: e.encoding,
-                offset: e.offset,
-                stored_len: e.stored_len,
-                plain_len: e.plain_len,
-            });
+            if let std::collections::hash_map::Entry::Vacant(v) = self.blobs.entry(e.id) {
+                v.insert(Location {
+                    pack: pos,
+                    kind: e.kind,
+                    encoding: e.encoding,
+                    offset: e.offset,
+                    stored_len: e.stored_len,
+                    plain_len: e.plain_len,
+                });
+                if let Some(d) = deltas.get(&e.id) {
+                    self.deltas.insert(e.id, *d);
+                }
+            }
         }
     }
 }
 
-/// Serialises one index file: the packs written by one backup and their blobs.
-pub fn encode_file(packs: &[(Id, Vec<PackEntry>)]) -> Vec<u8> {
+/// Serialises one index file: the packs written by one backup, their blobs, and for each delta
+/// blob (encoding 3) its depth (in the entry's first reserved byte) and base (after the entry).
+/// Every delta blob must have its base in `deltas`.
+pub fn encode_file(packs: &[(Id, Vec<PackEntry>, Deltas)]) -> Vec<u8> {
     let mut out = MAGIC.to_vec();
     out.extend_from_slice(&(packs.len() as u32).to_le_bytes());
-    for (pack, entries) in packs {
+    for (pack, entries, deltas) in packs {
         out.extend_from_slice(&pack.0);
         out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
         for e in entries {
+            let at = out.len();
             crate::pack::write_entry(&mut out, e);
             out.extend_from_slice(&e.offset.to_le_bytes());
+            if e.encoding == Encoding::Delta {
+                let d = deltas.get(&e.id).expect("every delta blob has its base");
+                out[at + 34] = d.depth;
+                out.extend_from_slice(&d.base.0);
+            }
         }
     }
     out
 }
 
 /// Parses an index file, checking that its name is the hash of its content.
-pub fn decode_file(name: &str, expected: Id, bytes: &[u8]) -> Result<Vec<(Id, Vec<PackEntry>)>> {
+pub fn decode_file(name: &str, expected: Id, bytes: &[u8]) -> Result<PackList> {
     let bad = |reason: &str| Error::corrupt(name, reason.to_string());
     if Id::of(bytes) != expected {
         return Err(bad("content does not match its name (damaged)"));
@@ -122,6 +165,7 @@ pub fn decode_file(name: &str, expected: Id, bytes: &[u8]) -> Result<Vec<(Id, Ve
         let pack = r.id().ok_or_else(|| bad("truncated"))?;
         let n = r.u32().ok_or_else(|| bad("truncated"))?;
         let mut entries = Vec::new();
+        let mut deltas = Deltas::default();
         for _ in 0..n {
             let id = r.id().ok_or_else(|| bad("truncated"))?;
             let head = r.take(4).ok_or_else(|| bad("truncated"))?;
@@ -130,6 +174,19 @@ pub fn decode_file(name: &str, expected: Id, bytes: &[u8]) -> Result<Vec<(Id, Ve
             let stored_len = r.u32().ok_or_else(|| bad("truncated"))?;
             let plain_len = r.u32().ok_or_else(|| bad("truncated"))?;
             let offset = r.u32().ok_or_else(|| bad("truncated"))?;
+            if encoding == Encoding::Delta {
+                let base = r.id().ok_or_else(|| bad("truncated"))?;
+                if head[2] == 0 {
+                    return Err(bad("delta entry of depth 0"));
+                }
+                deltas.insert(
+                    id,
+                    DeltaRef {
+                        base,
+                        depth: head[2],
+                    },
+                );
+            }
             entries.push(PackEntry {
                 id,
                 kind,
@@ -139,7 +196,7 @@ pub fn decode_file(name: &str, expected: Id, bytes: &[u8]) -> Result<Vec<(Id, Ve
                 plain_len,
             });
         }
-        packs.push((pack, entries));
+        packs.push((pack, entries, deltas));
     }
     if r.at != bytes.len() {
         return Err(bad("trailing bytes"));
@@ -183,9 +240,23 @@ mod tests {
 
     #[test]
     fn index_file_round_trips_and_detects_damage() {
+        let mut delta = entry(4, 30);
+        delta.encoding = Encoding::Delta;
+        let mut deltas = Deltas::default();
+        deltas.insert(
+            delta.id,
+            DeltaRef {
+                base: Id::of(&[1]),
+                depth: 5,
+            },
+        );
         let packs = vec![
-            (Id::of(b"p1"), vec![entry(1, 8), entry(2, 19)]),
-            (Id::of(b"p2"), vec![entry(3, 8)]),
+            (
+                Id::of(b"p1"),
+                vec![entry(1, 8), entry(2, 19)],
+                Deltas::default(),
+            ),
+            (Id::of(b"p2"), vec![entry(3, 8), delta], deltas),
         ];
         let bytes = encode_file(&packs);
         let id = Id::of(&bytes);

@@ -51,6 +51,9 @@ pub struct StoredBy {
     pub zstd: u64,
     pub zstd_stored: u64,
     pub raw: u64,
+    /// Stored as an XOR with the parent snapshot's bytes at the same place (encoding 3).
+    pub delta: u64,
+    pub delta_stored: u64,
 }
 
 impl StoredBy {
@@ -66,6 +69,10 @@ impl StoredBy {
             Encoding::Planes => {
                 self.byte_planes += plain;
                 self.byte_planes_stored += stored;
+            }
+            Encoding::Delta => {
+                self.delta += plain;
+                self.delta_stored += stored;
             }
         }
     }

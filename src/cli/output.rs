@@ -116,7 +116,7 @@ impl Out {
             secs(m.duration_ms),
         ));
         let st = &m.stored;
-        if st.deduplicated + st.byte_planes + st.zstd + st.raw > 0 {
+        if st.deduplicated + st.byte_planes + st.zstd + st.raw + st.delta > 0 {
             let ratio = |plain: u64, stored: u64| {
                 if plain == 0 {
                     String::new()
@@ -125,8 +125,10 @@ impl Out {
                 }
             };
             self.line(&format!(
-                "  content: {} deduplicated, {} byte-planes{}, {} zstd{}, {} raw",
+                "  content: {} deduplicated, {} delta-encoded{}, {} byte-planes{}, {} zstd{}, {} raw",
                 HumanBytes(st.deduplicated),
+                HumanBytes(st.delta),
+                ratio(st.delta, st.delta_stored),
                 HumanBytes(st.byte_planes),
                 ratio(st.byte_planes, st.byte_planes_stored),
                 HumanBytes(st.zstd),

@@ -164,20 +164,20 @@ pub fn run(
                 if let Some(p) = reusable {
                     node.chunks = p.chunks.clone();
                 } else {
-                    to_read.push((nodes.len(), abs));
+                    to_read.push((nodes.len(), abs, prev.cloned()));
                 }
             }
         }
         nodes.push(node);
     }
 
-    let read_bytes: u64 = to_read.iter().map(|(i, _)| nodes[*i].size).sum();
+    let read_bytes: u64 = to_read.iter().map(|(i, _, _)| nodes[*i].size).sum();
     progress.start(to_read.len() as u64, read_bytes);
     let mut writer = BlobWriter::new(repo);
     let mut skipped = Vec::new();
-    for (i, abs) in to_read {
+    for (i, abs, prev) in to_read {
         progress.file(&nodes[i].path.display());
-        match read_with_retry(&abs, &mut writer, progress, &mut summary)? {
+        match read_with_retry(&abs, &mut writer, progress, &mut summary, prev.as_ref())? {
             Ok((chunks, meta)) => {
                 let path = nodes[i].path.clone();
                 nodes[i] = node_from(path, NodeKind::File, &meta);
@@ -254,9 +254,10 @@ fn read_with_retry(
     writer: &mut BlobWriter,
     progress: &dyn Progress,
     summary: &mut Summary,
+    parent: Option<&Node>,
 ) -> Result<std::result::Result<(Vec<Id>, Metadata), String>> {
     for _attempt in 0..2 {
-        match store_file(abs, writer, progress)? {
+        match store_file(abs, writer, progress, parent)? {
             ReadOutcome::Stored {
                 chunks,
                 meta,

@@ -275,8 +275,9 @@ pub fn run(
                     pos: 0,
                     done: false,
                 };
-                let (chunks, len) = store_stream(content, &[], &mut writer, progress)?
-                    .map_err(|e| damaged(archive_path, e))?;
+                let (chunks, len) =
+                    store_stream(content, &[], &Default::default(), &mut writer, progress)?
+                        .map_err(|e| damaged(archive_path, e))?;
                 n.size = len;
                 n.chunks = chunks;
                 summary.bytes_read += len;

@@ -11,7 +11,6 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::retention::{self, Candidate, KeepPolicy};
-use crate::codec;
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::index::{self, IdMap, IdSet};
@@ -136,6 +135,17 @@ pub fn run(
         }
     }
 
+    // Deltas need their bases, transitively (the index names each delta's base).
+    let mut todo: Vec<Id> = live
+        .iter()
+        .filter_map(|id| repo.index().delta(id).map(|d| d.base))
+        .collect();
+    while let Some(base) = todo.pop() {
+        if live.insert(base) {
+            todo.extend(repo.index().delta(&base).map(|d| d.base));
+        }
+    }
+
     let unindexed = live.iter().filter(|id| !repo.index().contains(id)).count();
     if unindexed > 0 {
         return Err(Error::Invalid(format!(
@@ -148,10 +158,13 @@ pub fn run(
     // 3. The fate of every pack.
     let index_files = repo.read_index_files()?;
     let mut packs: BTreeMap<Id, Vec<PackEntry>> = BTreeMap::new();
+    let mut pack_deltas: IdMap<index::Deltas> = IdMap::default();
     let mut old_index_keys = Vec::new();
     for file in index_files {
         for (pack, entries) in file.packs? {
+            let deltas = file.deltas.get(&pack).cloned().unwrap_or_default();
             packs.entry(pack).or_insert(entries);
+            pack_deltas.entry(pack).or_insert(deltas);
         }
         report.bytes_before += repo.backend().size(&file.key)?.unwrap_or(0);
         old_index_keys.push(file.key);
@@ -221,7 +234,7 @@ pub fn run(
     let mut keep_keys: std::collections::HashSet<String> = std::collections::HashSet::new();
     let changes_packs = fates.values().any(|f| !matches!(f, PackFate::Keep));
     if changes_packs {
-        let mut new_index: Vec<(Id, Vec<PackEntry>)> = Vec::new();
+        let mut new_index: index::PackList = Vec::new();
         let mut writer = PackWriter::new();
         let pack_size = repo.config().pack_size as usize;
         let store =
@@ -229,12 +242,21 @@ pub fn run(
                 let (id, bytes, entries) = writer.finish();
                 repo.backend().put(&pack_key(&id), &bytes)?;
                 report.packs_written += 1;
-                new_index.push((id, entries));
+                // Copied blobs are the copies the index names: so are their bases.
+                let deltas = entries
+                    .iter()
+                    .filter_map(|e| Some((e.id, repo.index().delta(&e.id)?)))
+                    .collect();
+                new_index.push((id, entries, deltas));
                 Ok(())
             };
         for (pack, fate) in &fates {
             match fate {
-                PackFate::Keep => new_index.push((*pack, packs[pack].clone())),
+                PackFate::Keep => new_index.push((
+                    *pack,
+                    packs[pack].clone(),
+                    pack_deltas.get(pack).cloned().unwrap_or_default(),
+                )),
                 PackFate::Delete => {}
                 PackFate::Repack => {
                     let data = repo.backend().get(&pack_key(pack))?;
@@ -245,7 +267,7 @@ pub fn run(
                         if !live.contains(&e.id) || !used_here {
                             continue;
                         }
-                        let stored = checked_blob(&data, pack, e)?;
+                        let stored = checked_blob(repo, &data, pack, e)?;
                         writer.add(e.id, e.kind, e.encoding, stored, e.plain_len as usize);
                         if writer.len() >= pack_size {
                             store(std::mem::take(&mut writer), &mut new_index, &mut report)?;
@@ -257,7 +279,7 @@ pub fn run(
         if !writer.is_empty() {
             store(writer, &mut new_index, &mut report)?;
         }
-        keep_keys.extend(new_index.iter().map(|(id, _)| pack_key(id)));
+        keep_keys.extend(new_index.iter().map(|(id, _, _)| pack_key(id)));
         if !new_index.is_empty() {
             let bytes = index::encode_file(&new_index);
             let key = format!("index/{}", Id::of(&bytes).to_hex());
@@ -306,7 +328,12 @@ fn stored_bytes(repo: &Repository) -> Result<u64> {
 
 /// A live blob's stored bytes from a pack being repacked, checked before it is copied, so that
 /// repacking never launders damage into a fresh pack.
-fn checked_blob<'a>(data: &'a [u8], pack: &Id, e: &PackEntry) -> Result<&'a [u8]> {
+fn checked_blob<'a>(
+    repo: &Repository,
+    data: &'a [u8],
+    pack: &Id,
+    e: &PackEntry,
+) -> Result<&'a [u8]> {
     let damaged = |reason: &str| Error::CorruptChunk {
         id: e.id.to_hex(),
         pack: pack.to_hex(),
@@ -315,11 +342,11 @@ fn checked_blob<'a>(data: &'a [u8], pack: &Id, e: &PackEntry) -> Result<&'a [u8]
     let stored = data
         .get(e.offset as usize..e.offset as usize + e.stored_len as usize)
         .ok_or_else(|| damaged("lies beyond the end of its pack"))?;
-    let plain = codec::decode(e.encoding, stored, e.plain_len as usize)
-        .map_err(|err| damaged(&err.to_string()))?;
-    if Id::of(&plain) != e.id {
-        return Err(damaged("content does not match its ID"));
-    }
+    repo.decode_blob(&e.id, pack, e.encoding, stored, e.plain_len as usize)
+        .map_err(|err| match err {
+            Error::CorruptChunk { reason, .. } => damaged(&reason),
+            other => damaged(&other.to_string()),
+        })?;
     Ok(stored)
 }
 

@@ -22,6 +22,8 @@ use crate::pack::BlobKind;
 use crate::progress::Progress;
 use crate::repo::BlobWriter;
 
+use super::tensors::Bases;
+
 pub(crate) enum ReadOutcome {
     /// The content is stored; `meta` is the file's state before and after the read.
     Stored {
@@ -96,7 +98,9 @@ struct Encoded {
     range: std::ops::Range<usize>,
     /// Element width of the float tensor the chunk is in (0: none).
     width: u8,
-    /// `None`: already stored. `Raw`: stored as the plain bytes. `Zstd`: in `out`.
+    /// The parent's chunk at the same place of the same tensor, the base for a delta.
+    base: Option<Id>,
+    /// `None`: already stored. `Raw`: stored as the plain bytes. Others: in `out`.
     encoding: Option<Encoding>,
     out: Vec<u8>,
 }
@@ -107,6 +111,7 @@ pub(crate) fn store_file(
     path: &Path,
     writer: &mut BlobWriter,
     progress: &dyn Progress,
+    parent: Option<&crate::tree::Node>,
 ) -> Result<ReadOutcome> {
     let unreadable =
         |e: std::io::Error| Ok(ReadOutcome::Unreadable(format!("{}: {e}", path.display())));
@@ -118,8 +123,8 @@ pub(crate) fn store_file(
         Ok(m) => m,
         Err(e) => return unreadable(e),
     };
-    let spans = spans_of(&file, before.len(), writer.config(), path, progress);
-    let (chunks, bytes_read) = match store_stream(&file, &spans, writer, progress)? {
+    let (spans, bases) = spans_of(&file, before.len(), writer, path, progress, parent);
+    let (chunks, bytes_read) = match store_stream(&file, &spans, &bases, writer, progress)? {
         Ok(stored) => stored,
         Err(e) => return unreadable(e),
     };
@@ -139,22 +144,27 @@ pub(crate) fn store_file(
 
 /// How a file is chunked: in a version-2 repository, its format's regions (a tensor in fixed
 /// blocks from its start, the rest by content); otherwise (or for unknown formats) nothing,
-/// which chunks the whole file by content.
+/// which chunks the whole file by content. With them, the base of each tensor block in the
+/// parent's version of the file (see [`super::tensors::bases_for`]).
 fn spans_of(
     file: &File,
     len: u64,
-    config: &crate::repo::Config,
+    writer: &BlobWriter,
     path: &Path,
     progress: &dyn Progress,
-) -> Vec<Span> {
-    let Some(block) = config.tensor_block else {
-        return Vec::new();
+    parent: Option<&crate::tree::Node>,
+) -> (Vec<Span>, Bases) {
+    let Some(block) = writer.config().tensor_block else {
+        return (Vec::new(), Bases::new());
     };
     let layout = crate::format::layout(&crate::format::FileSource { file, len });
     if let Some(w) = &layout.warning {
         progress.warn(&format!("{}: {w}", path.display()));
     }
-    layout
+    let bases = parent.map_or_else(Bases::new, |p| {
+        super::tensors::bases_for(writer.repo(), p, &layout.regions, block)
+    });
+    let spans = layout
         .regions
         .iter()
         .map(|r| {
@@ -166,7 +176,8 @@ fn spans_of(
                 width: tensor.map_or(0, |t| t.float_width()),
             }
         })
-        .collect()
+        .collect();
+    (spans, bases)
 }
 
 /// Stores everything `reader` yields, chunked along `spans` (see [`cut_spans`]; empty: all by
@@ -175,6 +186,7 @@ fn spans_of(
 pub(crate) fn store_stream<R: Read + Send>(
     reader: R,
     spans: &[Span],
+    bases: &Bases,
     writer: &mut BlobWriter,
     progress: &dyn Progress,
 ) -> Result<io::Result<(Vec<Id>, u64)>> {
@@ -213,6 +225,7 @@ pub(crate) fn store_stream<R: Read + Send>(
                 let _ = free_tx.try_send(old);
             }
             let data = &buf[start..head + len];
+            let data_at = base;
             let (ranges, tail) = cut_spans(&cutter, spans, data, base, eof);
             base += tail as u64;
             let w: &BlobWriter = writer;
@@ -220,6 +233,7 @@ pub(crate) fn store_stream<R: Read + Send>(
                 .into_iter()
                 .map(|(range, width)| Encoded {
                     id: Id([0; 32]),
+                    base: bases.get(&(data_at + range.start as u64)).copied(),
                     range,
                     width: if planes { width } else { 0 },
                     encoding: None,
@@ -230,12 +244,7 @@ pub(crate) fn store_stream<R: Read + Send>(
                 let plain = &data[e.range.clone()];
                 e.id = Id::of(plain);
                 if !w.contains(&e.id) {
-                    e.encoding = Some(codec::encode_typed(
-                        plain,
-                        e.width,
-                        config.zstd_level,
-                        &mut e.out,
-                    ));
+                    e.encoding = Some(encode_chunk(w, plain, e.base, e.width, &mut e.out));
                 }
             });
             let mut n = 0;
@@ -244,7 +253,7 @@ pub(crate) fn store_stream<R: Read + Send>(
                 if let Some(encoding) = e.encoding {
                     let stored = match encoding {
                         Encoding::Raw => plain,
-                        Encoding::Zstd | Encoding::Planes => &e.out[..],
+                        Encoding::Zstd | Encoding::Planes | Encoding::Delta => &e.out[..],
                     };
                     writer.add(e.id, BlobKind::Data, encoding, stored, plain.len())?;
                 } else {
@@ -260,4 +269,50 @@ pub(crate) fn store_stream<R: Read + Send>(
         Ok(Ok(()))
     })?;
     Ok(read.map(|()| (chunks, bytes_read)))
+}
+
+/// A delta this much smaller than the chunk is kept without trying the chunk's own encoding
+/// (float weights never compress 8:1 on their own).
+const CLEARLY_SMALLER: usize = 8;
+
+/// Encodes a new chunk into `out`: as an XOR with `base` (the parent's chunk at the same place)
+/// when that is smaller than the chunk's own encoding and the chain stays within its bound,
+/// else as [`codec::encode_typed`]. A base that cannot be read only costs the delta.
+fn encode_chunk(
+    w: &BlobWriter,
+    plain: &[u8],
+    base: Option<Id>,
+    width: u8,
+    out: &mut Vec<u8>,
+) -> Encoding {
+    let level = w.config().zstd_level;
+    let repo = w.repo();
+    let delta = base.filter(|b| {
+        let depth = repo.index().delta(b).map_or(0, |d| d.depth);
+        repo.index().get(b).map(|l| l.plain_len as usize) == Some(plain.len())
+            && depth + codec::SPARSE_DEPTH_COST <= codec::MAX_DELTA_DEPTH
+    });
+    if let Some(b) = delta {
+        let depth = repo.index().delta(&b).map_or(0, |d| d.depth);
+        if let Ok(base_plain) = repo.read_blob(&b) {
+            if codec::encode_delta(plain, &base_plain, &b, depth, width, level, out).is_some() {
+                if out.len() * CLEARLY_SMALLER <= plain.len() {
+                    return Encoding::Delta;
+                }
+                let mut own = Vec::new();
+                let enc = codec::encode_typed(plain, width, level, &mut own);
+                let own_len = if enc == Encoding::Raw {
+                    plain.len()
+                } else {
+                    own.len()
+                };
+                if out.len() < own_len {
+                    return Encoding::Delta;
+                }
+                *out = own;
+                return enc;
+            }
+        }
+    }
+    codec::encode_typed(plain, width, level, out)
 }

@@ -10,7 +10,6 @@ use std::time::Instant;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::codec;
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::index::{IdMap, IdSet};
@@ -282,6 +281,9 @@ pub fn run(
         }
     }
 
+    // A delta is lost with its base (and with a base no index lists), transitively.
+    propagate_to_deltas(&mut c);
+
     // Snapshots and their trees: what is referenced, and what is lost for whom.
     let referenced = check_snapshots(&mut c, &mut report)?;
     for pack in &pack_ids {
@@ -317,6 +319,39 @@ pub fn run(
     report.clean = report.problems.is_empty();
     report.duration_ms = started.elapsed().as_millis() as u64;
     Ok(report)
+}
+
+/// Marks every delta whose chain reaches a damaged or unindexed blob as damaged, by the same
+/// problem (or a new one for a base that no index lists).
+fn propagate_to_deltas(c: &mut Checker) {
+    let index = c.repo.index();
+    let deltas: Vec<(Id, Id)> = index.deltas().map(|(id, d)| (*id, d.base)).collect();
+    loop {
+        let mut changed = false;
+        for (id, base) in &deltas {
+            if c.damaged.contains_key(id) {
+                continue;
+            }
+            let p = match c.damaged.get(base) {
+                Some(&p) => p,
+                None if !index.contains(base) => c.problem(
+                    ProblemKind::DamagedChunk,
+                    "index".into(),
+                    format!(
+                        "chunk {} is a delta of {}, which no index file lists",
+                        id.short(),
+                        base.short()
+                    ),
+                ),
+                None => continue,
+            };
+            c.damaged.insert(*id, p);
+            changed = true;
+        }
+        if !changed {
+            break;
+        }
+    }
 }
 
 fn sample_packs(packs: &[&Id], read_data: ReadData) -> IdSet {
@@ -373,13 +408,20 @@ fn check_pack(repo: &Repository, pack: &Id, entries: &[PackEntry]) -> PackCheck 
                 .push((e.id, "lies beyond the end of the pack".into()));
             continue;
         };
-        match codec::decode(e.encoding, stored, e.plain_len as usize) {
+        match repo.decode_blob(&e.id, pack, e.encoding, stored, e.plain_len as usize) {
+            Err(Error::CorruptChunk { reason, .. }) if reason.contains("does not match") => r
+                .bad_blobs
+                .push((e.id, "content does not match its ID".into())),
+            Err(Error::CorruptChunk { reason, .. }) => r
+                .bad_blobs
+                .push((e.id, format!("cannot be decoded ({reason})"))),
             Err(err) => r
                 .bad_blobs
                 .push((e.id, format!("cannot be decoded ({err})"))),
-            Ok(plain) if Id::of(&plain) != e.id => r
-                .bad_blobs
-                .push((e.id, "content does not match its ID".into())),
+            // Tensor blocks may be the base of the next snapshot's deltas.
+            Ok(plain) if e.kind == crate::pack::BlobKind::Data => {
+                repo.remember(e.id, std::sync::Arc::new(plain))
+            }
             Ok(_) => {}
         }
     }

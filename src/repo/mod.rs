@@ -102,12 +102,47 @@ pub struct Repository {
     index_keys: Vec<String>,
     index_problems: Vec<Error>,
     lock_wait: std::time::Duration,
+    /// Recently checked plain blobs that deltas may need as bases.
+    cache: std::sync::Mutex<BaseCache>,
+}
+
+/// Plain bytes of recently read blobs, up to a byte budget, oldest dropped first: a chain of
+/// deltas then decodes each base once (restore, verify and backup share it).
+#[derive(Default)]
+struct BaseCache {
+    blobs: index::IdMap<Arc<Vec<u8>>>,
+    order: std::collections::VecDeque<Id>,
+    bytes: usize,
+}
+
+/// Bytes of plain blobs the base cache keeps.
+const BASE_CACHE_BYTES: usize = 64 << 20;
+
+impl BaseCache {
+    fn insert(&mut self, id: Id, plain: Arc<Vec<u8>>) {
+        if self.blobs.contains_key(&id) || plain.len() > BASE_CACHE_BYTES / 4 {
+            return;
+        }
+        self.bytes += plain.len();
+        self.blobs.insert(id, plain);
+        self.order.push_back(id);
+        while self.bytes > BASE_CACHE_BYTES {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(p) = self.blobs.remove(&old) {
+                self.bytes -= p.len();
+            }
+        }
+    }
 }
 
 /// One index file as read from the repository, or why it could not be read.
 pub struct IndexFile {
     pub key: String,
     pub packs: Result<Vec<(Id, Vec<crate::pack::PackEntry>)>>,
+    /// Per pack, the base and depth of its delta blobs.
+    pub deltas: index::IdMap<index::Deltas>,
 }
 
 pub fn pack_key(id: &Id) -> String {
@@ -160,6 +195,7 @@ impl Repository {
             index_keys: Vec::new(),
             index_problems: Vec::new(),
             lock_wait: std::time::Duration::ZERO,
+            cache: Default::default(),
         }
     }
 
@@ -250,7 +286,8 @@ impl Repository {
             match file.packs {
                 Ok(packs) => {
                     for (pack, entries) in packs {
-                        index.add_pack(pack, &entries);
+                        let deltas = file.deltas.get(&pack).cloned().unwrap_or_default();
+                        index.add_pack_with(pack, &entries, &deltas);
                     }
                 }
                 Err(e) => problems.push(e),
@@ -280,36 +317,123 @@ impl Repository {
     pub fn read_index_files(&self) -> Result<Vec<IndexFile>> {
         let mut out = Vec::new();
         for key in self.backend.list("index")? {
-            let packs = key_id(&key).and_then(|id| {
-                let bytes = self.backend.get(&key)?;
-                index::decode_file(&key, id, &bytes)
-            });
-            out.push(IndexFile { key, packs });
+            let mut deltas = index::IdMap::default();
+            let packs = key_id(&key)
+                .and_then(|id| {
+                    let bytes = self.backend.get(&key)?;
+                    index::decode_file(&key, id, &bytes)
+                })
+                .map(|list| {
+                    list.into_iter()
+                        .map(|(pack, entries, d)| {
+                            if !d.is_empty() {
+                                deltas.insert(pack, d);
+                            }
+                            (pack, entries)
+                        })
+                        .collect()
+                });
+            out.push(IndexFile { key, packs, deltas });
         }
         Ok(out)
     }
 
-    /// Reads, decodes and re-hashes one blob.
+    /// Reads, decodes and re-hashes one blob. A delta blob (encoding 3) is resolved through its
+    /// chain of bases, each read once (and not at all when the base cache has it).
     pub fn read_blob(&self, id: &Id) -> Result<Vec<u8>> {
-        let loc = self
+        let loc = *self
             .index
             .get(id)
             .ok_or_else(|| Error::MissingChunk { id: id.to_hex() })?;
-        let pack = self.index.pack_id(loc);
+        let pack = self.index.pack_id(&loc);
         let stored =
             self.backend
                 .get_range(&pack_key(&pack), loc.offset as u64, loc.stored_len as usize)?;
+        self.decode_blob(id, &pack, loc.encoding, &stored, loc.plain_len as usize)
+    }
+
+    /// Decodes and re-hashes a blob's stored bytes (read from `pack`); a delta's bases come from
+    /// the repository. A lost or damaged base makes the delta damaged, naming the base.
+    pub fn decode_blob(
+        &self,
+        id: &Id,
+        pack: &Id,
+        encoding: codec::Encoding,
+        stored: &[u8],
+        plain_len: usize,
+    ) -> Result<Vec<u8>> {
         let damaged = |reason: String| Error::CorruptChunk {
             id: id.to_hex(),
             pack: pack.to_hex(),
             reason,
         };
-        let plain = codec::decode(loc.encoding, &stored, loc.plain_len as usize)
-            .map_err(|e| damaged(e.to_string()))?;
+        let plain = if encoding == codec::Encoding::Delta {
+            self.resolve_delta(stored, plain_len)
+                .map_err(|e| damaged(e.to_string()))?
+        } else {
+            codec::decode(encoding, stored, plain_len).map_err(|e| damaged(e.to_string()))?
+        };
         if Id::of(&plain) != *id {
             return Err(damaged("content does not match its hash".into()));
         }
         Ok(plain)
+    }
+
+    /// Plain bytes of a delta blob: its chain of bases is followed down to a keyframe (or a
+    /// cached blob), then the deltas are applied upwards in one buffer. Only the top is
+    /// re-hashed (by the caller): a damaged link anywhere changes the result. When that check
+    /// fails, [`Repository::read_blob`] on the base names the damaged link.
+    fn resolve_delta(&self, stored: &[u8], plain_len: usize) -> Result<Vec<u8>> {
+        let mut chain: Vec<Vec<u8>> = Vec::new();
+        let mut header = codec::delta_header(stored)?;
+        let mut plain = loop {
+            if chain.len() >= codec::MAX_READ_CHAIN {
+                return Err(Error::Invalid(format!(
+                    "xor-delta chain longer than {} (damaged)",
+                    codec::MAX_READ_CHAIN
+                )));
+            }
+            let base = header.base;
+            if let Some(hit) = self.cache.lock().expect("cache").blobs.get(&base) {
+                break hit.as_ref().clone();
+            }
+            let Some(loc) = self.index.get(&base).copied() else {
+                return Err(Error::Invalid(format!(
+                    "its base {} is in no index (lost)",
+                    base.short()
+                )));
+            };
+            let bpack = self.index.pack_id(&loc);
+            let bstored = self.backend.get_range(
+                &pack_key(&bpack),
+                loc.offset as u64,
+                loc.stored_len as usize,
+            )?;
+            if loc.encoding != codec::Encoding::Delta {
+                let plain = codec::decode(loc.encoding, &bstored, loc.plain_len as usize)
+                    .map_err(|e| Error::Invalid(format!("its base {}: {e}", base.short())))?;
+                if Id::of(&plain) != base {
+                    return Err(Error::Invalid(format!(
+                        "its base {} is damaged (content does not match its hash)",
+                        base.short()
+                    )));
+                }
+                break plain;
+            }
+            header = codec::delta_header(&bstored)?;
+            chain.push(bstored);
+        };
+        for link in chain.iter().rev() {
+            let len = plain.len();
+            codec::apply_delta(link, &mut plain, len)?;
+        }
+        codec::apply_delta(stored, &mut plain, plain_len)?;
+        Ok(plain)
+    }
+
+    /// Keeps a checked blob's plain bytes for deltas that will need it as their base.
+    pub fn remember(&self, id: Id, plain: Arc<Vec<u8>>) {
+        self.cache.lock().expect("cache").insert(id, plain);
     }
 
     pub fn load_tree(&self, id: &Id) -> Result<Tree> {

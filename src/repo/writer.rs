@@ -32,6 +32,8 @@ pub struct BlobWriter<'r> {
     pub blobs_added: u64,
     /// File content offered to this writer, by how it was stored.
     pub stored_by: crate::snapshot::StoredBy,
+    /// Base and depth of each delta blob added (for the index file).
+    deltas: index::Deltas,
 }
 
 impl<'r> BlobWriter<'r> {
@@ -45,6 +47,7 @@ impl<'r> BlobWriter<'r> {
             bytes_added: 0,
             blobs_added: 0,
             stored_by: Default::default(),
+            deltas: Default::default(),
         }
     }
 
@@ -71,6 +74,14 @@ impl<'r> BlobWriter<'r> {
         if kind == BlobKind::Data {
             self.stored_by
                 .add(encoding, plain_len as u64, stored.len() as u64);
+        }
+        if encoding == Encoding::Delta {
+            let h = crate::codec::delta_header(stored)?;
+            let d = index::DeltaRef {
+                base: h.base,
+                depth: h.depth,
+            };
+            self.deltas.insert(id, d);
         }
         self.pack.add(id, kind, encoding, stored, plain_len);
         self.added.insert(id);
@@ -123,7 +134,17 @@ impl<'r> BlobWriter<'r> {
         self.flush()?;
         self.wait()?;
         if !self.stored_packs.is_empty() {
-            let bytes = index::encode_file(&self.stored_packs);
+            let packs: index::PackList = std::mem::take(&mut self.stored_packs)
+                .into_iter()
+                .map(|(pack, entries)| {
+                    let deltas = entries
+                        .iter()
+                        .filter_map(|e| Some((e.id, *self.deltas.get(&e.id)?)))
+                        .collect();
+                    (pack, entries, deltas)
+                })
+                .collect();
+            let bytes = index::encode_file(&packs);
             let key = format!("index/{}", Id::of(&bytes).to_hex());
             self.repo.backend().put(&key, &bytes)?;
             self.bytes_added += bytes.len() as u64;
@@ -142,8 +163,12 @@ impl Drop for BlobWriter<'_> {
     }
 }
 
-impl BlobWriter<'_> {
+impl<'r> BlobWriter<'r> {
     pub fn config(&self) -> &super::Config {
         self.repo.config()
+    }
+
+    pub fn repo(&self) -> &'r Repository {
+        self.repo
     }
 }
