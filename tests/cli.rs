@@ -13,6 +13,8 @@ mod bad_input;
 mod crash;
 #[path = "cli/damage.rs"]
 mod damage;
+#[path = "cli/delta.rs"]
+mod delta;
 #[path = "cli/format.rs"]
 mod format;
 #[path = "cli/incremental.rs"]

@@ -135,6 +135,15 @@ enum Command {
         /// The newer snapshot (ID or unique prefix)
         to: String,
     },
+    /// Show how a snapshot's bytes are stored per file (unchanged since its parent, delta,
+    /// whole), and with --tensors which tensors a training step changed
+    Show {
+        /// The snapshot (ID or unique prefix)
+        snapshot: String,
+        /// Also list each tensor of model files: unchanged, delta, new or changed
+        #[arg(long)]
+        tensors: bool,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions {
         #[arg(value_enum)]
@@ -374,6 +383,12 @@ pub fn run() -> Result<u8> {
             let mut repo = open(&repo_path, false, &out, lock_wait)?;
             let report = diff::run(&mut repo, &from, &to)?;
             out.diff(&report);
+            Ok(exit::SUCCESS)
+        }
+        Command::Show { snapshot, tensors } => {
+            let mut repo = open(&repo_path, false, &out, lock_wait)?;
+            let report = crate::ops::show::run(&mut repo, &snapshot, tensors)?;
+            out.show(&report);
             Ok(exit::SUCCESS)
         }
         Command::Completions { shell } => {

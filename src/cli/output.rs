@@ -264,6 +264,68 @@ impl Out {
 }
 
 impl Out {
+    pub fn show(&self, r: &crate::ops::show::ShowReport) {
+        use crate::ops::show::Storage;
+        self.json(&serde_json::to_value(r).expect("report serialises"));
+        let describe = |s: &Storage| {
+            let mut parts = vec![format!("{} unchanged", HumanBytes(s.unchanged))];
+            for (name, plain, stored) in [
+                ("delta", s.delta, s.delta_stored),
+                ("byte-planes", s.byte_planes, s.byte_planes_stored),
+                ("zstd", s.zstd, s.zstd_stored),
+                ("raw", s.raw, s.raw),
+            ] {
+                if plain > 0 {
+                    parts.push(format!(
+                        "{} {name} -> {}",
+                        HumanBytes(plain),
+                        HumanBytes(stored)
+                    ));
+                }
+            }
+            if s.missing > 0 {
+                parts.push(format!("{} chunk(s) MISSING from the index", s.missing));
+            }
+            parts.join(", ")
+        };
+        let parent = r
+            .parent
+            .as_deref()
+            .map_or("none".to_string(), |p| p[..8].to_string());
+        self.line(&format!("snapshot {} (parent {parent})", &r.snapshot[..8]));
+        for f in &r.files {
+            self.line(&format!(
+                "  {}  {}: {}",
+                f.path,
+                HumanBytes(f.size),
+                describe(&f.storage)
+            ));
+            let Some(tensors) = &f.tensors else { continue };
+            let unchanged = tensors.iter().filter(|t| t.status == "unchanged").count();
+            self.line(&format!(
+                "    tensors: {} changed, {unchanged} unchanged",
+                tensors.len() - unchanged
+            ));
+            for t in tensors.iter().filter(|t| t.status != "unchanged") {
+                self.line(&format!(
+                    "    {:<9} {} {}{:?}  {}/{} blocks changed, stored {}",
+                    t.status,
+                    t.name,
+                    t.dtype,
+                    t.shape,
+                    t.blocks_changed,
+                    t.blocks,
+                    HumanBytes(t.storage.stored())
+                ));
+            }
+        }
+        self.line(&format!(
+            "  total: {} ({} stored for what changed)",
+            describe(&r.total),
+            HumanBytes(r.total.stored())
+        ));
+    }
+
     pub fn diff(&self, r: &DiffReport) {
         self.json(&serde_json::to_value(r).expect("report serialises"));
         for f in &r.removed {

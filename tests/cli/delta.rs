@@ -1,0 +1,231 @@
+//! Deltas against the parent snapshot (encoding 3): a fine-tuning series stores each step as
+//! XORs with the previous one and restores byte-identical at every step; chains stop at their
+//! bound with a keyframe; prune keeps the bases live deltas need; verify names the files whose
+//! deltas lost their base; a crash at any write step of a delta backup leaves a sound repository.
+
+use std::fs;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use tvault::workload::Scenario;
+
+use crate::testenv::{args, copy_dir, files_below, flip_byte, num, text, Manifest, TestEnv};
+
+const SIZE: u64 = 2 << 20;
+
+/// Writes step `step` of a fine-tuning checkpoint into `src/ckpt` (always the same path, so
+/// each backup's parent is the previous one) and returns the directory.
+fn step(env: &TestEnv, scenario: Scenario, size: u64, step: u32) -> PathBuf {
+    let dir = env.root.join("src/ckpt");
+    if dir.exists() {
+        fs::remove_dir_all(&dir).unwrap();
+    }
+    env.checkpoint("src/ckpt", scenario, size, 7, step)
+}
+
+fn manifest_of(dir: &Path) -> Manifest {
+    crate::testenv::sources_manifest(&[dir])
+}
+
+fn stored(report: &Value, field: &str) -> u64 {
+    num(&report["stored"], field)
+}
+
+#[test]
+fn finetune_series_stores_small_deltas_and_restores_every_step() {
+    let env = TestEnv::with_repo();
+    let mut snaps = Vec::new();
+    for s in 0..4 {
+        let dir = step(&env, Scenario::Finetune, SIZE, s);
+        let report = env.backup(&[&dir], &[]);
+        let added = num(&report, "bytes_added");
+        if s > 0 {
+            assert!(stored(&report, "delta") > SIZE * 9 / 10, "{report:#}");
+            assert!(
+                added * 100 <= SIZE * 4,
+                "step {s} added {added} bytes: {report:#}"
+            );
+        }
+        snaps.push((text(&report, "snapshot_id"), manifest_of(&dir)));
+    }
+    for (id, expected) in &snaps {
+        env.assert_restores(id, expected);
+    }
+    // `show --tensors` says every tensor of the model changed and is stored as a delta, and
+    // that config.json is unchanged.
+    let last = &snaps[3].0;
+    let show = env
+        .tvault(args!["--json", "show", last, "--tensors"])
+        .expect_code(0)
+        .json();
+    let files = show["files"].as_array().unwrap();
+    let model = files
+        .iter()
+        .find(|f| text(f, "path").ends_with("model.safetensors"))
+        .unwrap();
+    let tensors = model["tensors"].as_array().unwrap();
+    assert!(!tensors.is_empty());
+    assert!(
+        tensors.iter().all(|t| t["status"] == "delta"),
+        "{tensors:#?}"
+    );
+    assert!(num(&model["storage"], "delta") > SIZE * 9 / 10);
+    let config = files
+        .iter()
+        .find(|f| text(f, "path").ends_with("config.json"))
+        .unwrap();
+    assert_eq!(num(&config["storage"], "unchanged"), num(config, "size"));
+    let human = env.tvault(args!["show", last, "--tensors"]).expect_code(0);
+    assert!(human.stdout.contains("delta"), "{human}");
+    env.tvault(["verify", "--read-data"]).expect_code(0);
+}
+
+#[test]
+fn chains_past_their_bound_store_keyframes() {
+    // Sparse deltas cost 1 each and chains stop at depth 32: step 33 is a keyframe again, and
+    // step 34 a delta of it.
+    let env = TestEnv::with_repo();
+    let size = 1 << 20;
+    let mut snaps = Vec::new();
+    for s in 0..=34 {
+        let dir = step(&env, Scenario::Finetune, size, s);
+        let report = env.backup(&[&dir], &[]);
+        let delta = stored(&report, "delta");
+        match s {
+            0 | 33 => assert!(
+                delta == 0 && stored(&report, "byte_planes") > size / 2,
+                "step {s} should be a keyframe: {report:#}"
+            ),
+            _ => assert!(delta > size / 2, "step {s} should be a delta: {report:#}"),
+        }
+        snaps.push((text(&report, "snapshot_id"), manifest_of(&dir)));
+    }
+    for i in [1, 32, 33, 34] {
+        env.assert_restores(&snaps[i].0, &snaps[i].1);
+    }
+}
+
+#[test]
+fn prune_keeps_the_bases_that_live_deltas_need() {
+    let env = TestEnv::with_repo();
+    env.set_pack_size(256 << 10);
+    let mut snaps = Vec::new();
+    for s in 0..3 {
+        let dir = step(&env, Scenario::Finetune, SIZE, s);
+        let report = env.backup(&[&dir], &[]);
+        snaps.push((text(&report, "snapshot_id"), manifest_of(&dir)));
+    }
+    // Forget the keyframe and the first delta: the last snapshot still needs both as bases.
+    env.tvault(args![
+        "prune",
+        "--forget",
+        &snaps[0].0,
+        "--forget",
+        &snaps[1].0
+    ])
+    .expect_code(0);
+    assert_eq!(env.snapshots().len(), 1);
+    env.assert_restores(&snaps[2].0, &snaps[2].1);
+    env.tvault(["verify", "--read-data"]).expect_code(0);
+    // A new step on top of the pruned repository, then prune again with repacking.
+    let dir = step(&env, Scenario::Finetune, SIZE, 3);
+    let report = env.backup(&[&dir], &[]);
+    assert!(stored(&report, "delta") > 0, "{report:#}");
+    let id = text(&report, "snapshot_id");
+    env.tvault(args!["prune", "--keep-last", "1", "--max-unused", "0"])
+        .expect_code(0);
+    env.assert_restores(&id, &manifest_of(&dir));
+    env.tvault(["verify", "--read-data"]).expect_code(0);
+}
+
+#[test]
+fn verify_names_the_files_whose_deltas_lost_their_base() {
+    let env = TestEnv::with_repo();
+    let dir = step(&env, Scenario::Finetune, SIZE, 0);
+    let s0 = text(&env.backup(&[&dir], &[]), "snapshot_id");
+    let first_packs = files_below(&env.repo.join("data"));
+    let dir = step(&env, Scenario::Finetune, SIZE, 1);
+    let report = env.backup(&[&dir], &[]);
+    assert!(stored(&report, "delta") > 0);
+    let s1 = text(&report, "snapshot_id");
+    // Damage the keyframes: the pack of the first backup.
+    let pack = first_packs
+        .iter()
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
+    flip_byte(pack, 5000);
+    let run = env
+        .tvault(["--json", "verify", "--read-data"])
+        .expect_code(4);
+    let report = run.json();
+    let affected: Vec<(String, String)> = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["affected"].as_array().unwrap().clone())
+        .map(|a| (text(&a, "snapshot"), text(&a, "path")))
+        .collect();
+    for s in [&s0, &s1] {
+        assert!(
+            affected
+                .iter()
+                .any(|(snap, path)| s.starts_with(snap.as_str())
+                    && path.ends_with("model.safetensors")),
+            "snapshot {s} is not named: {report:#}"
+        );
+    }
+    // Restore of the delta snapshot fails loudly for the model, never silently.
+    let target = env.fresh_path("restore");
+    let run = env.tvault(args!["--json", "restore", &s1, &target]);
+    assert_ne!(run.code(), Some(0), "{run}");
+}
+
+#[test]
+fn crash_at_every_write_step_of_a_delta_backup_leaves_a_sound_repository() {
+    let env = TestEnv::with_repo();
+    env.set_pack_size(512 << 10);
+    let dir = step(&env, Scenario::Finetune, SIZE, 0);
+    let v0 = manifest_of(&dir);
+    let s0 = text(&env.backup(&[&dir], &[]), "snapshot_id");
+    let dir = step(&env, Scenario::Finetune, SIZE, 1);
+    let v1 = manifest_of(&dir);
+    let pristine = env.root.join("pristine-repo");
+    copy_dir(&env.repo, &pristine);
+    let mut completed = false;
+    for n in 1..=60u32 {
+        fs::remove_dir_all(&env.repo).unwrap();
+        copy_dir(&pristine, &env.repo);
+        let mut cmd = env.command();
+        cmd.env("TVAULT_CRASH_AFTER_WRITES", n.to_string())
+            .arg("--repo")
+            .arg(&env.repo)
+            .args(args!["--json", "backup", &dir]);
+        let run = env.run_command(cmd);
+        let snaps = env.snapshots();
+        for s in &snaps {
+            let id = text(s, "id");
+            let expected = if id == s0 { &v0 } else { &v1 };
+            env.assert_restores(&id, expected);
+        }
+        if run.code() == Some(0) {
+            assert!(stored(&run.json(), "delta") > 0, "{run}");
+            completed = true;
+            break;
+        }
+        assert_eq!(run.status.signal(), Some(6), "step {n}: {run}");
+        if snaps.len() == 2 {
+            // Stopped after the commit point (removing the lock): the snapshot is whole.
+            completed = true;
+            break;
+        }
+        assert_eq!(snaps.len(), 1, "step {n}");
+        // The next backup works and restores identical.
+        let id = text(&env.backup(&[&dir], &[]), "snapshot_id");
+        env.assert_restores(&id, &v1);
+    }
+    assert!(
+        completed,
+        "the backup never completed within 60 write steps"
+    );
+}
