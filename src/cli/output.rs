@@ -17,6 +17,20 @@ use crate::ops::verify::VerifyReport;
 use crate::progress::Progress;
 use crate::snapshot::{Snapshot, SnapshotKind};
 
+/// Prints a line on stdout. A closed pipe (`tvault snapshots | head`) is the reader's choice,
+/// not a failure: everything the command had to do is done by the time it prints, so it exits 0
+/// (as ripgrep does) instead of panicking like `println!`.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        let mut stdout = std::io::stdout().lock();
+        if let Err(e) = writeln!(stdout, $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
 pub struct Out {
     quiet: bool,
     json: bool,
@@ -30,7 +44,7 @@ impl Out {
     /// A human line on stdout (not with --quiet or --json).
     pub fn line(&self, text: &str) {
         if !self.quiet && !self.json {
-            println!("{text}");
+            outln!("{text}");
         }
     }
 
@@ -186,9 +200,15 @@ impl Out {
         if self.json || self.quiet {
             return;
         }
-        println!(
+        outln!(
             "{:<9} {:<20} {:<12} {:<12} {:>10} {:>10}  {:<10} paths",
-            "ID", "time (UTC)", "host", "kind", "size", "added", "tags"
+            "ID",
+            "time (UTC)",
+            "host",
+            "kind",
+            "size",
+            "added",
+            "tags"
         );
         for (id, s) in all {
             let kind = match (s.kind, s.is_complete()) {
@@ -197,7 +217,7 @@ impl Out {
                 (SnapshotKind::Full, false) => "full!",
                 (SnapshotKind::Incremental, false) => "incremental!",
             };
-            println!(
+            outln!(
                 "{:<9} {:<20} {:<12} {:<12} {:>10} {:>10}  {:<10} {}",
                 id.short(),
                 s.time.format("%Y-%m-%d %H:%M:%S"),
@@ -210,7 +230,7 @@ impl Out {
             );
         }
         if all.iter().any(|(_, s)| !s.is_complete()) {
-            println!("(! = incomplete: some files could not be stored)");
+            outln!("(! = incomplete: some files could not be stored)");
         }
     }
 

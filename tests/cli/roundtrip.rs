@@ -438,3 +438,29 @@ fn skipped_repository_is_listed_in_json_warnings() {
         "{report:#}"
     );
 }
+
+/// `tvault snapshots | head -1`: a reader that stops early is not an error, and never a panic.
+#[test]
+fn output_into_a_closed_pipe_exits_cleanly() {
+    let env = TestEnv::with_repo();
+    env.write("src/ckpt/a.txt", b"a");
+    let ckpt = env.src.join("ckpt");
+    for i in 0..3 {
+        env.tvault(args!["backup", &ckpt, "--tag", format!("t{i}")])
+            .expect_code(0);
+    }
+    for cmd in [&["snapshots"][..], &["man"][..]] {
+        let mut c = env.command();
+        c.arg("--repo")
+            .arg(&env.repo)
+            .args(cmd)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        drop(child.stdout.take()); // the reader is gone before tvault writes
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{cmd:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(0), "{cmd:?}: {stderr}");
+    }
+}
