@@ -5,7 +5,8 @@
 #     sequential write speed of the work directory's filesystem (`dd conv=fsync`);
 #   - baselines: `tar | zstd -3 -T0`; restic and borg when installed (skipped otherwise);
 #   - tvault: first backup, incremental backup of the unchanged tree, restore,
-#     `verify --read-data` (when this build has it), the second snapshot of `frozen`, and peak
+#     `verify --read-data` (when this build has it), the second snapshot of `frozen`, the
+#     `finetune`, `fulltrain` and `resave` series (what each further step adds), and peak
 #     memory backing up 1 GiB and 20 GiB files (sparse zeros: memory must not follow size).
 # Each line: seconds, input bytes/s, peak RSS. The page cache is warm (the input is read first).
 #
@@ -105,6 +106,29 @@ cp "$WORK/data/frozen1/ckpt/model.safetensors" "$WORK/data/frozen/ckpt/model.saf
 measure "tvault backup (frozen, step 1)" $B --repo "$WORK/frozen-repo" --json backup "$WORK/data/frozen/ckpt"
 echo "  step 1 added: $(json "['bytes_added']") bytes = $(share "$(json "['bytes_added']")") of the checkpoint"
 rm -rf "$WORK/frozen-repo" "$WORK/data/frozen" "$WORK/data/frozen1"
+
+# Model-aware storage: each workload's steps 0, 1, 2 backed up from the same path (so each step's
+# parent is the previous one); what every further step adds, and the restore of the last step
+# (deltas resolved through the chain).
+series() { # scenario, label
+  local scenario=$1 label=$2 dir="$WORK/data/$1/ckpt"
+  echo "== $scenario ($label)"
+  $B --repo "$WORK/$scenario-repo" init -q
+  for step in 0 1 2; do
+    $GEN "$scenario" "$dir" --size "$SIZE" --step "$step" >/dev/null
+    local total; total=$(du -sb --apparent-size "$dir" | cut -f1)
+    bytes=$total measure "tvault backup ($scenario, step $step)" $B --repo "$WORK/$scenario-repo" --json backup "$dir"
+    local added; added=$(json "['bytes_added']")
+    echo "  step $step added: $added bytes = $(python3 -c "print(round($added / $total, 4))") of the checkpoint; stored: $(json "['stored']")"
+  done
+  local id; id=$(json "['snapshot_id']")
+  bytes=$(du -sb --apparent-size "$dir" | cut -f1) measure "tvault restore ($scenario, step 2)" $B --repo "$WORK/$scenario-repo" -q restore "$id" "$WORK/restored"
+  cmp -s "$WORK/restored/ckpt/model.safetensors" "$dir/model.safetensors" || { echo "e2e: $scenario restore differs" >&2; exit 1; }
+  rm -rf "$WORK/restored" "$WORK/$scenario-repo" "$WORK/data/$scenario"
+}
+series finetune "about 1 % of bf16 values change per step"
+series fulltrain "fp32 weights + Adam moments, every value changes a little"
+series resave "the same tensors saved in another order with other metadata"
 
 echo "== memory against file size (sparse zeros)"
 for g in 1 20; do
