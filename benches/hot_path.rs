@@ -10,6 +10,7 @@
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tvault::chunker::{ChunkerParams, Cutter, StreamChunker, DEFAULT_BLOCK};
 use tvault::codec;
+use tvault::codec::huffman;
 use tvault::id::Id;
 use tvault::index::Index;
 use tvault::pack::{BlobKind, PackEntry, PackWriter};
@@ -93,6 +94,70 @@ fn codecs(c: &mut Criterion) {
     g.finish();
 }
 
+/// The exponent plane of bf16 weights (the high byte of each element), what the byte-plane
+/// encoding Huffman-codes: one 512 KiB tensor block's plane (256 KiB, the hot path's size) and a
+/// 16 MiB one. Also the whole byte-plane encoding of bf16 chunks, both ways.
+fn huffman_planes(c: &mut Criterion) {
+    let mut weights = vec![0u8; LEN];
+    fill_weights(&mut Rng::new(1), Dtype::BF16, &mut weights);
+    let plane: Vec<u8> = weights.chunks_exact(2).map(|e| e[1]).collect();
+    let mut g = c.benchmark_group("huffman");
+    g.sample_size(20);
+    for (name, p) in [("256KiB", &plane[..256 << 10]), ("16MiB", &plane[..])] {
+        g.throughput(Throughput::Bytes(p.len() as u64));
+        g.bench_with_input(BenchmarkId::new("histogram", name), p, |b, p| {
+            b.iter(|| huffman::histogram(p)[0x3c])
+        });
+        let freq = huffman::histogram(p);
+        g.bench_with_input(BenchmarkId::new("code_lengths", name), &freq, |b, f| {
+            b.iter(|| huffman::code_lengths(f)[0x3c])
+        });
+        let lens = huffman::code_lengths(&freq);
+        let mut out = Vec::new();
+        g.bench_with_input(BenchmarkId::new("encode", name), p, |b, p| {
+            b.iter(|| {
+                out.clear();
+                huffman::encode(p, &lens, &mut out);
+                out.len()
+            })
+        });
+        let mut back = vec![0u8; p.len()];
+        g.bench_with_input(BenchmarkId::new("decode", name), &out, |b, stored| {
+            b.iter(|| {
+                huffman::decode(stored, &mut back).unwrap();
+                back[0]
+            })
+        });
+        assert_eq!(&back[..], p);
+    }
+    // The byte-plane encoding of 512 KiB bf16 chunks (a tensor block), over 4 MiB of them.
+    let chunks = &weights[..4 << 20];
+    g.throughput(Throughput::Bytes(chunks.len() as u64));
+    let mut out = Vec::new();
+    g.bench_function("planes encode_typed bf16", |b| {
+        b.iter(|| {
+            chunks
+                .chunks(512 << 10)
+                .map(|c| (codec::encode_typed(c, 2, 1, &mut out), out.len()).1)
+                .sum::<usize>()
+        })
+    });
+    let stored: Vec<(codec::Encoding, Vec<u8>)> = chunks
+        .chunks(512 << 10)
+        .map(|c| (codec::encode_typed(c, 2, 1, &mut out), out.clone()))
+        .collect();
+    assert!(stored.iter().all(|(e, _)| *e == codec::Encoding::Planes));
+    g.bench_function("planes decode bf16", |b| {
+        b.iter(|| {
+            stored
+                .iter()
+                .map(|(e, s)| codec::decode(*e, s, 512 << 10).unwrap().len())
+                .sum::<usize>()
+        })
+    });
+    g.finish();
+}
+
 /// Filling and finishing a 32 MiB pack (copying the blobs in, the trailer, the pack's BLAKE3).
 fn pack_writing(c: &mut Criterion) {
     let (_, data) = inputs().swap_remove(0);
@@ -149,6 +214,7 @@ criterion_group!(
     chunking,
     hashing,
     codecs,
+    huffman_planes,
     pack_writing,
     index_lookups
 );
