@@ -104,8 +104,6 @@ pub fn run(
     let sources = resolve_sources(&opts.paths)?;
     let excludes = Excludes::new(&opts.excludes)?;
     let _lock = repo.lock(false, "backup")?;
-    // What was loaded before the lock may be stale (a prune may have run in between).
-    repo.refresh_index()?;
     let repo: &Repository = repo;
     let host = opts.host.clone().unwrap_or_else(lock::hostname);
     let mut paths: Vec<String> = sources

@@ -54,7 +54,6 @@ pub struct DiffReport {
 pub fn run(repo: &mut Repository, from: &str, to: &str) -> Result<DiffReport> {
     let (a, b) = (repo.resolve_snapshot(from)?, repo.resolve_snapshot(to)?);
     let _lock = repo.lock(false, "diff")?;
-    repo.refresh_index()?;
     let repo: &Repository = repo;
     let tree = |id: &Id| -> Result<BTreeMap<_, _>> {
         let snap = repo.load_snapshot(id)?;

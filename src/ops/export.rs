@@ -37,7 +37,6 @@ pub fn run(
 ) -> Result<ExportReport> {
     let id = repo.resolve_snapshot(snapshot)?;
     let _lock = repo.lock(false, "restore")?;
-    repo.refresh_index()?;
     let repo: &Repository = repo;
     let tree = repo.load_tree(&repo.load_snapshot(&id)?.tree)?;
     let nodes = select(tree.nodes, include, &id.short())?;

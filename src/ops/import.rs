@@ -206,7 +206,6 @@ pub fn run(
     let archive_path = &opts.archive;
     let reader = open(archive_path)?;
     let _lock = repo.lock(false, "backup --from-tar")?;
-    repo.refresh_index()?;
     let repo: &Repository = repo;
 
     let mut rx = spawn_reader(reader);

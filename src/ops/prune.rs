@@ -90,7 +90,6 @@ pub fn run(
 ) -> Result<PruneReport> {
     let started = Instant::now();
     let _lock = repo.lock(!opts.dry_run, "prune")?;
-    repo.refresh_index()?;
     if let Some(e) = repo.index_problems().first() {
         return Err(Error::Invalid(format!(
             "prune deletes nothing while an index file is damaged ({e}); run `tvault verify` to see what is affected"

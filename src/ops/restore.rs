@@ -126,8 +126,6 @@ pub fn run(
     let started = Instant::now();
     let id = repo.resolve_snapshot(&opts.snapshot)?;
     let _lock = repo.lock(false, "restore")?;
-    // What was loaded before the lock may be stale (a prune may have run in between).
-    repo.refresh_index()?;
     let repo: &Repository = repo;
     let snapshot = repo.load_snapshot(&id)?;
     let tree = repo.load_tree(&snapshot.tree)?;

@@ -85,7 +85,6 @@ pub struct ShowReport {
 pub fn run(repo: &mut Repository, snapshot: &str, tensors: bool) -> Result<ShowReport> {
     let id = repo.resolve_snapshot(snapshot)?;
     let _lock = repo.lock(false, "show")?;
-    repo.refresh_index()?;
     let repo: &Repository = repo;
     let snap = repo.load_snapshot(&id)?;
     let tree = repo.load_tree(&snap.tree)?;

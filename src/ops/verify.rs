@@ -158,7 +158,6 @@ pub fn run(
 ) -> Result<VerifyReport> {
     let started = Instant::now();
     let _lock = repo.lock(false, "verify")?;
-    repo.refresh_index()?;
     let repo: &Repository = repo;
     let mut report = VerifyReport {
         read_data: read_data.describe(),

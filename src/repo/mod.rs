@@ -531,8 +531,12 @@ fn key_id(key: &str) -> Result<Id> {
 
 impl Repository {
     /// Takes the repository lock: shared for writers that only add (backup), exclusive for
-    /// anything that deletes. Held until the guard is dropped.
-    pub fn lock(&self, exclusive: bool, command: &str) -> Result<lock::LockGuard> {
-        lock::LockGuard::acquire(self.backend.clone(), exclusive, command, self.lock_wait)
+    /// anything that deletes. Held until the guard is dropped. The index is re-read once the
+    /// lock is held: what was loaded before may be stale (a prune may have run in between).
+    pub fn lock(&mut self, exclusive: bool, command: &str) -> Result<lock::LockGuard> {
+        let guard =
+            lock::LockGuard::acquire(self.backend.clone(), exclusive, command, self.lock_wait)?;
+        self.refresh_index()?;
+        Ok(guard)
     }
 }
