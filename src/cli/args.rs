@@ -1,4 +1,4 @@
-//! Parsers for command-line values: durations and byte rates.
+//! Parsers for command-line values: durations, byte rates and percentages.
 
 use std::time::Duration;
 
@@ -63,6 +63,17 @@ pub fn parse_rate(text: &str) -> Result<u64, String> {
     Ok(rate as u64)
 }
 
+/// Parses a percentage from 0 to 100 (`5`, `2.5`, `5%`).
+pub fn parse_percent(text: &str) -> Result<f64, String> {
+    let t = text.trim().trim_end_matches('%');
+    match t.parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err(format!(
+            "invalid percentage {text:?}: use a number from 0 to 100, e.g. 5 or 2.5"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,6 +102,22 @@ mod tests {
         for bad in ["", "fast", "0", "10 parsecs", "-5M"] {
             assert!(
                 parse_rate(bad).unwrap_err().contains("invalid rate"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn percentages_parse_or_explain() {
+        assert_eq!(parse_percent("5"), Ok(5.0));
+        assert_eq!(parse_percent("2.5%"), Ok(2.5));
+        assert_eq!(parse_percent("0"), Ok(0.0));
+        assert_eq!(parse_percent("100"), Ok(100.0));
+        for bad in ["-5", "200", "100.5", "", "five", "NaN", "inf"] {
+            assert!(
+                parse_percent(bad)
+                    .unwrap_err()
+                    .contains("invalid percentage"),
                 "{bad}"
             );
         }

@@ -200,7 +200,7 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
         /// Repack packs with more than this percentage of unused bytes
-        #[arg(long, value_name = "PERCENT", default_value_t = prune::DEFAULT_MAX_UNUSED)]
+        #[arg(long, value_name = "PERCENT", default_value_t = prune::DEFAULT_MAX_UNUSED, value_parser = args::parse_percent)]
         max_unused: f64,
         /// Allow a policy that removes every snapshot
         #[arg(long)]

@@ -82,6 +82,34 @@ fn damaged(archive: &Path, e: impl std::fmt::Display) -> Error {
     ))
 }
 
+/// An entry below a symlink or a file of the same archive (`link -> /etc`, then `link/x`) is
+/// how a hostile archive writes outside its target when extracted: refused, naming both.
+fn refuse_entries_below_non_directories(
+    nodes: &BTreeMap<NodePath, Node>,
+    archive: &Path,
+) -> Result<()> {
+    for n in nodes.values() {
+        let mut p = n.path.parent();
+        while let Some(dir) = p {
+            if let Some(up) = nodes.get(&dir).filter(|d| d.kind != NodeKind::Dir) {
+                let what = if up.kind == NodeKind::Symlink {
+                    "a symlink in the same archive (extracting it would write through the link)"
+                } else {
+                    "a file in the same archive (a file cannot hold entries)"
+                };
+                return Err(Error::Invalid(format!(
+                    "archive {} has an entry {:?} below {:?}, which is {what}; refusing to import it, no snapshot was written",
+                    archive.display(),
+                    n.path.display(),
+                    up.path.display(),
+                )));
+            }
+            p = dir.parent();
+        }
+    }
+    Ok(())
+}
+
 fn node(path: NodePath, kind: NodeKind, h: &tar::Header) -> Node {
     Node {
         path,
@@ -292,11 +320,22 @@ pub fn run(
                 continue;
             }
         };
-        // A later entry for the same path replaces an earlier one, as when extracting.
-        if n.kind == NodeKind::Dir {
-            if let Some(old) = nodes.get(&n.path).filter(|o| o.kind == NodeKind::Dir) {
+        // A later entry for the same path replaces an earlier one, as when extracting; said
+        // out loud unless both are the same directory.
+        match nodes.get(&n.path) {
+            Some(old) if old.kind == NodeKind::Dir && n.kind == NodeKind::Dir => {
                 n.mtime_ns = n.mtime_ns.max(old.mtime_ns);
             }
+            Some(_) => {
+                let msg = format!(
+                    "archive {} has several entries for {:?}; the last one is imported (as `tar -x` would extract it)",
+                    archive_path.display(),
+                    n.path.display()
+                );
+                progress.warn(&msg);
+                warnings.push(msg);
+            }
+            None => {}
         }
         nodes.insert(n.path.clone(), n);
     }
@@ -323,6 +362,7 @@ pub fn run(
     for d in parents {
         nodes.entry(d.path.clone()).or_insert(d);
     }
+    refuse_entries_below_non_directories(&nodes, archive_path)?;
     let nodes: Vec<Node> = nodes.into_values().collect();
     // Never store a tree that restore would refuse (e.g. a file used as a directory).
     Tree::from_bytes("imported tree", &Tree::new(nodes.clone()).to_bytes())

@@ -33,11 +33,48 @@ pub trait Backend: Send + Sync {
 /// A repository in a local directory.
 pub struct LocalBackend {
     root: PathBuf,
+    modes: Modes,
+}
+
+/// Permission bits of what the local backend creates. Private (0700 folders, 0600 files)
+/// whatever the umask; group access only where the repository's own directory grants it (its
+/// owner shared it with a group on purpose). Others never get access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Modes {
+    pub dir: u32,
+    pub file: u32,
+}
+
+impl Modes {
+    /// The modes for a repository whose root directory has permission bits `root_mode`.
+    pub fn for_root(root_mode: u32) -> Modes {
+        let group = root_mode & 0o070;
+        // With group access, set-group-ID folders keep handing their group to new files.
+        let setgid = if group != 0 { root_mode & 0o2000 } else { 0 };
+        Modes {
+            dir: 0o700 | group | setgid,
+            file: 0o600 | (group & 0o060),
+        }
+    }
 }
 
 impl LocalBackend {
+    /// A backend for the directory `root`; the group bits of `root` (when it exists) decide
+    /// whether what it creates is group-accessible (see [`Modes`]).
     pub fn new(root: impl Into<PathBuf>) -> LocalBackend {
-        LocalBackend { root: root.into() }
+        use std::os::unix::fs::PermissionsExt;
+        let root = root.into();
+        let root_mode = fs::metadata(&root)
+            .map(|m| m.permissions().mode())
+            .unwrap_or(0o700);
+        LocalBackend {
+            root,
+            modes: Modes::for_root(root_mode),
+        }
+    }
+
+    pub fn modes(&self) -> Modes {
+        self.modes
     }
 
     pub fn root(&self) -> &Path {
@@ -80,17 +117,52 @@ fn tmp_name(path: &Path) -> PathBuf {
     path.with_file_name(format!("{TMP_PREFIX}{}-{n}-{name}", std::process::id()))
 }
 
+impl LocalBackend {
+    /// Creates `dir` and its missing parents below the root with the repository's folder mode.
+    fn create_dirs(&self, dir: &Path) -> Result<()> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let mut missing = Vec::new();
+        let mut at = dir;
+        while !at.is_dir() && at != self.root {
+            missing.push(at);
+            match at.parent() {
+                Some(p) => at = p,
+                None => break,
+            }
+        }
+        for d in missing.into_iter().rev() {
+            match fs::DirBuilder::new().mode(self.modes.dir).create(d) {
+                Ok(()) => {
+                    fs::set_permissions(d, fs::Permissions::from_mode(self.modes.dir)).at(d)?
+                }
+                // Another writer made it first.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(Error::io(d, e)),
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Backend for LocalBackend {
     fn put(&self, key: &str, data: &[u8]) -> Result<()> {
         let path = self.path(key);
         let dir = path.parent().expect("keys have a folder");
         if !dir.is_dir() {
-            fs::create_dir_all(dir).at(dir)?;
+            self.create_dirs(dir)?;
             sync_dir(dir.parent().unwrap_or(dir))?;
         }
         let tmp = tmp_name(&path);
         let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(self.modes.file)
+                .open(&tmp)?;
+            // The umask may have taken bits the repository grants; set them exactly.
+            f.set_permissions(fs::Permissions::from_mode(self.modes.file))?;
             f.write_all(data)?;
             f.sync_all()
         };

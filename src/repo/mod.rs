@@ -33,6 +33,9 @@ pub const SUPPORTED_VERSIONS: std::ops::RangeInclusive<u32> = 1..=2;
 /// Fixed block size inside tensors in new repositories.
 pub const DEFAULT_TENSOR_BLOCK: u32 = 512 * 1024;
 const FORMAT_NAME: &str = "tvault-repository";
+/// Pack sizes a config may ask for: a 0 would make one pack per blob, a huge one unbounded
+/// memory in the pack writer.
+pub const PACK_SIZES: std::ops::RangeInclusive<u32> = (64 << 10)..=(1 << 30);
 
 /// The `config` file: the format version and the parameters every chunk ID depends on.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -83,6 +86,17 @@ impl Config {
     /// Checks what every chunk ID depends on, so a bad config is an error and not a panic.
     fn validate(&self) -> std::result::Result<(), String> {
         self.chunker.validate()?;
+        if !PACK_SIZES.contains(&self.pack_size) {
+            return Err(format!(
+                "unsupported pack_size {} (from {} to {} bytes)",
+                self.pack_size,
+                PACK_SIZES.start(),
+                PACK_SIZES.end()
+            ));
+        }
+        if !zstd::compression_level_range().contains(&self.zstd_level) {
+            return Err(format!("unsupported zstd_level {}", self.zstd_level));
+        }
         match (self.version, self.tensor_block) {
             (1, None) => Ok(()),
             (1, Some(_)) => Err("a version 1 config with a tensor_block".into()),
@@ -172,7 +186,13 @@ impl Repository {
                 std::fs::remove_file(&tmp).at(&tmp)?;
             }
         }
-        std::fs::create_dir_all(path).at(path)?;
+        if !path.exists() {
+            // A new repository directory is private whatever the umask; one that exists keeps
+            // the group access its owner gave it (see `backend::Modes`).
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::create_dir_all(path).at(path)?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).at(path)?;
+        }
         let backend = LocalBackend::new(path);
         Self::init_with(Arc::new(backend), path.to_path_buf())
     }

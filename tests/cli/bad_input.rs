@@ -670,3 +670,46 @@ fn default_repository_falls_back_to_home_without_xdg_data_home() {
     );
     assert!(!env.root.join("xdg/tvault").exists());
 }
+
+/// Regression (issue 9.8): a config with `pack_size: 0` (one pack per blob) or an absurd one
+/// was accepted; it is refused by name, and nothing is written.
+#[test]
+fn config_with_an_unusable_pack_size_or_level_is_refused() {
+    let (env, snaps) = repo_with_snapshots();
+    let good: Value = serde_json::from_slice(&fs::read(env.repo.join("config")).unwrap()).unwrap();
+    for (field, value, says) in [
+        ("pack_size", json!(0), "unsupported pack_size 0"),
+        (
+            "pack_size",
+            json!(4_000_000_000u64),
+            "unsupported pack_size",
+        ),
+        ("zstd_level", json!(99), "unsupported zstd_level 99"),
+    ] {
+        let mut config = good.clone();
+        config[field] = value;
+        let bytes = serde_json::to_vec_pretty(&config).unwrap();
+        with_config(&env, &bytes, |run| {
+            run.expect_code(1).stderr_has(&[s(&env.repo), says]);
+        });
+    }
+    assert_undamaged(&env, &snaps);
+}
+
+/// Regression (issue 9.8): `prune --max-unused` took -5 and 200.
+#[test]
+fn prune_max_unused_outside_0_to_100_is_a_usage_error() {
+    let (env, snaps) = repo_with_snapshots();
+    let before = env.repo_state();
+    for bad in ["-5", "200", "100.5", "lots"] {
+        env.tvault(["prune".to_string(), format!("--max-unused={bad}")])
+            .expect_code(2)
+            .stderr_has(&["invalid percentage", "0 to 100"]);
+    }
+    assert_eq!(env.repo_state(), before);
+    for ok in ["0", "100", "2.5%"] {
+        env.tvault(["prune", "--dry-run", "--max-unused", ok])
+            .expect_code(0);
+    }
+    assert_undamaged(&env, &snaps);
+}

@@ -750,3 +750,60 @@ fn from_tar_refuses_an_empty_input() {
         &["not a readable tar archive", "no snapshot was written"],
     );
 }
+
+/// Regression (issue 9.8): an archive holding `link -> /somewhere` and then `link/file` was
+/// refused as "not a readable tar archive"; it must say what is wrong with it.
+#[test]
+fn from_tar_names_an_entry_below_a_symlink_of_the_same_archive() {
+    let (env, _) = crate::bad_input::repo_with_snapshots();
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_mode(0o777);
+    h.set_size(0);
+    b.append_link(&mut h, "ckpt/out", "/tmp").unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o644);
+    h.set_size(6);
+    b.append_data(&mut h, "ckpt/out/evil.txt", &b"pwned\n"[..])
+        .unwrap();
+    assert_refused(
+        &env,
+        "through-link.tar",
+        &b.into_inner().unwrap(),
+        &[
+            "\"ckpt/out/evil.txt\" below \"ckpt/out\"",
+            "symlink",
+            "refusing to import",
+        ],
+    );
+}
+
+/// Regression (issue 9.8): an archive with two entries for one path imported the last one
+/// without a word.
+#[test]
+fn from_tar_warns_about_duplicate_entries_and_imports_the_last() {
+    let env = TestEnv::with_repo();
+    let mut b = tar::Builder::new(Vec::new());
+    for content in [&b"first version\n"[..], b"second version\n"] {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(content.len() as u64);
+        b.append_data(&mut h, "ckpt/config.json", content).unwrap();
+    }
+    let file = env.write("dup.tar", &b.into_inner().unwrap());
+    let run = env
+        .tvault(args!["--json", "backup", "--from-tar", &file])
+        .expect_code(0);
+    run.stderr_has(&["several entries for \"ckpt/config.json\"", "last one"]);
+    let report = run.json();
+    assert!(
+        report["warnings"].to_string().contains("several entries"),
+        "{report}"
+    );
+    let out = env.restore(&text(&report, "snapshot_id"));
+    assert_eq!(
+        fs::read(out.join("ckpt/config.json")).unwrap(),
+        b"second version\n"
+    );
+}
