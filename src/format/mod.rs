@@ -168,25 +168,48 @@ impl Layout {
     }
 }
 
+/// Recognises `src` by its first bytes and parses its header into regions (sorted, not yet
+/// tiled: small tensors are still their own regions). `None`: not a model format.
+fn parse(src: &dyn Source) -> Option<(&'static str, Result<Vec<Region>, String>)> {
+    let len = src.len();
+    let mut magic = [0u8; 9];
+    if len < magic.len() as u64 || src.read_at(&mut magic, 0).is_err() {
+        return None;
+    }
+    if &magic[..4] == gguf::MAGIC {
+        Some(("gguf", gguf::parse(src)))
+    } else if &magic[..4] == ptzip::LOCAL_MAGIC {
+        match ptzip::parse(src) {
+            // A zip that is not a PyTorch checkpoint is plain data, silently.
+            Ok(r) if r.is_empty() => None,
+            other => Some(("pytorch-zip", other)),
+        }
+    } else if safetensors::header_len(&magic, len).is_some() && magic[8] == b'{' {
+        Some(("safetensors", safetensors_regions(src)))
+    } else {
+        None
+    }
+}
+
+/// Every tensor the header of `src` describes, small ones included, in file order, and the
+/// format's name. `None` when `src` is not a model format or its header does not parse. This
+/// is what `diff`, `show --tensors` and `dump --tensor` list; [`layout`] (what backup cuts by)
+/// folds tensors under [`MIN_TENSOR_REGION`] into the plain data around them.
+pub fn tensors(src: &dyn Source) -> Option<(&'static str, Vec<Region>)> {
+    let (format, regions) = parse(src)?;
+    let tensors = regions
+        .ok()?
+        .into_iter()
+        .filter(|r| r.tensor().is_some() && r.end <= src.len() && r.start <= r.end)
+        .collect();
+    Some((format, tensors))
+}
+
 /// Recognises and parses `src`. Never fails: an unknown format is one plain region, and a
 /// malformed header one plain region with a warning.
 pub fn layout(src: &dyn Source) -> Layout {
     let len = src.len();
-    let mut magic = [0u8; 9];
-    if len < magic.len() as u64 || src.read_at(&mut magic, 0).is_err() {
-        return Layout::plain(len);
-    }
-    let parsed = if &magic[..4] == gguf::MAGIC {
-        ("gguf", gguf::parse(src))
-    } else if &magic[..4] == ptzip::LOCAL_MAGIC {
-        match ptzip::parse(src) {
-            // A zip that is not a PyTorch checkpoint is plain data, silently.
-            Ok(r) if r.is_empty() => return Layout::plain(len),
-            other => ("pytorch-zip", other),
-        }
-    } else if safetensors::header_len(&magic, len).is_some() && magic[8] == b'{' {
-        ("safetensors", safetensors_regions(src))
-    } else {
+    let Some(parsed) = parse(src) else {
         return Layout::plain(len);
     };
     match parsed {

@@ -49,6 +49,18 @@ impl<'a> Content<'a> {
         (&self.chunks[first..=last], start - self.starts[first])
     }
 
+    /// The chunks that lie entirely within `start..end`.
+    pub fn within(&self, start: u64, end: u64) -> &'a [Id] {
+        let first = self.starts.partition_point(|&s| s < start);
+        let last = self.starts.partition_point(|&s| s <= end);
+        // Chunk i spans starts[i]..starts[i + 1]; it is within when both ends are.
+        let (first, last) = (first, last.saturating_sub(1));
+        if first >= last || first >= self.chunks.len() {
+            return &[];
+        }
+        &self.chunks[first..last]
+    }
+
     /// Bytes `start..end` (clamped to the file).
     pub fn read_range(&self, start: u64, end: u64) -> Result<Vec<u8>> {
         let end = end.min(self.len());

@@ -1,15 +1,13 @@
 //! `diff ID1 ID2`: files added, removed and changed between two snapshots, and for changed
-//! safetensors checkpoints, which tensors changed. A tensor whose bytes are covered by the same
-//! chunks at the same offsets in both versions is unchanged without reading anything; otherwise
-//! both versions of just that tensor are read and compared.
+//! model files (safetensors, GGUF, PyTorch zip), which tensors changed, classified exactly as
+//! `show --tensors` classifies them (`tensors::tensor_changes`).
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::content::Content;
+use super::tensors::{tensor_changes, TensorChange};
 use crate::error::Result;
-use crate::format::safetensors;
 use crate::id::Id;
 use crate::repo::Repository;
 use crate::tree::{Node, NodeKind};
@@ -36,7 +34,7 @@ pub struct Changed {
     pub size_after: u64,
     /// Content differs (else only metadata: mode, mtime, or a symlink's target).
     pub content: bool,
-    /// For safetensors files whose headers both parse.
+    /// For model files whose header parses (safetensors, GGUF, PyTorch zip).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tensors: Option<TensorDiff>,
 }
@@ -107,48 +105,21 @@ pub fn run(repo: &mut Repository, from: &str, to: &str) -> Result<DiffReport> {
     Ok(report)
 }
 
-/// Tensors of a safetensors file, or `None` when it is not one (or its header is damaged).
-fn tensors_of(c: &Content) -> Result<Option<Vec<safetensors::Tensor>>> {
-    if c.len() < 8 {
-        return Ok(None);
-    }
-    let Some(n) = safetensors::header_len(&c.read_range(0, 8)?, c.len()) else {
-        return Ok(None);
-    };
-    Ok(safetensors::parse(&c.read_range(8, 8 + n)?, c.len()).ok())
-}
-
+/// Which tensors changed, by the classification `show --tensors` uses too.
 fn tensor_diff(repo: &Repository, old: &Node, new: &Node) -> Result<Option<TensorDiff>> {
-    let (co, cn) = (
-        Content::new(repo, &old.chunks)?,
-        Content::new(repo, &new.chunks)?,
-    );
-    let (Some(to), Some(tn)) = (tensors_of(&co)?, tensors_of(&cn)?) else {
+    let Some((tensors, removed)) = tensor_changes(repo, Some(old), new)? else {
         return Ok(None);
     };
-    let before: BTreeMap<&str, &safetensors::Tensor> =
-        to.iter().map(|t| (t.name.as_str(), t)).collect();
-    let mut diff = TensorDiff::default();
-    for t in &tn {
-        let Some(o) = before.get(t.name.as_str()) else {
-            diff.added.push(t.name.clone());
-            continue;
-        };
-        let same_place = co.covering(o.start, o.end) == cn.covering(t.start, t.end);
-        let same = o.dtype == t.dtype
-            && o.shape == t.shape
-            && (same_place || co.read_range(o.start, o.end)? == cn.read_range(t.start, t.end)?);
-        if same {
-            diff.unchanged += 1;
-        } else {
-            diff.changed.push(t.name.clone());
+    let mut diff = TensorDiff {
+        removed,
+        ..TensorDiff::default()
+    };
+    for t in tensors {
+        match t.change {
+            TensorChange::Unchanged => diff.unchanged += 1,
+            TensorChange::Changed => diff.changed.push(t.info.name),
+            TensorChange::Added => diff.added.push(t.info.name),
         }
     }
-    let after: BTreeMap<&str, ()> = tn.iter().map(|t| (t.name.as_str(), ())).collect();
-    diff.removed = to
-        .iter()
-        .filter(|t| !after.contains_key(t.name.as_str()))
-        .map(|t| t.name.clone())
-        .collect();
     Ok(Some(diff))
 }

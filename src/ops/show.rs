@@ -5,13 +5,16 @@
 
 use serde::Serialize;
 
-use super::tensors::stored_tensors;
+use std::collections::HashMap;
+
+use super::content::Content;
+use super::tensors::{tensor_changes, TensorChange};
 use crate::codec::Encoding;
 use crate::error::Result;
 use crate::id::Id;
 use crate::index::IdSet;
 use crate::repo::Repository;
-use crate::tree::NodeKind;
+use crate::tree::{Node, NodeKind};
 
 /// Plain bytes by how they are stored, and the stored bytes of each kind (`*_stored`).
 #[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
@@ -91,10 +94,14 @@ pub fn run(repo: &mut Repository, snapshot: &str, tensors: bool) -> Result<ShowR
     // The parent's chunks: what this snapshot did not have to store. A parent that is gone
     // (pruned) counts as empty.
     let mut before = IdSet::default();
+    let mut parent_files = HashMap::new();
     if let Some(parent) = snap.parent {
         if let Ok(p) = repo.load_snapshot(&parent) {
             for node in repo.load_tree(&p.tree)?.nodes {
-                before.extend(node.chunks);
+                before.extend(node.chunks.iter().copied());
+                if node.kind == NodeKind::File {
+                    parent_files.insert(node.path.clone(), node);
+                }
             }
         }
     }
@@ -126,7 +133,6 @@ pub fn run(repo: &mut Repository, snapshot: &str, tensors: bool) -> Result<ShowR
         }
         s
     };
-    let block = repo.config().tensor_block;
     let mut report = ShowReport {
         snapshot: id.to_hex(),
         parent: snap.parent.map(|p| p.to_hex()),
@@ -136,38 +142,10 @@ pub fn run(repo: &mut Repository, snapshot: &str, tensors: bool) -> Result<ShowR
     for node in tree.nodes.iter().filter(|n| n.kind == NodeKind::File) {
         let storage = classify(&mut node.chunks.iter());
         report.total = report.total.add(&storage);
-        let tensors = match (tensors, block) {
-            (true, Some(block)) => {
-                let list: Vec<TensorStorage> = stored_tensors(repo, node, block)
-                    .into_iter()
-                    .map(|t| {
-                        let ids: Vec<Id> = t.blocks.iter().flatten().copied().collect();
-                        let storage = classify(&mut ids.iter());
-                        let changed = ids.iter().filter(|c| !before.contains(c)).count() as u64;
-                        let status = if changed == 0 {
-                            "unchanged"
-                        } else if storage.delta == 0 {
-                            "new"
-                        } else if storage.delta + storage.unchanged >= t.end - t.start {
-                            "delta"
-                        } else {
-                            "changed"
-                        };
-                        TensorStorage {
-                            name: t.info.name,
-                            dtype: t.info.dtype,
-                            shape: t.info.shape,
-                            bytes: t.end - t.start,
-                            status,
-                            blocks: t.blocks.len() as u64,
-                            blocks_changed: changed,
-                            storage,
-                        }
-                    })
-                    .collect();
-                (!list.is_empty()).then_some(list)
-            }
-            _ => None,
+        let tensors = if tensors {
+            tensor_storage(repo, parent_files.get(&node.path), node, &classify, &before)
+        } else {
+            None
         };
         report.files.push(FileStorage {
             path: node.path.display(),
@@ -177,4 +155,45 @@ pub fn run(repo: &mut Repository, snapshot: &str, tensors: bool) -> Result<ShowR
         });
     }
     Ok(report)
+}
+
+/// Each tensor of `node` against the parent's version of the same file, with how its chunks
+/// are stored. The change is the one `diff` reports (`tensors::tensor_changes`); storage counts
+/// the chunks that lie within the tensor (a tensor smaller than a chunk shares it with its
+/// neighbours and counts none). `None` for files that are not model files, or cannot be read.
+fn tensor_storage(
+    repo: &Repository,
+    parent: Option<&Node>,
+    node: &Node,
+    classify: &dyn Fn(&mut dyn Iterator<Item = &Id>) -> Storage,
+    before: &IdSet,
+) -> Option<Vec<TensorStorage>> {
+    let (tensors, _removed) = tensor_changes(repo, parent, node).ok()??;
+    let content = Content::new(repo, &node.chunks).ok()?;
+    let list: Vec<TensorStorage> = tensors
+        .into_iter()
+        .map(|t| {
+            let ids = content.within(t.start, t.end);
+            let storage = classify(&mut ids.iter());
+            let changed = ids.iter().filter(|c| !before.contains(c)).count() as u64;
+            let whole = storage.byte_planes + storage.zstd + storage.raw;
+            let status = match t.change {
+                TensorChange::Unchanged => "unchanged",
+                TensorChange::Added => "new",
+                TensorChange::Changed if storage.delta > 0 && whole == 0 => "delta",
+                TensorChange::Changed => "changed",
+            };
+            TensorStorage {
+                name: t.info.name,
+                dtype: t.info.dtype,
+                shape: t.info.shape,
+                bytes: t.end - t.start,
+                status,
+                blocks: ids.len() as u64,
+                blocks_changed: changed,
+                storage,
+            }
+        })
+        .collect();
+    (!list.is_empty()).then_some(list)
 }

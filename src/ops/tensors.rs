@@ -149,3 +149,84 @@ pub(crate) fn bases_for(
     }
     bases
 }
+
+/// What happened to one tensor between a file's earlier version and this one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TensorChange {
+    /// Same name, dtype, shape and bytes.
+    Unchanged,
+    /// Same name; other bytes, dtype or shape.
+    Changed,
+    /// No tensor of that name in the earlier version (or there is no earlier version).
+    Added,
+}
+
+/// One tensor of the newer version, where its bytes are, and what happened to it.
+pub(crate) struct TensorDelta {
+    pub info: TensorInfo,
+    pub start: u64,
+    pub end: u64,
+    pub change: TensorChange,
+}
+
+/// Every tensor of `new` (small ones too) against `old`, and the names only `old` has. The one
+/// classification behind `diff` and `show --tensors`, so they always agree. A tensor covered by
+/// the same chunks at the same offsets in both versions is unchanged without reading it;
+/// otherwise both versions of just that tensor are read and compared. `None` when `new` is not
+/// a model file whose header parses; an `old` that is not one counts as absent.
+pub(crate) fn tensor_changes(
+    repo: &Repository,
+    old: Option<&Node>,
+    new: &Node,
+) -> crate::error::Result<Option<(Vec<TensorDelta>, Vec<String>)>> {
+    use super::content::Content;
+    // `Content` says which chunk is missing; `StoredFile` keeps the last chunk it decoded, which
+    // header parsers that read a few bytes at a time need.
+    let cn = Content::new(repo, &new.chunks)?;
+    let parsed = |node: &Node| StoredFile::new(repo, node).and_then(|f| format::tensors(&f));
+    let Some((_, regions)) = parsed(new) else {
+        return Ok(None);
+    };
+    let co = match old {
+        Some(o) => Some(Content::new(repo, &o.chunks)?),
+        None => None,
+    };
+    let before: Vec<format::Region> = old.and_then(parsed).map(|(_, r)| r).unwrap_or_default();
+    let by_name: HashMap<&str, &format::Region> = before
+        .iter()
+        .filter_map(|r| Some((r.tensor()?.name.as_str(), r)))
+        .collect();
+    let mut out = Vec::with_capacity(regions.len());
+    for r in regions {
+        let info = r.tensor().expect("tensors() returns tensors").clone();
+        let change = match (by_name.get(info.name.as_str()), &co) {
+            (Some(o), Some(co)) => {
+                let same = o.tensor() == Some(&info)
+                    && o.len() == r.len()
+                    && (co.covering(o.start, o.end) == cn.covering(r.start, r.end)
+                        || co.read_range(o.start, o.end)? == cn.read_range(r.start, r.end)?);
+                if same {
+                    TensorChange::Unchanged
+                } else {
+                    TensorChange::Changed
+                }
+            }
+            _ => TensorChange::Added,
+        };
+        out.push(TensorDelta {
+            info,
+            start: r.start,
+            end: r.end,
+            change,
+        });
+    }
+    let now: std::collections::HashSet<&str> = out.iter().map(|t| t.info.name.as_str()).collect();
+    let removed = by_name
+        .keys()
+        .filter(|n| !now.contains(*n))
+        .map(|n| n.to_string())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    Ok(Some((out, removed)))
+}

@@ -66,10 +66,19 @@ fn finetune_series_stores_small_deltas_and_restores_every_step() {
         .unwrap();
     let tensors = model["tensors"].as_array().unwrap();
     assert!(!tensors.is_empty());
-    assert!(
-        tensors.iter().all(|t| t["status"] == "delta"),
-        "{tensors:#?}"
-    );
+    // Tensors with blocks of their own are deltas; tensors smaller than a chunk live in the
+    // plain chunks around them: unchanged, or stored whole ("changed").
+    for t in tensors {
+        if num(t, "blocks") > 0 {
+            assert_eq!(t["status"], "delta", "{t:#}");
+        } else {
+            assert!(
+                t["status"] == "unchanged" || t["status"] == "changed",
+                "{t:#}"
+            );
+        }
+    }
+    assert!(tensors.iter().any(|t| num(t, "blocks") > 0));
     assert!(num(&model["storage"], "delta") > SIZE * 9 / 10);
     let config = files
         .iter()
@@ -227,5 +236,85 @@ fn crash_at_every_write_step_of_a_delta_backup_leaves_a_sound_repository() {
     assert!(
         completed,
         "the backup never completed within 60 write steps"
+    );
+}
+
+/// `show --tensors` of a step and `diff` of its parent and that step name the same tensors as
+/// changed (small ones included), the same as unchanged, and a first snapshot calls every
+/// tensor "new". Regression (issue 10.4): they said 58 vs 75 on the same pair.
+#[test]
+fn show_tensors_and_diff_agree_on_what_a_step_changed() {
+    let env = TestEnv::with_repo();
+    let mut ids = Vec::new();
+    for (s, scenario) in [(0, Scenario::Frozen), (1, Scenario::Frozen)] {
+        let dir = step(&env, scenario, SIZE, s);
+        ids.push(text(&env.backup(&[&dir], &[]), "snapshot_id"));
+    }
+    let model = |show: &Value| -> Vec<Value> {
+        show["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| text(f, "path").ends_with("model.safetensors"))
+            .unwrap()["tensors"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let first = env
+        .tvault(args!["--json", "show", &ids[0], "--tensors"])
+        .expect_code(0)
+        .json();
+    let first = model(&first);
+    assert!(first.iter().all(|t| t["status"] == "new"), "{first:#?}");
+
+    let show = env
+        .tvault(args!["--json", "show", &ids[1], "--tensors"])
+        .expect_code(0)
+        .json();
+    let tensors = model(&show);
+    let named = |status: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = tensors
+            .iter()
+            .filter(|t| status.iter().any(|s| t["status"] == *s))
+            .map(|t| text(t, "name"))
+            .collect();
+        v.sort();
+        v
+    };
+    let diff = env
+        .tvault(args!["--json", "diff", &ids[0], &ids[1]])
+        .expect_code(0)
+        .json();
+    let changed = diff["changed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| text(c, "path").ends_with("model.safetensors"))
+        .unwrap()
+        .clone();
+    let mut diff_changed: Vec<String> = changed["tensors"]["changed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    diff_changed.sort();
+    assert!(!diff_changed.is_empty());
+    assert_eq!(named(&["delta", "changed"]), diff_changed);
+    assert_eq!(
+        named(&["unchanged"]).len() as u64,
+        num(&changed["tensors"], "unchanged")
+    );
+    assert!(named(&["new"]).is_empty());
+    // Every tensor of the file is listed, small ones too: the same count as the file holds.
+    let ckpt = env.root.join("src/ckpt");
+    let file = files_below(&ckpt)
+        .into_iter()
+        .find(|p| p.to_string_lossy().ends_with("model.safetensors"))
+        .unwrap();
+    assert_eq!(
+        tensors.len(),
+        crate::testenv::safetensors_tensors(&file).len()
     );
 }
