@@ -31,11 +31,23 @@ pub mod exit {
     pub const STALE: u8 = 5;
 }
 
+/// The exit codes, as `--help` and the man page's EXIT STATUS section print them.
+const EXIT_STATUS_HELP: &str = "Exit status:
+  0  success
+  1  error: nothing was done, or the command stopped (bad input, no repository, lock held,
+     I/O error, disk full)
+  2  the command line is wrong (unknown option, missing argument)
+  3  backup: the snapshot was written but is incomplete (some files could not be stored)
+  4  verify: damage found; restore: finished, but some files could not be restored
+  5  snapshots --max-age: no complete snapshot matching the filters is recent enough";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "tvault",
     version,
-    about = "Deduplicating backup for machine-learning model artifacts"
+    about = "Deduplicating backup for machine-learning model artifacts",
+    arg_required_else_help = true,
+    after_help = EXIT_STATUS_HELP
 )]
 pub struct Cli {
     /// Repository directory [default: $XDG_DATA_HOME/tvault/repo, else ~/.local/share/tvault/repo]
@@ -215,6 +227,22 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
+}
+
+/// The man page's EXIT STATUS section (clap_mangen has none of its own).
+fn render_exit_status(page: &mut Vec<u8>) -> std::io::Result<()> {
+    use std::io::Write;
+    writeln!(page, ".SH \"EXIT STATUS\"")?;
+    for line in EXIT_STATUS_HELP.lines().skip(1) {
+        let line = line.trim();
+        match line.split_once("  ") {
+            Some((code, text)) if code.chars().all(|c| c.is_ascii_digit()) => {
+                writeln!(page, ".TP\n\\fB{code}\\fR\n{}", text.trim())?
+            }
+            _ => writeln!(page, "{line}")?,
+        }
+    }
+    Ok(())
 }
 
 /// The documented default repository location.
@@ -405,7 +433,15 @@ pub fn run() -> Result<u8> {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             cmd.build();
             let mut page = Vec::new();
-            clap_mangen::Man::new(cmd.clone()).render(&mut page)?;
+            let top = clap_mangen::Man::new(cmd.clone());
+            top.render_title(&mut page)?;
+            top.render_name_section(&mut page)?;
+            top.render_synopsis_section(&mut page)?;
+            top.render_description_section(&mut page)?;
+            top.render_options_section(&mut page)?;
+            top.render_subcommands_section(&mut page)?;
+            render_exit_status(&mut page)?;
+            top.render_version_section(&mut page)?;
             for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
                 let name = format!("tvault-{}", sub.get_name());
                 let sub = sub.clone().name(name).version(env!("CARGO_PKG_VERSION"));

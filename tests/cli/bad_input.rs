@@ -713,3 +713,35 @@ fn prune_max_unused_outside_0_to_100_is_a_usage_error() {
     }
     assert_undamaged(&env, &snaps);
 }
+
+/// Regression (issue 10.4): a bare `tvault` printed only an error; it prints the help (exit
+/// 2, as for any incomplete command line), and the man page has an EXIT STATUS section.
+#[test]
+fn bare_tvault_prints_help_and_the_man_page_lists_exit_codes() {
+    let env = TestEnv::new();
+    let run = env.run_command(env.command());
+    assert_eq!(run.code(), Some(2), "{run}");
+    let all = format!("{}{}", run.stdout, run.stderr);
+    for needle in [
+        "Usage: tvault",
+        "backup",
+        "restore",
+        "verify",
+        "Exit status",
+    ] {
+        assert!(all.contains(needle), "{needle:?} missing:\n{run}");
+    }
+    let man = env.tvault(["man"]).expect_code(0).stdout;
+    let section = man
+        .split(".SH \"EXIT STATUS\"")
+        .nth(1)
+        .expect("an EXIT STATUS section");
+    let section = section.split(".SH").next().unwrap();
+    for code in 0..=5 {
+        assert!(
+            section.contains(&format!("\\fB{code}\\fR")),
+            "code {code} missing: {section}"
+        );
+    }
+    assert!(section.contains("incomplete") && section.contains("damage"));
+}
