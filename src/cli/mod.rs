@@ -524,6 +524,9 @@ pub fn run() -> Result<u8> {
                 let r = prune::run(&mut repo, &opts, &progress)?;
                 drop(progress);
                 out.prune(&r);
+                if let Some(why) = &r.refused {
+                    anyhow::bail!("prune would refuse this plan: {why}");
+                }
                 // A dry run changes nothing: its metrics describe the repository as it is.
                 let (removed, freed, remaining) = if r.dry_run {
                     (0, 0, r.snapshots.len())

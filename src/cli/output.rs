@@ -455,6 +455,10 @@ impl Out {
                 d.reasons.join(", "),
             ));
         }
+        if r.refused.is_some() {
+            self.line("dry run: nothing was changed; a real run would refuse this plan");
+            return;
+        }
         let verb = if r.dry_run { "would free" } else { "freed" };
         self.line(&format!(
             "{} snapshot(s) removed, {} pack(s) deleted, {} repacked into {}, {} leftover file(s) removed; {verb} {} of {}",

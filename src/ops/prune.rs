@@ -75,6 +75,9 @@ pub struct PruneReport {
     pub bytes_before: u64,
     pub bytes_freed: u64,
     pub duration_ms: u64,
+    /// `--dry-run` of a plan a real run would refuse (it removes every snapshot): why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 enum PackFate {
@@ -112,10 +115,17 @@ pub fn run(
         .collect();
     report.snapshots_removed = (snaps.len() - kept.len()) as u64;
     if kept.is_empty() && !snaps.is_empty() && !opts.allow_remove_all {
-        return Err(Error::Invalid(format!(
+        let why = format!(
             "this would remove every snapshot ({}); if that is what you want, add --allow-remove-all",
             snaps.len()
-        )));
+        );
+        if opts.dry_run {
+            // The plan is what the user asked to see; the refusal is part of it.
+            report.refused = Some(why);
+            report.duration_ms = started.elapsed().as_millis() as u64;
+            return Ok(report);
+        }
+        return Err(Error::Invalid(why));
     }
 
     // 2. What they need.

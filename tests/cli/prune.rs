@@ -717,6 +717,29 @@ fn removing_every_snapshot_needs_allow_remove_all() {
         );
     }
 
+    // Regression (issue 10.4): the dry run of such a policy printed only the refusal; it
+    // shows the plan (every snapshot "remove"), then says a real run would refuse it.
+    let run = env
+        .tvault(["prune", "--dry-run", "--keep-tag", "no-such-tag"])
+        .expect_code(1);
+    run.stderr_has(&["would refuse", "--allow-remove-all"]);
+    for (id, _) in &s {
+        let line = run
+            .stdout
+            .lines()
+            .find(|l| l.contains(&id[..8]))
+            .unwrap_or_else(|| panic!("{id} not in the plan\n{run}"));
+        assert!(line.starts_with("remove"), "{run}");
+    }
+    assert!(run.stdout.contains("would refuse"), "{run}");
+    let run = env
+        .tvault(["--json", "prune", "--dry-run", "--keep-tag", "no-such-tag"])
+        .expect_code(1);
+    let plan = run.json();
+    assert_eq!(plan["snapshots"].as_array().unwrap().len(), 3, "{run}");
+    assert!(text(&plan, "refused").contains("--allow-remove-all"));
+    assert_eq!(env.repo_state(), before);
+
     let r = prune_ok(&env, &["--keep-tag", "no-such-tag", "--allow-remove-all"]);
     assert_eq!(num(&r, "snapshots_removed"), 3);
     assert!(env.snapshots().is_empty());
