@@ -14,7 +14,7 @@ fn main() -> ExitCode {
             if broken_pipe {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("tvault: error: {err:#}");
+            tvault::cli::print_error(&err);
             ExitCode::from(tvault::cli::exit::ERROR)
         }
     }

@@ -254,9 +254,43 @@ pub fn default_repo() -> Option<PathBuf> {
     Some(data.join("tvault/repo"))
 }
 
+/// Whether this run reports in JSON (set once the command line is parsed).
+static JSON_MODE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Prints a failed run's error: on stderr, and under `--json` also as a JSON object on stdout.
+pub fn print_error(err: &anyhow::Error) {
+    let json = JSON_MODE.load(std::sync::atomic::Ordering::SeqCst);
+    output::print_error(json, &format!("{err:#}"), exit::ERROR);
+}
+
 /// Parses the command line, runs it, and returns the exit code.
 pub fn run() -> Result<u8> {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Under --json, a wrong command line is a JSON error too (help and --version are
+            // not errors and print as usual).
+            let json = std::env::args_os().any(|a| a == "--json");
+            if json
+                && e.use_stderr()
+                && e.kind() != clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            {
+                let text = e.render().to_string();
+                let message = text
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .trim_start_matches("error: ");
+                let value = serde_json::json!({ "error": message, "exit_code": exit::USAGE });
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&value).expect("serialises")
+                );
+            }
+            e.exit()
+        }
+    };
+    JSON_MODE.store(cli.json, std::sync::atomic::Ordering::SeqCst);
     let out = Out::new(cli.quiet, cli.json);
     let explicit = cli.repo.clone();
     let lock_wait = cli.lock_wait.unwrap_or_default();

@@ -31,6 +31,22 @@ macro_rules! outln {
     }};
 }
 
+/// Whether a JSON report went to stdout: an error after it is not printed as a second
+/// JSON document.
+static JSON_WRITTEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Under `--json`, an error is a JSON object on stdout, `{"error": MESSAGE, "exit_code": N}`
+/// (unless a report was printed already); on stderr it is always the plain message.
+pub fn print_error(json: bool, message: &str, exit_code: u8) {
+    eprintln!("tvault: error: {message}");
+    if json && !JSON_WRITTEN.load(std::sync::atomic::Ordering::SeqCst) {
+        let value = json!({ "error": message, "exit_code": exit_code });
+        let mut stdout = std::io::stdout().lock();
+        let _ = serde_json::to_writer_pretty(&mut stdout, &value);
+        let _ = writeln!(stdout);
+    }
+}
+
 pub struct Out {
     quiet: bool,
     json: bool,
@@ -62,6 +78,7 @@ impl Out {
 
     pub fn json(&self, value: &serde_json::Value) {
         if self.json {
+            JSON_WRITTEN.store(true, std::sync::atomic::Ordering::SeqCst);
             let mut stdout = std::io::stdout().lock();
             let _ = serde_json::to_writer_pretty(&mut stdout, value);
             let _ = writeln!(stdout);

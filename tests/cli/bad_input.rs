@@ -745,3 +745,50 @@ fn bare_tvault_prints_help_and_the_man_page_lists_exit_codes() {
     }
     assert!(section.contains("incomplete") && section.contains("damage"));
 }
+
+/// Regression (issue 10.3): under `--json` an error printed nothing on stdout; it is a JSON
+/// object with the message and the exit code (usage errors included), and stderr still says it.
+#[test]
+fn errors_under_json_are_json_objects_on_stdout() {
+    let env = TestEnv::new();
+    let missing = env.path("no-repo");
+    let run = env
+        .command()
+        .args(["--json", "--repo"])
+        .arg(&missing)
+        .arg("snapshots")
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&run.stdout).expect("stdout is JSON");
+    assert_eq!(v["exit_code"], 1);
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("no tvault repository"),
+        "{v}"
+    );
+    assert!(String::from_utf8_lossy(&run.stderr).contains("no tvault repository"));
+
+    let env = TestEnv::with_repo();
+    let run = env
+        .tvault(["--json", "restore", "abcdef12", "/tmp/x"])
+        .expect_code(1);
+    let v = run.json();
+    assert_eq!(v["exit_code"], 1);
+    assert!(v["error"].as_str().unwrap().contains("abcdef12"), "{run}");
+
+    let run = env
+        .tvault(["--json", "snapshots", "--no-such-option"])
+        .expect_code(2);
+    let v = run.json();
+    assert_eq!(v["exit_code"], 2);
+    assert!(
+        v["error"].as_str().unwrap().contains("--no-such-option"),
+        "{run}"
+    );
+    // Help is not an error: no JSON.
+    let run = env.tvault(["--json", "snapshots", "--help"]).expect_code(0);
+    assert!(run.stdout.contains("Usage"), "{run}");
+}
