@@ -9,6 +9,11 @@ pub trait Progress: Sync {
     fn file(&self, _path: &str) {}
     /// This many more bytes were processed.
     fn bytes(&self, _n: u64) {}
+    /// The repository has grown by this many bytes in all so far (new, stored bytes).
+    fn added(&self, _total: u64) {}
+    /// The step after the bytes are through (writing the index and snapshot, setting metadata):
+    /// named, so a bar does not sit at "ETA 0s".
+    fn phase(&self, _what: &str) {}
     /// A non-fatal problem, reported as it happens (it also ends up in the final report).
     fn warn(&self, _message: &str) {}
     fn finish(&self) {}

@@ -86,14 +86,24 @@ impl Out {
     }
 
     pub fn progress(&self, verb: &'static str) -> CliProgress {
+        let width = console::Term::stderr().size().1 as usize;
+        let fixed = if width >= 100 {
+            BAR_FIXED_WIDE
+        } else {
+            BAR_FIXED_NARROW
+        };
         let bar = if !self.quiet && std::io::stderr().is_terminal() {
             let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+            // Narrow terminals lose the bar before anything that says something.
+            let template = if width >= 100 {
+                "{prefix} {msg} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} [{bar:20}]"
+            } else {
+                "{prefix} {msg} {bytes}/{total_bytes} ETA {eta}"
+            };
             bar.set_style(
-                ProgressStyle::with_template(
-                    "{prefix} {wide_msg} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} [{bar:30}]",
-                )
-                .expect("valid template")
-                .progress_chars("=> "),
+                ProgressStyle::with_template(template)
+                    .expect("valid template")
+                    .progress_chars("=> "),
             );
             bar.set_prefix(verb);
             Some(bar)
@@ -103,6 +113,9 @@ impl Out {
         CliProgress {
             bar,
             quiet: self.quiet,
+            state: Default::default(),
+            width,
+            fixed,
         }
     }
 
@@ -500,26 +513,120 @@ fn kind_name(p: &crate::ops::verify::Problem) -> String {
         .unwrap_or_default()
 }
 
-/// Draws a bar on a terminal; otherwise only prints warnings.
+/// Draws a bar on a terminal; otherwise only prints warnings. The bar says files done of
+/// files to read, bytes read of bytes to read, bytes added to the repository, the current file
+/// (shortened from the left to fit the terminal), and once the bytes are through, the phase.
 pub struct CliProgress {
     bar: Option<ProgressBar>,
     quiet: bool,
+    state: std::sync::Mutex<BarState>,
+    /// Terminal columns, and how many of them the bar's fixed parts take.
+    width: usize,
+    fixed: usize,
+}
+
+#[derive(Default)]
+struct BarState {
+    files: u64,
+    started: u64,
+    added: u64,
+    path: String,
+}
+
+/// Columns of the bar besides the message (verb, bytes, rate, ETA, the bar), in a wide and a
+/// narrow terminal.
+const BAR_FIXED_WIDE: usize = 74;
+const BAR_FIXED_NARROW: usize = 38;
+
+/// The bar's message: `3/10 files, 1.2 GiB added, …ckpt/model.safetensors`, at most `width`
+/// characters (the path loses its start first).
+pub fn bar_message(state: (u64, u64, u64), path: &str, width: usize) -> String {
+    let (done, files, added) = state;
+    let noun = if files == 1 { "file" } else { "files" };
+    let head = format!("{done}/{files} {noun}, {} added", HumanBytes(added));
+    let room = width.saturating_sub(head.chars().count() + 2);
+    if path.is_empty() || room < 8 {
+        return head.chars().take(width).collect();
+    }
+    let n = path.chars().count();
+    let shown: String = if n <= room {
+        path.to_string()
+    } else {
+        let tail: String = path.chars().skip(n - (room - 1)).collect();
+        format!("…{tail}")
+    };
+    format!("{head}, {shown}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bar_message;
+
+    #[test]
+    fn bar_message_fits_its_room_and_keeps_the_end_of_the_path() {
+        let path = "run1/checkpoints/checkpoint-1500/model-00002-of-00004.safetensors";
+        let m = bar_message((3, 10, 5 << 30), path, 200);
+        assert_eq!(m, format!("3/10 files, 5.00 GiB added, {path}"));
+        for width in [20, 40, 60, 80] {
+            let m = bar_message((3, 10, 5 << 30), path, width);
+            assert!(m.chars().count() <= width, "{width}: {m}");
+            assert!(m.starts_with("3/10 files"), "{m}");
+        }
+        let m = bar_message((0, 1, 0), path, 60);
+        assert!(m.starts_with("0/1 file, 0 B added, …"), "{m}");
+        assert!(m.ends_with("of-00004.safetensors"), "{m}");
+    }
+}
+
+impl CliProgress {
+    fn redraw(&self) {
+        if let Some(b) = &self.bar {
+            let s = self.state.lock().expect("progress state");
+            let room = self.width.saturating_sub(self.fixed);
+            b.set_message(bar_message(
+                (s.started.saturating_sub(1), s.files, s.added),
+                &s.path,
+                room,
+            ));
+        }
+    }
 }
 
 impl Progress for CliProgress {
-    fn start(&self, _files: u64, bytes: u64) {
+    fn start(&self, files: u64, bytes: u64) {
+        self.state.lock().expect("progress state").files = files;
         if let Some(b) = &self.bar {
             b.set_length(bytes);
         }
+        self.redraw();
     }
     fn file(&self, path: &str) {
-        if let Some(b) = &self.bar {
-            b.set_message(path.to_string());
+        {
+            let mut s = self.state.lock().expect("progress state");
+            s.started += 1;
+            s.path = path.to_string();
         }
+        self.redraw();
     }
     fn bytes(&self, n: u64) {
         if let Some(b) = &self.bar {
             b.inc(n);
+        }
+    }
+    fn added(&self, total: u64) {
+        self.state.lock().expect("progress state").added = total;
+        self.redraw();
+    }
+    fn phase(&self, what: &str) {
+        if let Some(b) = &self.bar {
+            let s = self.state.lock().expect("progress state");
+            let head = bar_message((s.files.min(s.started), s.files, s.added), "", 60);
+            b.set_style(
+                ProgressStyle::with_template("{prefix} {spinner} {wide_msg} {elapsed}")
+                    .expect("valid template"),
+            );
+            b.set_message(format!("{head}; {what}"));
+            b.enable_steady_tick(std::time::Duration::from_millis(200));
         }
     }
     fn warn(&self, message: &str) {
