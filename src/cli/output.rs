@@ -558,26 +558,6 @@ pub fn bar_message(state: (u64, u64, u64), path: &str, width: usize) -> String {
     format!("{head}, {shown}")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::bar_message;
-
-    #[test]
-    fn bar_message_fits_its_room_and_keeps_the_end_of_the_path() {
-        let path = "run1/checkpoints/checkpoint-1500/model-00002-of-00004.safetensors";
-        let m = bar_message((3, 10, 5 << 30), path, 200);
-        assert_eq!(m, format!("3/10 files, 5.00 GiB added, {path}"));
-        for width in [20, 40, 60, 80] {
-            let m = bar_message((3, 10, 5 << 30), path, width);
-            assert!(m.chars().count() <= width, "{width}: {m}");
-            assert!(m.starts_with("3/10 files"), "{m}");
-        }
-        let m = bar_message((0, 1, 0), path, 60);
-        assert!(m.starts_with("0/1 file, 0 B added, …"), "{m}");
-        assert!(m.ends_with("of-00004.safetensors"), "{m}");
-    }
-}
-
 impl CliProgress {
     fn redraw(&self) {
         if let Some(b) = &self.bar {
@@ -653,4 +633,24 @@ impl Drop for CliProgress {
 
 fn secs(ms: u64) -> String {
     format!("{:.2} s", ms as f64 / 1000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bar_message;
+
+    #[test]
+    fn bar_message_fits_its_room_and_keeps_the_end_of_the_path() {
+        let path = "run1/checkpoints/checkpoint-1500/model-00002-of-00004.safetensors";
+        let m = bar_message((3, 10, 5 << 30), path, 200);
+        assert_eq!(m, format!("3/10 files, 5.00 GiB added, {path}"));
+        for width in [20, 40, 60, 80] {
+            let m = bar_message((3, 10, 5 << 30), path, width);
+            assert!(m.chars().count() <= width, "{width}: {m}");
+            assert!(m.starts_with("3/10 files"), "{m}");
+        }
+        let m = bar_message((0, 1, 0), path, 60);
+        assert!(m.starts_with("0/1 file, 0 B added, …"), "{m}");
+        assert!(m.ends_with("of-00004.safetensors"), "{m}");
+    }
 }
