@@ -355,6 +355,7 @@ pub fn run(
         tree: crate::id::Id([0; 32]),
         summary,
         problems: Vec::new(),
+        deferred: Vec::new(),
     };
     let (snapshot_id, snapshot) = commit(repo, writer, nodes, snapshot, started)?;
     progress.finish();
@@ -363,6 +364,7 @@ pub fn run(
         snapshot,
         warnings,
         settling: Vec::new(),
+        settling_details: Vec::new(),
         excluded: 0,
     })
 }
