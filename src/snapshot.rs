@@ -93,6 +93,20 @@ pub struct Snapshot {
     /// Why the snapshot is incomplete (files skipped), empty when it holds everything.
     #[serde(default)]
     pub problems: Vec<String>,
+    /// Files whose current version this backup did not store because they were still being
+    /// written (`--settle`), each with the start of its deferral, so the next backup can tell
+    /// how long a file has been deferred. Absent (empty) in most snapshots and in older ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deferred: Vec<Deferral>,
+}
+
+/// A file left at an older version, or out, by `--settle`, and since when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deferral {
+    /// The file's path in the tree (lossy UTF-8 for non-UTF-8 names).
+    pub path: String,
+    /// The time of the first backup that deferred it (this one, or a chain of parents).
+    pub since: DateTime<Utc>,
 }
 
 impl Snapshot {

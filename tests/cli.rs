@@ -27,6 +27,8 @@ mod prune;
 mod recipes;
 #[path = "cli/roundtrip.rs"]
 mod roundtrip;
+#[path = "cli/settle.rs"]
+mod settle;
 #[path = "cli/tar.rs"]
 mod tar;
 #[path = "cli/unattended.rs"]

@@ -77,7 +77,7 @@ enum Command {
         paths: Vec<PathBuf>,
         /// Import a tar or tar.gz archive (`-`: standard input) as the snapshot, keeping names,
         /// modes and mtimes
-        #[arg(long, value_name = "FILE", conflicts_with_all = ["full", "parent", "exclude", "exclude_file", "settle", "read_limit"])]
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["full", "parent", "exclude", "exclude_file", "settle", "settle_max", "read_limit"])]
         from_tar: Option<PathBuf>,
         /// Tag the snapshot (repeatable)
         #[arg(long = "tag", value_name = "TAG")]
@@ -98,9 +98,15 @@ enum Command {
         /// Read exclusion patterns from FILE, one per line (`#` starts a comment)
         #[arg(long, value_name = "FILE")]
         exclude_file: Vec<PathBuf>,
-        /// Skip files modified within DURATION (still being written); the next backup takes them
+        /// Files modified within DURATION are still being written: they keep their version from
+        /// the parent snapshot (a new one waits), and a checkpoint folder with such a file keeps
+        /// the parent's version of all its files; all are listed, and a later backup takes them
         #[arg(long, value_name = "DURATION", value_parser = args::parse_duration)]
         settle: Option<std::time::Duration>,
+        /// A file or checkpoint folder deferred by --settle for longer than DURATION makes the
+        /// snapshot incomplete (exit 3) [default: 4 × --settle]
+        #[arg(long, value_name = "DURATION", value_parser = args::parse_duration, requires = "settle")]
+        settle_max: Option<std::time::Duration>,
         /// Read file content at most this fast on average (e.g. 200MiB, per second)
         #[arg(long, value_name = "RATE", value_parser = args::parse_rate)]
         read_limit: Option<u64>,
@@ -318,6 +324,7 @@ pub fn run() -> Result<u8> {
             mut exclude,
             exclude_file,
             settle,
+            settle_max,
             read_limit,
             metrics_file,
         } => {
@@ -332,6 +339,7 @@ pub fn run() -> Result<u8> {
                 host,
                 excludes: exclude,
                 settle,
+                settle_max,
                 read_limit,
             };
             measured(metrics_file, "backup", &repo_path, || {
@@ -370,6 +378,20 @@ pub fn run() -> Result<u8> {
                         "tvault_backup_complete",
                         "1 if the last snapshot holds every file",
                         u8::from(r.snapshot.is_complete()),
+                    ),
+                    sample(
+                        "tvault_backup_settling_files",
+                        "Files whose current version the last backup deferred (--settle)",
+                        r.settling_details.len() as f64,
+                    ),
+                    sample(
+                        "tvault_backup_oldest_deferral_seconds",
+                        "How long the longest-deferred file has been deferred by --settle (0: none)",
+                        r.settling_details
+                            .iter()
+                            .map(|f| f.deferred_seconds)
+                            .max()
+                            .unwrap_or(0) as f64,
                     ),
                     sample(
                         "tvault_snapshots",

@@ -130,6 +130,7 @@ impl Out {
             "problems": s.problems,
             "warnings": r.warnings,
             "settling": r.settling,
+            "settling_details": r.settling_details,
             "excluded": r.excluded,
             "files": m.files,
             "dirs": m.dirs,
@@ -183,10 +184,20 @@ impl Out {
         if r.excluded > 0 {
             self.line(&format!("  {} entries excluded by pattern", r.excluded));
         }
-        if !r.settling.is_empty() {
+        if !r.settling_details.is_empty() {
+            let d = &r.settling_details;
+            let kept = d.iter().filter(|f| f.kept_from_parent).count();
+            let longest = match d.iter().map(|f| f.deferred_seconds).max().unwrap_or(0) {
+                0 => String::new(),
+                s => format!(
+                    "; the longest deferred for {}",
+                    crate::ops::settle::human(s)
+                ),
+            };
             self.line(&format!(
-                "  {} recently modified file(s) left for the next backup (--settle)",
-                r.settling.len()
+                "  {} recently modified file(s) left for the next backup (--settle): {kept} kept at their version in the parent snapshot, {} not in any snapshot yet{longest}",
+                d.len(),
+                d.len() - kept,
             ));
         }
         if s.is_complete() {

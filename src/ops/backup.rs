@@ -1,19 +1,21 @@
 //! `backup`: walk the sources, reuse the parent snapshot's chunk lists for files whose
 //! metadata has not changed, read and store the rest, then write the tree, the index and,
-//! last, the snapshot manifest (the commit point).
+//! last, the snapshot manifest (the commit point). With `--settle`, files still being written
+//! keep the parent's entry (see `settle.rs`).
 
 use std::collections::HashMap;
 use std::fs::{self, Metadata};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
 use super::read_file::{store_file, ReadOutcome};
+use super::settle::{self, human, Settled, SettlingFile};
 use super::throttle::Throttled;
 use super::walk::{node_from, resolve_sources, walk, Excludes, WalkOptions, WalkResult, Walked};
 use crate::codec;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::pack::BlobKind;
 use crate::progress::Progress;
@@ -33,8 +35,12 @@ pub struct BackupOptions {
     pub host: Option<String>,
     /// Exclusion patterns (see [`Excludes`]).
     pub excludes: Vec<String>,
-    /// Skip files modified less than this long ago (still being written).
+    /// Files modified less than this long ago are still being written: they keep the parent
+    /// snapshot's version (or wait, when it has none) and are listed.
     pub settle: Option<Duration>,
+    /// A file deferred by `settle` for longer than this makes the snapshot incomplete
+    /// (default: 4 × `settle`).
+    pub settle_max: Option<Duration>,
     /// Cap on the average read rate, in bytes per second.
     pub read_limit: Option<u64>,
 }
@@ -54,14 +60,17 @@ pub struct BackupReport {
     pub snapshot: Snapshot,
     /// Non-fatal warnings that do not make the snapshot incomplete (skipped special files).
     pub warnings: Vec<String>,
-    /// Paths of files left for the next backup: modified too recently (`--settle`).
+    /// Absolute paths of the files whose current version this snapshot does not hold because
+    /// they (or their checkpoint folder) were still being written (`--settle`).
     pub settling: Vec<String>,
+    /// The same files, with how long each has been deferred and what the snapshot holds.
+    pub settling_details: Vec<SettlingFile>,
     /// Files and directories left out by `--exclude` patterns.
     pub excluded: u64,
 }
 
 /// Same content as the parent's entry, judged from metadata only (no read).
-fn unchanged(parent: &Node, now: &Node) -> bool {
+pub(super) fn unchanged(parent: &Node, now: &Node) -> bool {
     parent.kind == NodeKind::File
         && parent.size == now.size
         && parent.mtime_ns == now.mtime_ns
@@ -102,6 +111,17 @@ pub fn run(
         None => progress,
     };
     let sources = resolve_sources(&opts.paths)?;
+    let settle_max = opts.settle.map(|s| opts.settle_max.unwrap_or(s * 4));
+    if let (Some(settle), Some(max)) = (opts.settle, settle_max) {
+        if max < settle {
+            return Err(Error::Invalid(format!(
+                "--settle-max {} is shorter than --settle {}: a file would raise the alarm before it could settle; give a --settle-max of at least {}",
+                human(max.as_secs()),
+                human(settle.as_secs()),
+                human(settle.as_secs())
+            )));
+        }
+    }
     let excludes = Excludes::new(&opts.excludes)?;
     let _lock = repo.lock(false, "backup")?;
     let repo: &Repository = repo;
@@ -126,24 +146,43 @@ pub fn run(
 
     // Backing up a folder that holds the repository must not back up the repository itself.
     let repo_dir = fs::canonicalize(repo.location()).ok();
+    let now = SystemTime::now();
     let walk_opts = WalkOptions {
         skip: repo_dir.as_deref(),
         excludes: &excludes,
         settle: opts.settle,
-        now: SystemTime::now(),
+        now,
     };
     let WalkResult {
         entries: walked,
         mut problems,
         warnings,
-        settling,
         excluded,
     } = walk(&sources, &walk_opts, progress)?;
+    let settled = match (opts.settle, settle_max) {
+        (Some(settle), Some(max)) => {
+            let restorable = |n: &Node| n.chunks.iter().all(|c| repo.index().contains(c));
+            let rules = settle::Rules {
+                settle,
+                max,
+                now: DateTime::<Utc>::from(now),
+                parent_files: &parent_files,
+                parent_deferred: parent.as_ref().map_or(&[][..], |(_, s)| &s.deferred),
+                restorable: &restorable,
+            };
+            settle::resolve(walked, &rules, progress)
+        }
+        _ => Settled {
+            entries: walked,
+            ..Settled::default()
+        },
+    };
+    problems.extend(settled.problems);
 
     let mut summary = Summary::default();
-    let mut nodes = Vec::with_capacity(walked.len());
+    let mut nodes = Vec::with_capacity(settled.entries.len() + settled.kept.len());
     let mut to_read = Vec::new();
-    for Walked { mut node, abs } in walked {
+    for Walked { mut node, abs, .. } in settled.entries {
         match node.kind {
             NodeKind::Dir => summary.dirs += 1,
             NodeKind::Symlink => summary.symlinks += 1,
@@ -192,6 +231,8 @@ pub fn run(
     for i in skipped.into_iter().rev() {
         nodes.remove(i);
     }
+    // Files still being written: the parent's entries, exactly as they were.
+    nodes.extend(settled.kept);
     for n in nodes.iter().filter(|n| n.kind == NodeKind::File) {
         summary.files += 1;
         summary.total_bytes += n.size;
@@ -212,6 +253,7 @@ pub fn run(
         tree: Id([0; 32]),
         summary,
         problems,
+        deferred: settled.deferred,
     };
     let (snapshot_id, snapshot) = commit(repo, writer, nodes, snapshot, started)?;
     progress.finish();
@@ -219,7 +261,8 @@ pub fn run(
         snapshot_id,
         snapshot,
         warnings,
-        settling,
+        settling: settled.files.iter().map(|f| f.path.clone()).collect(),
+        settling_details: settled.files,
         excluded,
     })
 }

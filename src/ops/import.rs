@@ -395,6 +395,7 @@ pub fn run(
         tree: crate::id::Id([0; 32]),
         summary,
         problems: Vec::new(),
+        deferred: Vec::new(),
     };
     let (snapshot_id, snapshot) = commit(repo, writer, nodes, snapshot, started)?;
     progress.finish();
@@ -403,6 +404,7 @@ pub fn run(
         snapshot,
         warnings,
         settling: Vec::new(),
+        settling_details: Vec::new(),
         excluded: 0,
     })
 }

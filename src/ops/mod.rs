@@ -10,6 +10,7 @@ pub mod prune;
 mod read_file;
 pub mod restore;
 pub mod retention;
+pub mod settle;
 pub mod show;
 mod tensors;
 mod throttle;

@@ -1,5 +1,6 @@
 //! Walking backup sources: what is there, with its metadata, in a stable order, and what is
-//! left out (excluded by pattern, still settling, the repository itself, special files).
+//! left out (excluded by pattern, the repository itself, special files). Files still settling
+//! (`--settle`) are marked, not left out: `settle.rs` decides what the snapshot holds for them.
 
 use std::fs::{self, Metadata};
 use std::os::unix::ffi::OsStrExt;
@@ -131,6 +132,8 @@ impl Excludes {
 pub(crate) struct Walked {
     pub node: Node,
     pub abs: PathBuf,
+    /// A file modified less than `--settle` ago (or with an mtime in the future).
+    pub settling: bool,
 }
 
 /// What the walk found and what it left out.
@@ -141,8 +144,6 @@ pub(crate) struct WalkResult {
     pub problems: Vec<String>,
     /// Entries skipped on purpose or by nature (special files, the repository itself).
     pub warnings: Vec<String>,
-    /// Paths of files modified too recently (`--settle`): left for the next backup.
-    pub settling: Vec<String>,
     pub excluded: u64,
 }
 
@@ -231,6 +232,7 @@ pub(crate) fn walk(
                 }
             };
             let ft = meta.file_type();
+            let mut settling = false;
             let node = if ft.is_dir() {
                 node_from(path, NodeKind::Dir, &meta)
             } else if ft.is_symlink() {
@@ -244,15 +246,7 @@ pub(crate) fn walk(
                         .modified()
                         .ok()
                         .and_then(|m| opts.now.duration_since(m).ok());
-                    if age.is_none_or(|a| a < settle) {
-                        progress.warn(&format!(
-                            "skipping {}: modified less than {}s ago (--settle); the next backup picks it up",
-                            abs.display(),
-                            settle.as_secs()
-                        ));
-                        out.settling.push(abs.display().to_string());
-                        continue;
-                    }
+                    settling = age.is_none_or(|a| a < settle);
                 }
                 let mut n = node_from(path, NodeKind::File, &meta);
                 n.size = meta.len();
@@ -274,7 +268,11 @@ pub(crate) fn walk(
                 );
                 continue;
             };
-            out.entries.push(Walked { node, abs });
+            out.entries.push(Walked {
+                node,
+                abs,
+                settling,
+            });
         }
     }
     Ok(out)

@@ -1,0 +1,359 @@
+//! `backup --settle D`: what a snapshot holds for files still being written. The walk marks
+//! files modified less than D ago; here each one keeps the parent snapshot's entry exactly as it
+//! was (chunks, size, times, inode: the next incremental sees that it no longer matches and reads
+//! the file), or is left out when the parent has no version of it, and is listed either way
+//! with how long it has been deferred, counted from the first snapshot that deferred it (the
+//! snapshot manifest records it). Nothing is dropped silently.
+//!
+//! Files that belong together are decided per folder: a *checkpoint folder* (one that directly
+//! holds a sharded model or training state, see [`is_checkpoint_marker`]) with a settling file
+//! keeps the parent's version of every file directly in it that changed, appeared or went away
+//! since, so no snapshot mixes two training steps. Other files are decided one by one.
+//!
+//! A deferral longer than `--settle-max` is a problem: the snapshot is incomplete (exit 3).
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::backup::unchanged;
+use super::walk::Walked;
+use crate::progress::Progress;
+use crate::snapshot::Deferral;
+use crate::tree::{Node, NodeKind, NodePath};
+
+/// A file whose current version the snapshot does not hold (the `settling_details` of the
+/// backup's JSON report).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SettlingFile {
+    /// The file's absolute path.
+    pub path: String,
+    /// Seconds since the first snapshot that deferred it (0 when this one is the first).
+    pub deferred_seconds: u64,
+    /// The snapshot holds the parent snapshot's entry for it; false: no version of it yet.
+    pub kept_from_parent: bool,
+    /// The checkpoint folder kept at the parent's version with it (absolute), if any.
+    pub folder: Option<String>,
+}
+
+/// What the decisions depend on.
+pub(crate) struct Rules<'a> {
+    pub settle: Duration,
+    /// A deferral longer than this makes the snapshot incomplete.
+    pub max: Duration,
+    pub now: DateTime<Utc>,
+    /// The parent snapshot's files by path.
+    pub parent_files: &'a HashMap<NodePath, Node>,
+    /// The deferrals the parent snapshot recorded.
+    pub parent_deferred: &'a [Deferral],
+    /// Whether a parent entry can be kept: every chunk of it is in the index.
+    pub restorable: &'a dyn Fn(&Node) -> bool,
+}
+
+/// The walk, settled.
+#[derive(Default)]
+pub(crate) struct Settled {
+    /// Entries to store as usual.
+    pub entries: Vec<Walked>,
+    /// Parent entries kept in place of files' current versions.
+    pub kept: Vec<Node>,
+    /// Every file whose current version is not stored, sorted by path.
+    pub files: Vec<SettlingFile>,
+    /// The same files for the manifest, with the start of each deferral.
+    pub deferred: Vec<Deferral>,
+    /// Deferrals past `--settle-max`.
+    pub problems: Vec<String>,
+}
+
+/// Whether a file's name shows that its folder holds a checkpoint made of several files that
+/// belong together: a shard index (`model.safetensors.index.json`,
+/// `pytorch_model.bin.index.json`), a shard (`model-00001-of-00004.safetensors`), or training
+/// state (`trainer_state.json`, `optimizer.*`, `scheduler.pt`, `rng_state*.pth`, DeepSpeed's
+/// `*_optim_states.pt` and `*_model_states.pt`). A folder of single-file checkpoints
+/// (`step-1000.safetensors`, `step-2000.safetensors`) is not one: its files are independent.
+pub fn is_checkpoint_marker(name: &str) -> bool {
+    let shard = name.split_once("-of-").is_some_and(|(before, after)| {
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        digits(before.rsplit('-').next().unwrap_or(""))
+            && digits(after.split('.').next().unwrap_or(""))
+    });
+    shard
+        || name.ends_with(".safetensors.index.json")
+        || name.ends_with(".bin.index.json")
+        || name == "trainer_state.json"
+        || name.starts_with("optimizer.")
+        || name == "scheduler.pt"
+        || (name.starts_with("rng_state") && name.ends_with(".pth"))
+        || name.ends_with("_optim_states.pt")
+        || name.ends_with("_model_states.pt")
+}
+
+/// `90s`, `40m`, `1h`, `2h5m`, `3d4h`: a duration as people write it (floored).
+pub(crate) fn human(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, m) => format!("{m}m"),
+        (0, h, 0) => format!("{h}h"),
+        (0, h, m) => format!("{h}h{m}m"),
+        (d, 0, _) => format!("{d}d"),
+        (d, h, _) => format!("{d}d{h}h"),
+    }
+}
+
+/// `, deferred for 1h`; nothing for a deferral that starts with this backup.
+fn for_how_long(secs: u64) -> String {
+    match secs {
+        0 => String::new(),
+        s => format!(", deferred for {}", human(s)),
+    }
+}
+
+fn name_of(path: &NodePath) -> String {
+    let name = path.0.rsplit(|&b| b == b'/').next().unwrap_or(&path.0);
+    String::from_utf8_lossy(name).into_owned()
+}
+
+/// A checkpoint folder held at the parent's version.
+struct Held {
+    abs: PathBuf,
+    /// Names of its settling files.
+    settling: Vec<String>,
+    /// Its files listed, and their oldest deferral.
+    listed: usize,
+    oldest: u64,
+    since: Option<DateTime<Utc>>,
+}
+
+/// Lists deferred files, keeps their parent entries and counts their deferrals.
+struct Deferrer<'a> {
+    rules: &'a Rules<'a>,
+    progress: &'a dyn Progress,
+    since: HashMap<&'a str, DateTime<Utc>>,
+    held: HashMap<NodePath, Held>,
+    out: Settled,
+}
+
+impl Deferrer<'_> {
+    /// The snapshot does not hold `path`'s current version: keep the parent's, list it.
+    fn defer(&mut self, path: &NodePath, abs: PathBuf, folder: Option<&NodePath>) {
+        let rules = self.rules;
+        let kept = rules
+            .parent_files
+            .get(path)
+            .filter(|p| (rules.restorable)(p))
+            .cloned();
+        let key = path.display();
+        let started = self.since.get(key.as_str()).copied().unwrap_or(rules.now);
+        let secs = (rules.now - started).num_seconds().max(0) as u64;
+        let abs = abs.display().to_string();
+        let folder_abs = folder.and_then(|f| self.held.get_mut(f)).map(|h| {
+            h.listed += 1;
+            if h.since.is_none_or(|s| started < s) {
+                h.since = Some(started);
+                h.oldest = secs;
+            }
+            h.abs.display().to_string()
+        });
+        if folder_abs.is_none() {
+            let what = match kept {
+                Some(_) => "this snapshot keeps its version from the parent snapshot",
+                None => "not in this snapshot (no earlier version)",
+            };
+            self.progress.warn(&format!(
+                "{abs}: modified less than {} ago (--settle); {what}{}; a later backup takes it once it settles",
+                human(rules.settle.as_secs()),
+                for_how_long(secs)
+            ));
+            if secs > rules.max.as_secs() {
+                let holds = match kept {
+                    Some(_) => "its version from an earlier snapshot",
+                    None => "no version of it",
+                };
+                self.out.problems.push(format!(
+                    "{abs} is still being written after {} (modified within --settle {} at every backup since {}), longer than --settle-max {}; this snapshot holds {holds}: check the job that writes it",
+                    human(secs),
+                    human(rules.settle.as_secs()),
+                    started.format("%Y-%m-%d %H:%M:%S UTC"),
+                    human(rules.max.as_secs())
+                ));
+            }
+        }
+        self.out.deferred.push(Deferral {
+            path: key,
+            since: started,
+        });
+        self.out.files.push(SettlingFile {
+            path: abs,
+            deferred_seconds: secs,
+            kept_from_parent: kept.is_some(),
+            folder: folder_abs,
+        });
+        if let Some(k) = kept {
+            self.out.kept.push(k);
+        }
+    }
+}
+
+/// Decides what the snapshot holds for settling files and checkpoint folders (see the module
+/// doc); everything else passes through to `entries` unchanged.
+pub(crate) fn resolve(walked: Vec<Walked>, rules: &Rules, progress: &dyn Progress) -> Settled {
+    // The direct files of each folder, and the folders with a settling file.
+    let mut names: HashMap<NodePath, Vec<String>> = HashMap::new();
+    let mut dirs: HashMap<NodePath, PathBuf> = HashMap::new();
+    let mut present: HashSet<NodePath> = HashSet::new();
+    for w in &walked {
+        present.insert(w.node.path.clone());
+        match w.node.kind {
+            NodeKind::Dir => {
+                dirs.insert(w.node.path.clone(), w.abs.clone());
+            }
+            NodeKind::File => {
+                if let Some(dir) = w.node.path.parent() {
+                    names.entry(dir).or_default().push(name_of(&w.node.path));
+                }
+            }
+            NodeKind::Symlink => {}
+        }
+    }
+    let mut held: HashMap<NodePath, Held> = HashMap::new();
+    for w in walked.iter().filter(|w| w.settling) {
+        let Some(dir) = w.node.path.parent() else {
+            continue;
+        };
+        let Some(abs) = dirs.get(&dir) else { continue };
+        if !names[&dir].iter().any(|n| is_checkpoint_marker(n)) {
+            continue;
+        }
+        held.entry(dir)
+            .or_insert_with(|| Held {
+                abs: abs.clone(),
+                settling: Vec::new(),
+                listed: 0,
+                oldest: 0,
+                since: None,
+            })
+            .settling
+            .push(name_of(&w.node.path));
+    }
+
+    let mut d = Deferrer {
+        rules,
+        progress,
+        since: rules
+            .parent_deferred
+            .iter()
+            .map(|d| (d.path.as_str(), d.since))
+            .collect(),
+        held,
+        out: Settled::default(),
+    };
+    for w in walked {
+        if w.node.kind != NodeKind::File {
+            d.out.entries.push(w);
+            continue;
+        }
+        let folder = w.node.path.parent().filter(|f| d.held.contains_key(f));
+        let changed = rules
+            .parent_files
+            .get(&w.node.path)
+            .is_none_or(|p| !unchanged(p, &w.node));
+        if changed && (w.settling || folder.is_some()) {
+            d.defer(&w.node.path, w.abs, folder.as_ref());
+        } else {
+            d.out.entries.push(w);
+        }
+    }
+    // Files a held folder had in the parent and no longer has: the folder is mid-write, so
+    // they keep their version too (unless still on disk: then excluded or unreadable now).
+    let mut gone: Vec<(&NodePath, NodePath)> = rules
+        .parent_files
+        .keys()
+        .filter(|p| !present.contains(*p))
+        .filter_map(|p| Some((p, p.parent().filter(|f| d.held.contains_key(f))?)))
+        .collect();
+    gone.sort();
+    for (path, dir) in gone {
+        let abs = d.held[&dir].abs.join(name_of(path));
+        if fs::symlink_metadata(&abs).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
+            d.defer(path, abs, Some(&dir));
+        }
+    }
+
+    let Deferrer { held, mut out, .. } = d;
+    let mut folders: Vec<&Held> = held.values().filter(|h| h.listed > 0).collect();
+    folders.sort_by(|a, b| a.abs.cmp(&b.abs));
+    for h in folders {
+        let abs = h.abs.display();
+        let settling = h.settling.join(", ");
+        progress.warn(&format!(
+            "checkpoint folder {abs}: {settling} modified less than {} ago (--settle); this snapshot keeps the parent snapshot's version of the whole folder ({} file(s) changed, added or removed since){}, so it never mixes two steps; a later backup takes the folder once it settles",
+            human(rules.settle.as_secs()),
+            h.listed,
+            for_how_long(h.oldest)
+        ));
+        if h.oldest > rules.max.as_secs() {
+            let since = h.since.unwrap_or(rules.now);
+            out.problems.push(format!(
+                "checkpoint folder {abs} has been kept at an earlier version for {} ({settling} modified within --settle {} at every backup since {}), longer than --settle-max {}: check the job that writes it",
+                human(h.oldest),
+                human(rules.settle.as_secs()),
+                since.format("%Y-%m-%d %H:%M:%S UTC"),
+                human(rules.max.as_secs())
+            ));
+        }
+    }
+    out.files.sort_by(|a, b| a.path.cmp(&b.path));
+    out.deferred.sort_by(|a, b| a.path.cmp(&b.path));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_markers_are_shards_indexes_and_training_state() {
+        for name in [
+            "model-00001-of-00004.safetensors",
+            "pytorch_model-00002-of-00002.bin",
+            "model.safetensors.index.json",
+            "pytorch_model.bin.index.json",
+            "trainer_state.json",
+            "optimizer.pt",
+            "optimizer.safetensors",
+            "scheduler.pt",
+            "rng_state.pth",
+            "rng_state_3.pth",
+            "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt",
+            "mp_rank_00_model_states.pt",
+        ] {
+            assert!(is_checkpoint_marker(name), "{name}");
+        }
+        for name in [
+            "model.safetensors",
+            "step-1000.safetensors",
+            "last.ckpt",
+            "config.json",
+            "model-of-x.bin",
+            "a-1-of-.bin",
+            "log.txt",
+        ] {
+            assert!(!is_checkpoint_marker(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn durations_read_as_people_write_them() {
+        assert_eq!(human(0), "0s");
+        assert_eq!(human(59), "59s");
+        assert_eq!(human(2400), "40m");
+        assert_eq!(human(3602), "1h");
+        assert_eq!(human(3600 + 5 * 60), "1h5m");
+        assert_eq!(human(3 * 86_400 + 4 * 3600 + 7), "3d4h");
+    }
+}
