@@ -21,6 +21,8 @@ mod format;
 mod incremental;
 #[path = "cli/private.rs"]
 mod private;
+#[path = "cli/progress.rs"]
+mod progress;
 #[path = "cli/prune.rs"]
 mod prune;
 #[path = "cli/recipes.rs"]

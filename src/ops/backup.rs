@@ -214,7 +214,9 @@ pub fn run(
     let mut skipped = Vec::new();
     for (i, abs, prev) in to_read {
         progress.file(&nodes[i].path.display());
-        match read_with_retry(&abs, &mut writer, progress, &mut summary, prev.as_ref())? {
+        let read = read_with_retry(&abs, &mut writer, progress, &mut summary, prev.as_ref())?;
+        progress.added(writer.bytes_added);
+        match read {
             Ok((chunks, meta)) => {
                 let path = nodes[i].path.clone();
                 nodes[i] = node_from(path, NodeKind::File, &meta);
@@ -255,6 +257,7 @@ pub fn run(
         problems,
         deferred: settled.deferred,
     };
+    progress.phase("writing the last pack, the tree, the index and the snapshot");
     let (snapshot_id, snapshot) = commit(repo, writer, nodes, snapshot, started)?;
     progress.finish();
     Ok(BackupReport {

@@ -153,6 +153,8 @@ fn assert_documented_metrics(m: &BTreeMap<String, (String, String)>, command: &s
             "tvault_backup_bytes_added",
             "tvault_backup_files",
             "tvault_backup_complete",
+            "tvault_backup_settling_files",
+            "tvault_backup_oldest_deferral_seconds",
             "tvault_snapshots",
         ],
         "verify" => &[
