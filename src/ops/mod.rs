@@ -4,13 +4,18 @@
 pub mod backup;
 mod content;
 pub mod diff;
+pub mod dump;
 pub mod export;
+pub mod find;
 pub mod import;
+pub mod ls;
 pub mod prune;
 mod read_file;
 pub mod restore;
 pub mod retention;
+pub mod select;
 pub mod show;
+pub mod stats;
 mod tensors;
 mod throttle;
 pub mod verify;
