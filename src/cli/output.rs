@@ -544,7 +544,7 @@ impl Out {
             );
         }
         if found.is_empty() {
-            eprintln!("tvault: no match");
+            self.note("no match");
         }
     }
 

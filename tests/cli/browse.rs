@@ -501,3 +501,58 @@ fn stats_agree_with_snapshots_and_the_packs_on_disk() {
     let run = env.tvault(["stats", &first]).expect_code(0);
     assert!(run.stdout.contains("dedup"), "{run}");
 }
+
+/// A GGUF v3 file with no metadata and F32 tensors (name, values), at the default alignment
+/// of 32: each tensor's data is followed by padding up to the next multiple of 32.
+fn gguf(tensors: &[(&str, Vec<f32>)]) -> (Vec<u8>, Vec<(u64, u64)>) {
+    let mut f = b"GGUF".to_vec();
+    f.extend_from_slice(&3u32.to_le_bytes());
+    f.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+    f.extend_from_slice(&0u64.to_le_bytes());
+    let mut offset = 0u64;
+    let mut offsets = Vec::new();
+    for (name, values) in tensors {
+        f.extend_from_slice(&(name.len() as u64).to_le_bytes());
+        f.extend_from_slice(name.as_bytes());
+        f.extend_from_slice(&1u32.to_le_bytes());
+        f.extend_from_slice(&(values.len() as u64).to_le_bytes());
+        f.extend_from_slice(&0u32.to_le_bytes()); // F32
+        f.extend_from_slice(&offset.to_le_bytes());
+        offsets.push(offset);
+        offset = (offset + 4 * values.len() as u64).next_multiple_of(32);
+    }
+    f.resize(f.len().next_multiple_of(32), 0);
+    let data_start = f.len() as u64;
+    let mut ranges = Vec::new();
+    for ((_, values), at) in tensors.iter().zip(offsets) {
+        f.resize((data_start + at) as usize, 0);
+        ranges.push((f.len() as u64, 4 * values.len() as u64));
+        for v in values {
+            f.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    (f, ranges)
+}
+
+#[test]
+fn dump_tensor_of_a_gguf_file_leaves_out_the_alignment_padding() {
+    let env = TestEnv::with_repo();
+    let values = |n: usize, k: f32| (0..n).map(|i| i as f32 * k).collect::<Vec<_>>();
+    let (file, ranges) = gguf(&[
+        ("tok_embd.weight", values(10, 1.5)),
+        ("output.weight", values(8, -2.0)),
+    ]);
+    let path = env.write("src/model/tiny.gguf", &file);
+    let id = text(&env.backup(&[&env.src.join("model")], &[]), "snapshot_id");
+    for (name, (start, len)) in ["tok_embd.weight", "output.weight"].iter().zip(ranges) {
+        let (status, bytes, stderr) =
+            env.tvault_bytes(["dump", &id, "model/tiny.gguf", "--tensor", name]);
+        assert!(status.success(), "{name}: {stderr}");
+        assert_eq!(bytes.len() as u64, len, "{name}: no padding");
+        assert_eq!(
+            bytes,
+            crate::testenv::read_at(&path, start, len as usize),
+            "{name}"
+        );
+    }
+}
