@@ -9,6 +9,8 @@ mod testenv;
 
 #[path = "cli/bad_input.rs"]
 mod bad_input;
+#[path = "cli/browse.rs"]
+mod browse;
 #[path = "cli/crash.rs"]
 mod crash;
 #[path = "cli/damage.rs"]

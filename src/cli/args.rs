@@ -2,26 +2,25 @@
 
 use std::time::Duration;
 
-/// Parses `30s`, `10m`, `26h`, `7d`, `2w`, or combinations like `1h30m` (m = minutes).
+/// Parses `30s`, `10m`, `10min`, `26h`, `7d`, `2w`, or combinations like `1h30m` (a bare `m`
+/// is minutes here; `mo`, months, is refused: a month has no fixed length).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let bad = || {
-        format!("invalid duration {text:?}: use a number and a unit (s, m, h, d, w), e.g. 90s, 10m, 26h, 1h30m")
+        format!("invalid duration {text:?}: use a number and a unit (s, m or min = minutes, h, d, w), e.g. 90s, 10min, 26h, 1h30m")
     };
     let mut total = 0u64;
-    let mut digits = String::new();
-    for c in text.trim().chars() {
-        if c.is_ascii_digit() {
-            digits.push(c);
-            continue;
-        }
-        let n: u64 = digits.parse().map_err(|_| bad())?;
-        digits.clear();
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86_400,
-            'w' => 7 * 86_400,
+    for (n, unit) in crate::ops::retention::split_units(text).ok_or_else(bad)? {
+        let unit = match unit.as_str() {
+            "s" => 1,
+            "m" | "min" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            "w" => 7 * 86_400,
+            "mo" => {
+                return Err(format!(
+                    "invalid duration {text:?}: a month is not a fixed duration here; use days, e.g. 30d"
+                ))
+            }
             _ => return Err(bad()),
         };
         total = n
@@ -29,11 +28,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .and_then(|s| total.checked_add(s))
             .ok_or_else(bad)?;
     }
-    if !digits.is_empty() || text.trim().is_empty() {
-        return Err(bad());
-    }
     Ok(Duration::from_secs(total))
 }
+
+pub use crate::ops::describe_duration;
 
 /// Parses a byte rate per second: `200MiB`, `1.5GB`, `500k` (K/M/G = powers of 1000,
 /// KiB/MiB/GiB = powers of 1024; an optional `/s`).
@@ -84,7 +82,22 @@ mod tests {
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse_duration("26h"), Ok(Duration::from_secs(26 * 3600)));
         assert_eq!(parse_duration("2w"), Ok(Duration::from_secs(14 * 86_400)));
-        for bad in ["", "10", "h", "5y", "-3s", "1.5h", "99999999999999999999s"] {
+        assert_eq!(parse_duration("10min"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1h30min"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert!(parse_duration("1mo").unwrap_err().contains("use days"));
+        for bad in [
+            "",
+            "10",
+            "h",
+            "5y",
+            "-3s",
+            "1.5h",
+            "99999999999999999999s",
+            "10 m",
+            "10mins",
+            "m5",
+        ] {
             assert!(
                 parse_duration(bad)
                     .unwrap_err()
@@ -92,6 +105,20 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn durations_read_in_words() {
+        assert_eq!(describe_duration(Duration::from_secs(600)), "10 minutes");
+        assert_eq!(
+            describe_duration(Duration::from_secs(5400)),
+            "1 hour 30 minutes"
+        );
+        assert_eq!(
+            describe_duration(Duration::from_secs(86_401)),
+            "1 day 1 second"
+        );
+        assert_eq!(describe_duration(Duration::ZERO), "0 seconds");
     }
 
     #[test]

@@ -11,7 +11,10 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use crate::ops::{backup, diff, export, import, prune, restore, retention, verify};
+use crate::ops::select::{self, Latest, Resolved, SnapshotFilter};
+use crate::ops::{
+    backup, diff, dump, export, find, import, ls, prune, restore, retention, stats, verify,
+};
 use crate::repo::{lock, Repository};
 use metrics::{sample, MetricsFile, Sample};
 use output::Out;
@@ -59,7 +62,8 @@ pub struct Cli {
     /// Print a machine-readable JSON report on stdout
     #[arg(long, global = true)]
     json: bool,
-    /// Wait up to DURATION for a lock held by another tvault (e.g. 10m) instead of failing
+    /// Wait up to DURATION for a lock held by another tvault (e.g. 10m; m = minutes) instead of
+    /// failing
     #[arg(long, global = true, value_name = "DURATION", value_parser = args::parse_duration)]
     lock_wait: Option<std::time::Duration>,
     #[command(subcommand)]
@@ -100,7 +104,7 @@ enum Command {
         exclude_file: Vec<PathBuf>,
         /// Files modified within DURATION are still being written: they keep their version from
         /// the parent snapshot (a new one waits), and a checkpoint folder with such a file keeps
-        /// the parent's version of all its files; all are listed, and a later backup takes them
+        /// the parent's version of all its files; all are listed, and a later backup takes them (e.g. 10m; m = minutes)
         #[arg(long, value_name = "DURATION", value_parser = args::parse_duration)]
         settle: Option<std::time::Duration>,
         /// A file or checkpoint folder deferred by --settle for longer than DURATION makes the
@@ -126,16 +130,20 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         path: Option<PathBuf>,
         /// Exit with code 5 unless the newest complete snapshot shown is younger than DURATION
+        /// (e.g. 26h; m = minutes)
         #[arg(long, value_name = "DURATION", value_parser = args::parse_duration)]
         max_age: Option<Duration>,
     },
     /// Restore a snapshot into a directory, or as a tar archive with --tar
     Restore {
-        /// Snapshot ID or a unique prefix of it (at least 4 hex digits)
+        /// Snapshot ID, a unique prefix of it (at least 4 hex digits), or `latest`
         id: String,
         /// Directory to restore into (created if missing; must be empty unless --overwrite)
-        #[arg(required_unless_present = "tar", conflicts_with = "tar")]
+        #[arg(required_unless_present_any = ["tar", "target_dir"], conflicts_with_all = ["tar", "target_dir"])]
         target: Option<PathBuf>,
+        /// Directory to restore into, restic's spelling of TARGET
+        #[arg(long = "target", value_name = "DIR", conflicts_with = "tar")]
+        target_dir: Option<PathBuf>,
         /// Write a tar archive to FILE instead (gzip for .tar.gz/.tgz; `-` for standard output)
         #[arg(long, value_name = "FILE")]
         tar: Option<PathBuf>,
@@ -145,22 +153,78 @@ enum Command {
         /// Restore into a non-empty directory, replacing files in the way (or replace FILE)
         #[arg(long)]
         overwrite: bool,
+        #[command(flatten)]
+        latest: LatestFilter,
     },
     /// Show what changed between two snapshots, down to the tensors of checkpoint files
     Diff {
-        /// The older snapshot (ID or unique prefix)
+        /// The older snapshot (ID, unique prefix or `latest`)
         from: String,
-        /// The newer snapshot (ID or unique prefix)
+        /// The newer snapshot (ID, unique prefix or `latest`)
         to: String,
+        #[command(flatten)]
+        latest: LatestFilter,
     },
     /// Show how a snapshot's bytes are stored per file (unchanged since its parent, delta,
     /// whole), and with --tensors which tensors a training step changed
     Show {
-        /// The snapshot (ID or unique prefix)
+        /// The snapshot (ID, unique prefix or `latest`)
         snapshot: String,
         /// Also list each tensor of model files: unchanged, delta, new or changed
         #[arg(long)]
         tensors: bool,
+        #[command(flatten)]
+        latest: LatestFilter,
+    },
+    /// List the files, directories and symlinks of a snapshot (below PATH)
+    Ls {
+        /// The snapshot (ID, unique prefix or `latest`)
+        id: String,
+        /// Only this path of the snapshot and what is below it, e.g. ckpt/step-1000
+        #[arg(id = "snapshot_path", value_name = "PATH")]
+        path: Option<String>,
+        /// Also show kind and permissions, size and mtime (UTC)
+        #[arg(long, short)]
+        long: bool,
+        #[command(flatten)]
+        latest: LatestFilter,
+    },
+    /// Write one file of a snapshot to standard output, without restoring the snapshot
+    Dump {
+        /// The snapshot (ID, unique prefix or `latest`)
+        id: String,
+        /// The file's path in the snapshot, as `tvault ls` prints it
+        #[arg(id = "snapshot_path", value_name = "PATH")]
+        path: String,
+        /// Write only this tensor's raw bytes (safetensors and GGUF files)
+        #[arg(long, value_name = "NAME")]
+        tensor: Option<String>,
+        #[command(flatten)]
+        latest: LatestFilter,
+    },
+    /// Find files and directories matching GLOB in every snapshot
+    Find {
+        /// `*.safetensors` matches names at any depth, `ckpt/step-*/model.safetensors` whole
+        /// paths as stored
+        #[arg(value_name = "GLOB")]
+        pattern: String,
+        /// Only snapshots with this tag (repeatable: any of them)
+        #[arg(long, value_name = "TAG")]
+        tag: Vec<String>,
+        /// Only snapshots of this host
+        #[arg(long)]
+        host: Option<String>,
+        /// Only snapshots that backed up this path
+        #[arg(long, value_name = "PATH")]
+        path: Option<PathBuf>,
+    },
+    /// Sizes of a snapshot (restore size, distinct chunks, stored bytes, dedup, encodings), or
+    /// without ID of the whole repository
+    Stats {
+        /// The snapshot (ID, unique prefix or `latest`)
+        id: Option<String>,
+        #[command(flatten)]
+        latest: LatestFilter,
     },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions {
@@ -202,7 +266,8 @@ enum Command {
         /// Keep the newest snapshot of each of the last N years that have one
         #[arg(long, value_name = "N", default_value_t = 0)]
         keep_yearly: u32,
-        /// Keep snapshots newer than DURATION before the newest one (e.g. 36h, 7d, 1y6m)
+        /// Keep snapshots newer than DURATION before the newest one (e.g. 36h, 7d, 1y6m, 90min;
+        /// m = months, as in restic; min = minutes)
         #[arg(long, value_name = "DURATION", value_parser = retention::Within::parse)]
         keep_within: Option<retention::Within>,
         /// Keep snapshots with this tag (repeatable)
@@ -249,6 +314,42 @@ fn render_exit_status(page: &mut Vec<u8>) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Which snapshot `latest` names: the newest complete one matching these filters.
+#[derive(clap::Args, Debug)]
+struct LatestFilter {
+    /// With `latest`: only snapshots with this tag (repeatable: any of them)
+    #[arg(long = "tag", value_name = "TAG")]
+    tags: Vec<String>,
+    /// With `latest`: only snapshots of this host
+    #[arg(long)]
+    host: Option<String>,
+    /// With `latest`: only snapshots that backed up this path
+    #[arg(long, value_name = "PATH")]
+    path: Option<PathBuf>,
+}
+
+impl LatestFilter {
+    fn filter(self) -> SnapshotFilter {
+        SnapshotFilter::new(self.tags, self.host, self.path)
+    }
+}
+
+/// Resolves snapshot arguments (`latest` among them) and says on stderr, before anything is
+/// written, which snapshot `latest` is.
+fn resolve(
+    repo: &Repository,
+    out: &Out,
+    specs: &[&str],
+    filter: LatestFilter,
+) -> Result<(Vec<Resolved>, Option<Latest>)> {
+    let resolved = select::resolve(repo, specs, &filter.filter())?;
+    let latest = resolved.iter().find_map(|r| r.latest.clone());
+    if let Some(l) = &latest {
+        out.note(&l.to_string());
+    }
+    Ok((resolved, latest))
 }
 
 /// The documented default repository location.
@@ -399,7 +500,7 @@ pub fn run() -> Result<u8> {
                         repo.snapshot_ids()?.len() as f64,
                     ),
                 ];
-                Ok((out.backup(&r), samples))
+                Ok((out.backup(&r, opts.settle), samples))
             })
         }
         Command::Snapshots {
@@ -409,15 +510,7 @@ pub fn run() -> Result<u8> {
             max_age,
         } => {
             let repo = open(&repo_path, false, &out, lock_wait)?;
-            // Paths are stored resolved; resolve the filter the same way when it exists here.
-            let path = path.map(|p| std::fs::canonicalize(&p).unwrap_or(p).display().to_string());
-            let shown: Vec<_> = repo
-                .snapshots()?
-                .into_iter()
-                .filter(|(_, s)| tag.is_empty() || s.tags.iter().any(|t| tag.contains(t)))
-                .filter(|(_, s)| host.as_ref().is_none_or(|h| &s.host == h))
-                .filter(|(_, s)| path.as_ref().is_none_or(|p| s.paths.contains(p)))
-                .collect();
+            let shown = select::matching(&repo, &SnapshotFilter::new(tag, host, path))?;
             out.snapshots(&shown);
             match max_age {
                 Some(max) => Ok(out.freshness(&shown, max)),
@@ -427,11 +520,15 @@ pub fn run() -> Result<u8> {
         Command::Restore {
             id,
             target,
+            target_dir,
             tar,
             include,
             overwrite,
+            latest,
         } => {
             let mut repo = open(&repo_path, false, &out, lock_wait)?;
+            let (resolved, latest) = resolve(&repo, &out, &[&id], latest)?;
+            let id = resolved[0].id.to_hex();
             if let Some(tar) = tar {
                 let dest = if tar.as_os_str() == "-" {
                     export::TarTarget::Stdout
@@ -441,7 +538,10 @@ pub fn run() -> Result<u8> {
                 let to_stdout = matches!(dest, export::TarTarget::Stdout);
                 let report = export::run(&mut repo, &id, &include, dest, overwrite)?;
                 if !to_stdout {
-                    out.json(&serde_json::to_value(&report)?);
+                    out.json(&serde_json::to_value(output::WithLatest {
+                        report: &report,
+                        latest: latest.as_ref(),
+                    })?);
                     out.line(&format!(
                         "wrote snapshot {} to {}: {} entries, {} of file content",
                         &report.snapshot_id[..crate::id::SHORT_LEN],
@@ -454,25 +554,102 @@ pub fn run() -> Result<u8> {
             }
             let opts = restore::RestoreOptions {
                 snapshot: id,
-                target: target.expect("clap requires TARGET without --tar"),
+                target: target
+                    .or(target_dir)
+                    .expect("clap requires TARGET or --target without --tar"),
                 include,
                 overwrite,
             };
             let progress = out.progress("restore");
             let report = restore::run(&mut repo, &opts, &progress)?;
             drop(progress);
-            Ok(out.restore(&report, &opts.target))
+            Ok(out.restore(&report, &opts.target, latest.as_ref()))
         }
-        Command::Diff { from, to } => {
+        Command::Diff { from, to, latest } => {
             let mut repo = open(&repo_path, false, &out, lock_wait)?;
+            let (ids, latest) = resolve(&repo, &out, &[&from, &to], latest)?;
+            let (from, to) = (ids[0].id.to_hex(), ids[1].id.to_hex());
             let report = diff::run(&mut repo, &from, &to)?;
-            out.diff(&report);
+            out.diff(&report, latest.as_ref());
             Ok(exit::SUCCESS)
         }
-        Command::Show { snapshot, tensors } => {
+        Command::Show {
+            snapshot,
+            tensors,
+            latest,
+        } => {
             let mut repo = open(&repo_path, false, &out, lock_wait)?;
-            let report = crate::ops::show::run(&mut repo, &snapshot, tensors)?;
-            out.show(&report);
+            let (ids, latest) = resolve(&repo, &out, &[&snapshot], latest)?;
+            let report = crate::ops::show::run(&mut repo, &ids[0].id.to_hex(), tensors)?;
+            out.show(&report, latest.as_ref());
+            Ok(exit::SUCCESS)
+        }
+        Command::Ls {
+            id,
+            path,
+            long,
+            latest,
+        } => {
+            let mut repo = open(&repo_path, false, &out, lock_wait)?;
+            let (ids, _) = resolve(&repo, &out, &[&id], latest)?;
+            let opts = ls::LsOptions {
+                snapshot: ids[0].id,
+                path,
+            };
+            out.ls(&ls::run(&mut repo, &opts)?, long);
+            Ok(exit::SUCCESS)
+        }
+        Command::Dump {
+            id,
+            path,
+            tensor,
+            latest,
+        } => {
+            let mut repo = open(&repo_path, false, &out, lock_wait)?;
+            let (ids, _) = resolve(&repo, &out, &[&id], latest)?;
+            let opts = dump::DumpOptions {
+                snapshot: ids[0].id,
+                path,
+                tensor,
+            };
+            let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+            match dump::run(&mut repo, &opts, &mut stdout) {
+                Ok(_) => Ok(exit::SUCCESS),
+                // A reader that stops early (`tvault dump ID f | head -c 100`) is its choice.
+                Err(crate::error::Error::Io { err, .. })
+                    if err.kind() == std::io::ErrorKind::BrokenPipe =>
+                {
+                    Ok(exit::SUCCESS)
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        Command::Find {
+            pattern,
+            tag,
+            host,
+            path,
+        } => {
+            let mut repo = open(&repo_path, false, &out, lock_wait)?;
+            let opts = find::FindOptions {
+                pattern,
+                filter: SnapshotFilter::new(tag, host, path),
+            };
+            out.find(&find::run(&mut repo, &opts)?);
+            Ok(exit::SUCCESS)
+        }
+        Command::Stats { id, latest } => {
+            let mut repo = open(&repo_path, false, &out, lock_wait)?;
+            let specs: Vec<&str> = id.as_deref().into_iter().collect();
+            let (ids, latest) = resolve(&repo, &out, &specs, latest)?;
+            match ids.first() {
+                Some(r) => {
+                    let mut report = stats::snapshot(&mut repo, &r.id)?;
+                    report.latest = latest;
+                    out.snapshot_stats(&report);
+                }
+                None => out.repo_stats(&stats::repository(&mut repo)?),
+            }
             Ok(exit::SUCCESS)
         }
         Command::Completions { shell } => {
@@ -579,7 +756,7 @@ pub fn run() -> Result<u8> {
                 let progress = out.progress("prune");
                 let r = prune::run(&mut repo, &opts, &progress)?;
                 drop(progress);
-                out.prune(&r);
+                out.prune(&r, opts.policy.within);
                 if let Some(why) = &r.refused {
                     anyhow::bail!("prune would refuse this plan: {why}");
                 }

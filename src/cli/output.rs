@@ -11,8 +11,12 @@ use super::exit;
 use crate::id::Id;
 use crate::ops::backup::BackupReport;
 use crate::ops::diff::DiffReport;
+use crate::ops::find::Found;
+use crate::ops::ls::{mode_string, LsEntry};
 use crate::ops::prune::PruneReport;
 use crate::ops::restore::RestoreReport;
+use crate::ops::select::Latest;
+use crate::ops::stats::{ChunkTotals, RepoStats, SnapshotStats};
 use crate::ops::verify::VerifyReport;
 use crate::progress::Progress;
 use crate::snapshot::{Snapshot, SnapshotKind};
@@ -50,6 +54,19 @@ pub fn print_error(json: bool, message: &str, exit_code: u8) {
 pub struct Out {
     quiet: bool,
     json: bool,
+}
+
+/// A report with, when its snapshot was given as `latest`, what `latest` resolved to.
+#[derive(serde::Serialize)]
+pub struct WithLatest<'a, T: serde::Serialize> {
+    #[serde(flatten)]
+    pub report: &'a T,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latest: Option<&'a Latest>,
+}
+
+fn with_latest<T: serde::Serialize>(report: &T, latest: Option<&Latest>) -> serde_json::Value {
+    serde_json::to_value(WithLatest { report, latest }).expect("report serialises")
 }
 
 impl Out {
@@ -119,7 +136,8 @@ impl Out {
         }
     }
 
-    pub fn backup(&self, r: &BackupReport) -> u8 {
+    /// `settle`: the `--settle` duration, stated in the summary of what it left out.
+    pub fn backup(&self, r: &BackupReport, settle: Option<std::time::Duration>) -> u8 {
         let s = &r.snapshot;
         let m = &s.summary;
         self.json(&json!({
@@ -195,8 +213,9 @@ impl Out {
                 ),
             };
             self.line(&format!(
-                "  {} recently modified file(s) left for the next backup (--settle): {kept} kept at their version in the parent snapshot, {} not in any snapshot yet{longest}",
+                "  {} recently modified file(s) left for the next backup (--settle: modified less than {} ago): {kept} kept at their version in the parent snapshot, {} not in any snapshot yet{longest}",
                 d.len(),
+                settle.map(super::args::describe_duration).unwrap_or_default(),
                 d.len() - kept,
             ));
         }
@@ -301,8 +320,8 @@ impl Out {
         exit::STALE
     }
 
-    pub fn restore(&self, r: &RestoreReport, target: &Path) -> u8 {
-        self.json(&serde_json::to_value(r).expect("report serialises"));
+    pub fn restore(&self, r: &RestoreReport, target: &Path, latest: Option<&Latest>) -> u8 {
+        self.json(&with_latest(r, latest));
         self.line(&format!(
             "restored snapshot {} into {}: {} files, {} directories, {} symlinks, {} in {}",
             &r.snapshot_id[..crate::id::SHORT_LEN],
@@ -325,9 +344,9 @@ impl Out {
 }
 
 impl Out {
-    pub fn show(&self, r: &crate::ops::show::ShowReport) {
+    pub fn show(&self, r: &crate::ops::show::ShowReport, latest: Option<&Latest>) {
         use crate::ops::show::Storage;
-        self.json(&serde_json::to_value(r).expect("report serialises"));
+        self.json(&with_latest(r, latest));
         let describe = |s: &Storage| {
             let mut parts = vec![format!("{} unchanged", HumanBytes(s.unchanged))];
             for (name, plain, stored) in [
@@ -387,8 +406,8 @@ impl Out {
         ));
     }
 
-    pub fn diff(&self, r: &DiffReport) {
-        self.json(&serde_json::to_value(r).expect("report serialises"));
+    pub fn diff(&self, r: &DiffReport, latest: Option<&Latest>) {
+        self.json(&with_latest(r, latest));
         for f in &r.removed {
             self.line(&format!("-  {}  ({})", f.path, HumanBytes(f.size)));
         }
@@ -483,8 +502,15 @@ impl Out {
         exit::DAMAGE
     }
 
-    pub fn prune(&self, r: &PruneReport) {
+    /// `within`: the `--keep-within` span, stated in words before the decisions.
+    pub fn prune(&self, r: &PruneReport, within: Option<crate::ops::retention::Within>) {
         self.json(&serde_json::to_value(r).expect("report serialises"));
+        if let Some(w) = within {
+            self.line(&format!(
+                "keep within {} before the newest snapshot of each host and paths (--keep-within)",
+                w.describe()
+            ));
+        }
         for d in &r.snapshots {
             self.line(&format!(
                 "{:<6} {}  {}  {:<12} {}  [{}]",
@@ -513,6 +539,113 @@ impl Out {
         ));
         if r.dry_run {
             self.line("dry run: nothing was changed");
+        }
+    }
+}
+
+impl Out {
+    pub fn ls(&self, entries: &[LsEntry], long: bool) {
+        self.json(&serde_json::to_value(entries).expect("report serialises"));
+        if self.json || self.quiet {
+            return;
+        }
+        for e in entries {
+            let target = e
+                .target
+                .as_ref()
+                .map(|t| format!(" -> {t}"))
+                .unwrap_or_default();
+            if long {
+                outln!(
+                    "{} {:>12} {} {}{target}",
+                    mode_string(e.kind, e.mode),
+                    e.size,
+                    e.mtime.format("%Y-%m-%d %H:%M:%S"),
+                    e.path
+                );
+            } else {
+                outln!("{}{target}", e.path);
+            }
+        }
+    }
+
+    pub fn find(&self, found: &[Found]) {
+        self.json(&serde_json::to_value(found).expect("report serialises"));
+        if self.json || self.quiet {
+            return;
+        }
+        for f in found {
+            outln!(
+                "{}  {}  {:>10}  {}{}",
+                &f.id[..crate::id::SHORT_LEN],
+                f.time.format("%Y-%m-%d %H:%M:%S"),
+                HumanBytes(f.size).to_string(),
+                f.path,
+                if f.kind == crate::tree::NodeKind::Dir {
+                    "/"
+                } else {
+                    ""
+                },
+            );
+        }
+        if found.is_empty() {
+            self.note("no match");
+        }
+    }
+
+    pub fn snapshot_stats(&self, s: &SnapshotStats) {
+        self.json(&serde_json::to_value(s).expect("report serialises"));
+        self.line(&format!(
+            "snapshot {}: {} files, {} directories, {} symlinks",
+            &s.snapshot_id[..crate::id::SHORT_LEN],
+            s.files,
+            s.dirs,
+            s.symlinks
+        ));
+        self.line(&format!(
+            "  restore size {} in {} distinct chunks of {} ({:.2}x dedup), stored as {}",
+            HumanBytes(s.restore_size),
+            s.chunks.chunks,
+            HumanBytes(s.chunks.plain_bytes),
+            s.dedup_ratio,
+            HumanBytes(s.chunks.stored_bytes),
+        ));
+        self.encodings(&s.chunks);
+        if s.missing_chunks > 0 {
+            self.warn(&format!(
+                "{} chunk(s) of this snapshot are in no index: run `tvault verify`",
+                s.missing_chunks
+            ));
+        }
+    }
+
+    pub fn repo_stats(&self, s: &RepoStats) {
+        self.json(&serde_json::to_value(s).expect("report serialises"));
+        self.line(&format!(
+            "{} snapshots, {} packs ({})",
+            s.snapshots,
+            s.packs,
+            HumanBytes(s.pack_bytes)
+        ));
+        self.line(&format!(
+            "  restore size of all snapshots {} in {} distinct chunks of {} ({:.2}x dedup), stored as {}",
+            HumanBytes(s.restore_size),
+            s.chunks.chunks,
+            HumanBytes(s.chunks.plain_bytes),
+            s.dedup_ratio,
+            HumanBytes(s.chunks.stored_bytes),
+        ));
+        self.encodings(&s.chunks);
+    }
+
+    fn encodings(&self, c: &ChunkTotals) {
+        for (name, b) in &c.by_encoding {
+            self.line(&format!(
+                "  {name:<12} {:>8} chunks {:>10} -> {:>10}",
+                b.chunks,
+                HumanBytes(b.plain_bytes).to_string(),
+                HumanBytes(b.stored_bytes).to_string()
+            ));
         }
     }
 }

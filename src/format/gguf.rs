@@ -144,6 +144,14 @@ fn ggml_type(ty: u32) -> Option<(u64, u64, &'static str)> {
     })
 }
 
+/// The byte size of a tensor of a known ggml type (its `dtype` as [`parse`] names it), without
+/// the alignment padding after it; `None` for types this build does not know.
+pub fn byte_size(info: &TensorInfo) -> Option<u64> {
+    let (block, bytes, _) = (0..=30).filter_map(ggml_type).find(|t| t.2 == info.dtype)?;
+    let numel = info.shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d))?;
+    (numel / block).checked_mul(bytes)
+}
+
 struct RawTensor {
     info: TensorInfo,
     offset: u64,

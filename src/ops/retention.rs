@@ -5,7 +5,8 @@
 //!   newest snapshot of each of the N most recent hours/days/ISO weeks/months/years *that have a
 //!   snapshot* (empty periods do not count). Periods are computed in **UTC**.
 //! - `--keep-within D` keeps every snapshot strictly newer than the group's newest minus D
-//!   (`D` like `2d`, `36h`, `1y6m`, `2w`: units y, m (months), w, d, h).
+//!   (`D` like `2d`, `36h`, `1y6m`, `2w`, `90min`: units y, m or mo (months, as in restic), w,
+//!   d, h, min (minutes)).
 //! - `--keep-tag T` keeps every snapshot that has tag T.
 //! - A snapshot is kept if any rule keeps it; the reasons say which.
 //! - With no rule at all, every snapshot is kept.
@@ -31,50 +32,105 @@ pub struct Within {
     pub months: u32,
     pub days: u32,
     pub hours: u32,
+    pub minutes: u32,
+}
+
+/// Splits a duration like `1h30min` into (number, unit) pairs; `None` unless it is one or more
+/// numbers each followed by a unit made of letters.
+pub fn split_units(text: &str) -> Option<Vec<(u64, String)>> {
+    let mut parts = Vec::new();
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let letters = rest[digits..]
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .map_or(rest.len(), |n| digits + n);
+        if digits == 0 || letters == digits {
+            return None;
+        }
+        parts.push((
+            rest[..digits].parse().ok()?,
+            rest[digits..letters].to_string(),
+        ));
+        rest = &rest[letters..];
+    }
+    Some(parts)
 }
 
 impl Within {
-    /// Parses `1y2m3w4d5h`-style spans (any subset, each unit at most once, in any order).
+    /// Parses `1y2m3w4d5h6min`-style spans (any subset, each unit at most once, in any order).
+    /// A bare `m` is months (restic's meaning, kept so existing policies keep what they kept);
+    /// `mo` says months and `min` minutes explicitly.
     pub fn parse(text: &str) -> Result<Within, String> {
         let bad = || {
-            format!("invalid duration {text:?}: use a number and a unit (y, m, w, d, h), e.g. 36h, 7d, 1y6m")
+            format!("invalid duration {text:?}: use a number and a unit (y, m or mo = months, w, d, h, min = minutes), e.g. 36h, 7d, 1y6m, 90min")
         };
         let mut w = Within::default();
-        let mut digits = String::new();
-        let mut seen = String::new();
-        for c in text.trim().chars() {
-            if c.is_ascii_digit() {
-                digits.push(c);
-                continue;
-            }
-            let n: u32 = digits.parse().map_err(|_| bad())?;
-            digits.clear();
-            if seen.contains(c) {
+        let mut seen: Vec<&str> = Vec::new();
+        for (n, unit) in split_units(text).ok_or_else(bad)? {
+            let n: u32 = n.try_into().map_err(|_| bad())?;
+            let unit = match unit.as_str() {
+                "y" => "y",
+                "m" | "mo" => "mo",
+                "w" => "w",
+                "d" => "d",
+                "h" => "h",
+                "min" => "min",
+                _ => return Err(bad()),
+            };
+            if seen.contains(&unit) {
                 return Err(bad());
             }
-            seen.push(c);
-            match c {
-                'y' => w.years = n,
-                'm' => w.months = n,
-                'w' => w.days += n * 7,
-                'd' => w.days += n,
-                'h' => w.hours = n,
-                _ => return Err(bad()),
+            seen.push(unit);
+            let days = |d: u32| w.days.checked_add(d).ok_or_else(bad);
+            match unit {
+                "y" => w.years = n,
+                "mo" => w.months = n,
+                "w" => w.days = days(n.checked_mul(7).ok_or_else(bad)?)?,
+                "d" => w.days = days(n)?,
+                "h" => w.hours = n,
+                _ => w.minutes = n,
             }
-        }
-        if !digits.is_empty() || seen.is_empty() {
-            return Err(bad());
         }
         Ok(w)
     }
 
     /// `t` minus this span.
     pub fn before(&self, t: DateTime<Utc>) -> DateTime<Utc> {
-        let months = self.years * 12 + self.months;
+        let months = self.years.saturating_mul(12).saturating_add(self.months);
         let t = t
             .checked_sub_months(Months::new(months))
             .unwrap_or(DateTime::<Utc>::MIN_UTC);
-        t - Duration::days(self.days as i64) - Duration::hours(self.hours as i64)
+        t.checked_sub_signed(
+            Duration::days(self.days as i64)
+                + Duration::hours(self.hours as i64)
+                + Duration::minutes(self.minutes as i64),
+        )
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+    }
+
+    /// The span in words, as plans state it: `1 year 6 months`, `30 minutes`.
+    pub fn describe(&self) -> String {
+        let parts: Vec<String> = [
+            (self.years, "year"),
+            (self.months, "month"),
+            (self.days, "day"),
+            (self.hours, "hour"),
+            (self.minutes, "minute"),
+        ]
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, unit)| format!("{n} {unit}{}", if *n == 1 { "" } else { "s" }))
+        .collect();
+        if parts.is_empty() {
+            return "0 minutes".to_string();
+        }
+        parts.join(" ")
     }
 }
 
@@ -159,13 +215,15 @@ pub fn apply(policy: &KeepPolicy, group: &[Candidate]) -> Vec<Vec<String>> {
     reasons
 }
 
+/// The span in short units that cannot be misread: `1y6mo`, `2d`, `30min`.
 fn describe(w: Within) -> String {
     let mut s = String::new();
     for (n, unit) in [
         (w.years, "y"),
-        (w.months, "m"),
+        (w.months, "mo"),
         (w.days, "d"),
         (w.hours, "h"),
+        (w.minutes, "min"),
     ] {
         if n > 0 {
             s.push_str(&format!("{n}{unit}"));
@@ -287,6 +345,11 @@ mod tests {
         assert_eq!(kept(&within("2d13h"), &g), vec![0, 1, 2, 3]);
         assert_eq!(kept(&within("1h"), &g), vec![3]);
         assert_eq!(kept(&within("1m"), &g), vec![0, 1, 2, 3]);
+        assert_eq!(kept(&within("1mo"), &g), vec![0, 1, 2, 3]);
+        assert_eq!(kept(&within("720min"), &g), vec![3]);
+        assert_eq!(kept(&within("721min"), &g), vec![2, 3]);
+        let reasons = apply(&within("1y6m"), &g);
+        assert_eq!(reasons[0], vec!["within 1y6mo".to_string()]);
     }
 
     #[test]
@@ -339,10 +402,32 @@ mod tests {
                 years: 1,
                 months: 6,
                 days: 15,
-                hours: 0
+                ..Within::default()
             }
         );
-        for bad in ["", "5", "h", "3x", "1d1d", "-1d", "1.5d"] {
+        // A bare `m` stays months; `mo` and `min` say which explicitly.
+        assert_eq!(Within::parse("30m"), Within::parse("30mo"));
+        assert_eq!(Within::parse("30m").unwrap().describe(), "30 months");
+        let w = Within::parse("1h30min").unwrap();
+        assert_eq!((w.hours, w.minutes), (1, 30));
+        assert_eq!(w.describe(), "1 hour 30 minutes");
+        assert_eq!(
+            Within::parse("1y6m2w1d").unwrap().describe(),
+            "1 year 6 months 15 days"
+        );
+        for bad in [
+            "",
+            "5",
+            "h",
+            "3x",
+            "1d1d",
+            "-1d",
+            "1.5d",
+            "1m1mo",
+            "1min1min",
+            "5mins",
+            "99999999999y",
+        ] {
             let err = Within::parse(bad).unwrap_err();
             assert!(err.contains("invalid duration"), "{bad}: {err}");
         }

@@ -92,17 +92,9 @@ pub fn is_checkpoint_marker(name: &str) -> bool {
         || name.ends_with("_model_states.pt")
 }
 
-/// `90s`, `40m`, `1h`, `2h5m`, `3d4h`: a duration as people write it (floored).
+/// A number of seconds in words (`1 hour 5 minutes`): never `40m`, which could be months.
 pub(crate) fn human(secs: u64) -> String {
-    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
-    match (d, h, m) {
-        (0, 0, 0) => format!("{s}s"),
-        (0, 0, m) => format!("{m}m"),
-        (0, h, 0) => format!("{h}h"),
-        (0, h, m) => format!("{h}h{m}m"),
-        (d, 0, _) => format!("{d}d"),
-        (d, h, _) => format!("{d}d{h}h"),
-    }
+    super::describe_duration(Duration::from_secs(secs))
 }
 
 /// `, deferred for 1h`; nothing for a deferral that starts with this backup.
@@ -348,12 +340,12 @@ mod tests {
     }
 
     #[test]
-    fn durations_read_as_people_write_them() {
-        assert_eq!(human(0), "0s");
-        assert_eq!(human(59), "59s");
-        assert_eq!(human(2400), "40m");
-        assert_eq!(human(3602), "1h");
-        assert_eq!(human(3600 + 5 * 60), "1h5m");
-        assert_eq!(human(3 * 86_400 + 4 * 3600 + 7), "3d4h");
+    fn durations_are_stated_in_words() {
+        assert_eq!(human(0), "0 seconds");
+        assert_eq!(human(59), "59 seconds");
+        assert_eq!(human(2400), "40 minutes");
+        assert_eq!(human(3600), "1 hour");
+        assert_eq!(human(3600 + 5 * 60 + 1), "1 hour 5 minutes 1 second");
+        assert_eq!(human(3 * 86_400 + 4 * 3600), "3 days 4 hours");
     }
 }

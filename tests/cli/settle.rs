@@ -287,8 +287,8 @@ fn a_checkpoint_folder_with_a_settling_shard_keeps_the_parents_version_of_every_
     for needle in [
         s(&ckpt),
         "model-00002-of-00002.safetensors",
-        "1h",
-        "--settle-max 40m",
+        "for 1 hour",
+        "--settle-max 40 minutes",
     ] {
         assert!(problem.contains(needle), "{needle:?} not in {problem:?}");
     }
@@ -329,7 +329,7 @@ fn a_file_that_never_settles_makes_the_snapshot_incomplete_past_settle_max() {
     assert_eq!(problems.len(), 1, "{out}");
     let problem = problems[0].as_str().unwrap();
     let canonical = fs::canonicalize(&ckpt).unwrap();
-    for needle in [s(&canonical), "--settle-max", "40m", "1h"] {
+    for needle in [s(&canonical), "--settle-max 40 minutes", "after 1 hour"] {
         assert!(problem.contains(needle), "{needle:?} not in {problem:?}");
     }
     out.stderr_has(&["INCOMPLETE"]);
@@ -373,5 +373,5 @@ fn a_file_that_never_settles_makes_the_snapshot_incomplete_past_settle_max() {
         "5m"
     ])
     .expect_code(1)
-    .stderr_has(&["--settle-max 5m", "--settle 10m"]);
+    .stderr_has(&["--settle-max 5 minutes", "--settle 10 minutes"]);
 }
