@@ -117,6 +117,10 @@ enum Command {
         /// Write Prometheus textfile metrics of this run to FILE (atomically), also on failure
         #[arg(long, value_name = "FILE")]
         metrics_file: Option<PathBuf>,
+        /// Say what would be read and added: files are read, chunked and compressed as a
+        /// backup would, but nothing is stored and no snapshot is written
+        #[arg(long, conflicts_with_all = ["from_tar", "metrics_file"])]
+        dry_run: bool,
     },
     /// List snapshots, oldest first; with --max-age, alarm when the newest is too old
     Snapshots {
@@ -428,6 +432,7 @@ pub fn run() -> Result<u8> {
             settle_max,
             read_limit,
             metrics_file,
+            dry_run,
         } => {
             for file in &exclude_file {
                 exclude.extend(crate::ops::Excludes::read_file(file)?);
@@ -442,9 +447,12 @@ pub fn run() -> Result<u8> {
                 settle,
                 settle_max,
                 read_limit,
+                dry_run,
             };
             measured(metrics_file, "backup", &repo_path, || {
-                let mut repo = open(&repo_path, explicit.is_none(), &out, lock_wait)?;
+                // A dry run never creates the default repository.
+                let create = explicit.is_none() && !dry_run;
+                let mut repo = open(&repo_path, create, &out, lock_wait)?;
                 let progress = out.progress("backup");
                 let r = match &from_tar {
                     Some(archive) => {

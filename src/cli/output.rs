@@ -140,8 +140,10 @@ impl Out {
     pub fn backup(&self, r: &BackupReport, settle: Option<std::time::Duration>) -> u8 {
         let s = &r.snapshot;
         let m = &s.summary;
+        let id = (!r.dry_run).then(|| r.snapshot_id.to_hex());
         self.json(&json!({
-            "snapshot_id": r.snapshot_id.to_hex(),
+            "snapshot_id": id,
+            "dry_run": r.dry_run,
             "kind": s.kind,
             "parent": s.parent.map(|p| p.to_hex()),
             "complete": s.is_complete(),
@@ -167,6 +169,22 @@ impl Out {
             (SnapshotKind::Incremental, Some(p)) => format!("incremental, parent {}", p.short()),
             _ => "full".to_string(),
         };
+        if r.dry_run {
+            self.line(&format!(
+                "dry run ({parent}): {} ({} new, {} changed, {} unchanged); would read {}, would add about {}; nothing was stored",
+                plural(m.files, "file"),
+                m.files_new,
+                m.files_changed,
+                m.files_unchanged,
+                HumanBytes(m.bytes_read),
+                HumanBytes(m.bytes_added),
+            ));
+            return if s.is_complete() {
+                super::exit::SUCCESS
+            } else {
+                super::exit::INCOMPLETE
+            };
+        }
         self.line(&format!(
             "snapshot {} saved ({parent}): {} files ({} new, {} changed, {} unchanged), {} read, {} added, {}",
             r.snapshot_id.short(),
@@ -773,6 +791,11 @@ impl Drop for CliProgress {
     fn drop(&mut self) {
         self.finish();
     }
+}
+
+/// `1 file`, `2 files`.
+pub fn plural(n: u64, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
 }
 
 fn secs(ms: u64) -> String {

@@ -43,6 +43,8 @@ pub struct BackupOptions {
     pub settle_max: Option<Duration>,
     /// Cap on the average read rate, in bytes per second.
     pub read_limit: Option<u64>,
+    /// Read, chunk and encode what a backup would, but store nothing and write no snapshot.
+    pub dry_run: bool,
 }
 
 impl BackupOptions {
@@ -56,6 +58,9 @@ impl BackupOptions {
 
 #[derive(Clone, Debug)]
 pub struct BackupReport {
+    /// `--dry-run`: nothing was stored; `snapshot_id` is all zeros and `bytes_added` is what
+    /// the packs would have added.
+    pub dry_run: bool,
     pub snapshot_id: Id,
     pub snapshot: Snapshot,
     /// Non-fatal warnings that do not make the snapshot incomplete (skipped special files).
@@ -210,7 +215,11 @@ pub fn run(
 
     let read_bytes: u64 = to_read.iter().map(|(i, _, _)| nodes[*i].size).sum();
     progress.start(to_read.len() as u64, read_bytes);
-    let mut writer = BlobWriter::new(repo);
+    let mut writer = if opts.dry_run {
+        BlobWriter::dry(repo)
+    } else {
+        BlobWriter::new(repo)
+    };
     let mut skipped = Vec::new();
     for (i, abs, prev) in to_read {
         progress.file(&nodes[i].path.display());
@@ -261,6 +270,7 @@ pub fn run(
     let (snapshot_id, snapshot) = commit(repo, writer, nodes, snapshot, started)?;
     progress.finish();
     Ok(BackupReport {
+        dry_run: opts.dry_run,
         snapshot_id,
         snapshot,
         warnings,
@@ -286,8 +296,13 @@ pub(crate) fn commit(
     snapshot.tree = tree_id;
     snapshot.summary.chunks_added = writer.blobs_added;
     snapshot.summary.stored = writer.stored_by;
+    let dry = writer.is_dry();
     snapshot.summary.bytes_added = writer.finish()?;
     snapshot.summary.duration_ms = started.elapsed().as_millis() as u64;
+    if dry {
+        // Nothing was stored: there is no snapshot, and so no ID.
+        return Ok((Id([0; 32]), snapshot));
+    }
     Ok((repo.save_snapshot(&snapshot)?, snapshot))
 }
 

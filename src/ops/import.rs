@@ -400,6 +400,7 @@ pub fn run(
     let (snapshot_id, snapshot) = commit(repo, writer, nodes, snapshot, started)?;
     progress.finish();
     Ok(BackupReport {
+        dry_run: false,
         snapshot_id,
         snapshot,
         warnings,

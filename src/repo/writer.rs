@@ -34,6 +34,8 @@ pub struct BlobWriter<'r> {
     pub stored_by: crate::snapshot::StoredBy,
     /// Base and depth of each delta blob added (for the index file).
     deltas: index::Deltas,
+    /// A dry run (`backup --dry-run`): packs are counted, never stored.
+    dry: bool,
 }
 
 impl<'r> BlobWriter<'r> {
@@ -48,7 +50,20 @@ impl<'r> BlobWriter<'r> {
             blobs_added: 0,
             stored_by: Default::default(),
             deltas: Default::default(),
+            dry: false,
         }
+    }
+
+    /// A writer that encodes and counts what it would add but stores nothing: `bytes_added`
+    /// is then the packs' size without their trailers and index.
+    pub fn dry(repo: &'r Repository) -> BlobWriter<'r> {
+        let mut w = BlobWriter::new(repo);
+        w.dry = true;
+        w
+    }
+
+    pub fn is_dry(&self) -> bool {
+        self.dry
     }
 
     /// True when the blob is already in the repository or in this session.
@@ -99,6 +114,10 @@ impl<'r> BlobWriter<'r> {
         }
         self.wait()?;
         let pack = std::mem::take(&mut self.pack);
+        if self.dry {
+            self.bytes_added += pack.len() as u64;
+            return Ok(());
+        }
         let backend: Arc<dyn Backend> = self.repo.backend.clone();
         let store = move || -> Stored {
             let (id, bytes, entries) = pack.finish();

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use tvault::workload::{fill_weights, write_safetensors, Dtype, ModelDims, Rng, Scenario};
 
 use crate::testenv::{
-    num, overwrite_at, read_at, safetensors_tensors, set_mtime, sources_manifest, text, TensorLoc,
-    TestEnv,
+    args, num, overwrite_at, read_at, safetensors_tensors, set_mtime, sources_manifest, text,
+    TensorLoc, TestEnv,
 };
 
 const KIB: u64 = 1 << 10;
@@ -241,4 +241,54 @@ fn parent_is_the_latest_snapshot_of_the_same_host_and_paths() {
     assert_eq!(text(&e, "parent"), text(&b, "snapshot_id"));
     let hosts: Vec<String> = env.snapshots().iter().map(|s| text(s, "host")).collect();
     assert_eq!(hosts.iter().filter(|h| *h == "gpu-node-7").count(), 2);
+}
+
+/// `backup --dry-run` (issue 10.2): says what would be read and roughly added, stores
+/// nothing, writes no snapshot, and does not create the default repository.
+#[test]
+fn backup_dry_run_reports_what_would_be_read_and_added_and_writes_nothing() {
+    let env = TestEnv::with_repo();
+    let ckpt = env.checkpoint("src/ckpt", Scenario::Single, 3 << 20, 5, 0);
+    let before = env.repo_state();
+    let run = env
+        .tvault(args!["--json", "backup", "--dry-run", &ckpt])
+        .expect_code(0);
+    let r = run.json();
+    assert_eq!(r["dry_run"], true, "{run}");
+    assert!(r["snapshot_id"].is_null(), "{run}");
+    let total = num(&r, "total_bytes");
+    assert_eq!(num(&r, "bytes_read"), total);
+    let estimate = num(&r, "bytes_added");
+    assert!(estimate > total / 3 && estimate < total, "{run}");
+    assert_eq!(
+        env.repo_state(),
+        before,
+        "a dry run wrote to the repository"
+    );
+    assert!(env.snapshots().is_empty());
+
+    // The real backup adds about what the dry run said (plus index and trailers).
+    let real = env.backup(&[&ckpt], &[]);
+    let added = num(&real, "bytes_added");
+    assert!(
+        added >= estimate && added < estimate + estimate / 50,
+        "{estimate} vs {added}"
+    );
+    // Unchanged since: nothing to read, nothing to add; the human line says so.
+    let run = env
+        .tvault(args!["backup", "--dry-run", &ckpt])
+        .expect_code(0);
+    assert!(
+        run.stdout.contains("would read 0 B, would add about 0 B"),
+        "{run}"
+    );
+    assert!(run.stdout.contains("nothing was stored"), "{run}");
+    assert_eq!(env.snapshots().len(), 1);
+
+    // No default repository is created by a dry run.
+    let fresh = TestEnv::new();
+    fresh
+        .tvault_default_repo(args!["backup", "--dry-run", &ckpt])
+        .expect_code(1);
+    assert!(!fresh.path("xdg/tvault/repo").exists());
 }
