@@ -19,6 +19,8 @@ mod delta;
 mod format;
 #[path = "cli/incremental.rs"]
 mod incremental;
+#[path = "cli/locks.rs"]
+mod locks;
 #[path = "cli/prune.rs"]
 mod prune;
 #[path = "cli/recipes.rs"]

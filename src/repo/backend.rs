@@ -66,6 +66,36 @@ fn crash_point() {
     }
 }
 
+/// Test hook: `TVAULT_TEST_PAUSE=POINT:DIR` holds the process at the named point so that a
+/// test can make two tvault processes interleave exactly as it wants. Reaching the point, the
+/// process creates `DIR/POINT.paused` and waits (at most a minute) until `DIR/POINT.resume`
+/// exists; once it does, the point no longer stops anyone. Points:
+/// - `verify`: verify, between its two reads of the repository (the snapshot list and the index);
+/// - `put-locks`: a lock file written under its temporary name, before its rename.
+///
+/// Without the variable (every real run) it costs one cached comparison.
+pub fn test_pause(point: &str) {
+    static HOOK: OnceLock<Option<(String, PathBuf)>> = OnceLock::new();
+    let hook = HOOK.get_or_init(|| {
+        let value = std::env::var("TVAULT_TEST_PAUSE").ok()?;
+        let (point, dir) = value.split_once(':')?;
+        Some((point.to_string(), PathBuf::from(dir)))
+    });
+    let Some((name, dir)) = hook else { return };
+    if name != point {
+        return;
+    }
+    let resume = dir.join(format!("{point}.resume"));
+    if resume.exists() {
+        return;
+    }
+    let _ = File::create(dir.join(format!("{point}.paused")));
+    let started = std::time::Instant::now();
+    while !resume.exists() && started.elapsed() < std::time::Duration::from_secs(60) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).at(dir)
 }
@@ -99,6 +129,9 @@ impl Backend for LocalBackend {
             return Err(Error::io(&path, e));
         }
         crash_point();
+        if key.starts_with("locks/") {
+            test_pause("put-locks");
+        }
         fs::rename(&tmp, &path).at(&path)?;
         crash_point();
         sync_dir(dir)
