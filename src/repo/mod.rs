@@ -102,6 +102,8 @@ pub struct Repository {
     index_keys: Vec<String>,
     index_problems: Vec<Error>,
     lock_wait: std::time::Duration,
+    /// Where one-line notices go (a lock of a dead process removed); nowhere by default.
+    notice: Arc<dyn Fn(&str) + Send + Sync>,
     /// Recently checked plain blobs that deltas may need as bases.
     cache: std::sync::Mutex<BaseCache>,
 }
@@ -195,6 +197,7 @@ impl Repository {
             index_keys: Vec::new(),
             index_problems: Vec::new(),
             lock_wait: std::time::Duration::ZERO,
+            notice: Arc::new(|_: &str| {}),
             cache: Default::default(),
         }
     }
@@ -256,6 +259,11 @@ impl Repository {
     /// How long `lock` waits for a conflicting live lock to go away (default: not at all).
     pub fn set_lock_wait(&mut self, wait: std::time::Duration) {
         self.lock_wait = wait;
+    }
+
+    /// Where one-line notices of the engine go (the CLI prints them on stderr).
+    pub fn set_notice(&mut self, notice: impl Fn(&str) + Send + Sync + 'static) {
+        self.notice = Arc::new(notice);
     }
 
     pub fn location(&self) -> &Path {
@@ -534,8 +542,13 @@ impl Repository {
     /// anything that deletes. Held until the guard is dropped. The index is re-read once the
     /// lock is held: what was loaded before may be stale (a prune may have run in between).
     pub fn lock(&mut self, exclusive: bool, command: &str) -> Result<lock::LockGuard> {
-        let guard =
-            lock::LockGuard::acquire(self.backend.clone(), exclusive, command, self.lock_wait)?;
+        let guard = lock::LockGuard::acquire(
+            self.backend.clone(),
+            exclusive,
+            command,
+            self.lock_wait,
+            &*self.notice,
+        )?;
         self.refresh_index()?;
         Ok(guard)
     }

@@ -5,14 +5,15 @@
 
 use std::ffi::OsString;
 use std::fs;
-use std::path::PathBuf;
-use std::process::Child;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{json, Value};
 use tvault::workload::Scenario;
 
-use crate::testenv::{args, num, spawn, TestEnv};
+use crate::testenv::{args, hostname, num, spawn, TestEnv};
 use crate::unattended::finish;
 use crate::verify::assert_verifies_clean;
 
@@ -64,6 +65,46 @@ fn resume(env: &TestEnv, point: &str) {
     fs::write(env.path("hooks").join(format!("{point}.resume")), b"").unwrap();
 }
 
+/// This machine's boot ID and this process's PID namespace, as tvault records them in locks.
+fn boot_and_namespace() -> (String, String) {
+    let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let ns = fs::read_link("/proc/self/ns/pid").unwrap();
+    (boot.trim().to_string(), ns.display().to_string())
+}
+
+/// Field 22 of `/proc/PID/stat`: when the process started, in clock ticks since boot.
+fn start_time(pid: u32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    after_name.split(' ').nth(19).unwrap().parse().unwrap()
+}
+
+/// Writes an exclusive `prune` lock with these fields (merged over a lock of this host).
+fn forge_lock(env: &TestEnv, name: &str, fields: Value) -> PathBuf {
+    let now = chrono::Utc::now().to_rfc3339();
+    let mut lock = json!({
+        "host": hostname(), "pid": 4_000_000_000u64, "exclusive": true,
+        "command": "prune", "created": now, "refreshed": now,
+    });
+    for (k, v) in fields.as_object().unwrap() {
+        lock[k] = v.clone();
+    }
+    env.write(
+        Path::new("repo/locks").join(name.repeat(32)),
+        &serde_json::to_vec(&lock).unwrap(),
+    )
+}
+
+/// `tvault backup` of `ckpt`, which must be refused because of a lock; the message has `needles`.
+#[track_caller]
+fn backup_is_refused(env: &TestEnv, ckpt: &Path, needles: &[&str]) {
+    let before = env.snapshots().len();
+    env.tvault(args!["backup", ckpt])
+        .expect_code(1)
+        .stderr_has(needles);
+    assert_eq!(env.snapshots().len(), before);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Item: verify overlapping a backup
 
@@ -86,4 +127,118 @@ fn verify_never_reports_a_snapshot_published_while_it_runs_as_lost() {
     let r = assert_verifies_clean(&env, false);
     assert_eq!(num(&r, "snapshots"), 2);
     assert_eq!(env.snapshots().len(), 2, "{report:#}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Item: locks of killed runs
+
+#[test]
+fn a_killed_prune_lock_is_removed_by_the_next_backup_with_a_notice() {
+    let (env, ckpt) = repo_with_a_snapshot();
+    // Write steps 1-2: prune's lock written and renamed; then it aborts, holding it.
+    let mut cmd = env.command();
+    cmd.env("TVAULT_CRASH_AFTER_WRITES", "2")
+        .arg("--repo")
+        .arg(&env.repo)
+        .args(args!["prune", "--keep-last", "1"]);
+    let crashed = env.run_command(cmd);
+    assert_eq!(crashed.status.signal(), Some(6), "{crashed}");
+    assert_eq!(env.lock_files().len(), 1);
+
+    let run = env.tvault(args!["--json", "backup", &ckpt]).expect_code(0);
+    let notices: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(notices.len(), 1, "{run}");
+    run.stderr_has(&["removed", "lock of `prune`", "gone"]);
+    assert!(run.json()["snapshot_id"].is_string(), "{run}");
+    assert!(env.lock_files().is_empty());
+    assert_eq!(env.snapshots().len(), 2);
+}
+
+#[test]
+fn a_sigkilled_verify_lock_does_not_block_prune() {
+    let (env, _) = repo_with_a_snapshot();
+    let mut child = spawn_paused(&env, "verify", args!["verify"]);
+    wait_paused(&env, "verify", &mut child);
+    assert_eq!(env.lock_files().len(), 1);
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(9));
+    assert_eq!(
+        env.lock_files().len(),
+        1,
+        "a killed process leaves its lock"
+    );
+
+    let run = env.tvault(["prune"]).expect_code(0);
+    run.stderr_has(&["removed", "lock of `verify`"]);
+    assert!(env.lock_files().is_empty());
+    let run = env.tvault(["--quiet", "verify"]).expect_code(0);
+    assert_eq!(run.stderr, "", "{run}");
+}
+
+#[test]
+fn a_lock_of_a_live_process_still_blocks() {
+    let (env, ckpt) = repo_with_a_snapshot();
+    let (boot, ns) = boot_and_namespace();
+    let mut holder = Command::new("sleep").arg("30").spawn().unwrap();
+    let pid = holder.id();
+    let lock = forge_lock(
+        &env,
+        "ab",
+        json!({"pid": pid, "boot_id": boot, "pid_ns": ns, "pid_start": start_time(pid)}),
+    );
+    backup_is_refused(&env, &ckpt, &["is locked", "wait for it to finish"]);
+    assert!(lock.exists());
+    // The same PID with another start time is another process: the lock's owner is gone.
+    forge_lock(
+        &env,
+        "ab",
+        json!({"pid": pid, "boot_id": boot, "pid_ns": ns, "pid_start": start_time(pid) + 1}),
+    );
+    let run = env.tvault(args!["backup", &ckpt]).expect_code(0);
+    run.stderr_has(&["removed", &format!("pid {pid}")]);
+    assert!(!lock.exists());
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+}
+
+#[test]
+fn a_lock_that_cannot_be_proven_dead_still_blocks() {
+    let (env, ckpt) = repo_with_a_snapshot();
+    let (boot, ns) = boot_and_namespace();
+    let other_boot = "00000000-0000-4000-8000-000000000000";
+    // Dead PID, but recorded by another boot, another PID namespace (a container), or without
+    // boot and namespace (an older tvault): stale, reported, never removed without `tvault unlock`.
+    for fields in [
+        json!({"boot_id": other_boot, "pid_ns": ns}),
+        json!({"boot_id": boot, "pid_ns": "pid:[1]"}),
+        json!({}),
+    ] {
+        let lock = forge_lock(&env, "cd", fields.clone());
+        backup_is_refused(&env, &ckpt, &["stale", "pid 4000000000", "tvault unlock"]);
+        assert!(lock.exists(), "{fields}");
+        let run = env.tvault(["--json", "unlock"]).expect_code(0);
+        assert_eq!(run.json()["removed"].as_array().unwrap().len(), 1, "{run}");
+    }
+    // Another host: its PIDs say nothing here; a fresh lock is live and waited for.
+    let lock = forge_lock(
+        &env,
+        "ef",
+        json!({"host": "elsewhere", "boot_id": boot, "pid_ns": ns}),
+    );
+    backup_is_refused(
+        &env,
+        &ckpt,
+        &["is locked", "elsewhere", "wait for it to finish"],
+    );
+    assert!(lock.exists());
+    let stale = (chrono::Utc::now() - chrono::Duration::minutes(40)).to_rfc3339();
+    forge_lock(
+        &env,
+        "ef",
+        json!({"host": "elsewhere", "boot_id": boot, "pid_ns": ns, "refreshed": stale}),
+    );
+    backup_is_refused(&env, &ckpt, &["stale", "elsewhere", "tvault unlock"]);
+    assert!(lock.exists());
+    assert_eq!(env.snapshots().len(), 1);
 }
