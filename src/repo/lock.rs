@@ -182,9 +182,19 @@ impl LockGuard {
         };
         let seed = format!("{}{}{:?}", info.pid, now.to_rfc3339(), started);
         let key = format!("locks/{}", Id::of(seed.as_bytes()).to_hex());
+        let mut vanished = 0;
         loop {
             info.refreshed = Utc::now();
-            backend.put(&key, &serde_json::to_vec(&info).expect("lock serialises"))?;
+            match backend.put(&key, &serde_json::to_vec(&info).expect("lock serialises")) {
+                Ok(()) => {}
+                // Our temporary file vanished before its rename (an older tvault's prune
+                // deletes every temporary file): nothing is wrong with the repository.
+                Err(e) if is_not_found(&e) && vanished < 10 => {
+                    vanished += 1;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
             // Ours is visible first, then we look at the others: two racing writers that
             // conflict both see each other and both back off, never both proceed.
             match check_others(backend.as_ref(), &key, exclusive, notice) {
@@ -229,6 +239,10 @@ impl Drop for LockGuard {
         }
         let _ = self.backend.delete(&self.key);
     }
+}
+
+fn is_not_found(e: &Error) -> bool {
+    matches!(e, Error::Io { err, .. } if err.kind() == std::io::ErrorKind::NotFound)
 }
 
 /// The first conflicting lock, and whether it is stale. Conflicting locks of provably dead
@@ -296,10 +310,11 @@ fn check_others(
 pub fn unlock(backend: &dyn Backend, all: bool) -> Result<Vec<String>> {
     let mut removed = Vec::new();
     for key in backend.list("locks")? {
-        let info = backend
-            .get(&key)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<LockInfo>(&b).ok());
+        let bytes = match backend.get(&key) {
+            Err(e) if is_not_found(&e) => continue, // released while we looked
+            read => read.ok(),
+        };
+        let info = bytes.and_then(|b| serde_json::from_slice::<LockInfo>(&b).ok());
         let description = info
             .as_ref()
             .map(|i| i.describe())

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tvault::workload::Scenario;
 
-use crate::testenv::{args, hostname, num, spawn, TestEnv};
+use crate::testenv::{args, hostname, num, set_mtime, spawn, TestEnv};
 use crate::unattended::finish;
 use crate::verify::assert_verifies_clean;
 
@@ -63,6 +63,14 @@ fn wait_paused(env: &TestEnv, point: &str, child: &mut Child) {
 /// Lets the child standing at `point` go on.
 fn resume(env: &TestEnv, point: &str) {
     fs::write(env.path("hooks").join(format!("{point}.resume")), b"").unwrap();
+}
+
+/// Temporary files below `dir` of the repository.
+fn temp_files_in(env: &TestEnv, dir: &str) -> Vec<PathBuf> {
+    env.temp_files()
+        .into_iter()
+        .filter(|p| p.starts_with(env.repo.join(dir)))
+        .collect()
 }
 
 /// This machine's boot ID and this process's PID namespace, as tvault records them in locks.
@@ -127,6 +135,84 @@ fn verify_never_reports_a_snapshot_published_while_it_runs_as_lost() {
     let r = assert_verifies_clean(&env, false);
     assert_eq!(num(&r, "snapshots"), 2);
     assert_eq!(env.snapshots().len(), 2, "{report:#}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Item: prune beside a command taking its lock
+
+#[test]
+fn prune_leaves_the_lock_file_being_written_by_another_command_alone() {
+    let (env, _) = repo_with_a_snapshot();
+    let more = env.checkpoint("src/more", Scenario::Single, 128 << 10, 73, 0);
+    let mut child = spawn_paused(
+        &env,
+        "put-locks",
+        args!["--lock-wait", "30s", "backup", &more],
+    );
+    wait_paused(&env, "put-locks", &mut child);
+    let in_flight = temp_files_in(&env, "locks");
+    assert_eq!(in_flight.len(), 1, "{:?}", env.temp_files());
+
+    let run = env.tvault(["--json", "prune"]).expect_code(0);
+    assert_eq!(num(&run.json(), "leftovers_deleted"), 0, "{run}");
+    assert!(in_flight[0].exists(), "prune deleted a lock being written");
+    resume(&env, "put-locks");
+    let run = finish(child, "backup --lock-wait 30s, a prune ran meanwhile");
+    assert_eq!(run.code(), Some(0), "{run}");
+    assert_eq!(env.snapshots().len(), 2);
+    assert!(env.lock_files().is_empty() && env.temp_files().is_empty());
+}
+
+#[test]
+fn a_lock_whose_temporary_file_vanishes_is_written_again() {
+    let (env, _) = repo_with_a_snapshot();
+    let more = env.checkpoint("src/more", Scenario::Single, 128 << 10, 74, 0);
+    let mut child = spawn_paused(&env, "put-locks", args!["backup", &more]);
+    wait_paused(&env, "put-locks", &mut child);
+    // What an older tvault's prune did: delete every temporary file, in flight or not.
+    for tmp in temp_files_in(&env, "locks") {
+        fs::remove_file(tmp).unwrap();
+    }
+    resume(&env, "put-locks");
+    let run = finish(child, "backup whose lock's temporary file vanished");
+    assert_eq!(run.code(), Some(0), "{run}");
+    assert_eq!(env.snapshots().len(), 2);
+    assert!(env.lock_files().is_empty());
+}
+
+#[test]
+fn prune_deletes_only_temporary_files_whose_writer_is_gone() {
+    let (env, ckpt) = repo_with_a_snapshot();
+    // A backup that aborts once its first pack is under its temporary name (write steps 1-2:
+    // its lock): this host, this boot, a process that is gone.
+    let more = env.checkpoint("src/more", Scenario::Single, 128 << 10, 75, 0);
+    let mut cmd = env.command();
+    cmd.env("TVAULT_CRASH_AFTER_WRITES", "3")
+        .arg("--repo")
+        .arg(&env.repo)
+        .args(args!["backup", &more]);
+    let crashed = env.run_command(cmd);
+    assert_eq!(crashed.status.signal(), Some(6), "{crashed}");
+    let of_crash = temp_files_in(&env, "data");
+    assert_eq!(of_crash.len(), 1, "{:?}", env.temp_files());
+    // Temporary files whose writer cannot be told dead (names without it, as older tvaults
+    // wrote them, or another host's): fresh ones may be in flight, old ones are not.
+    let fresh = env.write("repo/snapshots/.tmp-1-0-fresh", b"{\"version\": 1, ");
+    let old = env.write("repo/index/.tmp-1-0-old", b"partial");
+    let two_hours_ago = chrono::Utc::now().timestamp() - 7200;
+    set_mtime(&old, two_hours_ago, 0);
+
+    let report = env.tvault(["--json", "prune"]).expect_code(0).json();
+    // The crashed backup's temporary pack and the old file.
+    assert_eq!(num(&report, "leftovers_deleted"), 2, "{report:#}");
+    assert!(!of_crash[0].exists() && !old.exists());
+    assert!(
+        fresh.exists(),
+        "a fresh temporary file may be a write in flight"
+    );
+    assert!(env.lock_files().is_empty());
+    assert_verifies_clean(&env, false);
+    env.backup(&[&ckpt], &[]);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -20,8 +20,8 @@ use tvault::workload::{mix, Rng, Scenario};
 
 use crate::bad_input::assert_undamaged;
 use crate::testenv::{
-    args, copy_dir, files_below, flip_byte, num, sources_manifest, spawn, text, Manifest, Run,
-    TestEnv,
+    args, copy_dir, files_below, flip_byte, num, set_mtime, sources_manifest, spawn, text,
+    Manifest, Run, TestEnv,
 };
 use crate::verify::{assert_fields, assert_verifies_clean, broken_repo, verify, Damage, Layout};
 
@@ -473,7 +473,8 @@ fn leftovers_of_crashed_backups_are_removed() {
     );
 
     // The crashed backups' processes are gone (this host, this boot): prune removes their
-    // locks, one notice each.
+    // locks, one notice each, and the stray file (of an unknown writer) once it is old.
+    set_mtime(&stray, chrono::Utc::now().timestamp() - 7200, 0);
     let run = prune(&env, &[]).expect_code(0);
     assert_eq!(
         run.stderr
