@@ -75,6 +75,7 @@ fn crash_point() {
 /// test can make two tvault processes interleave exactly as it wants. Reaching the point, the
 /// process creates `DIR/POINT.paused` and waits (at most a minute) until `DIR/POINT.resume`
 /// exists; once it does, the point no longer stops anyone. Points:
+/// - `locked`: any command, its lock taken and the index read again;
 /// - `verify`: verify, between its two reads of the repository (the snapshot list and the index);
 /// - `put-locks`: a lock file written under its temporary name, before its rename.
 ///

@@ -550,6 +550,7 @@ impl Repository {
             &*self.notice,
         )?;
         self.refresh_index()?;
+        backend::test_pause("locked");
         Ok(guard)
     }
 }

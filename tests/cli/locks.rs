@@ -137,6 +137,25 @@ fn verify_never_reports_a_snapshot_published_while_it_runs_as_lost() {
     assert_eq!(env.snapshots().len(), 2, "{report:#}");
 }
 
+#[test]
+fn a_backup_takes_a_parent_published_after_its_lock_as_its_parent() {
+    let (env, ckpt) = repo_with_a_snapshot();
+    let mut child = spawn_paused(&env, "locked", args!["--json", "backup", &ckpt]);
+    wait_paused(&env, "locked", &mut child);
+    // Another backup of the same path publishes a snapshot after the first read the index.
+    env.write(
+        "src/ckpt/added.bin",
+        b"published while the other backup held its lock",
+    );
+    let between = env.backup(&[&ckpt], &[]);
+    resume(&env, "locked");
+    let run = finish(child, "backup whose parent was published after its lock");
+    assert_eq!(run.code(), Some(0), "{run}");
+    assert_eq!(run.json()["parent"], between["snapshot_id"], "{run}");
+    assert_eq!(env.snapshots().len(), 3);
+    assert_verifies_clean(&env, false);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Item: prune beside a command taking its lock
 
