@@ -162,8 +162,8 @@ pub fn run(
     // packs, then its index file, then its snapshot. So every snapshot listed here is checked
     // against an index that has it; one published later is left for the next run.
     let snapshot_keys = repo.backend().list("snapshots")?;
-    crate::repo::backend::test_pause("verify");
     repo.refresh_index()?;
+    crate::repo::backend::test_pause("verify");
     let repo: &Repository = repo;
     let mut report = VerifyReport {
         read_data: read_data.describe(),
@@ -178,6 +178,10 @@ pub fn run(
     // Index files, and the packs they describe.
     let mut packs: IdMap<Vec<PackEntry>> = IdMap::default();
     for file in repo.read_index_files()? {
+        // Only those the index was loaded from: a newer one is of a backup not yet published.
+        if repo.index_keys().binary_search(&file.key).is_err() {
+            continue;
+        }
         report.index_files += 1;
         match file.packs {
             Ok(list) => {

@@ -76,7 +76,7 @@ fn crash_point() {
 /// process creates `DIR/POINT.paused` and waits (at most a minute) until `DIR/POINT.resume`
 /// exists; once it does, the point no longer stops anyone. Points:
 /// - `locked`: any command, its lock taken and the index read again;
-/// - `verify`: verify, between its two reads of the repository (the snapshot list and the index);
+/// - `verify`: verify, its snapshots listed and the index read, before it reads the packs;
 /// - `put-locks`: a lock file written under its temporary name, before its rename.
 ///
 /// Without the variable (every real run) it costs one cached comparison.

@@ -316,6 +316,11 @@ impl Repository {
         Ok(())
     }
 
+    /// The index files the index was loaded from, sorted.
+    pub fn index_keys(&self) -> &[String] {
+        &self.index_keys
+    }
+
     /// Index files that could not be read when the index was loaded.
     pub fn index_problems(&self) -> &[Error] {
         &self.index_problems
