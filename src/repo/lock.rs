@@ -47,7 +47,8 @@ pub struct LockInfo {
 }
 
 impl LockInfo {
-    /// Today's rule for reporting a lock as stale (never for removing it on its own).
+    /// Whether the lock is reported as stale (`tvault unlock` removes those); never a reason
+    /// to remove it without being asked (see [`LockInfo::holder_is_provably_dead`]).
     pub fn is_stale(&self) -> bool {
         if self.host == hostname() && !std::path::Path::new(&format!("/proc/{}", self.pid)).exists()
         {

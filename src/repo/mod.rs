@@ -546,6 +546,7 @@ impl Repository {
     /// Takes the repository lock: shared for writers that only add (backup), exclusive for
     /// anything that deletes. Held until the guard is dropped. The index is re-read once the
     /// lock is held: what was loaded before may be stale (a prune may have run in between).
+    /// A conflicting lock of a provably dead process is removed, told to the notice sink.
     pub fn lock(&mut self, exclusive: bool, command: &str) -> Result<lock::LockGuard> {
         let guard = lock::LockGuard::acquire(
             self.backend.clone(),
