@@ -21,6 +21,8 @@ mod delta;
 mod format;
 #[path = "cli/incremental.rs"]
 mod incremental;
+#[path = "cli/locks.rs"]
+mod locks;
 #[path = "cli/private.rs"]
 mod private;
 #[path = "cli/progress.rs"]

@@ -851,6 +851,7 @@ fn open(path: &Path, create_default: bool, out: &Out, lock_wait: Duration) -> Re
     }
     let mut repo = Repository::open(path)?;
     repo.set_lock_wait(lock_wait);
+    repo.set_notice(out.note_sink());
     for e in repo.index_problems() {
         out.warn(&format!(
             "{e}; chunks only it lists count as missing: run `tvault verify`"

@@ -88,6 +88,16 @@ impl Out {
         }
     }
 
+    /// [`Out::note`] as a value the engine can keep, for remarks from inside a command.
+    pub fn note_sink(&self) -> impl Fn(&str) + Send + Sync + 'static {
+        let quiet = self.quiet;
+        move |text| {
+            if !quiet {
+                eprintln!("tvault: {text}");
+            }
+        }
+    }
+
     /// A warning on stderr, even with --quiet (it may mean data is at risk).
     pub fn warn(&self, text: &str) {
         eprintln!("tvault: warning: {text}");

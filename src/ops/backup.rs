@@ -129,7 +129,6 @@ pub fn run(
     }
     let excludes = Excludes::new(&opts.excludes)?;
     let _lock = repo.lock(false, "backup")?;
-    let repo: &Repository = repo;
     let host = opts.host.clone().unwrap_or_else(lock::hostname);
     let mut paths: Vec<String> = sources
         .iter()
@@ -137,7 +136,11 @@ pub fn run(
         .collect();
     paths.sort();
 
+    // Snapshots first, then the index: a parent another backup published after `lock` read
+    // the index has its tree in the index read now.
     let parent = find_parent(repo, opts, &host, &paths)?;
+    repo.refresh_index()?;
+    let repo: &Repository = repo;
     let parent_files: HashMap<NodePath, Node> = match &parent {
         Some((_, snap)) => repo
             .load_tree(&snap.tree)?

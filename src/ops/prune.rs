@@ -179,7 +179,9 @@ pub fn run(
         old_index_keys.push(file.key);
     }
     let mut on_disk: IdMap<u64> = IdMap::default();
-    let mut leftovers = repo.backend().list_temporary("")?;
+    // Temporary files only once nobody may be writing them: not locks being taken beside us,
+    // not a write in flight (see `Backend::list_leftovers`).
+    let mut leftovers = repo.backend().list_leftovers("")?;
     for key in repo.backend().list("data")? {
         let size = repo.backend().size(&key)?.unwrap_or(0);
         report.bytes_before += size;

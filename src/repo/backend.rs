@@ -1,6 +1,8 @@
 //! Where repository files live. The trait has object-store semantics (whole-object put,
 //! ranged get, list, delete) so that an S3-style backend can implement it later; the local
 //! directory backend makes each put atomic and durable (temp file, fsync, rename, fsync dir).
+//! A temporary file's name says who writes it, so that only leftovers of writers that are gone
+//! (or old ones) are ever taken for garbage, never a write in flight. Test hooks live here too.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -10,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
+use super::lock;
 use crate::error::{Error, IoContext, Result};
+use crate::id::Id;
 
 /// Storage for repository files, addressed by `/`-separated keys such as `data/ab/abcd…`.
 pub trait Backend: Send + Sync {
@@ -22,8 +26,9 @@ pub trait Backend: Send + Sync {
     fn list(&self, prefix: &str) -> Result<Vec<String>>;
     fn size(&self, key: &str) -> Result<Option<u64>>;
     fn delete(&self, key: &str) -> Result<()>;
-    /// Temporary objects of interrupted writes below `prefix` (only backends that have them).
-    fn list_temporary(&self, _prefix: &str) -> Result<Vec<String>> {
+    /// Temporary objects below `prefix` that are certainly leftovers of interrupted writes,
+    /// never one another process may still be writing (only backends that have them).
+    fn list_leftovers(&self, _prefix: &str) -> Result<Vec<String>> {
         Ok(Vec::new())
     }
     /// A human-readable location of `key`, for messages.
@@ -103,6 +108,37 @@ fn crash_point() {
     }
 }
 
+/// Test hook: `TVAULT_TEST_PAUSE=POINT:DIR` holds the process at the named point so that a
+/// test can make two tvault processes interleave exactly as it wants. Reaching the point, the
+/// process creates `DIR/POINT.paused` and waits (at most a minute) until `DIR/POINT.resume`
+/// exists; once it does, the point no longer stops anyone. Points:
+/// - `locked`: any command, its lock taken and the index read again;
+/// - `verify`: verify, its snapshots listed and the index read, before it reads the packs;
+/// - `put-locks`: a lock file written under its temporary name, before its rename.
+///
+/// Without the variable (every real run) it costs one cached comparison.
+pub fn test_pause(point: &str) {
+    static HOOK: OnceLock<Option<(String, PathBuf)>> = OnceLock::new();
+    let hook = HOOK.get_or_init(|| {
+        let value = std::env::var("TVAULT_TEST_PAUSE").ok()?;
+        let (point, dir) = value.split_once(':')?;
+        Some((point.to_string(), PathBuf::from(dir)))
+    });
+    let Some((name, dir)) = hook else { return };
+    if name != point {
+        return;
+    }
+    let resume = dir.join(format!("{point}.resume"));
+    if resume.exists() {
+        return;
+    }
+    let _ = File::create(dir.join(format!("{point}.paused")));
+    let started = std::time::Instant::now();
+    while !resume.exists() && started.elapsed() < std::time::Duration::from_secs(60) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).at(dir)
 }
@@ -110,11 +146,51 @@ fn sync_dir(dir: &Path) -> Result<()> {
 /// Temporary files of writes in progress (or interrupted) start with this.
 pub const TMP_PREFIX: &str = ".tmp-";
 
+/// A temporary file not modified for this long is a leftover, whoever wrote it: a put writes
+/// its temporary file in one go and renames it, long before that.
+pub const LEFTOVER_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Names this machine's boot and our PID namespace in temporary file names, so that one of a
+/// process that is gone can be told from one being written (see `tmp_name`). None when `/proc`
+/// does not tell both.
+fn writer_origin() -> Option<&'static str> {
+    static ORIGIN: OnceLock<Option<String>> = OnceLock::new();
+    ORIGIN
+        .get_or_init(|| {
+            let (boot, ns) = (lock::boot_id()?, lock::pid_namespace()?);
+            let seed = format!("{}\n{boot}\n{ns}", lock::hostname());
+            Some(Id::of(seed.as_bytes()).to_hex()[..16].to_string())
+        })
+        .as_deref()
+}
+
+/// `.tmp-PID@ORIGIN-N-NAME` (`.tmp-PID-N-NAME` where the origin is unknown, as older tvaults
+/// named them all): PID and origin tell who is writing it.
 fn tmp_name(path: &Path) -> PathBuf {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let name = path.file_name().unwrap_or_default().to_string_lossy();
-    path.with_file_name(format!("{TMP_PREFIX}{}-{n}-{name}", std::process::id()))
+    let writer = match writer_origin() {
+        Some(origin) => format!("{}@{origin}", std::process::id()),
+        None => std::process::id().to_string(),
+    };
+    path.with_file_name(format!("{TMP_PREFIX}{writer}-{n}-{name}"))
+}
+
+/// Whether the temporary file `name`, last written at `modified`, is certainly not being
+/// written: older than [`LEFTOVER_AGE`], or written by a process of this machine, boot and PID
+/// namespace that is gone. Another host's, or one of an unknown writer, waits for its age.
+fn is_leftover(name: &str, modified: std::time::SystemTime) -> bool {
+    let old = std::time::SystemTime::now()
+        .duration_since(modified)
+        .is_ok_and(|age| age > LEFTOVER_AGE);
+    let writer_gone = || {
+        let writer = name.strip_prefix(TMP_PREFIX)?.split('-').next()?;
+        let (pid, origin) = writer.split_once('@')?;
+        let pid: u32 = pid.parse().ok()?;
+        Some(Some(origin) == writer_origin() && lock::process_is_gone(pid, None))
+    };
+    old || writer_gone() == Some(true)
 }
 
 impl LocalBackend {
@@ -171,6 +247,9 @@ impl Backend for LocalBackend {
             return Err(Error::io(&path, e));
         }
         crash_point();
+        if key.starts_with("locks/") {
+            test_pause("put-locks");
+        }
         fs::rename(&tmp, &path).at(&path)?;
         crash_point();
         sync_dir(dir)
@@ -232,7 +311,7 @@ impl Backend for LocalBackend {
         self.path(key).display().to_string()
     }
 
-    fn list_temporary(&self, prefix: &str) -> Result<Vec<String>> {
+    fn list_leftovers(&self, prefix: &str) -> Result<Vec<String>> {
         let dir = self.path(prefix);
         let mut out = Vec::new();
         for entry in walkdir::WalkDir::new(&dir)
@@ -241,7 +320,12 @@ impl Backend for LocalBackend {
             .flatten()
         {
             let name = entry.file_name().to_string_lossy();
-            if entry.file_type().is_file() && name.starts_with(TMP_PREFIX) {
+            if !entry.file_type().is_file() || !name.starts_with(TMP_PREFIX) {
+                continue;
+            }
+            // A file renamed or deleted meanwhile has no metadata: not ours to delete.
+            let modified = entry.metadata().ok().and_then(|m| m.modified().ok());
+            if modified.is_some_and(|m| is_leftover(&name, m)) {
                 let rel = entry.path().strip_prefix(&self.root).expect("below root");
                 out.push(rel.to_string_lossy().into_owned());
             }

@@ -3,10 +3,15 @@
 //!
 //! A holder rewrites its lock every `REFRESH_EVERY`. A lock is stale when its process is gone
 //! (same host: no `/proc/PID`) or it was last refreshed more than `STALE_AFTER` ago (any host).
-//! Stale locks are reported, never silently broken: `tvault unlock` removes them.
+//! Stale locks are reported and `tvault unlock` removes them, with one exception: a conflicting
+//! lock whose holder is *provably* dead (same host, same boot, same PID namespace, and no such
+//! process, or the PID now belongs to a process started at another time) is removed by the
+//! command that meets it, with a one-line notice. This module also owns the process identity
+//! both rules need (boot ID, PID namespace, start times), which the backend uses to tell a
+//! temporary file of a dead writer.
 
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -28,9 +33,22 @@ pub struct LockInfo {
     pub command: String,
     pub created: DateTime<Utc>,
     pub refreshed: DateTime<Utc>,
+    /// The holder machine's boot (`/proc/sys/kernel/random/boot_id`). Absent in locks written
+    /// by older tvaults or where `/proc` does not tell; so are the next two.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
+    /// The PID namespace the `pid` is numbered in (`/proc/self/ns/pid`, e.g. `pid:[4026531836]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_ns: Option<String>,
+    /// When the holder started, in clock ticks since boot (field 22 of `/proc/PID/stat`): a
+    /// PID reused by another process has another start time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_start: Option<u64>,
 }
 
 impl LockInfo {
+    /// Whether the lock is reported as stale (`tvault unlock` removes those); never a reason
+    /// to remove it without being asked (see [`LockInfo::holder_is_provably_dead`]).
     pub fn is_stale(&self) -> bool {
         if self.host == hostname() && !std::path::Path::new(&format!("/proc/{}", self.pid)).exists()
         {
@@ -38,6 +56,19 @@ impl LockInfo {
         }
         let age = Utc::now().signed_duration_since(self.refreshed);
         age.to_std().map(|a| a > STALE_AFTER).unwrap_or(false)
+    }
+
+    /// True only when the holder is certainly dead: it ran on this host, in this boot, in our
+    /// PID namespace, and that process no longer exists. Anything less certain (another host, a
+    /// container with its own PIDs, a lock of an older tvault) is false.
+    pub fn holder_is_provably_dead(&self) -> bool {
+        let here = |theirs: &Option<String>, ours: Option<&String>| {
+            theirs.is_some() && theirs.as_ref() == ours
+        };
+        self.host == hostname()
+            && here(&self.boot_id, boot_id())
+            && here(&self.pid_ns, pid_namespace())
+            && process_is_gone(self.pid, self.pid_start)
     }
 
     fn describe(&self) -> String {
@@ -66,6 +97,57 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "localhost".to_string())
 }
 
+/// This machine's current boot ID, if `/proc` tells.
+pub fn boot_id() -> Option<&'static String> {
+    static BOOT: OnceLock<Option<String>> = OnceLock::new();
+    BOOT.get_or_init(|| {
+        let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+        Some(id.trim().to_string()).filter(|id| !id.is_empty())
+    })
+    .as_ref()
+}
+
+/// The PID namespace of this process (`pid:[INODE]`), if `/proc` tells, and only when the
+/// `/proc` mounted here numbers processes in it (so `/proc/PID` means our PID).
+pub fn pid_namespace() -> Option<&'static String> {
+    static NS: OnceLock<Option<String>> = OnceLock::new();
+    NS.get_or_init(|| {
+        let me = std::fs::read_link("/proc/self").ok()?;
+        if me.to_str()? != std::process::id().to_string() {
+            return None;
+        }
+        let ns = std::fs::read_link("/proc/self/ns/pid").ok()?;
+        Some(ns.to_str()?.to_string())
+    })
+    .as_ref()
+}
+
+/// When process `pid` (of our PID namespace) started, in clock ticks since boot.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which may itself hold spaces and parentheses.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
+/// True only when process `pid` of our PID namespace certainly no longer runs: no
+/// `/proc/PID`, a zombie, or (given `started`) a process that started at another time.
+pub fn process_is_gone(pid: u32, started: Option<u64>) -> bool {
+    let stat = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat,
+        Err(e) => return e.kind() == std::io::ErrorKind::NotFound,
+    };
+    let Some(rest) = stat.rfind(')').and_then(|i| stat.get(i + 2..)) else {
+        return false;
+    };
+    let mut fields = rest.split(' ');
+    if fields.next() == Some("Z") {
+        return true;
+    }
+    let now_started = fields.nth(18).and_then(|f| f.parse::<u64>().ok());
+    matches!((started, now_started), (Some(a), Some(b)) if a != b)
+}
+
 /// A held lock; released (its file deleted) on drop.
 pub struct LockGuard {
     backend: Arc<dyn Backend>,
@@ -76,31 +158,47 @@ pub struct LockGuard {
 
 impl LockGuard {
     /// Takes the lock; while another process holds a conflicting live lock, retries for up
-    /// to `wait` (a stale lock fails at once: waiting cannot help).
+    /// to `wait` (a stale lock fails at once: waiting cannot help). A conflicting lock whose
+    /// holder is provably dead is removed, and `notice` told so in one line.
     pub fn acquire(
         backend: Arc<dyn Backend>,
         exclusive: bool,
         command: &str,
         wait: Duration,
+        notice: &dyn Fn(&str),
     ) -> Result<LockGuard> {
         let started = std::time::Instant::now();
         let now = Utc::now();
+        let pid = std::process::id();
         let mut info = LockInfo {
             host: hostname(),
-            pid: std::process::id(),
+            pid,
             exclusive,
             command: command.to_string(),
             created: now,
             refreshed: now,
+            boot_id: boot_id().cloned(),
+            pid_ns: pid_namespace().cloned(),
+            pid_start: start_time(pid),
         };
         let seed = format!("{}{}{:?}", info.pid, now.to_rfc3339(), started);
         let key = format!("locks/{}", Id::of(seed.as_bytes()).to_hex());
+        let mut vanished = 0;
         loop {
             info.refreshed = Utc::now();
-            backend.put(&key, &serde_json::to_vec(&info).expect("lock serialises"))?;
+            match backend.put(&key, &serde_json::to_vec(&info).expect("lock serialises")) {
+                Ok(()) => {}
+                // Our temporary file vanished before its rename (an older tvault's prune
+                // deletes every temporary file): nothing is wrong with the repository.
+                Err(e) if is_not_found(&e) && vanished < 10 => {
+                    vanished += 1;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
             // Ours is visible first, then we look at the others: two racing writers that
             // conflict both see each other and both back off, never both proceed.
-            match check_others(backend.as_ref(), &key, exclusive) {
+            match check_others(backend.as_ref(), &key, exclusive, notice) {
                 Ok(()) => break,
                 Err((e, stale)) => {
                     let _ = backend.delete(&key);
@@ -144,11 +242,17 @@ impl Drop for LockGuard {
     }
 }
 
-/// The first conflicting lock, and whether it is stale.
+fn is_not_found(e: &Error) -> bool {
+    matches!(e, Error::Io { err, .. } if err.kind() == std::io::ErrorKind::NotFound)
+}
+
+/// The first conflicting lock, and whether it is stale. Conflicting locks of provably dead
+/// holders are removed on the way (each told to `notice`).
 fn check_others(
     backend: &dyn Backend,
     own: &str,
     exclusive: bool,
+    notice: &dyn Fn(&str),
 ) -> std::result::Result<(), (Error, bool)> {
     let listed = backend.list("locks").map_err(|e| (e, false))?;
     for key in listed {
@@ -172,6 +276,14 @@ fn check_others(
             }
         };
         if !(exclusive || other.exclusive) {
+            continue;
+        }
+        if other.holder_is_provably_dead() && backend.delete(&key).is_ok() {
+            notice(&format!(
+                "removed the {} ({}): its process is gone",
+                other.describe(),
+                backend.describe(&key)
+            ));
             continue;
         }
         let stale = other.is_stale();
@@ -199,10 +311,11 @@ fn check_others(
 pub fn unlock(backend: &dyn Backend, all: bool) -> Result<Vec<String>> {
     let mut removed = Vec::new();
     for key in backend.list("locks")? {
-        let info = backend
-            .get(&key)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<LockInfo>(&b).ok());
+        let bytes = match backend.get(&key) {
+            Err(e) if is_not_found(&e) => continue, // released while we looked
+            read => read.ok(),
+        };
+        let info = bytes.and_then(|b| serde_json::from_slice::<LockInfo>(&b).ok());
         let description = info
             .as_ref()
             .map(|i| i.describe())
@@ -230,6 +343,9 @@ mod tests {
             command: "prune".into(),
             created: Utc::now(),
             refreshed: Utc::now(),
+            boot_id: None,
+            pid_ns: None,
+            pid_start: None,
         };
         b.put("locks/dead", &serde_json::to_vec(&dead).unwrap())
             .unwrap();
@@ -238,16 +354,16 @@ mod tests {
     #[test]
     fn shared_locks_coexist_and_exclusive_ones_do_not() {
         let b: Arc<dyn Backend> = Arc::new(MemBackend::default());
-        let s1 = LockGuard::acquire(b.clone(), false, "backup", Duration::ZERO).unwrap();
-        let s2 = LockGuard::acquire(b.clone(), false, "backup", Duration::ZERO).unwrap();
-        let err = LockGuard::acquire(b.clone(), true, "prune", Duration::ZERO)
+        let s1 = LockGuard::acquire(b.clone(), false, "backup", Duration::ZERO, &|_| {}).unwrap();
+        let s2 = LockGuard::acquire(b.clone(), false, "backup", Duration::ZERO, &|_| {}).unwrap();
+        let err = LockGuard::acquire(b.clone(), true, "prune", Duration::ZERO, &|_| {})
             .err()
             .unwrap();
         assert!(err.to_string().contains("wait for it to finish"), "{err}");
         drop((s1, s2));
         assert!(b.list("locks").unwrap().is_empty());
-        let x = LockGuard::acquire(b.clone(), true, "prune", Duration::ZERO).unwrap();
-        assert!(LockGuard::acquire(b.clone(), false, "backup", Duration::ZERO).is_err());
+        let x = LockGuard::acquire(b.clone(), true, "prune", Duration::ZERO, &|_| {}).unwrap();
+        assert!(LockGuard::acquire(b.clone(), false, "backup", Duration::ZERO, &|_| {}).is_err());
         drop(x);
         assert!(b.list("locks").unwrap().is_empty());
     }
@@ -255,12 +371,13 @@ mod tests {
     #[test]
     fn lock_wait_outlasts_a_live_holder_but_not_a_stale_one() {
         let b: Arc<dyn Backend> = Arc::new(MemBackend::default());
-        let held = LockGuard::acquire(b.clone(), true, "prune", Duration::ZERO).unwrap();
+        let held = LockGuard::acquire(b.clone(), true, "prune", Duration::ZERO, &|_| {}).unwrap();
         let releaser = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(700));
             drop(held);
         });
-        let waited = LockGuard::acquire(b.clone(), false, "backup", Duration::from_secs(30));
+        let waited =
+            LockGuard::acquire(b.clone(), false, "backup", Duration::from_secs(30), &|_| {});
         releaser.join().unwrap();
         assert!(
             waited.is_ok(),
@@ -270,7 +387,7 @@ mod tests {
 
         plant_dead_exclusive_lock(b.as_ref());
         let started = std::time::Instant::now();
-        let err = LockGuard::acquire(b.clone(), false, "backup", Duration::from_secs(60));
+        let err = LockGuard::acquire(b.clone(), false, "backup", Duration::from_secs(60), &|_| {});
         assert!(err.is_err());
         assert!(
             started.elapsed() < Duration::from_secs(30),
@@ -282,13 +399,61 @@ mod tests {
     fn a_dead_process_lock_is_reported_stale_and_unlock_removes_it() {
         let b: Arc<dyn Backend> = Arc::new(MemBackend::default());
         plant_dead_exclusive_lock(b.as_ref());
-        let err = LockGuard::acquire(b.clone(), false, "backup", Duration::ZERO)
+        let err = LockGuard::acquire(b.clone(), false, "backup", Duration::ZERO, &|_| {})
             .err()
             .unwrap();
         assert!(err.to_string().contains("tvault unlock"), "{err}");
-        let live = LockGuard::acquire(b.clone(), false, "backup", Duration::ZERO);
+        let live = LockGuard::acquire(b.clone(), false, "backup", Duration::ZERO, &|_| {});
         assert!(live.is_err());
         assert_eq!(unlock(b.as_ref(), false).unwrap().len(), 1);
-        assert!(LockGuard::acquire(b.clone(), false, "backup", Duration::ZERO).is_ok());
+        assert!(LockGuard::acquire(b.clone(), false, "backup", Duration::ZERO, &|_| {}).is_ok());
+    }
+
+    #[test]
+    fn a_provably_dead_holder_loses_its_lock_with_a_notice() {
+        let b: Arc<dyn Backend> = Arc::new(MemBackend::default());
+        let mut dead = LockInfo {
+            host: hostname(),
+            pid: u32::MAX - 1,
+            exclusive: true,
+            command: "prune".into(),
+            created: Utc::now(),
+            refreshed: Utc::now(),
+            boot_id: boot_id().cloned(),
+            pid_ns: pid_namespace().cloned(),
+            pid_start: Some(1),
+        };
+        assert!(dead.holder_is_provably_dead(), "{dead:?}");
+        b.put("locks/dead", &serde_json::to_vec(&dead).unwrap())
+            .unwrap();
+        let notices = std::sync::Mutex::new(Vec::new());
+        let got = LockGuard::acquire(b.clone(), false, "backup", Duration::ZERO, &|n| {
+            notices.lock().unwrap().push(n.to_string())
+        });
+        assert!(got.is_ok());
+        let notices = notices.into_inner().unwrap();
+        assert_eq!(notices.len(), 1, "{notices:?}");
+        assert!(notices[0].contains("lock of `prune`"), "{notices:?}");
+        drop(got);
+        assert!(b.list("locks").unwrap().is_empty());
+
+        // This very process is alive; with another start time its PID was reused.
+        dead.pid = std::process::id();
+        dead.pid_start = start_time(dead.pid);
+        assert!(dead.pid_start.is_some());
+        assert!(!dead.holder_is_provably_dead());
+        dead.pid_start = dead.pid_start.map(|t| t + 1);
+        assert!(dead.holder_is_provably_dead());
+        dead.boot_id = Some("another boot".into());
+        assert!(!dead.holder_is_provably_dead());
+    }
+
+    #[test]
+    fn locks_of_older_tvaults_still_parse() {
+        let old = br#"{"host":"h","pid":7,"exclusive":false,"command":"backup",
+            "created":"2026-01-01T00:00:00Z","refreshed":"2026-01-01T00:00:00Z"}"#;
+        let info: LockInfo = serde_json::from_slice(old).unwrap();
+        assert!(info.boot_id.is_none() && info.pid_ns.is_none() && info.pid_start.is_none());
+        assert!(!info.holder_is_provably_dead());
     }
 }

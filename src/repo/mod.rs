@@ -116,6 +116,8 @@ pub struct Repository {
     index_keys: Vec<String>,
     index_problems: Vec<Error>,
     lock_wait: std::time::Duration,
+    /// Where one-line notices go (a lock of a dead process removed); nowhere by default.
+    notice: Arc<dyn Fn(&str) + Send + Sync>,
     /// Recently checked plain blobs that deltas may need as bases.
     cache: std::sync::Mutex<BaseCache>,
 }
@@ -215,6 +217,7 @@ impl Repository {
             index_keys: Vec::new(),
             index_problems: Vec::new(),
             lock_wait: std::time::Duration::ZERO,
+            notice: Arc::new(|_: &str| {}),
             cache: Default::default(),
         }
     }
@@ -278,6 +281,11 @@ impl Repository {
         self.lock_wait = wait;
     }
 
+    /// Where one-line notices of the engine go (the CLI prints them on stderr).
+    pub fn set_notice(&mut self, notice: impl Fn(&str) + Send + Sync + 'static) {
+        self.notice = Arc::new(notice);
+    }
+
     pub fn location(&self) -> &Path {
         &self.location
     }
@@ -326,6 +334,11 @@ impl Repository {
             self.load_index()?;
         }
         Ok(())
+    }
+
+    /// The index files the index was loaded from, sorted.
+    pub fn index_keys(&self) -> &[String] {
+        &self.index_keys
     }
 
     /// Index files that could not be read when the index was loaded.
@@ -553,10 +566,17 @@ impl Repository {
     /// Takes the repository lock: shared for writers that only add (backup), exclusive for
     /// anything that deletes. Held until the guard is dropped. The index is re-read once the
     /// lock is held: what was loaded before may be stale (a prune may have run in between).
+    /// A conflicting lock of a provably dead process is removed, told to the notice sink.
     pub fn lock(&mut self, exclusive: bool, command: &str) -> Result<lock::LockGuard> {
-        let guard =
-            lock::LockGuard::acquire(self.backend.clone(), exclusive, command, self.lock_wait)?;
+        let guard = lock::LockGuard::acquire(
+            self.backend.clone(),
+            exclusive,
+            command,
+            self.lock_wait,
+            &*self.notice,
+        )?;
         self.refresh_index()?;
+        backend::test_pause("locked");
         Ok(guard)
     }
 }

@@ -20,8 +20,8 @@ use tvault::workload::{mix, Rng, Scenario};
 
 use crate::bad_input::assert_undamaged;
 use crate::testenv::{
-    args, copy_dir, files_below, flip_byte, num, sources_manifest, spawn, text, Manifest, Run,
-    TestEnv,
+    args, copy_dir, files_below, flip_byte, num, set_mtime, sources_manifest, spawn, text,
+    Manifest, Run, TestEnv,
 };
 use crate::verify::{assert_fields, assert_verifies_clean, broken_repo, verify, Damage, Layout};
 
@@ -186,22 +186,20 @@ fn run_crashing(env: &TestEnv, n: u32, a: Vec<OsString>) -> Run {
     env.run_command(cmd)
 }
 
-/// After a crashed or killed command: if it left its lock behind, the next command says the
-/// lock is stale and how to remove it; `tvault unlock` does. Returns whether there was one.
+/// After a crashed or killed command: if it left its lock behind, the next command removes it
+/// (its process is provably gone: this host, boot and PID namespace) and says so in one line.
+/// Returns whether there was one.
 #[track_caller]
-fn unlock_if_stale(env: &TestEnv, what: &str) -> bool {
+fn dead_lock_is_removed(env: &TestEnv, what: &str) -> bool {
     if env.lock_files().is_empty() {
         return false;
     }
     let run = env.tvault(["verify"]);
-    assert_eq!(run.code(), Some(1), "{what}: {run}");
-    run.stderr_has(&["stale", "tvault unlock"]);
-    let run = env.tvault(["--json", "unlock"]).expect_code(0);
-    assert_eq!(
-        run.json()["removed"].as_array().unwrap().len(),
-        1,
-        "{what}: {run}"
-    );
+    assert_eq!(run.code(), Some(0), "{what}: {run}");
+    run.stderr_has(&[
+        "removed the exclusive lock of `prune`",
+        "its process is gone",
+    ]);
     assert!(env.lock_files().is_empty(), "{what}");
     true
 }
@@ -474,16 +472,18 @@ fn leftovers_of_crashed_backups_are_removed() {
         "{run}"
     );
 
-    // The crashed backups' locks are stale: prune refuses until `tvault unlock`.
-    let before = env.repo_state();
-    prune(&env, &[])
-        .expect_code(1)
-        .stderr_has(&["stale", "tvault unlock"]);
-    assert_eq!(env.repo_state(), before);
-    let run = env.tvault(["--json", "unlock"]).expect_code(0);
-    assert_eq!(run.json()["removed"].as_array().unwrap().len(), 2, "{run}");
-
-    let report = prune_ok(&env, &[]);
+    // The crashed backups' processes are gone (this host, this boot): prune removes their
+    // locks, one notice each, and the stray file (of an unknown writer) once it is old.
+    set_mtime(&stray, chrono::Utc::now().timestamp() - 7200, 0);
+    let run = prune(&env, &[]).expect_code(0);
+    assert_eq!(
+        run.stderr
+            .matches("removed the shared lock of `backup`")
+            .count(),
+        2,
+        "{run}"
+    );
+    let report = run.json();
     assert_eq!(num(&report, "leftovers_deleted"), 3, "{report:#}");
     assert_eq!(num(&report, "snapshots_removed"), 0);
     assert!(num(&report, "bytes_freed") >= leftover_bytes, "{report:#}");
@@ -901,15 +901,15 @@ fn damaged_chunk_in_a_pack_to_repack_stops_prune_before_it_deletes_anything() {
 /// snapshots, deletes packs, repacks others into several new ones.
 const CRASH_POLICY: [&str; 2] = ["--keep-last", "2"];
 
-/// After a crash or kill of prune: a lock left behind is reported stale and removed with
-/// `tvault unlock`; the repository verifies clean with `--read-data` (unused packs allowed);
+/// After a crash or kill of prune: a lock left behind is removed by the next command, with a
+/// notice; the repository verifies clean with `--read-data` (unused packs allowed);
 /// every listed snapshot restores identical and the kept ones are all listed. Then, with
 /// `then_prune`, the same prune completes and leaves a clean repository holding exactly the kept
 /// snapshots.
 #[track_caller]
 fn assert_recovers(env: &TestEnv, snaps: &[(String, Manifest)], then_prune: bool, what: &str) {
     let kept = &snaps[snaps.len() - 2..];
-    unlock_if_stale(env, what);
+    dead_lock_is_removed(env, what);
     let (run, r) = verify(env, &["--read-data"]);
     assert_eq!(run.code(), Some(0), "{what}: {run}");
     assert_eq!(r["clean"], true, "{what}: {run}");

@@ -164,6 +164,7 @@ impl TestEnv {
         let mut cmd = Command::new(&self.bin);
         cmd.env_remove("TVAULT_REPO")
             .env_remove("TVAULT_CRASH_AFTER_WRITES")
+            .env_remove("TVAULT_TEST_PAUSE")
             .env("HOME", self.root.join("home"))
             .env("XDG_DATA_HOME", self.root.join("xdg"))
             .current_dir(&self.root)

@@ -88,7 +88,7 @@ fn plant_live_lock(env: &TestEnv, pid: u32) -> PathBuf {
 }
 
 /// A `tvault --repo REPO ARGS` run in the background.
-fn spawn_tvault(env: &TestEnv, a: Vec<OsString>) -> Child {
+pub(crate) fn spawn_tvault(env: &TestEnv, a: Vec<OsString>) -> Child {
     let mut cmd = env.command();
     cmd.arg("--repo")
         .arg(&env.repo)
@@ -98,7 +98,7 @@ fn spawn_tvault(env: &TestEnv, a: Vec<OsString>) -> Child {
     spawn(&mut cmd)
 }
 
-fn finish(child: Child, what: &str) -> Run {
+pub(crate) fn finish(child: Child, what: &str) -> Run {
     let out = child.wait_with_output().unwrap();
     Run {
         status: out.status,
