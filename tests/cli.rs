@@ -23,6 +23,8 @@ mod incremental;
 mod prune;
 #[path = "cli/recipes.rs"]
 mod recipes;
+#[path = "cli/repair.rs"]
+mod repair;
 #[path = "cli/roundtrip.rs"]
 mod roundtrip;
 #[path = "cli/tar.rs"]

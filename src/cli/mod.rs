@@ -366,7 +366,7 @@ pub fn run() -> Result<u8> {
                         indicatif::HumanBytes(report.bytes)
                     ));
                 }
-                return Ok(exit::SUCCESS);
+                return Ok(out.failed_files(&report.failed, "left out of the archive"));
             }
             let opts = restore::RestoreOptions {
                 snapshot: id,

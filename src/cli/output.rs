@@ -272,11 +272,16 @@ impl Out {
             HumanBytes(r.bytes_written),
             secs(r.duration_ms),
         ));
-        if r.failed.is_empty() {
+        self.failed_files(&r.failed, "could not be restored")
+    }
+
+    /// Names the files a restore could not write (even with --quiet); exit 4 when there are any.
+    pub fn failed_files(&self, failed: &[String], what: &str) -> u8 {
+        if failed.is_empty() {
             return exit::SUCCESS;
         }
-        eprintln!("tvault: {} file(s) could not be restored:", r.failed.len());
-        for f in &r.failed {
+        eprintln!("tvault: {} file(s) {what}:", failed.len());
+        for f in failed {
             eprintln!("  {f}");
         }
         exit::DAMAGE

@@ -10,6 +10,8 @@ use std::time::Instant;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use super::content::Content;
+use super::prune::{mark_bases, mark_tree, serves};
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::index::{IdMap, IdSet};
@@ -284,10 +286,14 @@ pub fn run(
     propagate_to_deltas(&mut c);
 
     // Snapshots and their trees: what is referenced, and what is lost for whom.
-    let referenced = check_snapshots(&mut c, &mut report)?;
+    let mut referenced = check_snapshots(&mut c, &mut report)?;
+    mark_bases(repo.index(), &mut referenced);
     for pack in &pack_ids {
         if let Some(size) = on_disk.get(*pack) {
-            if !packs[*pack].iter().any(|e| referenced.contains(&e.id)) {
+            if !packs[*pack]
+                .iter()
+                .any(|e| serves(repo.index(), &referenced, pack, e))
+            {
                 report.reclaimable_packs += 1;
                 report.reclaimable_bytes += size;
             }
@@ -471,12 +477,12 @@ fn check_snapshots(c: &mut Checker, report: &mut VerifyReport) -> Result<IdSet> 
                 continue;
             }
         };
+        mark_tree(&mut referenced, snap.tree, &tree);
         for node in tree.nodes.iter().filter(|n| n.kind == NodeKind::File) {
             let path = node.path.display();
             let mut seen_problem: HashMap<usize, ()> = HashMap::new();
             let mut file_missing = false;
             for chunk in &node.chunks {
-                referenced.insert(*chunk);
                 if !repo.index().contains(chunk) {
                     file_missing = true;
                 } else if let Some(&p) = c.damaged.get(chunk) {
@@ -490,6 +496,17 @@ fn check_snapshots(c: &mut Checker, report: &mut VerifyReport) -> Result<IdSet> 
             }
             if file_missing {
                 missing.push(Affected {
+                    snapshot: short.clone(),
+                    path,
+                });
+            } else if let Err(e) = Content::of_file(repo, node) {
+                // The same size check every reader makes.
+                let p = c.problem(
+                    ProblemKind::CorruptTree,
+                    key.clone(),
+                    format!("tree {}: {e}", snap.tree.short()),
+                );
+                c.problems[p].affected.push(Affected {
                     snapshot: short.clone(),
                     path,
                 });
