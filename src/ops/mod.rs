@@ -8,6 +8,7 @@ pub mod export;
 pub mod import;
 pub mod prune;
 mod read_file;
+pub mod repair;
 pub mod restore;
 pub mod retention;
 pub mod show;

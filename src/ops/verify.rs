@@ -4,7 +4,7 @@
 //! and every chunk in them decoded and re-hashed, in parallel. Each problem names its file in
 //! the repository and, for lost data, every snapshot and path that needs it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -125,7 +125,36 @@ pub struct VerifyReport {
     /// Packs no snapshot needs (left by crashes or forgotten snapshots): `prune` frees them.
     pub reclaimable_packs: u64,
     pub reclaimable_bytes: u64,
+    /// Each snapshot that cannot be restored whole, and what would heal it (absent when clean).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub broken_snapshots: Vec<BrokenSnapshot>,
     pub duration_ms: u64,
+}
+
+/// A snapshot some of whose files (or its whole tree) cannot be restored now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BrokenSnapshot {
+    pub snapshot: String,
+    /// Paths that cannot be restored (the whole snapshot counts as one).
+    pub files: u64,
+    pub heal: Heal,
+}
+
+/// What heals a broken snapshot, the first step first (ordered: the later step wins). verify cannot see the backed-up sources: a snapshot heals only
+/// if a backup stores the same content again; data that exists nowhere any more stays lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Heal {
+    /// Its missing chunks are in no index (e.g. dropped by `repair packs`): the next backup
+    /// that stores the same content heals it.
+    Backup,
+    /// Some of its chunks are damaged and still indexed, so backups skip them:
+    /// `tvault repair packs`, then a backup of the same data.
+    RepairPacks,
+    /// Some of its chunks may be in packs that no index lists: `tvault repair index`.
+    RepairIndex,
+    /// Its tree or manifest is damaged: nothing tvault can do heals it.
+    Never,
 }
 
 struct Checker<'a> {
@@ -148,7 +177,7 @@ impl Checker<'_> {
 }
 
 /// The size a pack has when it holds exactly `entries` (see FORMAT.md).
-fn expected_pack_size(entries: &[PackEntry]) -> u64 {
+pub(crate) fn expected_pack_size(entries: &[PackEntry]) -> u64 {
     let stored: u64 = entries.iter().map(|e| e.stored_len as u64).sum();
     MAGIC.len() as u64 + stored + 44 * entries.len() as u64 + 12
 }
@@ -320,10 +349,48 @@ pub fn run(
         }
     }
     progress.finish();
+    let unindexed_data = !unindexed.is_empty() || !repo.index_problems().is_empty();
+    report.broken_snapshots = broken_snapshots(&c.problems, unindexed_data);
     report.problems = c.problems;
     report.clean = report.problems.is_empty();
     report.duration_ms = started.elapsed().as_millis() as u64;
     Ok(report)
+}
+
+/// Sums up the problems per snapshot: how many of its paths are lost, and what heals it.
+fn broken_snapshots(problems: &[Problem], unindexed_data: bool) -> Vec<BrokenSnapshot> {
+    let mut by_snap: std::collections::BTreeMap<&str, (BTreeSet<&str>, Heal)> = Default::default();
+    for p in problems {
+        let heal = match p.kind {
+            ProblemKind::MissingChunks if unindexed_data => Heal::RepairIndex,
+            ProblemKind::MissingChunks => Heal::Backup,
+            ProblemKind::DamagedChunk | ProblemKind::DamagedPack | ProblemKind::MissingPack => {
+                Heal::RepairPacks
+            }
+            ProblemKind::CorruptTree if p.message.starts_with(TREE_LOST) && unindexed_data => {
+                Heal::RepairIndex
+            }
+            ProblemKind::CorruptTree if p.message.starts_with(TREE_LOST) => Heal::Backup,
+            _ => Heal::Never,
+        };
+        for a in &p.affected {
+            let entry = by_snap
+                .entry(a.snapshot.as_str())
+                .or_insert((BTreeSet::new(), heal));
+            entry.0.insert(a.path.as_str());
+            // The first step to take wins: unindexed packs may hold what seems lost, damage
+            // must be dropped before a backup stores the chunks again; a bad tree never heals.
+            entry.1 = entry.1.max(heal);
+        }
+    }
+    by_snap
+        .into_iter()
+        .map(|(snap, (paths, heal))| BrokenSnapshot {
+            snapshot: snap.to_string(),
+            files: paths.len() as u64,
+            heal,
+        })
+        .collect()
 }
 
 /// Marks every delta whose chain reaches a damaged or unindexed blob as damaged, by the same
@@ -378,16 +445,18 @@ fn sample_packs(packs: &[&Id], read_data: ReadData) -> IdSet {
     ranked.into_iter().take(want).map(|(_, p)| p).collect()
 }
 
-struct PackCheck {
-    pack: Id,
-    bytes: u64,
-    blobs: usize,
-    hash_ok: bool,
-    unreadable: Option<Error>,
-    bad_blobs: Vec<(Id, String)>,
+/// What reading one pack found: whether it hashes to its name, and its damaged blobs.
+pub(crate) struct PackCheck {
+    pub pack: Id,
+    pub bytes: u64,
+    pub blobs: usize,
+    pub hash_ok: bool,
+    pub unreadable: Option<Error>,
+    pub bad_blobs: Vec<(Id, String)>,
 }
 
-fn check_pack(repo: &Repository, pack: &Id, entries: &[PackEntry]) -> PackCheck {
+/// Reads a pack and decodes and re-hashes each of `entries` in it (shared by `repair packs`).
+pub(crate) fn check_pack(repo: &Repository, pack: &Id, entries: &[PackEntry]) -> PackCheck {
     let mut r = PackCheck {
         pack: *pack,
         bytes: 0,
@@ -433,6 +502,9 @@ fn check_pack(repo: &Repository, pack: &Id, entries: &[PackEntry]) -> PackCheck 
     r
 }
 
+/// How a `corrupt_tree` message starts when the tree blob is in no index (not damaged).
+const TREE_LOST: &str = "the tree is in no index file (tree";
+
 /// Checks every snapshot and tree; records who is affected by each damaged blob. Returns the
 /// set of referenced blobs.
 fn check_snapshots(c: &mut Checker, report: &mut VerifyReport) -> Result<IdSet> {
@@ -468,11 +540,12 @@ fn check_snapshots(c: &mut Checker, report: &mut VerifyReport) -> Result<IdSet> 
                 if let Some(&p) = c.damaged.get(&snap.tree) {
                     c.problems[p].affected.push(whole.clone());
                 }
-                let p = c.problem(
-                    ProblemKind::CorruptTree,
-                    key,
-                    format!("tree {} cannot be read: {e}", snap.tree.short()),
-                );
+                let message = if repo.index().contains(&snap.tree) {
+                    format!("tree {} cannot be read: {e}", snap.tree.short())
+                } else {
+                    format!("{TREE_LOST} {}): {e}", snap.tree.short())
+                };
+                let p = c.problem(ProblemKind::CorruptTree, key, message);
                 c.problems[p].affected.push(whole);
                 continue;
             }
