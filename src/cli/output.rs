@@ -536,16 +536,20 @@ impl Out {
                 d.chunk, d.pack, d.reason
             ));
         }
-        let verb = if r.dry_run { "would drop" } else { "dropped" };
-        self.line(&format!(
-            "{verb} {} damaged chunk(s) of {} pack(s); {} pack(s) written with what was sound",
-            r.chunks_dropped.len(),
-            r.damaged_packs.len(),
-            r.packs_written,
-        ));
         if r.dry_run {
+            self.line(&format!(
+                "would drop {} damaged chunk(s) and rewrite {} pack(s) without them",
+                r.chunks_dropped.len(),
+                r.damaged_packs.len(),
+            ));
             self.line("dry run: nothing was changed");
         } else {
+            self.line(&format!(
+                "dropped {} damaged chunk(s) of {} pack(s); {} pack(s) written with what was sound",
+                r.chunks_dropped.len(),
+                r.damaged_packs.len(),
+                r.packs_written,
+            ));
             if let Some(record) = &r.record {
                 self.line(&format!("recorded in {record}"));
             }

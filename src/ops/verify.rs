@@ -333,20 +333,25 @@ pub fn run(
         .filter(|(pack, _)| !packs.contains_key(*pack))
         .map(|(_, size)| *size)
         .collect();
-    let missing = c
-        .problems
-        .iter_mut()
-        .find(|p| p.kind == ProblemKind::MissingChunks);
-    match missing {
-        // Packs describe themselves: unindexed ones may hold exactly the missing chunks.
-        Some(p) if !unindexed.is_empty() => p.message.push_str(&format!(
-            "; {} pack(s) on disk are in no index file and may hold them (prune will not delete them)",
+    // Packs describe themselves: unindexed ones may hold exactly what snapshots need and no
+    // index lists (file chunks or whole trees), so they are not reclaimable then.
+    let needed_unindexed = referenced.iter().any(|id| !repo.index().contains(id));
+    if needed_unindexed && !unindexed.is_empty() {
+        let note = format!(
+            "; {} pack(s) on disk are in no index file and may hold them (prune will not delete \
+             them; `tvault repair index` reads them)",
             unindexed.len()
-        )),
-        _ => {
-            report.reclaimable_packs += unindexed.len() as u64;
-            report.reclaimable_bytes += unindexed.iter().sum::<u64>();
+        );
+        let lost = c.problems.iter_mut().filter(|p| {
+            p.kind == ProblemKind::MissingChunks
+                || (p.kind == ProblemKind::CorruptTree && p.message.starts_with(TREE_LOST))
+        });
+        for p in lost {
+            p.message.push_str(&note);
         }
+    } else {
+        report.reclaimable_packs += unindexed.len() as u64;
+        report.reclaimable_bytes += unindexed.iter().sum::<u64>();
     }
     progress.finish();
     let unindexed_data = !unindexed.is_empty() || !repo.index_problems().is_empty();

@@ -255,6 +255,17 @@ fn repair_index_rebuilds_a_lost_index_file_from_the_packs() {
     assert!(corrupt.exists());
     assert_repaired(&env, &snaps);
 
+    // With every index file gone, the packs hold every snapshot's tree: not reclaimable.
+    for f in index_files(&env) {
+        fs::remove_file(f).unwrap();
+    }
+    let (run, report) = verify(&env, &[]);
+    assert_eq!(run.code(), Some(4), "{run}");
+    assert_eq!(num(&report, "reclaimable_packs"), 0, "{run}");
+    assert!(run.stdout.contains("tvault repair index"), "{run}");
+    repair(&env, "index", &[]);
+    assert_repaired(&env, &snaps);
+
     // A corrupt index file of packs that another index file lists is removed.
     let files = index_files(&env);
     let copy = env.repo.join("index").join("ab".repeat(32));
