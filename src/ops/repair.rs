@@ -11,7 +11,8 @@
 //!   order prune uses: a record of what is dropped (`repair/<ID>`), new packs, a new index,
 //!   then the old index files and the damaged packs are deleted. Dropped chunks are in no
 //!   index any more, so the next backup of the same content stores them again and the
-//!   snapshots that need them heal. A rerun after a crash redoes the same steps.
+//!   snapshots that need them heal. A rerun after a crash redoes the same steps (packs the
+//!   crash left unindexed hold only copies of indexed chunks and are passed over).
 //!
 //! Both hold the exclusive lock (a shared one with `--dry-run`, which writes nothing).
 
@@ -200,6 +201,9 @@ pub fn packs(
             Some(id) if packs.contains_key(&id) => {
                 on_disk.insert(id, repo.backend().size(&key)?.unwrap_or(0));
             }
+            // A pack of an interrupted run holds only copies of indexed chunks: a leftover
+            // (prune removes it; a rerun may write it again under the same name).
+            _ if holds_only_indexed(repo, &key) => {}
             _ => {
                 return Err(Error::Invalid(format!(
                     "{key} is in no index file and may hold chunks that look lost: run \
@@ -348,4 +352,13 @@ pub fn packs(
     progress.finish();
     report.duration_ms = started.elapsed().as_millis() as u64;
     Ok(report)
+}
+
+/// True when `key` is a readable pack whose every blob the index already lists.
+fn holds_only_indexed(repo: &Repository, key: &str) -> bool {
+    let read = repo
+        .backend()
+        .get(key)
+        .and_then(|bytes| index::entries_of_pack(key, &bytes));
+    read.is_ok_and(|(entries, _)| entries.iter().all(|e| repo.index().contains(&e.id)))
 }
