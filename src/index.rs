@@ -126,6 +126,32 @@ impl Index {
     }
 }
 
+/// A pack's index entries rebuilt from the pack alone (a pack describes itself): its trailer,
+/// and for each delta blob the base and depth its own header holds.
+pub fn entries_of_pack(name: &str, pack: &[u8]) -> Result<(Vec<PackEntry>, Deltas)> {
+    let entries = crate::pack::read_trailer(name, pack)?;
+    let mut deltas = Deltas::default();
+    for e in entries.iter().filter(|e| e.encoding == Encoding::Delta) {
+        let stored = &pack[e.offset as usize..(e.offset + e.stored_len) as usize];
+        let h = crate::codec::delta_header(stored)
+            .map_err(|err| Error::corrupt(name, format!("delta blob {}: {err}", e.id.short())))?;
+        if h.depth == 0 {
+            return Err(Error::corrupt(
+                name,
+                format!("delta blob {} of depth 0", e.id.short()),
+            ));
+        }
+        deltas.insert(
+            e.id,
+            DeltaRef {
+                base: h.base,
+                depth: h.depth,
+            },
+        );
+    }
+    Ok((entries, deltas))
+}
+
 /// Serialises one index file: the packs written by one backup, their blobs, and for each delta
 /// blob (encoding 3) its depth (in the entry's first reserved byte) and base (after the entry).
 /// Every delta blob must have its base in `deltas`.

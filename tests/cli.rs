@@ -31,6 +31,8 @@ mod progress;
 mod prune;
 #[path = "cli/recipes.rs"]
 mod recipes;
+#[path = "cli/repair.rs"]
+mod repair;
 #[path = "cli/roundtrip.rs"]
 mod roundtrip;
 #[path = "cli/settle.rs"]

@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 
 use crate::ops::select::{self, Latest, Resolved, SnapshotFilter};
 use crate::ops::{
-    backup, diff, dump, export, find, import, ls, prune, restore, retention, stats, verify,
+    backup, diff, dump, export, find, import, ls, prune, repair, restore, retention, stats, verify,
 };
 use crate::repo::{lock, Repository};
 use metrics::{sample, MetricsFile, Sample};
@@ -296,6 +296,12 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         metrics_file: Option<PathBuf>,
     },
+    /// Repair the index: `repair index` rebuilds it from packs no index lists; `repair packs`
+    /// drops damaged chunks so that the next backup of the same data stores them again
+    Repair {
+        #[command(subcommand)]
+        what: RepairCommand,
+    },
     /// Remove stale locks left by crashed tvault processes
     Unlock {
         /// Remove every lock, also those of running processes
@@ -354,6 +360,23 @@ fn resolve(
         out.note(&l.to_string());
     }
     Ok((resolved, latest))
+}
+
+#[derive(Subcommand, Debug)]
+enum RepairCommand {
+    /// Rebuild index entries from the packs that no readable index file lists (their trailers)
+    Index {
+        /// Print what would be recovered, change nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Read every pack and drop damaged chunks (and deltas that need them) from the index, so
+    /// that the next backup of the same content stores them again
+    Packs {
+        /// Print what would be dropped, change nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// The documented default repository location.
@@ -558,7 +581,7 @@ pub fn run() -> Result<u8> {
                         indicatif::HumanBytes(report.bytes)
                     ));
                 }
-                return Ok(exit::SUCCESS);
+                return Ok(out.failed_files(&report.failed, "left out of the archive"));
             }
             let opts = restore::RestoreOptions {
                 snapshot: id,
@@ -794,6 +817,22 @@ pub fn run() -> Result<u8> {
                 ];
                 Ok((exit::SUCCESS, samples))
             })
+        }
+        Command::Repair { what } => {
+            let mut repo = open(&repo_path, false, &out, lock_wait)?;
+            let progress = out.progress("repair");
+            match what {
+                RepairCommand::Index { dry_run } => {
+                    let r = repair::index(&mut repo, dry_run, &progress)?;
+                    drop(progress);
+                    Ok(out.repair_index(&r))
+                }
+                RepairCommand::Packs { dry_run } => {
+                    let r = repair::packs(&mut repo, dry_run, &progress)?;
+                    drop(progress);
+                    Ok(out.repair_packs(&r))
+                }
+            }
         }
         Command::Unlock { all } => {
             let repo = open(&repo_path, false, &out, lock_wait)?;

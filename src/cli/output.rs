@@ -14,10 +14,11 @@ use crate::ops::diff::DiffReport;
 use crate::ops::find::Found;
 use crate::ops::ls::{mode_string, LsEntry};
 use crate::ops::prune::PruneReport;
+use crate::ops::repair::{RepairIndexReport, RepairPacksReport};
 use crate::ops::restore::RestoreReport;
 use crate::ops::select::Latest;
 use crate::ops::stats::{ChunkTotals, RepoStats, SnapshotStats};
-use crate::ops::verify::VerifyReport;
+use crate::ops::verify::{Heal, VerifyReport};
 use crate::progress::Progress;
 use crate::snapshot::{Snapshot, SnapshotKind};
 
@@ -360,11 +361,16 @@ impl Out {
             HumanBytes(r.bytes_written),
             secs(r.duration_ms),
         ));
-        if r.failed.is_empty() {
+        self.failed_files(&r.failed, "could not be restored")
+    }
+
+    /// Names the files a restore could not write (even with --quiet); exit 4 when there are any.
+    pub fn failed_files(&self, failed: &[String], what: &str) -> u8 {
+        if failed.is_empty() {
             return exit::SUCCESS;
         }
-        eprintln!("tvault: {} file(s) could not be restored:", r.failed.len());
-        for f in &r.failed {
+        eprintln!("tvault: {} file(s) {what}:", failed.len());
+        for f in failed {
             eprintln!("  {f}");
         }
         exit::DAMAGE
@@ -526,6 +532,14 @@ impl Out {
                     eprintln!("      … and {} more (see --json)", p.affected.len() - SHOWN);
                 }
             }
+            for b in &r.broken_snapshots {
+                eprintln!(
+                    "  snapshot {}: {} path(s) cannot be restored; {}",
+                    b.snapshot,
+                    b.files,
+                    heal_advice(b.heal)
+                );
+            }
         }
         exit::DAMAGE
     }
@@ -675,6 +689,99 @@ impl Out {
                 HumanBytes(b.stored_bytes).to_string()
             ));
         }
+    }
+
+    pub fn repair_index(&self, r: &RepairIndexReport) -> u8 {
+        self.json(&serde_json::to_value(r).expect("report serialises"));
+        let verb = if r.dry_run {
+            "would recover"
+        } else {
+            "recovered"
+        };
+        self.line(&format!(
+            "scanned {} packs: {verb} {} entries of {} pack(s) that no index listed; {} index file(s) written, {} corrupt one(s) removed",
+            r.packs_scanned,
+            r.entries_recovered,
+            r.packs_recovered,
+            r.index_files_written.len(),
+            r.index_files_removed.len(),
+        ));
+        if r.dry_run {
+            self.line("dry run: nothing was changed");
+        }
+        if r.unreadable_packs.is_empty() {
+            return exit::SUCCESS;
+        }
+        if !self.json {
+            eprintln!(
+                "tvault: DAMAGE: {} pack(s) cannot be read; their chunks stay lost:",
+                r.unreadable_packs.len()
+            );
+            for u in &r.unreadable_packs {
+                eprintln!("  {}: {}", u.file, u.message);
+            }
+        }
+        exit::DAMAGE
+    }
+
+    pub fn repair_packs(&self, r: &RepairPacksReport) -> u8 {
+        self.json(&serde_json::to_value(r).expect("report serialises"));
+        if r.damaged_packs.is_empty() {
+            self.line(&format!(
+                "read {} packs ({}): no damage, nothing to repair",
+                r.packs_read,
+                HumanBytes(r.bytes_read)
+            ));
+            return exit::SUCCESS;
+        }
+        for d in &r.chunks_dropped {
+            self.line(&format!(
+                "drop chunk {} in {}: {}",
+                d.chunk, d.pack, d.reason
+            ));
+        }
+        if r.dry_run {
+            self.line(&format!(
+                "would drop {} damaged chunk(s) and rewrite {} pack(s) without them",
+                r.chunks_dropped.len(),
+                r.damaged_packs.len(),
+            ));
+            self.line("dry run: nothing was changed");
+        } else {
+            self.line(&format!(
+                "dropped {} damaged chunk(s) of {} pack(s); {} pack(s) written with what was sound",
+                r.chunks_dropped.len(),
+                r.damaged_packs.len(),
+                r.packs_written,
+            ));
+            if let Some(record) = &r.record {
+                self.line(&format!("recorded in {record}"));
+            }
+            self.line(
+                "back up the same data again: snapshots that need these chunks heal when their \
+                 content is stored again (`tvault verify` says which are still broken)",
+            );
+        }
+        exit::SUCCESS
+    }
+}
+
+/// What to do about a broken snapshot, truthfully: verify cannot see the sources, so a
+/// snapshot heals only if a backup stores the same content again.
+fn heal_advice(heal: Heal) -> &'static str {
+    match heal {
+        Heal::RepairIndex => {
+            "packs that no index lists may hold its chunks: run `tvault repair index`"
+        }
+        Heal::RepairPacks => {
+            "run `tvault repair packs`, then back up the same data: it heals if that content is \
+             stored again, else it stays broken"
+        }
+        Heal::Backup => {
+            "its chunks are in no index (dropped as damaged): it heals when a backup stores the \
+             same content again, and stays broken if that data exists nowhere any more"
+        }
+        Heal::Never => "its tree or manifest is damaged: it stays broken",
     }
 }
 

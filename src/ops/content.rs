@@ -1,12 +1,14 @@
 //! A file's content as stored in the repository: read a byte range, or stream it all, fetching
 //! (and re-hashing) only the chunks needed. Chunk lengths come from the index, so locating a
-//! range reads nothing.
+//! range reads nothing. [`Content::of_file`] is how every reader of a file (restore, restore
+//! `--tar`, verify) checks that the chunks hold exactly the size the tree records.
 
 use std::io::{self, Read};
 
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::repo::Repository;
+use crate::tree::Node;
 
 pub struct Content<'a> {
     repo: &'a Repository,
@@ -33,6 +35,21 @@ impl<'a> Content<'a> {
             chunks,
             starts,
         })
+    }
+
+    /// A file's content, checked against the tree: every chunk is indexed and their plain
+    /// lengths add up to `node.size`. A mismatch is a corrupt tree entry, named by its path.
+    pub fn of_file(repo: &'a Repository, node: &'a Node) -> Result<Content<'a>> {
+        let content = Content::new(repo, &node.chunks)?;
+        if content.len() != node.size {
+            return Err(size_mismatch(node, content.len()));
+        }
+        Ok(content)
+    }
+
+    /// Where each chunk starts in the file.
+    pub fn chunk_starts(&self) -> &[u64] {
+        &self.starts[..self.chunks.len()]
     }
 
     pub fn len(&self) -> u64 {
@@ -87,6 +104,17 @@ impl<'a> Content<'a> {
             pos: 0,
         }
     }
+}
+
+/// The error of a file whose chunks do not add up to its recorded size.
+pub fn size_mismatch(node: &Node, chunk_bytes: u64) -> Error {
+    Error::corrupt(
+        format!("tree entry {}", node.path.display()),
+        format!(
+            "its chunks hold {chunk_bytes} bytes but its recorded size is {} (damaged tree)",
+            node.size
+        ),
+    )
 }
 
 pub struct ContentReader<'a> {

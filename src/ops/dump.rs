@@ -74,16 +74,9 @@ pub fn run(repo: &mut Repository, opts: &DumpOptions, out: &mut dyn Write) -> Re
         }
     }
     let damaged = |e: Error| Error::Invalid(format!("cannot dump {name:?}: {e}"));
-    let content = Content::new(repo, &node.chunks).map_err(damaged)?;
-    // The chunks must make up exactly the file the tree describes.
-    if content.len() != node.size {
-        return Err(damaged(Error::Invalid(format!(
-            "its chunks hold {} bytes but the snapshot records {} (damaged tree or index); \
-             run `tvault verify`",
-            content.len(),
-            node.size
-        ))));
-    }
+    // The chunks must make up exactly the file the tree describes (the check every reader
+    // makes).
+    let content = Content::of_file(repo, node).map_err(damaged)?;
     let (start, end) = match &opts.tensor {
         None => (0, node.size),
         Some(t) => tensor_range(repo, node, t).map_err(|why| {

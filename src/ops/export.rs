@@ -2,6 +2,9 @@
 //! gzip-compressed when FILE ends in `.tar.gz` or `.tgz`, or on standard output with `-`.
 //! Every chunk is re-hashed as it is streamed; damage stops the export with an error naming the
 //! file, and a FILE is written under a temporary name and renamed only when complete.
+//! A file whose chunks are not all indexed or do not add up to its recorded size is found
+//! before its entry is written (a tar header holds the size first): it is left out of the
+//! archive and named in `failed`, as restore to a directory does.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -20,6 +23,8 @@ pub struct ExportReport {
     pub snapshot_id: String,
     pub entries: u64,
     pub bytes: u64,
+    /// Files left out of the archive, each with the reason (exit code 4).
+    pub failed: Vec<String>,
 }
 
 /// Where the archive goes.
@@ -138,9 +143,16 @@ fn append_all<W: Write>(
                 }
             }
             NodeKind::File => {
+                let content = match Content::of_file(repo, n) {
+                    Ok(c) => c,
+                    Err(e @ (Error::Corrupt { .. } | Error::MissingChunk { .. })) => {
+                        report.failed.push(format!("{}: {e}", n.path.display()));
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_size(n.size);
-                let content = Content::new(repo, &n.chunks)?;
                 tar.append_data(&mut h, &path, content.reader())
                     .map_err(failed)?;
                 report.bytes += n.size;

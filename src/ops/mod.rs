@@ -11,6 +11,7 @@ pub mod import;
 pub mod ls;
 pub mod prune;
 mod read_file;
+pub mod repair;
 pub mod restore;
 pub mod retention;
 pub mod select;

@@ -17,7 +17,7 @@ use crate::index::{self, IdMap, IdSet};
 use crate::pack::{PackEntry, PackWriter};
 use crate::progress::Progress;
 use crate::repo::{pack_key, Repository};
-use crate::tree::NodeKind;
+use crate::tree::{NodeKind, Tree};
 
 /// Default `--max-unused`: repack a pack when more than this percentage of it is dead.
 pub const DEFAULT_MAX_UNUSED: f64 = 5.0;
@@ -128,7 +128,7 @@ pub fn run(
         return Err(Error::Invalid(why));
     }
 
-    // 2. What they need.
+    // 2. What they need (delta bases included).
     let mut live = IdSet::default();
     for (id, snap) in &kept {
         let tree = repo.load_tree(&snap.tree).map_err(|e| {
@@ -138,22 +138,9 @@ pub fn run(
                 id.short()
             ))
         })?;
-        live.insert(snap.tree);
-        for node in tree.nodes.iter().filter(|n| n.kind == NodeKind::File) {
-            live.extend(node.chunks.iter().copied());
-        }
+        mark_tree(&mut live, snap.tree, &tree);
     }
-
-    // Deltas need their bases, transitively (the index names each delta's base).
-    let mut todo: Vec<Id> = live
-        .iter()
-        .filter_map(|id| repo.index().delta(id).map(|d| d.base))
-        .collect();
-    while let Some(base) = todo.pop() {
-        if live.insert(base) {
-            todo.extend(repo.index().delta(&base).map(|d| d.base));
-        }
-    }
+    mark_bases(repo.index(), &mut live);
 
     let unindexed = live.iter().filter(|id| !repo.index().contains(id)).count();
     if unindexed > 0 {
@@ -197,10 +184,7 @@ pub fn run(
     }
     let mut fates = BTreeMap::new();
     for (pack, entries) in &packs {
-        let is_live = |e: &&PackEntry| {
-            live.contains(&e.id)
-                && repo.index().get(&e.id).map(|l| repo.index().pack_id(l)) == Some(*pack)
-        };
+        let is_live = |e: &&PackEntry| serves(repo.index(), &live, pack, e);
         let total: u64 = entries.iter().map(|e| e.stored_len as u64).sum();
         let live_bytes: u64 = entries
             .iter()
@@ -321,6 +305,35 @@ pub fn run(
     report.bytes_freed = report.bytes_before.saturating_sub(stored_bytes(repo)?);
     report.duration_ms = started.elapsed().as_millis() as u64;
     Ok(report)
+}
+
+/// Marks what a snapshot's tree needs: the tree blob and every file's chunks. With
+/// [`mark_bases`] and [`serves`], the one definition of "in use" that prune (what it keeps)
+/// and verify (what it calls reclaimable) share.
+pub(crate) fn mark_tree(live: &mut IdSet, tree_id: Id, tree: &Tree) {
+    live.insert(tree_id);
+    for node in tree.nodes.iter().filter(|n| n.kind == NodeKind::File) {
+        live.extend(node.chunks.iter().copied());
+    }
+}
+
+/// Adds the bases of every delta in `live`, transitively (the index names each delta's base).
+pub(crate) fn mark_bases(index: &index::Index, live: &mut IdSet) {
+    let mut todo: Vec<Id> = live
+        .iter()
+        .filter_map(|id| index.delta(id).map(|d| d.base))
+        .collect();
+    while let Some(base) = todo.pop() {
+        if live.insert(base) {
+            todo.extend(index.delta(&base).map(|d| d.base));
+        }
+    }
+}
+
+/// True when `e` (a blob of `pack`) is in use and is the copy the index reads: a pack with no
+/// such blob is dead, whatever duplicates it holds.
+pub(crate) fn serves(index: &index::Index, live: &IdSet, pack: &Id, e: &PackEntry) -> bool {
+    live.contains(&e.id) && index.get(&e.id).map(|l| index.pack_id(l)) == Some(*pack)
 }
 
 /// Bytes of packs and index files now.

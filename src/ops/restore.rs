@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rayon::prelude::*;
 use serde::Serialize;
 
+use super::content::Content;
 use crate::error::{Error, IoContext, Result};
 use crate::id::Id;
 use crate::progress::Progress;
@@ -234,21 +235,13 @@ fn write_content(
     tmp: &Path,
     progress: &dyn Progress,
 ) -> Result<()> {
+    // Sizes are checked before anything is read or written (the same check as every reader).
+    let content = Content::of_file(repo, node)?;
     let out = File::create(tmp).at(tmp)?;
-    let mut offsets = Vec::with_capacity(node.chunks.len());
-    let mut written = 0u64;
-    for id in &node.chunks {
-        let loc = repo
-            .index()
-            .get(id)
-            .ok_or_else(|| Error::MissingChunk { id: id.to_hex() })?;
-        offsets.push(written);
-        written += loc.plain_len as u64;
-    }
     node.chunks
         .par_iter()
-        .zip(offsets)
-        .try_for_each(|(id, offset)| -> Result<()> {
+        .zip(content.chunk_starts())
+        .try_for_each(|(id, &offset)| -> Result<()> {
             let plain = repo.read_blob(id)?;
             if !is_zero(&plain) {
                 out.write_all_at(&plain, offset).at(tmp)?;
@@ -257,13 +250,7 @@ fn write_content(
             Ok(())
         })?;
     // The size, including any hole at the end.
-    out.set_len(written).at(tmp)?;
-    if written != node.size {
-        return Err(Error::corrupt(
-            format!("tree entry {}", node.path.display()),
-            format!("chunks hold {written} bytes but the file had {}", node.size),
-        ));
-    }
+    out.set_len(node.size).at(tmp)?;
     out.set_permissions(fs::Permissions::from_mode(node.mode))
         .at(tmp)?;
     out.set_times(FileTimes::new().set_modified(to_system_time(node.mtime_ns)))

@@ -169,7 +169,7 @@ fn tensor_storage(
     before: &IdSet,
 ) -> Option<Vec<TensorStorage>> {
     let (tensors, _removed) = tensor_changes(repo, parent, node).ok()??;
-    let content = Content::new(repo, &node.chunks).ok()?;
+    let content = Content::of_file(repo, node).ok()?;
     let list: Vec<TensorStorage> = tensors
         .into_iter()
         .map(|t| {

@@ -182,13 +182,13 @@ pub(crate) fn tensor_changes(
     use super::content::Content;
     // `Content` says which chunk is missing; `StoredFile` keeps the last chunk it decoded, which
     // header parsers that read a few bytes at a time need.
-    let cn = Content::new(repo, &new.chunks)?;
+    let cn = Content::of_file(repo, new)?;
     let parsed = |node: &Node| StoredFile::new(repo, node).and_then(|f| format::tensors(&f));
     let Some((_, regions)) = parsed(new) else {
         return Ok(None);
     };
     let co = match old {
-        Some(o) => Some(Content::new(repo, &o.chunks)?),
+        Some(o) => Some(Content::of_file(repo, o)?),
         None => None,
     };
     let before: Vec<format::Region> = old.and_then(parsed).map(|(_, r)| r).unwrap_or_default();

@@ -4,12 +4,14 @@
 //! and every chunk in them decoded and re-hashed, in parallel. Each problem names its file in
 //! the repository and, for lost data, every snapshot and path that needs it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Instant;
 
 use rayon::prelude::*;
 use serde::Serialize;
 
+use super::content::Content;
+use super::prune::{mark_bases, mark_tree, serves};
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::index::{IdMap, IdSet};
@@ -123,7 +125,36 @@ pub struct VerifyReport {
     /// Packs no snapshot needs (left by crashes or forgotten snapshots): `prune` frees them.
     pub reclaimable_packs: u64,
     pub reclaimable_bytes: u64,
+    /// Each snapshot that cannot be restored whole, and what would heal it (absent when clean).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub broken_snapshots: Vec<BrokenSnapshot>,
     pub duration_ms: u64,
+}
+
+/// A snapshot some of whose files (or its whole tree) cannot be restored now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BrokenSnapshot {
+    pub snapshot: String,
+    /// Paths that cannot be restored (the whole snapshot counts as one).
+    pub files: u64,
+    pub heal: Heal,
+}
+
+/// What heals a broken snapshot, the first step first (ordered: the later step wins). verify cannot see the backed-up sources: a snapshot heals only
+/// if a backup stores the same content again; data that exists nowhere any more stays lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Heal {
+    /// Its missing chunks are in no index (e.g. dropped by `repair packs`): the next backup
+    /// that stores the same content heals it.
+    Backup,
+    /// Some of its chunks are damaged and still indexed, so backups skip them:
+    /// `tvault repair packs`, then a backup of the same data.
+    RepairPacks,
+    /// Some of its chunks may be in packs that no index lists: `tvault repair index`.
+    RepairIndex,
+    /// Its tree or manifest is damaged: nothing tvault can do heals it.
+    Never,
 }
 
 struct Checker<'a> {
@@ -146,7 +177,7 @@ impl Checker<'_> {
 }
 
 /// The size a pack has when it holds exactly `entries` (see FORMAT.md).
-fn expected_pack_size(entries: &[PackEntry]) -> u64 {
+pub(crate) fn expected_pack_size(entries: &[PackEntry]) -> u64 {
     let stored: u64 = entries.iter().map(|e| e.stored_len as u64).sum();
     MAGIC.len() as u64 + stored + 44 * entries.len() as u64 + 12
 }
@@ -294,10 +325,14 @@ pub fn run(
     propagate_to_deltas(&mut c);
 
     // Snapshots and their trees: what is referenced, and what is lost for whom.
-    let referenced = check_snapshots(&mut c, &mut report, snapshot_keys)?;
+    let mut referenced = check_snapshots(&mut c, &mut report, snapshot_keys)?;
+    mark_bases(repo.index(), &mut referenced);
     for pack in &pack_ids {
         if let Some(size) = on_disk.get(*pack) {
-            if !packs[*pack].iter().any(|e| referenced.contains(&e.id)) {
+            if !packs[*pack]
+                .iter()
+                .any(|e| serves(repo.index(), &referenced, pack, e))
+            {
                 report.reclaimable_packs += 1;
                 report.reclaimable_bytes += size;
             }
@@ -308,26 +343,69 @@ pub fn run(
         .filter(|(pack, _)| !packs.contains_key(*pack))
         .map(|(_, size)| *size)
         .collect();
-    let missing = c
-        .problems
-        .iter_mut()
-        .find(|p| p.kind == ProblemKind::MissingChunks);
-    match missing {
-        // Packs describe themselves: unindexed ones may hold exactly the missing chunks.
-        Some(p) if !unindexed.is_empty() => p.message.push_str(&format!(
-            "; {} pack(s) on disk are in no index file and may hold them (prune will not delete them)",
+    // Packs describe themselves: unindexed ones may hold exactly what snapshots need and no
+    // index lists (file chunks or whole trees), so they are not reclaimable then.
+    let needed_unindexed = referenced.iter().any(|id| !repo.index().contains(id));
+    if needed_unindexed && !unindexed.is_empty() {
+        let note = format!(
+            "; {} pack(s) on disk are in no index file and may hold them (prune will not delete \
+             them; `tvault repair index` reads them)",
             unindexed.len()
-        )),
-        _ => {
-            report.reclaimable_packs += unindexed.len() as u64;
-            report.reclaimable_bytes += unindexed.iter().sum::<u64>();
+        );
+        let lost = c.problems.iter_mut().filter(|p| {
+            p.kind == ProblemKind::MissingChunks
+                || (p.kind == ProblemKind::CorruptTree && p.message.starts_with(TREE_LOST))
+        });
+        for p in lost {
+            p.message.push_str(&note);
         }
+    } else {
+        report.reclaimable_packs += unindexed.len() as u64;
+        report.reclaimable_bytes += unindexed.iter().sum::<u64>();
     }
     progress.finish();
+    let unindexed_data = !unindexed.is_empty() || !repo.index_problems().is_empty();
+    report.broken_snapshots = broken_snapshots(&c.problems, unindexed_data);
     report.problems = c.problems;
     report.clean = report.problems.is_empty();
     report.duration_ms = started.elapsed().as_millis() as u64;
     Ok(report)
+}
+
+/// Sums up the problems per snapshot: how many of its paths are lost, and what heals it.
+fn broken_snapshots(problems: &[Problem], unindexed_data: bool) -> Vec<BrokenSnapshot> {
+    let mut by_snap: std::collections::BTreeMap<&str, (BTreeSet<&str>, Heal)> = Default::default();
+    for p in problems {
+        let heal = match p.kind {
+            ProblemKind::MissingChunks if unindexed_data => Heal::RepairIndex,
+            ProblemKind::MissingChunks => Heal::Backup,
+            ProblemKind::DamagedChunk | ProblemKind::DamagedPack | ProblemKind::MissingPack => {
+                Heal::RepairPacks
+            }
+            ProblemKind::CorruptTree if p.message.starts_with(TREE_LOST) && unindexed_data => {
+                Heal::RepairIndex
+            }
+            ProblemKind::CorruptTree if p.message.starts_with(TREE_LOST) => Heal::Backup,
+            _ => Heal::Never,
+        };
+        for a in &p.affected {
+            let entry = by_snap
+                .entry(a.snapshot.as_str())
+                .or_insert((BTreeSet::new(), heal));
+            entry.0.insert(a.path.as_str());
+            // The first step to take wins: unindexed packs may hold what seems lost, damage
+            // must be dropped before a backup stores the chunks again; a bad tree never heals.
+            entry.1 = entry.1.max(heal);
+        }
+    }
+    by_snap
+        .into_iter()
+        .map(|(snap, (paths, heal))| BrokenSnapshot {
+            snapshot: snap.to_string(),
+            files: paths.len() as u64,
+            heal,
+        })
+        .collect()
 }
 
 /// Marks every delta whose chain reaches a damaged or unindexed blob as damaged, by the same
@@ -382,16 +460,18 @@ fn sample_packs(packs: &[&Id], read_data: ReadData) -> IdSet {
     ranked.into_iter().take(want).map(|(_, p)| p).collect()
 }
 
-struct PackCheck {
-    pack: Id,
-    bytes: u64,
-    blobs: usize,
-    hash_ok: bool,
-    unreadable: Option<Error>,
-    bad_blobs: Vec<(Id, String)>,
+/// What reading one pack found: whether it hashes to its name, and its damaged blobs.
+pub(crate) struct PackCheck {
+    pub pack: Id,
+    pub bytes: u64,
+    pub blobs: usize,
+    pub hash_ok: bool,
+    pub unreadable: Option<Error>,
+    pub bad_blobs: Vec<(Id, String)>,
 }
 
-fn check_pack(repo: &Repository, pack: &Id, entries: &[PackEntry]) -> PackCheck {
+/// Reads a pack and decodes and re-hashes each of `entries` in it (shared by `repair packs`).
+pub(crate) fn check_pack(repo: &Repository, pack: &Id, entries: &[PackEntry]) -> PackCheck {
     let mut r = PackCheck {
         pack: *pack,
         bytes: 0,
@@ -437,6 +517,9 @@ fn check_pack(repo: &Repository, pack: &Id, entries: &[PackEntry]) -> PackCheck 
     r
 }
 
+/// How a `corrupt_tree` message starts when the tree blob is in no index (not damaged).
+const TREE_LOST: &str = "the tree is in no index file (tree";
+
 /// Checks every snapshot (listed before the index was loaded) and its tree; records who is
 /// affected by each damaged blob. Returns the set of referenced blobs.
 fn check_snapshots(
@@ -476,21 +559,22 @@ fn check_snapshots(
                 if let Some(&p) = c.damaged.get(&snap.tree) {
                     c.problems[p].affected.push(whole.clone());
                 }
-                let p = c.problem(
-                    ProblemKind::CorruptTree,
-                    key,
-                    format!("tree {} cannot be read: {e}", snap.tree.short()),
-                );
+                let message = if repo.index().contains(&snap.tree) {
+                    format!("tree {} cannot be read: {e}", snap.tree.short())
+                } else {
+                    format!("{TREE_LOST} {}): {e}", snap.tree.short())
+                };
+                let p = c.problem(ProblemKind::CorruptTree, key, message);
                 c.problems[p].affected.push(whole);
                 continue;
             }
         };
+        mark_tree(&mut referenced, snap.tree, &tree);
         for node in tree.nodes.iter().filter(|n| n.kind == NodeKind::File) {
             let path = node.path.display();
             let mut seen_problem: HashMap<usize, ()> = HashMap::new();
             let mut file_missing = false;
             for chunk in &node.chunks {
-                referenced.insert(*chunk);
                 if !repo.index().contains(chunk) {
                     file_missing = true;
                 } else if let Some(&p) = c.damaged.get(chunk) {
@@ -504,6 +588,17 @@ fn check_snapshots(
             }
             if file_missing {
                 missing.push(Affected {
+                    snapshot: short.clone(),
+                    path,
+                });
+            } else if let Err(e) = Content::of_file(repo, node) {
+                // The same size check every reader makes.
+                let p = c.problem(
+                    ProblemKind::CorruptTree,
+                    key.clone(),
+                    format!("tree {}: {e}", snap.tree.short()),
+                );
+                c.problems[p].affected.push(Affected {
                     snapshot: short.clone(),
                     path,
                 });

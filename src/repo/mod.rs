@@ -371,6 +371,15 @@ impl Repository {
         Ok(out)
     }
 
+    /// Writes one index file listing `packs` (which must all be durable) and returns its key.
+    /// Index files are named by their hash: writing the same list twice writes the same file.
+    pub fn save_index(&self, packs: &index::PackList) -> Result<String> {
+        let bytes = index::encode_file(packs);
+        let key = format!("index/{}", Id::of(&bytes).to_hex());
+        self.backend.put(&key, &bytes)?;
+        Ok(key)
+    }
+
     /// Reads, decodes and re-hashes one blob. A delta blob (encoding 3) is resolved through its
     /// chain of bases, each read once (and not at all when the base cache has it).
     pub fn read_blob(&self, id: &Id) -> Result<Vec<u8>> {

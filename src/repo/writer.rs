@@ -163,10 +163,8 @@ impl<'r> BlobWriter<'r> {
                     (pack, entries, deltas)
                 })
                 .collect();
-            let bytes = index::encode_file(&packs);
-            let key = format!("index/{}", Id::of(&bytes).to_hex());
-            self.repo.backend().put(&key, &bytes)?;
-            self.bytes_added += bytes.len() as u64;
+            let key = self.repo.save_index(&packs)?;
+            self.bytes_added += self.repo.backend().size(&key)?.unwrap_or(0);
         }
         Ok(self.bytes_added)
     }
