@@ -19,9 +19,9 @@ SIZE=${SIZE:-2GiB}
 WORK=${WORK:-/tmp/tvault-bench}
 ROUNDS=${ROUNDS:-1}
 cd "$(dirname "$0")/.."
-cargo build --release --quiet --bin tvault --example gen --example b3
+cargo build --release --quiet --bin tvault -p tvault -p tvault-workload -p tvault-core --bin tvault-gen --example b3
 B=$PWD/target/release/tvault
-GEN=$PWD/target/release/examples/gen
+GEN=$PWD/target/release/tvault-gen
 B3=$PWD/target/release/examples/b3
 command -v zstd >/dev/null || { echo "e2e: zstd is needed for the baseline (apt-get install zstd)" >&2; exit 1; }
 TIME=/usr/bin/time

@@ -10,9 +10,9 @@ SIZE=${SIZE:-2GiB}
 STEPS=${STEPS:-4}
 WORK=${WORK:-/tmp/tvault-maintenance}
 cd "$(dirname "$0")/.."
-cargo build --release --quiet --bin tvault --example gen
+cargo build --release --quiet -p tvault -p tvault-workload --bin tvault --bin tvault-gen
 B=$PWD/target/release/tvault
-GEN=$PWD/target/release/examples/gen
+GEN=$PWD/target/release/tvault-gen
 TIME=/usr/bin/time
 [ -x $TIME ] || { echo "maintenance: GNU time is needed (apt-get install time)" >&2; exit 1; }
 rm -rf "$WORK"; mkdir -p "$WORK"

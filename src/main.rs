@@ -2,8 +2,10 @@
 
 use std::process::ExitCode;
 
+mod cli;
+
 fn main() -> ExitCode {
-    match tvault::cli::run() {
+    match cli::run() {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             // A closed pipe (`tvault snapshots | head`) is the reader's choice, not a failure.
@@ -14,8 +16,8 @@ fn main() -> ExitCode {
             if broken_pipe {
                 return ExitCode::SUCCESS;
             }
-            tvault::cli::print_error(&err);
-            ExitCode::from(tvault::cli::exit::ERROR)
+            cli::print_error(&err);
+            ExitCode::from(cli::exit::ERROR)
         }
     }
 }

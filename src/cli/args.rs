@@ -9,7 +9,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         format!("invalid duration {text:?}: use a number and a unit (s, m or min = minutes, h, d, w), e.g. 90s, 10min, 26h, 1h30m")
     };
     let mut total = 0u64;
-    for (n, unit) in crate::ops::retention::split_units(text).ok_or_else(bad)? {
+    for (n, unit) in tvault_core::ops::retention::split_units(text).ok_or_else(bad)? {
         let unit = match unit.as_str() {
             "s" => 1,
             "m" | "min" => 60,
@@ -31,7 +31,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(total))
 }
 
-pub use crate::ops::describe_duration;
+pub use tvault_core::ops::describe_duration;
 
 /// Parses a byte rate per second: `200MiB`, `1.5GB`, `500k` (K/M/G = powers of 1000,
 /// KiB/MiB/GiB = powers of 1024; an optional `/s`).

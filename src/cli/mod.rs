@@ -11,13 +11,13 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use crate::ops::select::{self, Latest, Resolved, SnapshotFilter};
-use crate::ops::{
-    backup, diff, dump, export, find, import, ls, prune, repair, restore, retention, stats, verify,
-};
-use crate::repo::{lock, Repository};
 use metrics::{sample, MetricsFile, Sample};
 use output::Out;
+use tvault_core::ops::select::{self, Latest, Resolved, SnapshotFilter};
+use tvault_core::ops::{
+    backup, diff, dump, export, find, import, ls, prune, repair, restore, retention, stats, verify,
+};
+use tvault_core::repo::{lock, Repository};
 
 /// Exit codes, documented in the README.
 pub mod exit {
@@ -458,7 +458,7 @@ pub fn run() -> Result<u8> {
             dry_run,
         } => {
             for file in &exclude_file {
-                exclude.extend(crate::ops::Excludes::read_file(file)?);
+                exclude.extend(tvault_core::ops::Excludes::read_file(file)?);
             }
             let opts = backup::BackupOptions {
                 paths,
@@ -575,7 +575,7 @@ pub fn run() -> Result<u8> {
                     })?);
                     out.line(&format!(
                         "wrote snapshot {} to {}: {} entries, {} of file content",
-                        &report.snapshot_id[..crate::id::SHORT_LEN],
+                        &report.snapshot_id[..tvault_core::id::SHORT_LEN],
                         tar.display(),
                         report.entries,
                         indicatif::HumanBytes(report.bytes)
@@ -611,7 +611,7 @@ pub fn run() -> Result<u8> {
         } => {
             let mut repo = open(&repo_path, false, &out, lock_wait)?;
             let (ids, latest) = resolve(&repo, &out, &[&snapshot], latest)?;
-            let report = crate::ops::show::run(&mut repo, &ids[0].id.to_hex(), tensors)?;
+            let report = tvault_core::ops::show::run(&mut repo, &ids[0].id.to_hex(), tensors)?;
             out.show(&report, latest.as_ref());
             Ok(exit::SUCCESS)
         }
@@ -647,7 +647,7 @@ pub fn run() -> Result<u8> {
             match dump::run(&mut repo, &opts, &mut stdout) {
                 Ok(_) => Ok(exit::SUCCESS),
                 // A reader that stops early (`tvault dump ID f | head -c 100`) is its choice.
-                Err(crate::error::Error::Io { err, .. })
+                Err(tvault_core::error::Error::Io { err, .. })
                     if err.kind() == std::io::ErrorKind::BrokenPipe =>
                 {
                     Ok(exit::SUCCESS)

@@ -8,19 +8,19 @@ use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
 use super::exit;
-use crate::id::Id;
-use crate::ops::backup::BackupReport;
-use crate::ops::diff::DiffReport;
-use crate::ops::find::Found;
-use crate::ops::ls::{mode_string, LsEntry};
-use crate::ops::prune::PruneReport;
-use crate::ops::repair::{RepairIndexReport, RepairPacksReport};
-use crate::ops::restore::RestoreReport;
-use crate::ops::select::Latest;
-use crate::ops::stats::{ChunkTotals, RepoStats, SnapshotStats};
-use crate::ops::verify::{Heal, VerifyReport};
-use crate::progress::Progress;
-use crate::snapshot::{Snapshot, SnapshotKind};
+use tvault_core::id::Id;
+use tvault_core::ops::backup::BackupReport;
+use tvault_core::ops::diff::DiffReport;
+use tvault_core::ops::find::Found;
+use tvault_core::ops::ls::{mode_string, LsEntry};
+use tvault_core::ops::prune::PruneReport;
+use tvault_core::ops::repair::{RepairIndexReport, RepairPacksReport};
+use tvault_core::ops::restore::RestoreReport;
+use tvault_core::ops::select::Latest;
+use tvault_core::ops::stats::{ChunkTotals, RepoStats, SnapshotStats};
+use tvault_core::ops::verify::{Heal, VerifyReport};
+use tvault_core::progress::Progress;
+use tvault_core::snapshot::{Snapshot, SnapshotKind};
 
 /// Prints a line on stdout. A closed pipe (`tvault snapshots | head`) is the reader's choice,
 /// not a failure: everything the command had to do is done by the time it prints, so it exits 0
@@ -238,7 +238,7 @@ impl Out {
                 0 => String::new(),
                 s => format!(
                     "; the longest deferred for {}",
-                    crate::ops::settle::human(s)
+                    super::args::describe_duration(std::time::Duration::from_secs(s))
                 ),
             };
             self.line(&format!(
@@ -353,7 +353,7 @@ impl Out {
         self.json(&with_latest(r, latest));
         self.line(&format!(
             "restored snapshot {} into {}: {} files, {} directories, {} symlinks, {} in {}",
-            &r.snapshot_id[..crate::id::SHORT_LEN],
+            &r.snapshot_id[..tvault_core::id::SHORT_LEN],
             target.display(),
             r.files,
             r.dirs,
@@ -378,8 +378,8 @@ impl Out {
 }
 
 impl Out {
-    pub fn show(&self, r: &crate::ops::show::ShowReport, latest: Option<&Latest>) {
-        use crate::ops::show::Storage;
+    pub fn show(&self, r: &tvault_core::ops::show::ShowReport, latest: Option<&Latest>) {
+        use tvault_core::ops::show::Storage;
         self.json(&with_latest(r, latest));
         let describe = |s: &Storage| {
             let mut parts = vec![format!("{} unchanged", HumanBytes(s.unchanged))];
@@ -545,7 +545,7 @@ impl Out {
     }
 
     /// `within`: the `--keep-within` span, stated in words before the decisions.
-    pub fn prune(&self, r: &PruneReport, within: Option<crate::ops::retention::Within>) {
+    pub fn prune(&self, r: &PruneReport, within: Option<tvault_core::ops::retention::Within>) {
         self.json(&serde_json::to_value(r).expect("report serialises"));
         if let Some(w) = within {
             self.line(&format!(
@@ -619,11 +619,11 @@ impl Out {
         for f in found {
             outln!(
                 "{}  {}  {:>10}  {}{}",
-                &f.id[..crate::id::SHORT_LEN],
+                &f.id[..tvault_core::id::SHORT_LEN],
                 f.time.format("%Y-%m-%d %H:%M:%S"),
                 HumanBytes(f.size).to_string(),
                 f.path,
-                if f.kind == crate::tree::NodeKind::Dir {
+                if f.kind == tvault_core::tree::NodeKind::Dir {
                     "/"
                 } else {
                     ""
@@ -639,7 +639,7 @@ impl Out {
         self.json(&serde_json::to_value(s).expect("report serialises"));
         self.line(&format!(
             "snapshot {}: {} files, {} directories, {} symlinks",
-            &s.snapshot_id[..crate::id::SHORT_LEN],
+            &s.snapshot_id[..tvault_core::id::SHORT_LEN],
             s.files,
             s.dirs,
             s.symlinks
@@ -785,7 +785,7 @@ fn heal_advice(heal: Heal) -> &'static str {
     }
 }
 
-fn kind_name(p: &crate::ops::verify::Problem) -> String {
+fn kind_name(p: &tvault_core::ops::verify::Problem) -> String {
     serde_json::to_value(p.kind)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tvault::repo::Repository;
-use tvault::workload::{Rng, Scenario};
+use tvault_core::repo::Repository;
+use tvault_workload::{Rng, Scenario};
 
 use crate::testenv::{
     args, assert_manifest_eq, is_root, manifest, num, set_mode, sources_manifest, text, Manifest,
@@ -277,7 +277,7 @@ fn ambiguous_prefix_lists_every_candidate() {
 
     let repo = Repository::open(&env.repo).unwrap();
     match repo.resolve_snapshot(prefix) {
-        Err(tvault::error::Error::AmbiguousSnapshot { candidates, .. }) => {
+        Err(tvault_core::error::Error::AmbiguousSnapshot { candidates, .. }) => {
             let mut c = candidates.clone();
             c.sort();
             let mut want = vec![real.clone(), twin.clone()];

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use serde_json::json;
-use tvault::workload::Scenario;
+use tvault_workload::Scenario;
 
 use crate::testenv::{
     args, files_below, manifest, num, safetensors_tensors, sources_manifest, spawn, text, Entry,

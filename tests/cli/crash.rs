@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use tvault::workload::Scenario;
+use tvault_workload::Scenario;
 
 use crate::testenv::{
     args, copy_dir, manifest, sources_manifest, spawn, text, Entry, Manifest, TestEnv,

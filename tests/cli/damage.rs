@@ -6,9 +6,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
-use tvault::id::Id;
-use tvault::repo::{pack_key, Repository};
-use tvault::workload::Scenario;
+use tvault_core::id::Id;
+use tvault_core::repo::{pack_key, Repository};
+use tvault_workload::Scenario;
 
 use crate::bad_input::{assert_undamaged, repo_with_snapshots, s};
 use crate::testenv::{

@@ -8,7 +8,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use tvault::workload::Scenario;
+use tvault_workload::Scenario;
 
 use crate::testenv::{args, copy_dir, files_below, flip_byte, num, text, Manifest, TestEnv};
 

@@ -94,13 +94,7 @@ fn backups_into_a_v1_repository_write_only_v1_encodings() {
             .as_path(),
         &env.repo,
     );
-    let ckpt = env.checkpoint(
-        "src/ckpt",
-        tvault::workload::Scenario::Single,
-        2 << 20,
-        9,
-        0,
-    );
+    let ckpt = env.checkpoint("src/ckpt", tvault_workload::Scenario::Single, 2 << 20, 9, 0);
     let report = env.backup(&[&ckpt], &[]);
     assert!(num(&report, "bytes_added") > 0);
 
@@ -110,7 +104,7 @@ fn backups_into_a_v1_repository_write_only_v1_encodings() {
         config["version"], 1,
         "the config was not upgraded behind the user's back"
     );
-    let repo = tvault::repo::Repository::open(&env.repo).unwrap();
+    let repo = tvault_core::repo::Repository::open(&env.repo).unwrap();
     let mut encodings = std::collections::BTreeSet::new();
     for file in repo.read_index_files().unwrap() {
         for (_, entries) in file.packs.unwrap() {

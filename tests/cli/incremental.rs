@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use tvault::workload::{fill_weights, write_safetensors, Dtype, ModelDims, Rng, Scenario};
+use tvault_workload::{fill_weights, write_safetensors, Dtype, ModelDims, Rng, Scenario};
 
 use crate::testenv::{
     args, num, overwrite_at, read_at, safetensors_tensors, set_mtime, sources_manifest, text,

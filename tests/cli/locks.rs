@@ -11,7 +11,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tvault::workload::Scenario;
+use tvault_workload::Scenario;
 
 use crate::testenv::{args, hostname, num, set_mtime, spawn, TestEnv};
 use crate::unattended::finish;

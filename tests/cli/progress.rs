@@ -37,7 +37,7 @@ fn progress_bar_counts_files_and_added_bytes_and_fits_a_narrow_terminal() {
     let env = TestEnv::with_repo();
     for i in 0..6 {
         let mut data = vec![0u8; 4 << 20];
-        tvault::workload::Rng::new(i).fill_bytes(&mut data);
+        tvault_workload::Rng::new(i).fill_bytes(&mut data);
         env.write(format!("src/ckpt/shard-{i}.bin"), &data);
     }
     let cols = 70;

@@ -14,9 +14,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tvault::id::Id;
-use tvault::repo::pack_key;
-use tvault::workload::{mix, Rng, Scenario};
+use tvault_core::id::Id;
+use tvault_core::repo::pack_key;
+use tvault_workload::{mix, Rng, Scenario};
 
 use crate::bad_input::assert_undamaged;
 use crate::testenv::{

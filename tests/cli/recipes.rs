@@ -7,7 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use tvault::workload::Scenario;
+use tvault_workload::Scenario;
 
 use crate::testenv::{set_mtime, TestEnv};
 

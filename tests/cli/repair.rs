@@ -9,12 +9,12 @@ use std::collections::BTreeSet;
 use std::fs;
 
 use serde_json::Value;
-use tvault::codec::Encoding;
-use tvault::id::Id;
-use tvault::pack::BlobKind;
-use tvault::repo::{pack_key, BlobWriter, Repository};
-use tvault::tree::Tree;
-use tvault::workload::Scenario;
+use tvault_core::codec::Encoding;
+use tvault_core::id::Id;
+use tvault_core::pack::BlobKind;
+use tvault_core::repo::{pack_key, BlobWriter, Repository};
+use tvault_core::tree::Tree;
+use tvault_workload::Scenario;
 
 use crate::testenv::{
     args, copy_dir, files_below, flip_byte, num, sources_manifest, text, Manifest, Run, TestEnv,

@@ -8,7 +8,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
-use tvault::workload::Scenario;
+use tvault_workload::Scenario;
 
 use crate::testenv::{
     args, assert_manifest_eq, assert_same_tree, hostname, manifest, num, set_mode, set_mtime,

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
-use tvault::workload::{Rng, Scenario};
+use tvault_workload::{Rng, Scenario};
 
 use crate::bad_input::{assert_undamaged, s};
 use crate::testenv::{

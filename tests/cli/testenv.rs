@@ -16,7 +16,7 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::Value;
-use tvault::workload::{self, Scenario};
+use tvault_workload::{self as workload, Scenario};
 
 /// The binary under test.
 pub const TVAULT: &str = env!("CARGO_BIN_EXE_tvault");
@@ -624,7 +624,7 @@ impl TestEnv {
         let mut manifest: Value = serde_json::from_slice(&fs::read(dir.join(id)).unwrap()).unwrap();
         edit(&mut manifest);
         let bytes = serde_json::to_vec_pretty(&manifest).unwrap();
-        let new = tvault::id::Id::of(&bytes).to_hex();
+        let new = tvault_core::id::Id::of(&bytes).to_hex();
         fs::write(dir.join(&new), &bytes).unwrap();
         if new != id {
             fs::remove_file(dir.join(id)).unwrap();

@@ -12,7 +12,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tvault::workload::{fill_weights, write_safetensors, Dtype, ModelDims, Rng, Scenario};
+use tvault_workload::{fill_weights, write_safetensors, Dtype, ModelDims, Rng, Scenario};
 
 use crate::bad_input::s;
 use crate::testenv::{

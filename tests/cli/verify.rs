@@ -10,11 +10,11 @@ use std::fs;
 use std::path::Path;
 
 use serde_json::{json, Value};
-use tvault::id::Id;
-use tvault::pack::{BlobKind, PackEntry};
-use tvault::repo::{pack_key, Repository};
-use tvault::tree::NodeKind;
-use tvault::workload::Scenario;
+use tvault_core::id::Id;
+use tvault_core::pack::{BlobKind, PackEntry};
+use tvault_core::repo::{pack_key, Repository};
+use tvault_core::tree::NodeKind;
+use tvault_workload::Scenario;
 
 use crate::testenv::{
     args, flip_byte, hostname, num, sources_manifest, text, Manifest, Run, TestEnv,

@@ -2,13 +2,13 @@
 //! bytes the second version of a workload adds after dedup against the first, how many chunks
 //! (index entries) it costs, and chunking speed. The repository default was chosen with it.
 //!
-//! Run: `cargo run --release --example chunk_params -- [SIZE_MIB]` (default 256).
+//! Run: `cargo run --release -p tvault-core --example chunk_params -- [SIZE_MIB]` (default 256).
 
 use std::collections::HashSet;
 use std::time::Instant;
 
-use tvault::chunker::ChunkerParams;
-use tvault::workload::{generate, Scenario};
+use tvault_core::chunker::ChunkerParams;
+use tvault_workload::{generate, Scenario};
 
 fn main() -> std::io::Result<()> {
     let mib: u64 = std::env::args()

@@ -3,18 +3,18 @@
 //!
 //! Also: filling a pack, and index lookups with 1 M chunks in the index.
 //!
-//! Run: `cargo bench --bench hot_path`. Compare against a saved baseline with
-//! `cargo bench --bench hot_path -- --save-baseline before`, change the code, then
-//! `cargo bench --bench hot_path -- --baseline before`.
+//! Run: `cargo bench -p tvault-core --bench hot_path`. Compare against a saved baseline with
+//! `cargo bench -p tvault-core --bench hot_path -- --save-baseline before`, change the code, then
+//! `cargo bench -p tvault-core --bench hot_path -- --baseline before`.
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use tvault::chunker::{ChunkerParams, Cutter, StreamChunker, DEFAULT_BLOCK};
-use tvault::codec;
-use tvault::codec::huffman;
-use tvault::id::Id;
-use tvault::index::Index;
-use tvault::pack::{BlobKind, PackEntry, PackWriter};
-use tvault::workload::{fill_weights, Dtype, Rng};
+use tvault_core::chunker::{ChunkerParams, Cutter, StreamChunker, DEFAULT_BLOCK};
+use tvault_core::codec;
+use tvault_core::codec::huffman;
+use tvault_core::id::Id;
+use tvault_core::index::Index;
+use tvault_core::pack::{BlobKind, PackEntry, PackWriter};
+use tvault_workload::{fill_weights, Dtype, Rng};
 
 const LEN: usize = 32 * 1024 * 1024;
 

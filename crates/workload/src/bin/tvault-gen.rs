@@ -1,17 +1,17 @@
-//! Workload generator: writes one step of a checkpoint scenario (see `tvault::workload`) into a
+//! `tvault-gen`: writes one step of a checkpoint scenario (see `tvault_workload`) into a
 //! directory, for benches and manual experiments.
 //!
 //! ```text
-//! cargo run --release --example gen -- SCENARIO DIR [--size 64MiB] [--seed 1] [--step 0]
-//! cargo run --release --example gen -- finetune /tmp/ft --size 1GiB            # step 0
-//! cargo run --release --example gen -- finetune /tmp/ft --size 1GiB --step 1   # next checkpoint
+//! cargo run --release -p tvault-workload --bin tvault-gen -- SCENARIO DIR [--size 64MiB] [--seed 1] [--step 0]
+//! cargo run --release -p tvault-workload --bin tvault-gen -- finetune /tmp/ft --size 1GiB            # step 0
+//! cargo run --release -p tvault-workload --bin tvault-gen -- finetune /tmp/ft --size 1GiB --step 1   # next checkpoint
 //! ```
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use tvault::workload::{self, Scenario};
+use tvault_workload::{self as workload, Scenario};
 
 struct Args {
     scenario: Scenario,
@@ -23,7 +23,7 @@ struct Args {
 
 fn usage() -> String {
     let mut text = String::from(
-        "usage: gen SCENARIO DIR [--size SIZE] [--seed N] [--step K]\n\
+        "usage: tvault-gen SCENARIO DIR [--size SIZE] [--seed N] [--step K]\n\
          \n\
          Writes step K of SCENARIO into DIR (created if missing; rerun with the next --step on\n\
          the same DIR to get the next checkpoint). Output is a pure function of the arguments.\n\

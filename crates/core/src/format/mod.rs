@@ -365,7 +365,7 @@ mod tests {
 
     #[test]
     fn a_generated_safetensors_file_has_one_region_per_tensor() {
-        use crate::workload::{safetensors_header, transformer_specs, Dtype};
+        use tvault_workload::{safetensors_header, transformer_specs, Dtype};
         let specs = transformer_specs(4 << 20, Dtype::BF16);
         let header = safetensors_header(&specs, &Default::default());
         let mut file = header.clone();

@@ -532,9 +532,9 @@ mod tests {
     fn encode_into_chooses_and_stores_as_encode_does() {
         let mut out = Vec::new();
         let mut weights = vec![0u8; 300_000];
-        crate::workload::fill_weights(
-            &mut crate::workload::Rng::new(4),
-            crate::workload::Dtype::BF16,
+        tvault_workload::fill_weights(
+            &mut tvault_workload::Rng::new(4),
+            tvault_workload::Dtype::BF16,
             &mut weights,
         );
         let noise: Vec<u8> = (0..70_000u32)
@@ -562,7 +562,7 @@ mod tests {
 
     #[test]
     fn float_chunks_store_as_planes_below_plain_zstd() {
-        use crate::workload::{fill_weights, Dtype, Rng};
+        use tvault_workload::{fill_weights, Dtype, Rng};
         let mut out = Vec::new();
         for (dtype, width) in [(Dtype::BF16, 2u8), (Dtype::F16, 2), (Dtype::F32, 4)] {
             let mut w = vec![0u8; 512 * 1024];
@@ -589,16 +589,16 @@ mod tests {
         }
         // Noise: raw.
         let mut noise = vec![0u8; 70_000];
-        crate::workload::Rng::new(1).fill_bytes(&mut noise);
+        tvault_workload::Rng::new(1).fill_bytes(&mut noise);
         assert_eq!(encode_typed(&noise, 2, 1, &mut out), Encoding::Raw);
     }
 
     #[test]
     fn damaged_planes_are_refused() {
         let mut w = vec![0u8; 64 * 1024];
-        crate::workload::fill_weights(
-            &mut crate::workload::Rng::new(2),
-            crate::workload::Dtype::BF16,
+        tvault_workload::fill_weights(
+            &mut tvault_workload::Rng::new(2),
+            tvault_workload::Dtype::BF16,
             &mut w,
         );
         let mut out = Vec::new();
@@ -646,7 +646,7 @@ mod tests {
     #[test]
     fn deltas_round_trip_sparse_and_dense() {
         use crate::id::Id;
-        use crate::workload::{fill_weights, Dtype, Rng};
+        use tvault_workload::{fill_weights, Dtype, Rng};
         let mut base = vec![0u8; 512 * 1024];
         fill_weights(&mut Rng::new(7), Dtype::BF16, &mut base);
         let base_id = Id::of(&base);

@@ -487,9 +487,9 @@ mod tests {
     #[test]
     fn exponent_planes_code_near_their_entropy() {
         let mut w = vec![0u8; 1 << 20];
-        crate::workload::fill_weights(
-            &mut crate::workload::Rng::new(9),
-            crate::workload::Dtype::BF16,
+        tvault_workload::fill_weights(
+            &mut tvault_workload::Rng::new(9),
+            tvault_workload::Dtype::BF16,
             &mut w,
         );
         let plane: Vec<u8> = w.iter().skip(1).step_by(2).copied().collect();
@@ -539,7 +539,7 @@ mod tests {
 
     /// `n` bytes over `alphabet` values, value `k` about `skew^k` times as frequent as value 0.
     fn skewed(n: usize, alphabet: u32, skew: f64, seed: u64) -> Vec<u8> {
-        let mut rng = crate::workload::Rng::new(seed);
+        let mut rng = tvault_workload::Rng::new(seed);
         let weights: Vec<f64> = (0..alphabet).map(|k| skew.powi(k as i32)).collect();
         let total: f64 = weights.iter().sum();
         let mut raw = vec![0u8; 4 * n];
@@ -595,7 +595,7 @@ mod tests {
 
     #[test]
     fn multi_symbol_entries_are_greedy_single_lookups() {
-        let mut rng = crate::workload::Rng::new(3);
+        let mut rng = tvault_workload::Rng::new(3);
         for (alphabet, skew) in [
             (1, 1.0),
             (2, 0.3),
@@ -681,7 +681,7 @@ mod tests {
                 stored.extend_from_slice(&l.to_le_bytes());
             }
             let mut body = vec![0u8; stream_lens.iter().sum::<u32>() as usize];
-            crate::workload::Rng::new(fill).fill_bytes(&mut body);
+            tvault_workload::Rng::new(fill).fill_bytes(&mut body);
             stored.extend(body);
             let mut back = vec![0; n];
             let _ = decode(&stored, &mut back);

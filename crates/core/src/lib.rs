@@ -3,20 +3,19 @@
 //!
 //! ```no_run
 //! use std::path::Path;
-//! use tvault::ops::{backup, restore};
-//! use tvault::repo::Repository;
+//! use tvault_core::ops::{backup, restore};
+//! use tvault_core::repo::Repository;
 //!
-//! # fn main() -> tvault::error::Result<()> {
+//! # fn main() -> tvault_core::error::Result<()> {
 //! let repo = Repository::init(Path::new("/tmp/repo"))?;
 //! let mut repo = repo;
-//! let report = backup::run(&mut repo, &backup::BackupOptions::new(vec!["/data/ckpt".into()]), &tvault::progress::NoProgress)?;
+//! let report = backup::run(&mut repo, &backup::BackupOptions::new(vec!["/data/ckpt".into()]), &tvault_core::progress::NoProgress)?;
 //! let mut repo = Repository::open(Path::new("/tmp/repo"))?;
-//! restore::run(&mut repo, &restore::RestoreOptions::new(&report.snapshot_id.to_hex(), "/tmp/out"), &tvault::progress::NoProgress)?;
+//! restore::run(&mut repo, &restore::RestoreOptions::new(&report.snapshot_id.to_hex(), "/tmp/out"), &tvault_core::progress::NoProgress)?;
 //! # Ok(()) }
 //! ```
 
 pub mod chunker;
-pub mod cli;
 pub mod codec;
 pub mod error;
 pub mod format;
@@ -28,4 +27,3 @@ pub mod progress;
 pub mod repo;
 pub mod snapshot;
 pub mod tree;
-pub mod workload;

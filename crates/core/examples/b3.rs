@@ -2,7 +2,7 @@
 //! the physical limit `benches/e2e.sh` prints beside tvault's figures.
 //!
 //! ```text
-//! cargo run --release --example b3 -- FILE
+//! cargo run --release -p tvault-core --example b3 -- FILE
 //! ```
 
 use std::io::Read;

@@ -352,6 +352,10 @@ pub fn cut_spans(
 }
 
 /// Reads a stream and hands out its chunks in batches.
+///
+/// Bench and test code only: the backup path cuts through [`Cutter`] inside its own reader
+/// pipeline; `benches/hot_path.rs` measures the chunker through this.
+#[doc(hidden)]
 pub struct StreamChunker<R> {
     reader: R,
     cutter: Cutter,
@@ -366,7 +370,9 @@ pub struct StreamChunker<R> {
 /// A block and the ranges of the complete chunks in it.
 pub type Batch<'a> = (&'a [u8], Vec<Range<usize>>);
 
-/// Default block: a batch of ~32 average chunks, enough to keep every core busy.
+/// Default block of [`StreamChunker`] (bench and test code only): a batch of ~32 average chunks,
+/// enough to keep every core busy.
+#[doc(hidden)]
 pub const DEFAULT_BLOCK: usize = 16 * 1024 * 1024;
 
 impl<R: Read> StreamChunker<R> {
@@ -529,9 +535,9 @@ mod tests {
     fn cutter_matches_fastcdc_on_weights_zeros_and_default_params() {
         let params = ChunkerParams::default();
         let mut weights = vec![0u8; 8 << 20];
-        crate::workload::fill_weights(
-            &mut crate::workload::Rng::new(3),
-            crate::workload::Dtype::BF16,
+        tvault_workload::fill_weights(
+            &mut tvault_workload::Rng::new(3),
+            tvault_workload::Dtype::BF16,
             &mut weights,
         );
         assert_eq!(cutter_all(&weights, params), params.cut_all(&weights));

@@ -392,7 +392,7 @@ mod tests {
     fn full_disk_fails_the_backup_clearly_and_leaves_no_snapshot() {
         let src = tempfile::tempdir().unwrap();
         let mut data = vec![0u8; 3 << 20];
-        crate::workload::Rng::new(3).fill_bytes(&mut data);
+        tvault_workload::Rng::new(3).fill_bytes(&mut data);
         fs::write(src.path().join("weights.bin"), &data).unwrap();
 
         let disk = Arc::new(FillingDisk {
