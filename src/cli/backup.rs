@@ -1,0 +1,119 @@
+//! `init` and `backup` (also `--from-tar` and `--dry-run`), with backup's metrics.
+
+use anyhow::Result;
+
+use super::commands::*;
+use super::metrics::sample;
+use super::{exit, measured, open, Ctx};
+use tvault_core::ops::{backup, import};
+use tvault_core::repo::Repository;
+
+pub(super) fn init(ctx: &Ctx) -> Result<u8> {
+    let out = &ctx.out;
+    let repo_path = &ctx.repo_path;
+    Repository::init(repo_path)?;
+    out.line(&format!(
+        "created tvault repository at {}",
+        repo_path.display()
+    ));
+    out.json(&serde_json::json!({ "repository": repo_path }));
+    Ok(exit::SUCCESS)
+}
+
+pub(super) fn backup(ctx: &Ctx, args: BackupArgs) -> Result<u8> {
+    let out = &ctx.out;
+    let repo_path = &ctx.repo_path;
+    let explicit = &ctx.explicit;
+    let lock_wait = ctx.lock_wait;
+    let BackupArgs {
+        paths,
+        from_tar,
+        tags,
+        full,
+        parent,
+        host,
+        mut exclude,
+        exclude_file,
+        settle,
+        settle_max,
+        read_limit,
+        metrics_file,
+        dry_run,
+    } = args;
+    for file in &exclude_file {
+        exclude.extend(tvault_core::ops::Excludes::read_file(file)?);
+    }
+    let opts = backup::BackupOptions {
+        paths,
+        tags,
+        full,
+        parent,
+        host,
+        excludes: exclude,
+        settle,
+        settle_max,
+        read_limit,
+        dry_run,
+    };
+    measured(metrics_file, "backup", repo_path, || {
+        // A dry run never creates the default repository.
+        let create = explicit.is_none() && !dry_run;
+        let mut repo = open(repo_path, create, out, lock_wait)?;
+        let progress = out.progress("backup");
+        let r = match &from_tar {
+            Some(archive) => {
+                let opts = import::ImportOptions {
+                    archive: archive.clone(),
+                    tags: opts.tags.clone(),
+                    host: opts.host.clone(),
+                };
+                import::run(&mut repo, &opts, &progress)?
+            }
+            None => backup::run(&mut repo, &opts, &progress)?,
+        };
+        drop(progress);
+        let m = &r.snapshot.summary;
+        let samples = vec![
+            sample(
+                "tvault_backup_bytes_read",
+                "File content read by the last backup",
+                m.bytes_read as f64,
+            ),
+            sample(
+                "tvault_backup_bytes_added",
+                "Bytes the last backup added to the repository",
+                m.bytes_added as f64,
+            ),
+            sample(
+                "tvault_backup_files",
+                "Files in the last snapshot",
+                m.files as f64,
+            ),
+            sample(
+                "tvault_backup_complete",
+                "1 if the last snapshot holds every file",
+                u8::from(r.snapshot.is_complete()),
+            ),
+            sample(
+                "tvault_backup_settling_files",
+                "Files whose current version the last backup deferred (--settle)",
+                r.settling_details.len() as f64,
+            ),
+            sample(
+                "tvault_backup_oldest_deferral_seconds",
+                "How long the longest-deferred file has been deferred by --settle (0: none)",
+                r.settling_details
+                    .iter()
+                    .map(|f| f.deferred_seconds)
+                    .max()
+                    .unwrap_or(0) as f64,
+            ),
+            sample(
+                "tvault_snapshots",
+                "Snapshots in the repository",
+                repo.snapshot_ids()?.len() as f64,
+            ),
+        ];
+        Ok((out.backup(&r, opts.settle), samples))
+    })
+}

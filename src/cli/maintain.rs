@@ -1,0 +1,161 @@
+//! The commands that check and clean the repository: `verify`, `prune`, `repair`, `unlock`.
+
+use anyhow::Result;
+
+use super::commands::*;
+use super::metrics::sample;
+use super::{exit, measured, open, Ctx};
+use tvault_core::ops::{prune, repair, retention, verify};
+use tvault_core::repo::lock;
+
+pub(super) fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<u8> {
+    let out = &ctx.out;
+    let repo_path = &ctx.repo_path;
+    let lock_wait = ctx.lock_wait;
+    let VerifyArgs {
+        read_data,
+        read_data_subset,
+        metrics_file,
+    } = args;
+    let mode = match (read_data, read_data_subset) {
+        (true, _) => verify::ReadData::All,
+        (false, Some(subset)) => subset,
+        (false, None) => verify::ReadData::None,
+    };
+    measured(metrics_file, "verify", repo_path, || {
+        let mut repo = open(repo_path, false, out, lock_wait)?;
+        let progress = out.progress("verify");
+        let r = verify::run(&mut repo, mode, &progress)?;
+        drop(progress);
+        let samples = vec![
+            sample(
+                "tvault_verify_problems",
+                "Problems the last verify found (0 = clean)",
+                r.problems.len() as f64,
+            ),
+            sample(
+                "tvault_verify_bytes_read",
+                "Pack bytes the last verify read",
+                r.bytes_read as f64,
+            ),
+            sample(
+                "tvault_snapshots",
+                "Snapshots in the repository",
+                r.snapshots as f64,
+            ),
+        ];
+        Ok((out.verify(&r), samples))
+    })
+}
+
+pub(super) fn prune(ctx: &Ctx, args: PruneArgs) -> Result<u8> {
+    let out = &ctx.out;
+    let repo_path = &ctx.repo_path;
+    let lock_wait = ctx.lock_wait;
+    let PruneArgs {
+        keep_last,
+        keep_hourly,
+        keep_daily,
+        keep_weekly,
+        keep_monthly,
+        keep_yearly,
+        keep_within,
+        keep_tag,
+        only_tags,
+        forget,
+        dry_run,
+        max_unused,
+        allow_remove_all,
+        metrics_file,
+    } = args;
+    let opts = prune::PruneOptions {
+        policy: retention::KeepPolicy {
+            last: keep_last,
+            hourly: keep_hourly,
+            daily: keep_daily,
+            weekly: keep_weekly,
+            monthly: keep_monthly,
+            yearly: keep_yearly,
+            within: keep_within,
+            tags: keep_tag,
+        },
+        only_tags,
+        forget,
+        dry_run,
+        max_unused,
+        allow_remove_all,
+    };
+    measured(metrics_file, "prune", repo_path, || {
+        let mut repo = open(repo_path, false, out, lock_wait)?;
+        let progress = out.progress("prune");
+        let r = prune::run(&mut repo, &opts, &progress)?;
+        drop(progress);
+        out.prune(&r, opts.policy.within);
+        if let Some(why) = &r.refused {
+            anyhow::bail!("prune would refuse this plan: {why}");
+        }
+        // A dry run changes nothing: its metrics describe the repository as it is.
+        let (removed, freed, remaining) = if r.dry_run {
+            (0, 0, r.snapshots.len())
+        } else {
+            let kept = r.snapshots.iter().filter(|d| d.keep).count();
+            (r.snapshots_removed, r.bytes_freed, kept)
+        };
+        let samples = vec![
+            sample(
+                "tvault_prune_snapshots_removed",
+                "Snapshots the last prune removed",
+                removed as f64,
+            ),
+            sample(
+                "tvault_prune_bytes_freed",
+                "Bytes the last prune freed",
+                freed as f64,
+            ),
+            sample(
+                "tvault_snapshots",
+                "Snapshots in the repository",
+                remaining as f64,
+            ),
+        ];
+        Ok((exit::SUCCESS, samples))
+    })
+}
+
+pub(super) fn repair(ctx: &Ctx, args: RepairArgs) -> Result<u8> {
+    let out = &ctx.out;
+    let repo_path = &ctx.repo_path;
+    let lock_wait = ctx.lock_wait;
+    let RepairArgs { what } = args;
+    let mut repo = open(repo_path, false, out, lock_wait)?;
+    let progress = out.progress("repair");
+    match what {
+        RepairCommand::Index { dry_run } => {
+            let r = repair::index(&mut repo, dry_run, &progress)?;
+            drop(progress);
+            Ok(out.repair_index(&r))
+        }
+        RepairCommand::Packs { dry_run } => {
+            let r = repair::packs(&mut repo, dry_run, &progress)?;
+            drop(progress);
+            Ok(out.repair_packs(&r))
+        }
+    }
+}
+
+pub(super) fn unlock(ctx: &Ctx, args: UnlockArgs) -> Result<u8> {
+    let out = &ctx.out;
+    let repo_path = &ctx.repo_path;
+    let lock_wait = ctx.lock_wait;
+    let UnlockArgs { all } = args;
+    let repo = open(repo_path, false, out, lock_wait)?;
+    let removed = lock::unlock(repo.backend(), all)?;
+    for r in &removed {
+        out.line(&format!("removed {r}"));
+    }
+    if removed.is_empty() {
+        out.line("no stale locks");
+    }
+    out.json(&serde_json::json!({ "removed": removed }));
+    Ok(exit::SUCCESS)
+}
