@@ -33,6 +33,8 @@ mod prune;
 mod recipes;
 #[path = "cli/repair.rs"]
 mod repair;
+#[path = "cli/restic_habits.rs"]
+mod restic_habits;
 #[path = "cli/roundtrip.rs"]
 mod roundtrip;
 #[path = "cli/settle.rs"]

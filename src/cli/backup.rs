@@ -1,11 +1,12 @@
-//! `init` and `backup` (also `--from-tar` and `--dry-run`), with backup's metrics.
+//! The commands that write snapshots: `init`, `backup` (also `--from-tar` and `--dry-run`,
+//! with backup's metrics) and `tag`.
 
 use anyhow::Result;
 
 use super::commands::*;
 use super::metrics::sample;
-use super::{exit, measured, open, Ctx};
-use tvault_core::ops::{backup, import};
+use super::{exit, measured, open, resolve, Ctx};
+use tvault_core::ops::{backup, import, tag};
 use tvault_core::repo::Repository;
 
 pub(super) fn init(ctx: &Ctx) -> Result<u8> {
@@ -116,4 +117,23 @@ pub(super) fn backup(ctx: &Ctx, args: BackupArgs) -> Result<u8> {
         ];
         Ok((out.backup(&r, opts.settle), samples))
     })
+}
+
+pub(super) fn tag(ctx: &Ctx, args: TagArgs) -> Result<u8> {
+    let TagArgs {
+        id,
+        add,
+        remove,
+        latest,
+    } = args;
+    let mut repo = open(&ctx.repo_path, false, &ctx.out, ctx.lock_wait)?;
+    let (ids, _) = resolve(&repo, &ctx.out, &[&id], latest)?;
+    let opts = tag::TagOptions {
+        snapshot: ids[0].id,
+        add,
+        remove,
+    };
+    let r = tag::run(&mut repo, &opts)?;
+    ctx.out.tag(&r);
+    Ok(exit::SUCCESS)
 }

@@ -54,13 +54,16 @@ pub(super) fn restore(ctx: &Ctx, args: RestoreArgs) -> Result<u8> {
         let to_stdout = matches!(dest, export::TarTarget::Stdout);
         let report = export::run(&mut repo, &id, &include, dest, overwrite)?;
         if !to_stdout {
-            out.json(&serde_json::to_value(output::WithLatest {
-                report: &report,
-                latest: latest.as_ref(),
-            })?);
+            out.json(&output::with_deprecated_id(
+                serde_json::to_value(output::WithLatest {
+                    report: &report,
+                    latest: latest.as_ref(),
+                })?,
+                "snapshot_id",
+            ));
             out.line(&format!(
                 "wrote snapshot {} to {}: {} entries, {} of file content",
-                &report.snapshot_id[..tvault_core::id::SHORT_LEN],
+                &report.id[..tvault_core::id::SHORT_LEN],
                 tar.display(),
                 report.entries,
                 indicatif::HumanBytes(report.bytes)

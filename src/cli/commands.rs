@@ -76,8 +76,12 @@ pub enum Command {
     /// Print the man page (roff) with every subcommand's options, e.g.
     /// `tvault man > /usr/local/share/man/man1/tvault.1`
     Man,
-    /// Check the repository's integrity (exit 0 clean, 4 damage found, 1 could not check)
+    /// Check the repository's integrity (exit 0 clean, 4 damage found, 1 could not check);
+    /// `check` is restic's name for it
+    #[command(visible_alias = "check")]
     Verify(VerifyArgs),
+    /// Add or remove a snapshot's tags (its ID changes: the ID is the hash of the manifest)
+    Tag(TagArgs),
     /// Remove snapshots by a retention policy, then the data only they used
     Prune(PruneArgs),
     /// Repair the index: `repair index` rebuilds it from packs no index lists; `repair packs`
@@ -378,4 +382,20 @@ pub enum RepairCommand {
         #[arg(long)]
         dry_run: bool,
     },
+}
+
+/// `tvault tag`.
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("change").required(true).multiple(true).args(["add", "remove"])))]
+pub struct TagArgs {
+    /// The snapshot (ID, unique prefix or `latest`)
+    pub id: String,
+    /// Add this tag (repeatable)
+    #[arg(long, value_name = "TAG")]
+    pub add: Vec<String>,
+    /// Remove this tag (repeatable)
+    #[arg(long, value_name = "TAG")]
+    pub remove: Vec<String>,
+    #[command(flatten)]
+    pub latest: LatestFilter,
 }

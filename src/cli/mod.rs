@@ -136,6 +136,7 @@ pub fn run() -> Result<u8> {
         Command::Find(args) => browse::find(&ctx, args),
         Command::Stats(args) => browse::stats(&ctx, args),
         Command::Verify(args) => maintain::verify(&ctx, args),
+        Command::Tag(args) => backup::tag(&ctx, args),
         Command::Prune(args) => maintain::prune(&ctx, args),
         Command::Repair(args) => maintain::repair(&ctx, args),
         Command::Unlock(args) => maintain::unlock(&ctx, args),

@@ -8,7 +8,7 @@ use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
 use super::exit;
-use tvault_core::id::Id;
+use tvault_core::id::{Id, SHORT_LEN};
 use tvault_core::ops::backup::BackupReport;
 use tvault_core::ops::diff::DiffReport;
 use tvault_core::ops::find::Found;
@@ -52,6 +52,45 @@ pub fn print_error(json: bool, message: &str, exit_code: u8) {
     }
 }
 
+/// `backup --json`: the engine's report as the README documents it.
+#[derive(serde::Serialize)]
+struct BackupJson<'a> {
+    /// `null` for `--dry-run`.
+    id: Option<String>,
+    /// Deprecated name of `id`.
+    snapshot_id: Option<String>,
+    dry_run: bool,
+    kind: SnapshotKind,
+    parent: Option<String>,
+    complete: bool,
+    problems: &'a [String],
+    warnings: &'a [String],
+    settling: &'a [String],
+    settling_details: &'a [tvault_core::ops::settle::SettlingFile],
+    excluded: u64,
+    /// files, dirs, symlinks, total_bytes, files_new/changed/unchanged, bytes_read,
+    /// bytes_added, chunks_added, duration_ms, stored.
+    #[serde(flatten)]
+    summary: &'a tvault_core::snapshot::Summary,
+}
+
+/// One element of `snapshots --json`.
+#[derive(serde::Serialize)]
+struct SnapshotJson<'a> {
+    id: String,
+    short_id: String,
+    time: chrono::DateTime<chrono::Utc>,
+    host: &'a str,
+    paths: &'a [String],
+    tags: &'a [String],
+    kind: SnapshotKind,
+    parent: Option<String>,
+    complete: bool,
+    total_bytes: u64,
+    bytes_added: u64,
+    files: u64,
+}
+
 pub struct Out {
     quiet: bool,
     json: bool,
@@ -68,6 +107,17 @@ pub struct WithLatest<'a, T: serde::Serialize> {
 
 fn with_latest<T: serde::Serialize>(report: &T, latest: Option<&Latest>) -> serde_json::Value {
     serde_json::to_value(WithLatest { report, latest }).expect("report serialises")
+}
+
+/// Adds a report's snapshot ID (`id`) under the name an earlier release gave it
+/// (`snapshot_id`, `snapshot`): kept for one release, documented as deprecated.
+pub fn with_deprecated_id(mut v: serde_json::Value, old: &str) -> serde_json::Value {
+    if let Some(obj) = v.as_object_mut() {
+        if let Some(id) = obj.get("id").cloned() {
+            obj.insert(old.to_string(), id);
+        }
+    }
+    v
 }
 
 impl Out {
@@ -152,30 +202,24 @@ impl Out {
         let s = &r.snapshot;
         let m = &s.summary;
         let id = (!r.dry_run).then(|| r.snapshot_id.to_hex());
-        self.json(&json!({
-            "snapshot_id": id,
-            "dry_run": r.dry_run,
-            "kind": s.kind,
-            "parent": s.parent.map(|p| p.to_hex()),
-            "complete": s.is_complete(),
-            "problems": s.problems,
-            "warnings": r.warnings,
-            "settling": r.settling,
-            "settling_details": r.settling_details,
-            "excluded": r.excluded,
-            "files": m.files,
-            "dirs": m.dirs,
-            "symlinks": m.symlinks,
-            "total_bytes": m.total_bytes,
-            "files_new": m.files_new,
-            "files_changed": m.files_changed,
-            "files_unchanged": m.files_unchanged,
-            "bytes_read": m.bytes_read,
-            "bytes_added": m.bytes_added,
-            "chunks_added": m.chunks_added,
-            "duration_ms": m.duration_ms,
-            "stored": m.stored,
-        }));
+        self.json(
+            &serde_json::to_value(BackupJson {
+                snapshot_id: id.clone(),
+                id,
+                dry_run: r.dry_run,
+                kind: s.kind,
+                parent: s.parent.map(|p| p.to_hex()),
+                complete: s.is_complete(),
+                problems: &s.problems,
+                warnings: &r.warnings,
+                settling: &r.settling,
+                settling_details: &r.settling_details,
+                excluded: r.excluded,
+                summary: m,
+            })
+            .expect("report serialises"),
+        );
+
         let parent = match (s.kind, s.parent) {
             (SnapshotKind::Incremental, Some(p)) => format!("incremental, parent {}", p.short()),
             _ => "full".to_string(),
@@ -266,26 +310,24 @@ impl Out {
     }
 
     pub fn snapshots(&self, all: &[(Id, Snapshot)]) {
-        self.json(&serde_json::Value::Array(
-            all.iter()
-                .map(|(id, s)| {
-                    json!({
-                        "id": id.to_hex(),
-                        "short_id": id.short(),
-                        "time": s.time,
-                        "host": s.host,
-                        "paths": s.paths,
-                        "tags": s.tags,
-                        "kind": s.kind,
-                        "parent": s.parent.map(|p| p.to_hex()),
-                        "complete": s.is_complete(),
-                        "total_bytes": s.summary.total_bytes,
-                        "bytes_added": s.summary.bytes_added,
-                        "files": s.summary.files,
-                    })
-                })
-                .collect(),
-        ));
+        let list: Vec<SnapshotJson> = all
+            .iter()
+            .map(|(id, s)| SnapshotJson {
+                id: id.to_hex(),
+                short_id: id.short(),
+                time: s.time,
+                host: &s.host,
+                paths: &s.paths,
+                tags: &s.tags,
+                kind: s.kind,
+                parent: s.parent.map(|p| p.to_hex()),
+                complete: s.is_complete(),
+                total_bytes: s.summary.total_bytes,
+                bytes_added: s.summary.bytes_added,
+                files: s.summary.files,
+            })
+            .collect();
+        self.json(&serde_json::to_value(list).expect("report serialises"));
         if self.json || self.quiet {
             return;
         }
@@ -350,10 +392,10 @@ impl Out {
     }
 
     pub fn restore(&self, r: &RestoreReport, target: &Path, latest: Option<&Latest>) -> u8 {
-        self.json(&with_latest(r, latest));
+        self.json(&with_deprecated_id(with_latest(r, latest), "snapshot_id"));
         self.line(&format!(
             "restored snapshot {} into {}: {} files, {} directories, {} symlinks, {} in {}",
-            &r.snapshot_id[..tvault_core::id::SHORT_LEN],
+            &r.id[..tvault_core::id::SHORT_LEN],
             target.display(),
             r.files,
             r.dirs,
@@ -380,7 +422,7 @@ impl Out {
 impl Out {
     pub fn show(&self, r: &tvault_core::ops::show::ShowReport, latest: Option<&Latest>) {
         use tvault_core::ops::show::Storage;
-        self.json(&with_latest(r, latest));
+        self.json(&with_deprecated_id(with_latest(r, latest), "snapshot"));
         let describe = |s: &Storage| {
             let mut parts = vec![format!("{} unchanged", HumanBytes(s.unchanged))];
             for (name, plain, stored) in [
@@ -406,7 +448,7 @@ impl Out {
             .parent
             .as_deref()
             .map_or("none".to_string(), |p| p[..8].to_string());
-        self.line(&format!("snapshot {} (parent {parent})", &r.snapshot[..8]));
+        self.line(&format!("snapshot {} (parent {parent})", &r.id[..8]));
         for f in &r.files {
             self.line(&format!(
                 "  {}  {}: {}",
@@ -488,7 +530,15 @@ impl Out {
     }
 
     pub fn verify(&self, r: &VerifyReport) -> u8 {
-        self.json(&serde_json::to_value(r).expect("report serialises"));
+        let mut v = serde_json::to_value(r).expect("report serialises");
+        // Deprecated: `affected[].snapshot` was the short ID; `id` is the whole one.
+        for p in v["problems"].as_array_mut().into_iter().flatten() {
+            for a in p["affected"].as_array_mut().into_iter().flatten() {
+                let short = a["id"].as_str().map(|id| id[..SHORT_LEN].to_string());
+                a["snapshot"] = short.into();
+            }
+        }
+        self.json(&v);
         let read = if r.packs_read > 0 {
             format!(
                 ", read {} packs ({})",
@@ -526,7 +576,7 @@ impl Out {
                 eprintln!("  [{}] {}: {}", kind_name(p), p.file, p.message);
                 const SHOWN: usize = 20;
                 for a in p.affected.iter().take(SHOWN) {
-                    eprintln!("      snapshot {}: {}", a.snapshot, a.path);
+                    eprintln!("      snapshot {}: {}", &a.id[..SHORT_LEN], a.path);
                 }
                 if p.affected.len() > SHOWN {
                     eprintln!("      … and {} more (see --json)", p.affected.len() - SHOWN);
@@ -535,7 +585,7 @@ impl Out {
             for b in &r.broken_snapshots {
                 eprintln!(
                     "  snapshot {}: {} path(s) cannot be restored; {}",
-                    b.snapshot,
+                    &b.id[..SHORT_LEN],
                     b.files,
                     heal_advice(b.heal)
                 );
@@ -586,6 +636,27 @@ impl Out {
 }
 
 impl Out {
+    pub fn tag(&self, r: &tvault_core::ops::tag::TagReport) {
+        self.json(&serde_json::to_value(r).expect("report serialises"));
+        let tags = if r.tags.is_empty() {
+            "no tags".to_string()
+        } else {
+            format!("tags {}", r.tags.join(", "))
+        };
+        if r.changed {
+            self.line(&format!(
+                "snapshot {} -> {}: {tags} (the ID changes with the tags)",
+                &r.old_id[..SHORT_LEN],
+                &r.id[..SHORT_LEN]
+            ));
+        } else {
+            self.line(&format!(
+                "snapshot {}: already {tags}; nothing changed",
+                &r.id[..SHORT_LEN]
+            ));
+        }
+    }
+
     pub fn ls(&self, entries: &[LsEntry], long: bool) {
         self.json(&serde_json::to_value(entries).expect("report serialises"));
         if self.json || self.quiet {
@@ -639,7 +710,7 @@ impl Out {
         self.json(&serde_json::to_value(s).expect("report serialises"));
         self.line(&format!(
             "snapshot {}: {} files, {} directories, {} symlinks",
-            &s.snapshot_id[..tvault_core::id::SHORT_LEN],
+            &s.id[..tvault_core::id::SHORT_LEN],
             s.files,
             s.dirs,
             s.symlinks

@@ -744,6 +744,33 @@ fn bare_tvault_prints_help_and_the_man_page_lists_exit_codes() {
         );
     }
     assert!(section.contains("incomplete") && section.contains("damage"));
+    // The README's words on `latest`, durations and every command's JSON are in the man page.
+    for (title, needles) in [
+        (
+            "SNAPSHOT IDS AND LATEST",
+            &["newest *complete* snapshot", "--host H"][..],
+        ),
+        ("DURATIONS", &["min", "30 months"]),
+        (
+            "JSON OUTPUT",
+            &[
+                "\\fBbackup\\fR",
+                "\\fBtag\\fR",
+                "\\fBls\\fR",
+                "exit_code",
+                "deprecated",
+            ],
+        ),
+    ] {
+        let section = man
+            .split(&format!(".SH \"{title}\""))
+            .nth(1)
+            .unwrap_or_else(|| panic!("no {title} section"));
+        let section = section.split(".SH").next().unwrap();
+        for n in needles {
+            assert!(section.contains(n), "{title} lacks {n:?}: {section}");
+        }
+    }
 }
 
 /// Regression (issue 10.3): under `--json` an error printed nothing on stdout; it is a JSON

@@ -164,7 +164,7 @@ fn latest_is_the_newest_complete_snapshot_matching_the_filters() {
         .tvault(["--json", "stats", "latest"])
         .expect_code(0)
         .json();
-    assert_eq!(text(&stats, "snapshot_id"), ids[1]);
+    assert_eq!(text(&stats, "id"), ids[1]);
     assert_eq!(text(&stats["latest"], "short_id"), ids[1][..8]);
     // An explicit ID has no `latest` field.
     let show = env
@@ -458,7 +458,7 @@ fn stats_agree_with_snapshots_and_the_packs_on_disk() {
         .tvault(["--json", "stats", &first])
         .expect_code(0)
         .json();
-    assert_eq!(text(&one, "snapshot_id"), first);
+    assert_eq!(text(&one, "id"), first);
     assert_eq!(num(&one, "restore_size"), num(&listed[0], "total_bytes"));
     assert_eq!(num(&one, "files"), num(&listed[0], "files"));
     let by = one["by_encoding"].as_object().unwrap();

@@ -35,7 +35,7 @@ fn broken(report: &Value) -> BTreeSet<(String, String)> {
         .as_array()
         .map(|list| {
             list.iter()
-                .map(|b| (text(b, "snapshot"), text(b, "heal")))
+                .map(|b| (short(&text(b, "id")), text(b, "heal")))
                 .collect()
         })
         .unwrap_or_default()

@@ -160,7 +160,7 @@ fn restore_tar_plain_tar_gz_and_tgz_extract_to_the_snapshot() {
             .tvault(args!["--json", "restore", &id[..8], "--tar", &file])
             .expect_code(0);
         let r = run.json();
-        assert_fields(&r, &["snapshot_id", "entries", "bytes", "failed"]);
+        assert_fields(&r, &["id", "snapshot_id", "entries", "bytes", "failed"]);
         assert_eq!(text(&r, "snapshot_id"), id);
         assert_eq!(num(&r, "entries"), expected.len() as u64, "{run}");
         assert_eq!(num(&r, "bytes"), file_bytes(&expected), "{run}");

@@ -489,7 +489,7 @@ fn flipped_bit_in_a_shared_chunk_is_found_by_reading_data_and_names_both_snapsho
     );
     let problem = &report["problems"][0];
     assert_fields(problem, &["kind", "file", "message", "affected"]);
-    assert_fields(&problem["affected"][0], &["snapshot", "path"]);
+    assert_fields(&problem["affected"][0], &["id", "snapshot", "path"]);
 
     // The human report goes to stderr even with --quiet, and names pack, snapshots and file.
     let run = env

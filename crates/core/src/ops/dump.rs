@@ -29,7 +29,7 @@ pub struct DumpOptions {
 /// What was written.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct DumpReport {
-    pub snapshot_id: String,
+    pub id: String,
     pub path: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tensor: Option<String>,
@@ -90,7 +90,7 @@ pub fn run(repo: &mut Repository, opts: &DumpOptions, out: &mut dyn Write) -> Re
         e => damaged(e),
     })?;
     Ok(DumpReport {
-        snapshot_id: opts.snapshot.to_hex(),
+        id: opts.snapshot.to_hex(),
         path: name,
         tensor: opts.tensor.clone(),
         offset: start,

@@ -20,7 +20,8 @@ use crate::tree::{Node, NodeKind};
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ExportReport {
-    pub snapshot_id: String,
+    /// The snapshot written (JSON: also under its deprecated name `snapshot_id`).
+    pub id: String,
     pub entries: u64,
     pub bytes: u64,
     /// Files left out of the archive, each with the reason (exit code 4).
@@ -46,7 +47,7 @@ pub fn run(
     let tree = repo.load_tree(&repo.load_snapshot(&id)?.tree)?;
     let nodes = select(tree.nodes, include, &id.short())?;
     let mut report = ExportReport {
-        snapshot_id: id.to_hex(),
+        id: id.to_hex(),
         ..ExportReport::default()
     };
     match target {

@@ -18,6 +18,7 @@ pub mod select;
 pub mod settle;
 pub mod show;
 pub mod stats;
+pub mod tag;
 mod tensors;
 mod throttle;
 pub mod verify;

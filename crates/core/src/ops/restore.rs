@@ -40,7 +40,8 @@ impl RestoreOptions {
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct RestoreReport {
-    pub snapshot_id: String,
+    /// The snapshot restored (JSON: also under its deprecated name `snapshot_id`).
+    pub id: String,
     pub files: u64,
     pub dirs: u64,
     pub symlinks: u64,
@@ -135,7 +136,7 @@ pub fn run(
     let staging = staging_dir(&opts.target, &id, &nodes)?;
 
     let mut report = RestoreReport {
-        snapshot_id: id.to_hex(),
+        id: id.to_hex(),
         ..RestoreReport::default()
     };
     let files: Vec<&Node> = nodes.iter().filter(|n| n.kind == NodeKind::File).collect();

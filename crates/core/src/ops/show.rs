@@ -79,7 +79,8 @@ pub struct FileStorage {
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct ShowReport {
-    pub snapshot: String,
+    /// The snapshot shown (JSON: also under its deprecated name `snapshot`).
+    pub id: String,
     pub parent: Option<String>,
     pub files: Vec<FileStorage>,
     pub total: Storage,
@@ -134,7 +135,7 @@ pub fn run(repo: &mut Repository, snapshot: &str, tensors: bool) -> Result<ShowR
         s
     };
     let mut report = ShowReport {
-        snapshot: id.to_hex(),
+        id: id.to_hex(),
         parent: snap.parent.map(|p| p.to_hex()),
         files: Vec::new(),
         total: Storage::default(),

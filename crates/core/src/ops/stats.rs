@@ -59,7 +59,7 @@ impl ChunkTotals {
 /// `stats ID`.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct SnapshotStats {
-    pub snapshot_id: String,
+    pub id: String,
     /// Set when the snapshot was given as `latest`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latest: Option<Latest>,
@@ -104,7 +104,7 @@ pub fn snapshot(repo: &mut Repository, id: &Id) -> Result<SnapshotStats> {
     let repo: &Repository = repo;
     let tree = repo.load_tree(&repo.load_snapshot(id)?.tree)?;
     let mut s = SnapshotStats {
-        snapshot_id: id.to_hex(),
+        id: id.to_hex(),
         latest: None,
         files: 0,
         dirs: 0,

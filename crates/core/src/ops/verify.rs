@@ -98,7 +98,8 @@ pub enum ProblemKind {
 /// A snapshot and a path in it that a problem makes unrestorable.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Affected {
-    pub snapshot: String,
+    /// The snapshot (JSON: also under its deprecated name `snapshot`).
+    pub id: String,
     pub path: String,
 }
 
@@ -134,7 +135,7 @@ pub struct VerifyReport {
 /// A snapshot some of whose files (or its whole tree) cannot be restored now.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct BrokenSnapshot {
-    pub snapshot: String,
+    pub id: String,
     /// Paths that cannot be restored (the whole snapshot counts as one).
     pub files: u64,
     pub heal: Heal,
@@ -390,7 +391,7 @@ fn broken_snapshots(problems: &[Problem], unindexed_data: bool) -> Vec<BrokenSna
         };
         for a in &p.affected {
             let entry = by_snap
-                .entry(a.snapshot.as_str())
+                .entry(a.id.as_str())
                 .or_insert((BTreeSet::new(), heal));
             entry.0.insert(a.path.as_str());
             // The first step to take wins: unindexed packs may hold what seems lost, damage
@@ -401,7 +402,7 @@ fn broken_snapshots(problems: &[Problem], unindexed_data: bool) -> Vec<BrokenSna
     by_snap
         .into_iter()
         .map(|(snap, (paths, heal))| BrokenSnapshot {
-            snapshot: snap.to_string(),
+            id: snap.to_string(),
             files: paths.len() as u64,
             heal,
         })
@@ -547,13 +548,13 @@ fn check_snapshots(
                 continue;
             }
         };
-        let short = id.short();
+        let full = id.to_hex();
         referenced.insert(snap.tree);
         let tree = match repo.load_tree(&snap.tree) {
             Ok(t) => t,
             Err(e) => {
                 let whole = Affected {
-                    snapshot: short.clone(),
+                    id: full.clone(),
                     path: "(the whole snapshot: its tree is lost)".into(),
                 };
                 if let Some(&p) = c.damaged.get(&snap.tree) {
@@ -580,7 +581,7 @@ fn check_snapshots(
                 } else if let Some(&p) = c.damaged.get(chunk) {
                     if seen_problem.insert(p, ()).is_none() {
                         c.problems[p].affected.push(Affected {
-                            snapshot: short.clone(),
+                            id: full.clone(),
                             path: path.clone(),
                         });
                     }
@@ -588,7 +589,7 @@ fn check_snapshots(
             }
             if file_missing {
                 missing.push(Affected {
-                    snapshot: short.clone(),
+                    id: full.clone(),
                     path,
                 });
             } else if let Err(e) = Content::of_file(repo, node) {
@@ -599,7 +600,7 @@ fn check_snapshots(
                     format!("tree {}: {e}", snap.tree.short()),
                 );
                 c.problems[p].affected.push(Affected {
-                    snapshot: short.clone(),
+                    id: full.clone(),
                     path,
                 });
             }

@@ -543,6 +543,11 @@ impl Repository {
             .put(&format!("snapshots/{}", id.to_hex()), &bytes)?;
         Ok(id)
     }
+
+    /// Deletes a snapshot manifest (its data stays until a prune finds it unused).
+    pub fn delete_snapshot(&self, id: &Id) -> Result<()> {
+        self.backend.delete(&format!("snapshots/{}", id.to_hex()))
+    }
 }
 
 /// A directory's entries, split into temporary files of interrupted writes and the rest.
