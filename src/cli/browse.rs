@@ -62,7 +62,7 @@ pub(super) fn restore(ctx: &Ctx, args: RestoreArgs) -> Result<u8> {
                 "snapshot_id",
             ));
             out.line(&format!(
-                "wrote snapshot {} to {}: {} entries, {} of file content",
+                "wrote snapshot {} to {}: {}, {} of file content",
                 &report.id[..tvault_core::id::SHORT_LEN],
                 tar.display(),
                 report.entries,

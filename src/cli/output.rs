@@ -241,9 +241,9 @@ impl Out {
             };
         }
         self.line(&format!(
-            "snapshot {} saved ({parent}): {} files ({} new, {} changed, {} unchanged), {} read, {} added, {}",
+            "snapshot {} saved ({parent}): {} ({} new, {} changed, {} unchanged), {} read, {} added, {}",
             r.snapshot_id.short(),
-            m.files,
+            plural(m.files, "file"),
             m.files_new,
             m.files_changed,
             m.files_unchanged,
@@ -286,8 +286,8 @@ impl Out {
                 ),
             };
             self.line(&format!(
-                "  {} recently modified file(s) left for the next backup (--settle: modified less than {} ago): {kept} kept at their version in the parent snapshot, {} not in any snapshot yet{longest}",
-                d.len(),
+                "  {} left for the next backup (--settle: modified less than {} ago): {kept} kept at their version in the parent snapshot, {} not in any snapshot yet{longest}",
+                plural(d.len(), "recently modified file"),
                 settle.map(super::args::describe_duration).unwrap_or_default(),
                 d.len() - kept,
             ));
@@ -297,9 +297,9 @@ impl Out {
         }
         // Even with --quiet: cron must mail this.
         eprintln!(
-            "tvault: snapshot {} is INCOMPLETE: {} file(s) or folder(s) could not be stored",
+            "tvault: snapshot {} is INCOMPLETE: {} could not be stored",
             r.snapshot_id.short(),
-            s.problems.len()
+            plural(s.problems.len(), "file or folder")
         );
         if self.quiet {
             for p in &s.problems {
@@ -394,12 +394,12 @@ impl Out {
     pub fn restore(&self, r: &RestoreReport, target: &Path, latest: Option<&Latest>) -> u8 {
         self.json(&with_deprecated_id(with_latest(r, latest), "snapshot_id"));
         self.line(&format!(
-            "restored snapshot {} into {}: {} files, {} directories, {} symlinks, {} in {}",
+            "restored snapshot {} into {}: {}, {}, {}, {} in {}",
             &r.id[..tvault_core::id::SHORT_LEN],
             target.display(),
-            r.files,
-            r.dirs,
-            r.symlinks,
+            plural(r.files, "file"),
+            plural(r.dirs, "directory"),
+            plural(r.symlinks, "symlink"),
             HumanBytes(r.bytes_written),
             secs(r.duration_ms),
         ));
@@ -411,7 +411,7 @@ impl Out {
         if failed.is_empty() {
             return exit::SUCCESS;
         }
-        eprintln!("tvault: {} file(s) {what}:", failed.len());
+        eprintln!("tvault: {} {what}:", plural(failed.len(), "file"));
         for f in failed {
             eprintln!("  {f}");
         }
@@ -440,7 +440,10 @@ impl Out {
                 }
             }
             if s.missing > 0 {
-                parts.push(format!("{} chunk(s) MISSING from the index", s.missing));
+                parts.push(format!(
+                    "{} MISSING from the index",
+                    plural(s.missing, "chunk")
+                ));
             }
             parts.join(", ")
         };
@@ -541,24 +544,24 @@ impl Out {
         self.json(&v);
         let read = if r.packs_read > 0 {
             format!(
-                ", read {} packs ({})",
-                r.packs_read,
+                ", read {} ({})",
+                plural(r.packs_read, "pack"),
                 HumanBytes(r.bytes_read)
             )
         } else {
             String::new()
         };
         let summary = format!(
-            "checked {} snapshots, {} index files, {} packs{read} in {}",
-            r.snapshots,
-            r.index_files,
-            r.packs,
+            "checked {}, {}, {}{read} in {}",
+            plural(r.snapshots, "snapshot"),
+            plural(r.index_files, "index file"),
+            plural(r.packs, "pack"),
             secs(r.duration_ms)
         );
         if r.reclaimable_packs > 0 {
             self.line(&format!(
-                "{} unused pack(s), {}, can be reclaimed with `tvault prune`",
-                r.reclaimable_packs,
+                "{} ({}) can be reclaimed with `tvault prune`",
+                plural(r.reclaimable_packs, "unused pack"),
                 HumanBytes(r.reclaimable_bytes)
             ));
         }
@@ -569,8 +572,8 @@ impl Out {
         // Damage is printed even with --quiet: CI and cron must show it.
         if !self.json {
             eprintln!(
-                "tvault: DAMAGE: {} problem(s) found; {summary}",
-                r.problems.len()
+                "tvault: DAMAGE: {} found; {summary}",
+                plural(r.problems.len(), "problem")
             );
             for p in &r.problems {
                 eprintln!("  [{}] {}: {}", kind_name(p), p.file, p.message);
@@ -584,9 +587,9 @@ impl Out {
             }
             for b in &r.broken_snapshots {
                 eprintln!(
-                    "  snapshot {}: {} path(s) cannot be restored; {}",
+                    "  snapshot {}: {} cannot be restored; {}",
                     &b.id[..SHORT_LEN],
-                    b.files,
+                    plural(b.files, "path"),
                     heal_advice(b.heal)
                 );
             }
@@ -620,12 +623,12 @@ impl Out {
         }
         let verb = if r.dry_run { "would free" } else { "freed" };
         self.line(&format!(
-            "{} snapshot(s) removed, {} pack(s) deleted, {} repacked into {}, {} leftover file(s) removed; {verb} {} of {}",
-            r.snapshots_removed,
-            r.packs_deleted,
+            "{} removed, {} deleted, {} repacked into {}, {} removed; {verb} {} of {}",
+            plural(r.snapshots_removed, "snapshot"),
+            plural(r.packs_deleted, "pack"),
             r.packs_repacked,
             r.packs_written,
-            r.leftovers_deleted,
+            plural(r.leftovers_deleted, "leftover file"),
             HumanBytes(r.bytes_freed),
             HumanBytes(r.bytes_before),
         ));
@@ -709,11 +712,11 @@ impl Out {
     pub fn snapshot_stats(&self, s: &SnapshotStats) {
         self.json(&serde_json::to_value(s).expect("report serialises"));
         self.line(&format!(
-            "snapshot {}: {} files, {} directories, {} symlinks",
+            "snapshot {}: {}, {}, {}",
             &s.id[..tvault_core::id::SHORT_LEN],
-            s.files,
-            s.dirs,
-            s.symlinks
+            plural(s.files, "file"),
+            plural(s.dirs, "directory"),
+            plural(s.symlinks, "symlink")
         ));
         self.line(&format!(
             "  restore size {} in {} distinct chunks of {} ({:.2}x dedup), stored as {}",
@@ -726,8 +729,8 @@ impl Out {
         self.encodings(&s.chunks);
         if s.missing_chunks > 0 {
             self.warn(&format!(
-                "{} chunk(s) of this snapshot are in no index: run `tvault verify`",
-                s.missing_chunks
+                "{} of this snapshot in no index: run `tvault verify`",
+                plural(s.missing_chunks, "chunk")
             ));
         }
     }
@@ -735,9 +738,9 @@ impl Out {
     pub fn repo_stats(&self, s: &RepoStats) {
         self.json(&serde_json::to_value(s).expect("report serialises"));
         self.line(&format!(
-            "{} snapshots, {} packs ({})",
-            s.snapshots,
-            s.packs,
+            "{}, {} ({})",
+            plural(s.snapshots, "snapshot"),
+            plural(s.packs, "pack"),
             HumanBytes(s.pack_bytes)
         ));
         self.line(&format!(
@@ -770,12 +773,12 @@ impl Out {
             "recovered"
         };
         self.line(&format!(
-            "scanned {} packs: {verb} {} entries of {} pack(s) that no index listed; {} index file(s) written, {} corrupt one(s) removed",
-            r.packs_scanned,
-            r.entries_recovered,
-            r.packs_recovered,
-            r.index_files_written.len(),
-            r.index_files_removed.len(),
+            "scanned {}: {verb} {} of {} that no index listed; {} written, {} removed",
+            plural(r.packs_scanned, "pack"),
+            plural(r.entries_recovered, "entry"),
+            plural(r.packs_recovered, "pack"),
+            plural(r.index_files_written.len(), "index file"),
+            plural(r.index_files_removed.len(), "corrupt one"),
         ));
         if r.dry_run {
             self.line("dry run: nothing was changed");
@@ -785,8 +788,8 @@ impl Out {
         }
         if !self.json {
             eprintln!(
-                "tvault: DAMAGE: {} pack(s) cannot be read; their chunks stay lost:",
-                r.unreadable_packs.len()
+                "tvault: DAMAGE: {} cannot be read; their chunks stay lost:",
+                plural(r.unreadable_packs.len(), "pack")
             );
             for u in &r.unreadable_packs {
                 eprintln!("  {}: {}", u.file, u.message);
@@ -799,8 +802,8 @@ impl Out {
         self.json(&serde_json::to_value(r).expect("report serialises"));
         if r.damaged_packs.is_empty() {
             self.line(&format!(
-                "read {} packs ({}): no damage, nothing to repair",
-                r.packs_read,
+                "read {} ({}): no damage, nothing to repair",
+                plural(r.packs_read, "pack"),
                 HumanBytes(r.bytes_read)
             ));
             return exit::SUCCESS;
@@ -813,17 +816,17 @@ impl Out {
         }
         if r.dry_run {
             self.line(&format!(
-                "would drop {} damaged chunk(s) and rewrite {} pack(s) without them",
-                r.chunks_dropped.len(),
-                r.damaged_packs.len(),
+                "would drop {} and rewrite {} without them",
+                plural(r.chunks_dropped.len(), "damaged chunk"),
+                plural(r.damaged_packs.len(), "pack"),
             ));
             self.line("dry run: nothing was changed");
         } else {
             self.line(&format!(
-                "dropped {} damaged chunk(s) of {} pack(s); {} pack(s) written with what was sound",
-                r.chunks_dropped.len(),
-                r.damaged_packs.len(),
-                r.packs_written,
+                "dropped {} of {}; {} written with what was sound",
+                plural(r.chunks_dropped.len(), "damaged chunk"),
+                plural(r.damaged_packs.len(), "pack"),
+                plural(r.packs_written, "pack"),
             ));
             if let Some(record) = &r.record {
                 self.line(&format!("recorded in {record}"));
@@ -981,9 +984,19 @@ impl Drop for CliProgress {
     }
 }
 
-/// `1 file`, `2 files`.
-pub fn plural(n: u64, noun: &str) -> String {
-    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
+/// `1 file`, `2 files`, `3 directories`: a count and its noun (the last word takes the plural).
+pub fn plural(n: impl TryInto<u64>, noun: &str) -> String {
+    let n: u64 = n.try_into().unwrap_or(u64::MAX);
+    if n == 1 {
+        return format!("1 {noun}");
+    }
+    let consonant_y =
+        noun.ends_with('y') && !noun[..noun.len() - 1].ends_with(|c: char| "aeiou".contains(c));
+    if consonant_y {
+        format!("{n} {}ies", &noun[..noun.len() - 1])
+    } else {
+        format!("{n} {noun}s")
+    }
 }
 
 fn secs(ms: u64) -> String {
@@ -993,6 +1006,18 @@ fn secs(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::bar_message;
+
+    #[test]
+    fn counts_take_the_plural_they_need() {
+        use super::plural;
+        assert_eq!(plural(1u64, "file"), "1 file");
+        assert_eq!(plural(0usize, "file"), "0 files");
+        assert_eq!(plural(2u64, "directory"), "2 directories");
+        assert_eq!(plural(3u64, "entry"), "3 entries");
+        assert_eq!(plural(1u64, "index file"), "1 index file");
+        assert_eq!(plural(5u64, "index file"), "5 index files");
+        assert_eq!(plural(2u64, "key"), "2 keys");
+    }
 
     #[test]
     fn bar_message_fits_its_room_and_keeps_the_end_of_the_path() {

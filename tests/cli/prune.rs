@@ -329,7 +329,7 @@ fn keep_last_leaves_about_what_a_fresh_backup_of_the_last_version_needs() {
             "{run}"
         );
     }
-    assert!(run.stdout.contains("3 snapshot(s) removed"), "{run}");
+    assert!(run.stdout.contains("3 snapshots removed"), "{run}");
     assert!(run.stdout.contains("would free"), "{run}");
     assert!(run.stdout.contains("dry run: nothing was changed"), "{run}");
     assert_eq!(env.repo_state(), before, "a dry run changed the repository");

@@ -153,3 +153,32 @@ fn every_report_names_the_snapshot_id_id() {
     assert_eq!(text(affected, "snapshot"), full[..8]);
     assert_eq!(text(&v["broken_snapshots"][0], "id").len(), 64, "{v:#}");
 }
+
+/// Regression (issue 10.4): "1 files". Counts agree with their noun in every summary line.
+#[test]
+fn summaries_say_1_file_not_1_files() {
+    let env = TestEnv::with_repo();
+    env.write("src/one/only.bin", b"just one file");
+    let run = env
+        .tvault(args!["backup", env.src.join("one")])
+        .expect_code(0);
+    assert!(run.stdout.contains(": 1 file (1 new"), "{run}");
+    let id = text(&env.snapshots()[0], "id");
+    let target = env.fresh_path("restore");
+    let run = env.tvault(args!["restore", &id, &target]).expect_code(0);
+    assert!(
+        run.stdout.contains("1 file, 1 directory, 0 symlinks"),
+        "{run}"
+    );
+    let run = env.tvault(["verify"]).expect_code(0);
+    assert!(
+        run.stdout
+            .contains("checked 1 snapshot, 1 index file, 1 pack"),
+        "{run}"
+    );
+    let run = env.tvault(["stats", &id]).expect_code(0);
+    assert!(run.stdout.contains("1 file, 1 directory"), "{run}");
+    for out in [&run.stdout] {
+        assert!(!out.contains("1 files") && !out.contains("(s)"), "{out}");
+    }
+}
