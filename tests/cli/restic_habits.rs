@@ -176,9 +176,9 @@ fn summaries_say_1_file_not_1_files() {
             .contains("checked 1 snapshot, 1 index file, 1 pack"),
         "{run}"
     );
-    let run = env.tvault(["stats", &id]).expect_code(0);
-    assert!(run.stdout.contains("1 file, 1 directory"), "{run}");
-    for out in [&run.stdout] {
+    let stats = env.tvault(["stats", &id]).expect_code(0);
+    assert!(stats.stdout.contains("1 file, 1 directory"), "{stats}");
+    for out in [&run.stdout, &stats.stdout] {
         assert!(!out.contains("1 files") && !out.contains("(s)"), "{out}");
     }
 }
