@@ -52,7 +52,16 @@ pub(super) fn restore(ctx: &Ctx, args: RestoreArgs) -> Result<u8> {
             export::TarTarget::File(&tar)
         };
         let to_stdout = matches!(dest, export::TarTarget::Stdout);
-        let report = export::run(&mut repo, &id, &include, dest, overwrite)?;
+        let report = match export::run(&mut repo, &id, &include, dest, overwrite) {
+            Ok(r) => r,
+            // A reader that stops early (`tvault restore ID --tar - | tar -t | head`).
+            Err(tvault_core::error::Error::Io { err, .. })
+                if to_stdout && err.kind() == std::io::ErrorKind::BrokenPipe =>
+            {
+                return Ok(exit::SUCCESS)
+            }
+            Err(e) => return Err(e.into()),
+        };
         if !to_stdout {
             out.json(&output::with_deprecated_id(
                 serde_json::to_value(output::WithLatest {

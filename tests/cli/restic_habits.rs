@@ -182,3 +182,42 @@ fn summaries_say_1_file_not_1_files() {
         assert!(!out.contains("1 files") && !out.contains("(s)"), "{out}");
     }
 }
+
+/// `restore ID --tar - | head` (a reader that stops early) is the reader's choice, as for
+/// `dump` and `snapshots`: exit 0, no error. Regression: it exited 1 with "Broken pipe".
+#[test]
+fn restore_tar_to_a_pipe_closed_early_exits_0() {
+    use std::io::Read;
+    let env = TestEnv::with_repo();
+    let mut data = vec![0u8; 4 << 20];
+    tvault_workload::Rng::new(11).fill_bytes(&mut data);
+    env.write("src/ckpt/weights.bin", &data);
+    let id = snapshot(&env, &[]);
+    let mut cmd = env.command();
+    cmd.arg("--repo")
+        .arg(&env.repo)
+        .args(["restore", &id, "--tar", "-"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut head = [0u8; 1000];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut head)
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

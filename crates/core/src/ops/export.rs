@@ -114,8 +114,14 @@ fn append_all<W: Write>(
     tar.follow_symlinks(false);
     for n in nodes {
         let path = n.path.to_path_buf();
-        let failed =
-            |e: io::Error| Error::Invalid(format!("cannot archive {}: {e}", n.path.display()));
+        let failed = |e: io::Error| {
+            // A reader that stops early (`restore ID --tar - | head`) is its choice: the
+            // caller sees the pipe error as such.
+            if e.kind() == io::ErrorKind::BrokenPipe {
+                return Error::io("the archive's output", e);
+            }
+            Error::Invalid(format!("cannot archive {}: {e}", n.path.display()))
+        };
         let mut h = tar::Header::new_gnu();
         h.set_mode(n.mode);
         h.set_mtime(n.mtime_ns.div_euclid(1_000_000_000).max(0) as u64);
