@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use tvault_core::repo::Repository;
-use tvault_workload::{Rng, Scenario};
+use tvault_workload::Scenario;
 
 use crate::testenv::{
-    args, assert_manifest_eq, is_root, manifest, num, set_mode, sources_manifest, text, Manifest,
-    TestEnv,
+    args, assert_manifest_eq, is_root, manifest, num, random_bytes, set_mode, sources_manifest,
+    text, Manifest, TestEnv,
 };
 
 /// A repository holding two snapshots of a small checkpoint tree, with what each must restore to.
@@ -526,8 +526,7 @@ fn file_changing_while_read_is_left_out_of_the_snapshot() {
     let ckpt = env.checkpoint("src/ckpt", Scenario::Single, 512 << 10, 37, 0);
     // A log-like file being appended to during the whole backup.
     let growing = env.src.join("ckpt/growing.bin");
-    let mut data = vec![0u8; 64 << 20];
-    Rng::new(37).fill_bytes(&mut data);
+    let data = random_bytes(64 << 20, 37);
     fs::write(&growing, &data).unwrap();
     drop(data);
     let mut expected = sources_manifest(&[&ckpt]);

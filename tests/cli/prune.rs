@@ -16,12 +16,12 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tvault_core::id::Id;
 use tvault_core::repo::pack_key;
-use tvault_workload::{mix, Rng, Scenario};
+use tvault_workload::{mix, Scenario};
 
 use crate::bad_input::assert_undamaged;
 use crate::testenv::{
-    args, copy_dir, files_below, flip_byte, num, set_mtime, sources_manifest, spawn, text,
-    Manifest, Run, TestEnv,
+    args, copy_dir, files_below, flip_byte, num, random_bytes, set_mtime, sources_manifest, spawn,
+    text, Manifest, Run, TestEnv,
 };
 use crate::verify::{assert_fields, assert_verifies_clean, broken_repo, verify, Damage, Layout};
 
@@ -136,13 +136,6 @@ fn retime(env: &TestEnv, id: &str, time: &str) -> String {
     fs::write(dir.join(&new), &bytes).unwrap();
     fs::remove_file(dir.join(id)).unwrap();
     new
-}
-
-/// Random (incompressible) bytes.
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut buf = vec![0; len];
-    Rng::new(seed).fill_bytes(&mut buf);
-    buf
 }
 
 /// `n` snapshots of `src/ckpt`. Step k writes `pairs` pairs of random files of `len` bytes,

@@ -13,23 +13,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
-use tvault_workload::{Rng, Scenario};
+use tvault_workload::Scenario;
 
 use crate::bad_input::{assert_undamaged, s};
 use crate::testenv::{
-    args, assert_manifest_eq, files_below, flip_byte, manifest, mtimes_in_seconds, num, set_mode,
-    set_mtime, sources_manifest, spawn, text, Entry, Manifest, TestEnv,
+    args, assert_manifest_eq, files_below, flip_byte, manifest, mtimes_in_seconds, names_in, num,
+    random_bytes, set_mode, set_mtime, sources_manifest, spawn, text, Entry, Manifest, TestEnv,
 };
 use crate::verify::assert_fields;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut buf = vec![0; len];
-    Rng::new(seed).fill_bytes(&mut buf);
-    buf
-}
 
 /// A path from raw bytes (names need not be UTF-8).
 fn bpath(bytes: &[u8]) -> &Path {
@@ -119,15 +113,6 @@ fn manifest_paths(m: &Manifest) -> Vec<Vec<u8>> {
 }
 
 fn sorted(mut v: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
-    v.sort();
-    v
-}
-
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
     v.sort();
     v
 }

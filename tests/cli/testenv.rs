@@ -16,7 +16,9 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::Value;
-use tvault_workload::{self as workload, Scenario};
+use tvault_workload::{
+    self as workload, fill_weights, write_safetensors, Dtype, ModelDims, Rng, Scenario,
+};
 
 /// The binary under test.
 pub const TVAULT: &str = env!("CARGO_BIN_EXE_tvault");
@@ -297,6 +299,54 @@ pub fn spawn(cmd: &mut Command) -> Child {
         }
     }
     panic!("{:?} stayed busy", cmd.get_program());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Generated data
+
+/// `len` random (incompressible) bytes, the same for the same `seed`.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut buf = vec![0; len];
+    Rng::new(seed).fill_bytes(&mut buf);
+    buf
+}
+
+/// A bf16 Llama-like checkpoint of shape `dims` in `dir`: `model.safetensors` (each tensor
+/// written from its own seed, derived from `seed`) and `config.json`. Returns the model file.
+pub fn bf16_model(dir: &Path, dims: ModelDims, seed: u64) -> PathBuf {
+    fs::create_dir_all(dir).unwrap();
+    let model = dir.join("model.safetensors");
+    let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+    write_safetensors(&model, &dims.specs(Dtype::BF16), &metadata, |i, _, buf| {
+        fill_weights(&mut Rng::new(seed ^ (i as u64) << 8), Dtype::BF16, buf)
+    })
+    .unwrap();
+    fs::write(dir.join("config.json"), dims.config_json(Dtype::BF16)).unwrap();
+    model
+}
+
+/// Rewrites one bf16 tensor in place with new realistic weights from `seed` (same length);
+/// they must differ from the old ones.
+pub fn retrain_tensor(model: &Path, t: &TensorLoc, seed: u64) {
+    assert_eq!(t.dtype, "BF16");
+    let mut buf = vec![0u8; t.len as usize];
+    fill_weights(&mut Rng::new(seed), Dtype::BF16, &mut buf);
+    assert_ne!(
+        buf,
+        read_at(model, t.start, t.len as usize),
+        "the tensor must change"
+    );
+    overwrite_at(model, t.start, &buf);
+}
+
+/// The names in a directory, sorted.
+pub fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -12,12 +12,12 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tvault_workload::{fill_weights, write_safetensors, Dtype, ModelDims, Rng, Scenario};
+use tvault_workload::{ModelDims, Scenario};
 
 use crate::bad_input::s;
 use crate::testenv::{
-    args, hostname, num, overwrite_at, read_at, safetensors_tensors, set_mode, set_mtime,
-    sources_manifest, spawn, text, Manifest, Run, TestEnv,
+    args, bf16_model, hostname, names_in, num, random_bytes, retrain_tensor, safetensors_tensors,
+    set_mode, set_mtime, sources_manifest, spawn, text, Manifest, Run, TestEnv,
 };
 use crate::verify::assert_fields;
 
@@ -184,16 +184,6 @@ fn assert_documented_metrics(m: &BTreeMap<String, (String, String)>, command: &s
             .unwrap_or_else(|| panic!("no metric {name} for {command}: {m:#?}"));
         assert_eq!(l, &labels, "labels of {name}");
     }
-}
-
-/// The names in a directory.
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -378,8 +368,7 @@ fn settle_leaves_a_file_being_written_for_the_next_backup() {
 #[test]
 fn read_limit_caps_the_average_read_rate() {
     let env = TestEnv::with_repo();
-    let mut data = vec![0u8; (12 * MIB) as usize];
-    Rng::new(63).fill_bytes(&mut data);
+    let data = random_bytes((12 * MIB) as usize, 63);
     env.write("src/big/weights.bin", &data);
     let big = env.src.join("big");
     let started = Instant::now();
@@ -603,15 +592,7 @@ fn small_model(dir: &Path, seed: u64) -> PathBuf {
         intermediate: 512,
         layers: 2,
     };
-    fs::create_dir_all(dir).unwrap();
-    let model = dir.join("model.safetensors");
-    let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
-    write_safetensors(&model, &dims.specs(Dtype::BF16), &metadata, |i, _, buf| {
-        fill_weights(&mut Rng::new(seed ^ (i as u64) << 8), Dtype::BF16, buf)
-    })
-    .unwrap();
-    fs::write(dir.join("config.json"), dims.config_json(Dtype::BF16)).unwrap();
-    model
+    bf16_model(dir, dims, seed)
 }
 
 #[test]
@@ -630,10 +611,7 @@ fn diff_names_added_removed_and_changed_files_down_to_the_tensor() {
         .iter()
         .find(|t| t.name == "model.layers.1.mlp.up_proj.weight")
         .unwrap();
-    let mut buf = vec![0u8; t.len as usize];
-    fill_weights(&mut Rng::new(70), Dtype::BF16, &mut buf);
-    assert_ne!(buf, read_at(&model, t.start, t.len as usize));
-    overwrite_at(&model, t.start, &buf);
+    retrain_tensor(&model, t, 70);
     fs::remove_file(ckpt.join("notes.txt")).unwrap();
     let optimizer = env.write("src/ckpt/optimizer.pt", &[7u8; 5000]);
     env.write(
