@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tvault_workload::Scenario;
 
 use crate::testenv::{
-    args, copy_dir, manifest, sources_manifest, spawn, text, Entry, Manifest, TestEnv,
+    args, copy_dir, finish, manifest, sources_manifest, spawn, text, Entry, Manifest, TestEnv,
 };
 
 const SIGABRT: i32 = 6;
@@ -132,13 +132,9 @@ fn sigkill_during_backup_leaves_a_usable_repository() {
     fs::remove_dir(&probe.repo).unwrap();
     copy_dir(&env.repo, &probe.repo);
     let started = Instant::now();
-    let mut cmd = probe.command();
-    cmd.arg("--repo")
-        .arg(&probe.repo)
-        .arg("backup")
-        .arg(&ckpt)
-        .args(["--tag", "v1"]);
-    probe.run_command(cmd).expect_code(0);
+    probe
+        .tvault(args!["backup", &ckpt, "--tag", "v1"])
+        .expect_code(0);
     let full = started.elapsed();
     drop(probe);
 
@@ -286,26 +282,12 @@ fn concurrent_backups_both_succeed_and_restore() {
     let b = env.checkpoint("src/b/ckpt", Scenario::Finetune, 8 << 20, 65, 1);
     let children: Vec<_> = [&a, &b]
         .iter()
-        .map(|p| {
-            let mut cmd = env.command();
-            cmd.arg("--repo")
-                .arg(&env.repo)
-                .args(args!["--json", "backup", p])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
-            spawn(&mut cmd)
-        })
+        .map(|p| env.spawn_tvault(args!["--json", "backup", p]))
         .collect();
     let mut ids = Vec::new();
     for child in children {
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        ids.push(text(&v, "snapshot_id"));
+        let run = finish(child, "one of two concurrent backups").expect_code(0);
+        ids.push(text(&run.json(), "snapshot_id"));
     }
     env.assert_restores(&ids[0], &sources_manifest(&[&a]));
     env.assert_restores(&ids[1], &sources_manifest(&[&b]));

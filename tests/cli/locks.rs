@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tvault_workload::Scenario;
 
-use crate::testenv::{args, hostname, num, set_mtime, spawn, TestEnv};
-use crate::unattended::finish;
+use crate::testenv::{args, finish, hostname, num, set_mtime, spawn_piped, TestEnv};
 use crate::verify::assert_verifies_clean;
 
 // ---------------------------------------------------------------------------------------------
@@ -32,14 +31,9 @@ fn repo_with_a_snapshot() -> (TestEnv, PathBuf) {
 fn spawn_paused(env: &TestEnv, point: &str, a: Vec<OsString>) -> Child {
     let hooks = env.path("hooks");
     fs::create_dir_all(&hooks).unwrap();
-    let mut cmd = env.command();
-    cmd.env("TVAULT_TEST_PAUSE", format!("{point}:{}", hooks.display()))
-        .arg("--repo")
-        .arg(&env.repo)
-        .args(a)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    spawn(&mut cmd)
+    let mut cmd = env.repo_command(a);
+    cmd.env("TVAULT_TEST_PAUSE", format!("{point}:{}", hooks.display()));
+    spawn_piped(cmd)
 }
 
 /// Waits until the child started by [`spawn_paused`] stands at `point`.

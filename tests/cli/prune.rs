@@ -20,8 +20,8 @@ use tvault_workload::{mix, Scenario};
 
 use crate::bad_input::assert_undamaged;
 use crate::testenv::{
-    args, copy_dir, files_below, flip_byte, num, random_bytes, set_mtime, sources_manifest, spawn,
-    text, Manifest, Run, TestEnv,
+    args, copy_dir, files_below, finish, flip_byte, num, random_bytes, set_mtime, sources_manifest,
+    spawn, text, Manifest, Run, TestEnv,
 };
 use crate::verify::{assert_fields, assert_verifies_clean, broken_repo, verify, Damage, Layout};
 
@@ -197,17 +197,6 @@ fn dead_lock_is_removed(env: &TestEnv, what: &str) -> bool {
     true
 }
 
-/// A command run in the background.
-fn spawn_tvault(env: &TestEnv, a: Vec<OsString>) -> Child {
-    let mut cmd = env.command();
-    cmd.arg("--repo")
-        .arg(&env.repo)
-        .args(a)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    spawn(&mut cmd)
-}
-
 /// Sends `signal` (`STOP`, `CONT`) to a child process.
 fn signal(child: &Child, signal: &str) {
     let status = Command::new("kill")
@@ -246,14 +235,9 @@ fn stop_while_locked(env: &TestEnv, child: &mut Child) -> bool {
 /// Lets a stopped child go on and waits for it; its `--json` report (it must exit 0).
 fn resume_and_finish(child: Child) -> Value {
     signal(&child, "CONT");
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    finish(child, "the stopped command, resumed")
+        .expect_code(0)
+        .json()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1050,7 +1034,7 @@ fn prune_refuses_at_once_while_a_backup_holds_its_lock() {
     let env = TestEnv::with_repo();
     let old = small_series(&env, &[&[], &[]]);
     let big = env.checkpoint("src/big", Scenario::Single, 8 << 20, 86, 0);
-    let mut child = spawn_tvault(&env, args!["--json", "backup", &big]);
+    let mut child = env.spawn_tvault(args!["--json", "backup", &big]);
     assert!(
         stop_while_locked(&env, &mut child),
         "the backup finished before it could be stopped"
@@ -1104,7 +1088,7 @@ fn verify_cannot_check_while_prune_holds_the_exclusive_lock() {
     let pristine = env.root.join("pristine-repo");
     copy_dir(&env.repo, &pristine);
     for attempt in 1..=5 {
-        let mut child = spawn_tvault(&env, args!["--json", "prune", "--keep-last", "1"]);
+        let mut child = env.spawn_tvault(args!["--json", "prune", "--keep-last", "1"]);
         if !stop_while_locked(&env, &mut child) {
             // Prune finished first: start again from the same repository.
             assert!(child.wait().unwrap().success());

@@ -192,11 +192,8 @@ fn restore_tar_to_standard_output_pipes_into_tar() {
     let id = text(&env.backup(&[&ckpt], &[]), "snapshot_id");
 
     // `tvault restore ID --tar - | tar -x`, through a real pipe.
-    let mut cmd = env.command();
-    cmd.arg("--repo")
-        .arg(&env.repo)
-        .args(["restore", id.as_str(), "--tar", "-"])
-        .stdout(Stdio::piped());
+    let mut cmd = env.repo_command(["restore", id.as_str(), "--tar", "-"]);
+    cmd.stdout(Stdio::piped());
     let mut producer = spawn(&mut cmd);
     let dir = env.fresh_path("piped");
     fs::create_dir(&dir).unwrap();

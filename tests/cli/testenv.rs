@@ -12,7 +12,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::Value;
@@ -30,6 +30,10 @@ macro_rules! args {
     };
 }
 pub(crate) use args;
+
+#[path = "testenv/process.rs"]
+mod process;
+pub use process::*;
 
 /// What one run of the binary did.
 pub struct Run {
@@ -194,9 +198,16 @@ impl TestEnv {
 
     /// `tvault --repo REPO ARGS...`
     pub fn tvault<S: AsRef<OsStr>>(&self, args: impl IntoIterator<Item = S>) -> Run {
-        let mut cmd = self.command();
-        cmd.arg("--repo").arg(&self.repo).args(args);
-        self.run_command(cmd)
+        self.run_command(self.repo_command(args))
+    }
+
+    /// `tvault --repo R ARGS...` for another repository `R`.
+    pub fn tvault_at<S: AsRef<OsStr>>(
+        &self,
+        repo: &Path,
+        args: impl IntoIterator<Item = S>,
+    ) -> Run {
+        self.run_command(self.command_at(repo, args))
     }
 
     /// `tvault ARGS...` with neither `--repo` nor `TVAULT_REPO` (the default location).
@@ -285,20 +296,6 @@ impl TestEnv {
             })
             .collect()
     }
-}
-
-/// Spawns `cmd`, retrying while its binary is "busy": a copy of the binary just written by this
-/// process can still be open for writing in a child that another test thread is forking.
-pub fn spawn(cmd: &mut Command) -> Child {
-    for _ in 0..100 {
-        match cmd.spawn() {
-            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
-                std::thread::sleep(Duration::from_millis(20))
-            }
-            other => return other.expect("spawn tvault"),
-        }
-    }
-    panic!("{:?} stayed busy", cmd.get_program());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -718,11 +715,8 @@ impl TestEnv {
         args: impl IntoIterator<Item = S>,
         input: &[u8],
     ) -> Run {
-        let mut cmd = self.command();
-        cmd.arg("--repo")
-            .arg(&self.repo)
-            .args(args)
-            .stdin(Stdio::piped())
+        let mut cmd = self.repo_command(args);
+        cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let what = format!(
@@ -750,13 +744,9 @@ impl TestEnv {
         &self,
         args: impl IntoIterator<Item = S>,
     ) -> (ExitStatus, Vec<u8>, String) {
-        let mut cmd = self.command();
-        cmd.arg("--repo")
-            .arg(&self.repo)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let out = spawn(&mut cmd).wait_with_output().expect("wait for tvault");
+        let out = spawn_piped(self.repo_command(args))
+            .wait_with_output()
+            .expect("wait for tvault");
         (
             out.status,
             out.stdout,

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -16,8 +16,8 @@ use tvault_workload::{ModelDims, Scenario};
 
 use crate::bad_input::s;
 use crate::testenv::{
-    args, bf16_model, hostname, names_in, num, random_bytes, retrain_tensor, safetensors_tensors,
-    set_mode, set_mtime, sources_manifest, spawn, text, Manifest, Run, TestEnv,
+    args, bf16_model, finish, hostname, names_in, num, random_bytes, retrain_tensor,
+    safetensors_tensors, set_mode, set_mtime, sources_manifest, text, Manifest, Run, TestEnv,
 };
 use crate::verify::assert_fields;
 
@@ -85,27 +85,6 @@ fn plant_live_lock(env: &TestEnv, pid: u32) -> PathBuf {
         Path::new("repo/locks").join("ab".repeat(32)),
         &serde_json::to_vec(&lock).unwrap(),
     )
-}
-
-/// A `tvault --repo REPO ARGS` run in the background.
-pub(crate) fn spawn_tvault(env: &TestEnv, a: Vec<OsString>) -> Child {
-    let mut cmd = env.command();
-    cmd.arg("--repo")
-        .arg(&env.repo)
-        .args(a)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    spawn(&mut cmd)
-}
-
-pub(crate) fn finish(child: Child, what: &str) -> Run {
-    let out = child.wait_with_output().unwrap();
-    Run {
-        status: out.status,
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        what: what.to_string(),
-    }
 }
 
 /// A Prometheus textfile: metric name → (labels, value text). Every sample must be preceded
@@ -413,7 +392,7 @@ fn lock_wait_gives_up_after_the_wait_and_succeeds_once_the_lock_is_released() {
 
     // A wait the holder releases within (the flag also goes after the subcommand).
     let started = Instant::now();
-    let child = spawn_tvault(&env, args!["--json", "backup", &ckpt, "--lock-wait", "60s"]);
+    let child = env.spawn_tvault(args!["--json", "backup", &ckpt, "--lock-wait", "60s"]);
     std::thread::sleep(Duration::from_millis(1500));
     let while_held = env.snapshots();
     fs::remove_file(&lock).unwrap();
@@ -426,11 +405,8 @@ fn lock_wait_gives_up_after_the_wait_and_succeeds_once_the_lock_is_released() {
 
     // Prune and verify wait the same way.
     let lock = plant_live_lock(&env, std::process::id());
-    let prune = spawn_tvault(
-        &env,
-        args!["--lock-wait", "60s", "prune", "--keep-last", "1"],
-    );
-    let verify = spawn_tvault(&env, args!["--lock-wait", "60s", "verify"]);
+    let prune = env.spawn_tvault(args!["--lock-wait", "60s", "prune", "--keep-last", "1"]);
+    let verify = env.spawn_tvault(args!["--lock-wait", "60s", "verify"]);
     std::thread::sleep(Duration::from_millis(1000));
     fs::remove_file(&lock).unwrap();
     finish(prune, "prune --lock-wait 60s").expect_code(0);
@@ -443,7 +419,7 @@ fn lock_wait_stops_waiting_when_the_holder_dies() {
     let ckpt = env.checkpoint("src/ckpt", Scenario::Single, 256 << 10, 65, 0);
     let mut holder = Command::new("sleep").arg("30").spawn().unwrap();
     let lock = plant_live_lock(&env, holder.id());
-    let child = spawn_tvault(&env, args!["--lock-wait", "60s", "backup", &ckpt]);
+    let child = env.spawn_tvault(args!["--lock-wait", "60s", "backup", &ckpt]);
     std::thread::sleep(Duration::from_millis(1000));
     holder.kill().unwrap();
     holder.wait().unwrap();
