@@ -5,7 +5,6 @@
 
 use std::ffi::OsString;
 use std::fs;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -13,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tvault_workload::Scenario;
 
-use crate::testenv::{args, finish, hostname, num, set_mtime, spawn_piped, TestEnv};
+use crate::testenv::{args, finish, hostname, num, set_mtime, spawn_piped, was_killed, TestEnv};
 use crate::verify::assert_verifies_clean;
 
 // ---------------------------------------------------------------------------------------------
@@ -201,13 +200,7 @@ fn prune_deletes_only_temporary_files_whose_writer_is_gone() {
     // A backup that aborts once its first pack is under its temporary name (write steps 1-2:
     // its lock): this host, this boot, a process that is gone.
     let more = env.checkpoint("src/more", Scenario::Single, 128 << 10, 75, 0);
-    let mut cmd = env.command();
-    cmd.env("TVAULT_CRASH_AFTER_WRITES", "3")
-        .arg("--repo")
-        .arg(&env.repo)
-        .args(args!["backup", &more]);
-    let crashed = env.run_command(cmd);
-    assert_eq!(crashed.status.signal(), Some(6), "{crashed}");
+    env.crash_after(3, args!["backup", &more]);
     let of_crash = temp_files_in(&env, "data");
     assert_eq!(of_crash.len(), 1, "{:?}", env.temp_files());
     // Temporary files whose writer cannot be told dead (names without it, as older tvaults
@@ -237,13 +230,7 @@ fn prune_deletes_only_temporary_files_whose_writer_is_gone() {
 fn a_killed_prune_lock_is_removed_by_the_next_backup_with_a_notice() {
     let (env, ckpt) = repo_with_a_snapshot();
     // Write steps 1-2: prune's lock written and renamed; then it aborts, holding it.
-    let mut cmd = env.command();
-    cmd.env("TVAULT_CRASH_AFTER_WRITES", "2")
-        .arg("--repo")
-        .arg(&env.repo)
-        .args(args!["prune", "--keep-last", "1"]);
-    let crashed = env.run_command(cmd);
-    assert_eq!(crashed.status.signal(), Some(6), "{crashed}");
+    env.crash_after(2, args!["prune", "--keep-last", "1"]);
     assert_eq!(env.lock_files().len(), 1);
 
     let run = env.tvault(args!["--json", "backup", &ckpt]).expect_code(0);
@@ -263,7 +250,7 @@ fn a_sigkilled_verify_lock_does_not_block_prune() {
     assert_eq!(env.lock_files().len(), 1);
     child.kill().unwrap();
     let status = child.wait().unwrap();
-    assert_eq!(status.signal(), Some(9));
+    assert!(was_killed(status), "{status}");
     assert_eq!(
         env.lock_files().len(),
         1,

@@ -31,8 +31,11 @@ macro_rules! args {
 }
 pub(crate) use args;
 
+#[path = "testenv/crash.rs"]
+mod crash;
 #[path = "testenv/process.rs"]
 mod process;
+pub use crash::*;
 pub use process::*;
 
 /// What one run of the binary did.

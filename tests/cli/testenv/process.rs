@@ -1,9 +1,9 @@
 //! `tvault` processes beyond a plain run: commands to adjust before they run, runs in the
-//! background (waited for with [`finish`]).
+//! background (waited for with [`finish`]) and runs SIGKILLed after a delay.
 
 use std::ffi::OsStr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use super::{Run, TestEnv};
@@ -54,5 +54,20 @@ impl TestEnv {
     /// `tvault --repo REPO ARGS…` started in the background (see [`finish`]).
     pub fn spawn_tvault<S: AsRef<OsStr>>(&self, args: impl IntoIterator<Item = S>) -> Child {
         spawn_piped(self.repo_command(args))
+    }
+
+    /// Runs `tvault --repo REPO ARGS…` (output discarded) and SIGKILLs it after `delay`; how it
+    /// ended (it may have finished first).
+    pub fn kill_after<S: AsRef<OsStr>>(
+        &self,
+        args: impl IntoIterator<Item = S>,
+        delay: Duration,
+    ) -> ExitStatus {
+        let mut cmd = self.repo_command(args);
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        let mut child = spawn(&mut cmd);
+        std::thread::sleep(delay);
+        let _ = child.kill();
+        child.wait().unwrap()
     }
 }
