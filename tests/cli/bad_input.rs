@@ -50,6 +50,20 @@ pub(crate) fn assert_undamaged(env: &TestEnv, snaps: &[(String, Manifest)]) {
     }
 }
 
+/// A new repository whose commands run as a user who cannot read everything: root reads
+/// anything, so when the tests run as root tvault runs as nobody, who owns the repository it
+/// creates. Returns (env, whether the tests run as root).
+fn repo_of_a_user_who_cannot_read_everything() -> (TestEnv, bool) {
+    let mut env = TestEnv::new();
+    let root = is_root();
+    if root {
+        env.run_as(65534, 65534);
+        fs::remove_dir(&env.repo).unwrap();
+    }
+    env.init();
+    (env, root)
+}
+
 /// A test path as `&str` (they are all UTF-8), for `stderr_has`.
 pub(crate) fn s(p: &Path) -> &str {
     p.to_str().expect("test paths are UTF-8")
@@ -379,13 +393,7 @@ fn two_sources_with_the_same_base_name_are_refused() {
 
 #[test]
 fn unreadable_source_file_makes_the_snapshot_incomplete() {
-    let mut env = TestEnv::new();
-    if is_root() {
-        // Root reads anything: run tvault as nobody, who owns the repository it creates.
-        env.run_as(65534, 65534);
-        fs::remove_dir(&env.repo).unwrap();
-    }
-    env.init();
+    let (env, _) = repo_of_a_user_who_cannot_read_everything();
     let ckpt = env.checkpoint("src/ckpt", Scenario::Single, 512 << 10, 36, 0);
     let secret = env.write("src/ckpt/optimizer.pt", b"no one may read this");
     let readable = sources_manifest(&[&ckpt]);
@@ -421,13 +429,7 @@ fn unreadable_source_file_makes_the_snapshot_incomplete() {
 
 #[test]
 fn unreadable_source_directory_makes_the_snapshot_incomplete() {
-    let mut env = TestEnv::new();
-    let root = is_root();
-    if root {
-        env.run_as(65534, 65534);
-        fs::remove_dir(&env.repo).unwrap();
-    }
-    env.init();
+    let (env, root) = repo_of_a_user_who_cannot_read_everything();
     let ckpt = env.checkpoint("src/ckpt", Scenario::Single, 256 << 10, 46, 0);
     let locked = env.root.join("src/ckpt/private");
     env.write("src/ckpt/private/rng_state.pt", b"not for the backup user");
@@ -468,13 +470,7 @@ fn unreadable_source_directory_makes_the_snapshot_incomplete() {
 
 #[test]
 fn restore_of_a_directory_without_read_permission_works_for_non_root() {
-    let mut env = TestEnv::new();
-    let root = is_root();
-    if root {
-        env.run_as(65534, 65534);
-        fs::remove_dir(&env.repo).unwrap();
-    }
-    env.init();
+    let (env, root) = repo_of_a_user_who_cannot_read_everything();
     let ckpt = env.checkpoint("src/ckpt", Scenario::Single, 128 << 10, 47, 0);
     let vault = env.root.join("src/ckpt/vault");
     fs::create_dir(&vault).unwrap();

@@ -228,10 +228,15 @@ impl TestEnv {
     /// `backup --json PATHS EXTRA`, which must exit 0; returns the report.
     #[track_caller]
     pub fn backup(&self, paths: &[&Path], extra: &[&str]) -> Value {
+        self.backup_run(paths, extra).expect_code(0).json()
+    }
+
+    /// `tvault --json backup PATHS… EXTRA…`, whatever its exit code.
+    pub fn backup_run(&self, paths: &[&Path], extra: &[&str]) -> Run {
         let mut a: Vec<OsString> = args!["--json", "backup"];
         a.extend(paths.iter().map(|p| p.as_os_str().to_os_string()));
         a.extend(extra.iter().map(OsString::from));
-        self.tvault(a).expect_code(0).json()
+        self.tvault(a)
     }
 
     /// Restores `id` into a fresh directory (exit 0 required); returns the directory.

@@ -17,7 +17,7 @@ use tvault_workload::{ModelDims, Scenario};
 use crate::bad_input::s;
 use crate::testenv::{
     args, bf16_model, finish, hostname, names_in, num, random_bytes, retrain_tensor,
-    safetensors_tensors, set_mode, set_mtime, sources_manifest, text, Manifest, Run, TestEnv,
+    safetensors_tensors, set_mode, set_mtime, sources_manifest, text, Manifest, TestEnv,
 };
 use crate::verify::assert_fields;
 
@@ -25,13 +25,6 @@ const MIB: u64 = 1 << 20;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-/// `tvault --json backup PATH EXTRA…` (any exit code).
-fn backup_run(env: &TestEnv, path: &Path, extra: &[&str]) -> Run {
-    let mut a: Vec<OsString> = args!["--json", "backup", path];
-    a.extend(extra.iter().map(OsString::from));
-    env.tvault(a)
-}
 
 /// Unix time now, in seconds.
 fn now_secs() -> i64 {
@@ -223,19 +216,19 @@ fn exclude_names_at_any_depth_stored_paths_and_absolute_paths() {
     let expected = uncluttered(&ckpt);
     assert!(expected.contains_key(Path::new("ckpt/cache")));
 
-    let run = backup_run(
-        &env,
-        &ckpt,
-        &[
-            "--exclude",
-            "*.tmp",
-            "--exclude",
-            "ckpt/cache/**",
-            "--exclude",
-            s(&logs),
-        ],
-    )
-    .expect_code(0);
+    let run = env
+        .backup_run(
+            &[&ckpt],
+            &[
+                "--exclude",
+                "*.tmp",
+                "--exclude",
+                "ckpt/cache/**",
+                "--exclude",
+                s(&logs),
+            ],
+        )
+        .expect_code(0);
     let r = run.json();
     assert_eq!(r["complete"], true, "{run}");
     assert_eq!(
@@ -308,7 +301,9 @@ fn settle_leaves_a_file_being_written_for_the_next_backup() {
         .filter(|e| matches!(e, crate::testenv::Entry::File { .. }))
         .count() as u64;
 
-    let run = backup_run(&env, &ckpt, &["--settle", "10m"]).expect_code(0);
+    let run = env
+        .backup_run(&[&ckpt], &["--settle", "10m"])
+        .expect_code(0);
     let r = run.json();
     assert_eq!(
         r["complete"], true,
