@@ -64,6 +64,17 @@ fn repo_of_a_user_who_cannot_read_everything() -> (TestEnv, bool) {
     (env, root)
 }
 
+/// The report of a backup of two readable files names exactly one problem: `path`, with
+/// `says` in its message.
+#[track_caller]
+fn assert_one_problem_of_two_files(report: &Value, path: &Path, says: &str) {
+    let problems = report["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{report:#}");
+    let p = problems[0].as_str().unwrap();
+    assert!(p.contains(s(path)) && p.contains(says), "{p}");
+    assert_eq!(num(report, "files"), 2, "{report:#}");
+}
+
 /// A test path as `&str` (they are all UTF-8), for `stderr_has`.
 pub(crate) fn s(p: &Path) -> &str {
     p.to_str().expect("test paths are UTF-8")
@@ -404,14 +415,7 @@ fn unreadable_source_file_makes_the_snapshot_incomplete() {
     run.stderr_has(&["INCOMPLETE", s(&secret)]);
     let report = run.json();
     assert_eq!(report["complete"], false);
-    let problems = report["problems"].as_array().unwrap();
-    assert_eq!(problems.len(), 1, "{report:#}");
-    let p = problems[0].as_str().unwrap();
-    assert!(
-        p.contains(s(&secret)) && p.contains("ermission denied"),
-        "{p}"
-    );
-    assert_eq!(num(&report, "files"), 2, "{report:#}");
+    assert_one_problem_of_two_files(&report, &secret, "ermission denied");
 
     let snaps = env.snapshots();
     assert_eq!(snaps[0]["complete"], false);
@@ -453,14 +457,7 @@ fn unreadable_source_directory_makes_the_snapshot_incomplete() {
     let run = env.tvault(args!["--json", "backup", &ckpt]).expect_code(3);
     run.stderr_has(&["INCOMPLETE", s(&locked)]);
     let report = run.json();
-    let problems = report["problems"].as_array().unwrap();
-    assert_eq!(problems.len(), 1, "{report:#}");
-    let p = problems[0].as_str().unwrap();
-    assert!(
-        p.contains(s(&locked)) && p.contains("ermission denied"),
-        "{p}"
-    );
-    assert_eq!(num(&report, "files"), 2, "{report:#}");
+    assert_one_problem_of_two_files(&report, &locked, "ermission denied");
     if root {
         // The directory itself is kept (empty), the rest restores identical.
         env.assert_restores(&text(&report, "snapshot_id"), &expected);
@@ -552,14 +549,7 @@ fn file_changing_while_read_is_left_out_of_the_snapshot() {
     let run = run.expect_code(3);
     let report = run.json();
     assert_eq!(report["complete"], false);
-    let problems = report["problems"].as_array().unwrap();
-    assert_eq!(problems.len(), 1, "{report:#}");
-    let p = problems[0].as_str().unwrap();
-    assert!(
-        p.contains(s(&growing)) && p.contains("changed while it was read"),
-        "{p}"
-    );
-    assert_eq!(num(&report, "files"), 2, "{report:#}");
+    assert_one_problem_of_two_files(&report, &growing, "changed while it was read");
     env.assert_restores(&text(&report, "snapshot_id"), &expected);
 
     // Once it stops changing, the next backup stores it.
