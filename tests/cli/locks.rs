@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
 use tvault_workload::Scenario;
 
-use crate::testenv::{args, finish, hostname, num, set_mtime, spawn_piped, was_killed, TestEnv};
+use crate::testenv::{args, finish, num, set_mtime, spawn_piped, was_killed, TestEnv};
 use crate::verify::assert_verifies_clean;
 
 // ---------------------------------------------------------------------------------------------
@@ -78,22 +78,6 @@ fn start_time(pid: u32) -> u64 {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let after_name = &stat[stat.rfind(')').unwrap() + 2..];
     after_name.split(' ').nth(19).unwrap().parse().unwrap()
-}
-
-/// Writes an exclusive `prune` lock with these fields (merged over a lock of this host).
-fn forge_lock(env: &TestEnv, name: &str, fields: Value) -> PathBuf {
-    let now = chrono::Utc::now().to_rfc3339();
-    let mut lock = json!({
-        "host": hostname(), "pid": 4_000_000_000u64, "exclusive": true,
-        "command": "prune", "created": now, "refreshed": now,
-    });
-    for (k, v) in fields.as_object().unwrap() {
-        lock[k] = v.clone();
-    }
-    env.write(
-        Path::new("repo/locks").join(name.repeat(32)),
-        &serde_json::to_vec(&lock).unwrap(),
-    )
 }
 
 /// `tvault backup` of `ckpt`, which must be refused because of a lock; the message has `needles`.
@@ -270,16 +254,14 @@ fn a_lock_of_a_live_process_still_blocks() {
     let (boot, ns) = boot_and_namespace();
     let mut holder = Command::new("sleep").arg("30").spawn().unwrap();
     let pid = holder.id();
-    let lock = forge_lock(
-        &env,
+    let lock = env.forge_lock(
         "ab",
         json!({"pid": pid, "boot_id": boot, "pid_ns": ns, "pid_start": start_time(pid)}),
     );
     backup_is_refused(&env, &ckpt, &["is locked", "wait for it to finish"]);
     assert!(lock.exists());
     // The same PID with another start time is another process: the lock's owner is gone.
-    forge_lock(
-        &env,
+    env.forge_lock(
         "ab",
         json!({"pid": pid, "boot_id": boot, "pid_ns": ns, "pid_start": start_time(pid) + 1}),
     );
@@ -302,15 +284,14 @@ fn a_lock_that_cannot_be_proven_dead_still_blocks() {
         json!({"boot_id": boot, "pid_ns": "pid:[1]"}),
         json!({}),
     ] {
-        let lock = forge_lock(&env, "cd", fields.clone());
+        let lock = env.forge_lock("cd", fields.clone());
         backup_is_refused(&env, &ckpt, &["stale", "pid 4000000000", "tvault unlock"]);
         assert!(lock.exists(), "{fields}");
         let run = env.tvault(["--json", "unlock"]).expect_code(0);
         assert_eq!(run.json()["removed"].as_array().unwrap().len(), 1, "{run}");
     }
     // Another host: its PIDs say nothing here; a fresh lock is live and waited for.
-    let lock = forge_lock(
-        &env,
+    let lock = env.forge_lock(
         "ef",
         json!({"host": "elsewhere", "boot_id": boot, "pid_ns": ns}),
     );
@@ -321,8 +302,7 @@ fn a_lock_that_cannot_be_proven_dead_still_blocks() {
     );
     assert!(lock.exists());
     let stale = (chrono::Utc::now() - chrono::Duration::minutes(40)).to_rfc3339();
-    forge_lock(
-        &env,
+    env.forge_lock(
         "ef",
         json!({"host": "elsewhere", "boot_id": boot, "pid_ns": ns, "refreshed": stale}),
     );

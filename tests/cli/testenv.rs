@@ -629,6 +629,24 @@ impl TestEnv {
             .collect()
     }
 
+    /// Writes the lock file `repo/locks/NAME…` (`name` repeated to 64 characters) as another
+    /// tvault process would: an exclusive `prune` lock of this host (PID 4000000000, created and
+    /// refreshed now) with `fields` merged over it.
+    pub fn forge_lock(&self, name: &str, fields: Value) -> PathBuf {
+        let now = chrono::Utc::now().to_rfc3339();
+        let mut lock = serde_json::json!({
+            "host": hostname(), "pid": 4_000_000_000u64, "exclusive": true,
+            "command": "prune", "created": now, "refreshed": now,
+        });
+        for (k, v) in fields.as_object().unwrap() {
+            lock[k] = v.clone();
+        }
+        self.write(
+            Path::new("repo/locks").join(name.repeat(64 / name.len())),
+            &serde_json::to_vec(&lock).unwrap(),
+        )
+    }
+
     /// Temporary files (`.tmp-…`) anywhere in the repository.
     pub fn temp_files(&self) -> Vec<PathBuf> {
         files_below(&self.repo)

@@ -69,15 +69,7 @@ fn listed(env: &TestEnv, filter: &[&str]) -> Vec<String> {
 /// Writes a lock file as a running `prune` with process `pid` on this host holds it, just
 /// refreshed (so it is live while `pid` runs).
 fn plant_live_lock(env: &TestEnv, pid: u32) -> PathBuf {
-    let now = chrono::Utc::now().to_rfc3339();
-    let lock = json!({
-        "host": hostname(), "pid": pid, "exclusive": true,
-        "command": "prune", "created": now, "refreshed": now,
-    });
-    env.write(
-        Path::new("repo/locks").join("ab".repeat(32)),
-        &serde_json::to_vec(&lock).unwrap(),
-    )
+    env.forge_lock("ab", json!({ "pid": pid }))
 }
 
 /// A Prometheus textfile: metric name → (labels, value text). Every sample must be preceded
