@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use tvault_core::repo::Repository;
-use tvault_workload::{Rng, Scenario};
+use tvault_workload::Scenario;
 
 use crate::testenv::{
-    args, assert_manifest_eq, is_root, manifest, num, set_mode, sources_manifest, text, Manifest,
-    TestEnv,
+    args, assert_manifest_eq, is_root, manifest, num, random_bytes, set_mode, sources_manifest,
+    text, Manifest, TestEnv,
 };
 
 /// A repository holding two snapshots of a small checkpoint tree, with what each must restore to.
@@ -48,6 +48,31 @@ pub(crate) fn assert_undamaged(env: &TestEnv, snaps: &[(String, Manifest)]) {
     for (id, expected) in snaps {
         env.assert_restores(id, expected);
     }
+}
+
+/// A new repository whose commands run as a user who cannot read everything: root reads
+/// anything, so when the tests run as root tvault runs as nobody, who owns the repository it
+/// creates. Returns (env, whether the tests run as root).
+fn repo_of_a_user_who_cannot_read_everything() -> (TestEnv, bool) {
+    let mut env = TestEnv::new();
+    let root = is_root();
+    if root {
+        env.run_as(65534, 65534);
+        fs::remove_dir(&env.repo).unwrap();
+    }
+    env.init();
+    (env, root)
+}
+
+/// The report of a backup of two readable files names exactly one problem: `path`, with
+/// `says` in its message.
+#[track_caller]
+fn assert_one_problem_of_two_files(report: &Value, path: &Path, says: &str) {
+    let problems = report["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{report:#}");
+    let p = problems[0].as_str().unwrap();
+    assert!(p.contains(s(path)) && p.contains(says), "{p}");
+    assert_eq!(num(report, "files"), 2, "{report:#}");
 }
 
 /// A test path as `&str` (they are all UTF-8), for `stderr_has`.
@@ -379,13 +404,7 @@ fn two_sources_with_the_same_base_name_are_refused() {
 
 #[test]
 fn unreadable_source_file_makes_the_snapshot_incomplete() {
-    let mut env = TestEnv::new();
-    if is_root() {
-        // Root reads anything: run tvault as nobody, who owns the repository it creates.
-        env.run_as(65534, 65534);
-        fs::remove_dir(&env.repo).unwrap();
-    }
-    env.init();
+    let (env, _) = repo_of_a_user_who_cannot_read_everything();
     let ckpt = env.checkpoint("src/ckpt", Scenario::Single, 512 << 10, 36, 0);
     let secret = env.write("src/ckpt/optimizer.pt", b"no one may read this");
     let readable = sources_manifest(&[&ckpt]);
@@ -396,14 +415,7 @@ fn unreadable_source_file_makes_the_snapshot_incomplete() {
     run.stderr_has(&["INCOMPLETE", s(&secret)]);
     let report = run.json();
     assert_eq!(report["complete"], false);
-    let problems = report["problems"].as_array().unwrap();
-    assert_eq!(problems.len(), 1, "{report:#}");
-    let p = problems[0].as_str().unwrap();
-    assert!(
-        p.contains(s(&secret)) && p.contains("ermission denied"),
-        "{p}"
-    );
-    assert_eq!(num(&report, "files"), 2, "{report:#}");
+    assert_one_problem_of_two_files(&report, &secret, "ermission denied");
 
     let snaps = env.snapshots();
     assert_eq!(snaps[0]["complete"], false);
@@ -421,13 +433,7 @@ fn unreadable_source_file_makes_the_snapshot_incomplete() {
 
 #[test]
 fn unreadable_source_directory_makes_the_snapshot_incomplete() {
-    let mut env = TestEnv::new();
-    let root = is_root();
-    if root {
-        env.run_as(65534, 65534);
-        fs::remove_dir(&env.repo).unwrap();
-    }
-    env.init();
+    let (env, root) = repo_of_a_user_who_cannot_read_everything();
     let ckpt = env.checkpoint("src/ckpt", Scenario::Single, 256 << 10, 46, 0);
     let locked = env.root.join("src/ckpt/private");
     env.write("src/ckpt/private/rng_state.pt", b"not for the backup user");
@@ -451,14 +457,7 @@ fn unreadable_source_directory_makes_the_snapshot_incomplete() {
     let run = env.tvault(args!["--json", "backup", &ckpt]).expect_code(3);
     run.stderr_has(&["INCOMPLETE", s(&locked)]);
     let report = run.json();
-    let problems = report["problems"].as_array().unwrap();
-    assert_eq!(problems.len(), 1, "{report:#}");
-    let p = problems[0].as_str().unwrap();
-    assert!(
-        p.contains(s(&locked)) && p.contains("ermission denied"),
-        "{p}"
-    );
-    assert_eq!(num(&report, "files"), 2, "{report:#}");
+    assert_one_problem_of_two_files(&report, &locked, "ermission denied");
     if root {
         // The directory itself is kept (empty), the rest restores identical.
         env.assert_restores(&text(&report, "snapshot_id"), &expected);
@@ -468,13 +467,7 @@ fn unreadable_source_directory_makes_the_snapshot_incomplete() {
 
 #[test]
 fn restore_of_a_directory_without_read_permission_works_for_non_root() {
-    let mut env = TestEnv::new();
-    let root = is_root();
-    if root {
-        env.run_as(65534, 65534);
-        fs::remove_dir(&env.repo).unwrap();
-    }
-    env.init();
+    let (env, root) = repo_of_a_user_who_cannot_read_everything();
     let ckpt = env.checkpoint("src/ckpt", Scenario::Single, 128 << 10, 47, 0);
     let vault = env.root.join("src/ckpt/vault");
     fs::create_dir(&vault).unwrap();
@@ -526,8 +519,7 @@ fn file_changing_while_read_is_left_out_of_the_snapshot() {
     let ckpt = env.checkpoint("src/ckpt", Scenario::Single, 512 << 10, 37, 0);
     // A log-like file being appended to during the whole backup.
     let growing = env.src.join("ckpt/growing.bin");
-    let mut data = vec![0u8; 64 << 20];
-    Rng::new(37).fill_bytes(&mut data);
+    let data = random_bytes(64 << 20, 37);
     fs::write(&growing, &data).unwrap();
     drop(data);
     let mut expected = sources_manifest(&[&ckpt]);
@@ -557,14 +549,7 @@ fn file_changing_while_read_is_left_out_of_the_snapshot() {
     let run = run.expect_code(3);
     let report = run.json();
     assert_eq!(report["complete"], false);
-    let problems = report["problems"].as_array().unwrap();
-    assert_eq!(problems.len(), 1, "{report:#}");
-    let p = problems[0].as_str().unwrap();
-    assert!(
-        p.contains(s(&growing)) && p.contains("changed while it was read"),
-        "{p}"
-    );
-    assert_eq!(num(&report, "files"), 2, "{report:#}");
+    assert_one_problem_of_two_files(&report, &growing, "changed while it was read");
     env.assert_restores(&text(&report, "snapshot_id"), &expected);
 
     // Once it stops changing, the next backup stores it.

@@ -5,13 +5,12 @@
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use serde_json::json;
 use tvault_workload::Scenario;
 
 use crate::testenv::{
-    args, files_below, manifest, num, safetensors_tensors, sources_manifest, spawn, text, Entry,
+    args, files_below, finish, manifest, num, safetensors_tensors, sources_manifest, text, Entry,
     TestEnv,
 };
 
@@ -371,18 +370,11 @@ fn dump_writes_a_file_or_one_tensor_byte_for_byte() {
         .stderr_has(&["ckpt/missing", "not in snapshot"]);
 
     // A reader that goes away (`| head -c 10`) is not an error, and never a panic.
-    let mut cmd = env.command();
-    cmd.arg("--repo")
-        .arg(&env.repo)
-        .args(["dump", &id, &path])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = spawn(&mut cmd);
+    let mut child = env.spawn_tvault(["dump", &id, &path]);
     drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let run = finish(child, "dump, its reader gone");
+    assert!(!run.stderr.contains("panicked"), "{run}");
+    assert_eq!(run.code(), Some(0), "{run}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -5,19 +5,16 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::process::ExitStatusExt;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use tvault_workload::Scenario;
 
 use crate::testenv::{
-    args, copy_dir, manifest, sources_manifest, spawn, text, Entry, Manifest, TestEnv,
+    args, crash_at_every_write_step, finish, manifest, sigkill_at_delays, sources_manifest, text,
+    Entry, Manifest, TestEnv,
 };
-
-const SIGABRT: i32 = 6;
-const SIGKILL: i32 = 9;
 
 /// What the snapshots tagged with each version must restore to.
 type Versions = BTreeMap<String, Manifest>;
@@ -81,29 +78,18 @@ fn two_versions(scenario: Scenario, size: u64, seed: u64) -> (TestEnv, PathBuf, 
 #[test]
 fn crash_at_every_write_step_leaves_a_usable_repository() {
     let (env, ckpt, versions, s0) = two_versions(Scenario::Frozen, 1 << 20, 61);
-    let pristine = env.root.join("pristine-repo");
-    copy_dir(&env.repo, &pristine);
+    let saved = env.save_repo();
     let before = env.repo_state();
 
-    let mut completed_at = None;
-    for n in 1..=200u32 {
-        fs::remove_dir_all(&env.repo).unwrap();
-        copy_dir(&pristine, &env.repo);
-        let mut cmd = env.command();
-        cmd.env("TVAULT_CRASH_AFTER_WRITES", n.to_string())
-            .arg("--repo")
-            .arg(&env.repo)
-            .args(args!["--json", "backup", &ckpt, "--tag", "v1"]);
-        let run = env.run_command(cmd);
+    let backup = args!["--json", "backup", &ckpt, "--tag", "v1"];
+    let completed_at = crash_at_every_write_step(&env, &saved, &backup, 200, |n, run| {
         let what = format!("crash after write step {n}");
         if run.code() == Some(0) {
-            completed_at = Some(n);
             let ids =
                 assert_repository_sound(&env, &versions, std::slice::from_ref(&s0), &before, &what);
             assert_eq!(ids.len(), 2, "{run}");
-            break;
+            return ControlFlow::Continue(());
         }
-        assert_eq!(run.status.signal(), Some(SIGABRT), "{what}: {run}");
         assert_repository_sound(&env, &versions, std::slice::from_ref(&s0), &before, &what);
 
         // The next ordinary backup works and restores identical.
@@ -113,10 +99,11 @@ fn crash_at_every_write_step_leaves_a_usable_repository() {
         let id = text(&report, "snapshot_id");
         let ids = assert_repository_sound(&env, &versions, &[s0.clone(), id], &after_crash, &what);
         assert!(ids.len() >= 2);
-    }
+        ControlFlow::Continue(())
+    });
     // At least pack, index and snapshot are written, with two steps each (and the lock).
-    eprintln!("backup completed with the hook at step {completed_at:?}");
-    let steps = completed_at.expect("the backup never completed within 200 write steps") - 1;
+    eprintln!("backup completed with the hook at step {completed_at}");
+    let steps = completed_at - 1;
     assert!(
         steps >= 6,
         "only {steps} write steps: did the hook fire at each?"
@@ -129,45 +116,32 @@ fn sigkill_during_backup_leaves_a_usable_repository() {
     let (env, ckpt, versions, s0) = two_versions(Scenario::Fulltrain, 64 << 20, 62);
     // How long an uninterrupted backup of version 1 takes, on a copy of the repository.
     let probe = TestEnv::new();
-    fs::remove_dir(&probe.repo).unwrap();
-    copy_dir(&env.repo, &probe.repo);
+    probe.reset_repo(&env.repo);
     let started = Instant::now();
-    let mut cmd = probe.command();
-    cmd.arg("--repo")
-        .arg(&probe.repo)
-        .arg("backup")
-        .arg(&ckpt)
-        .args(["--tag", "v1"]);
-    probe.run_command(cmd).expect_code(0);
+    probe
+        .tvault(args!["backup", &ckpt, "--tag", "v1"])
+        .expect_code(0);
     let full = started.elapsed();
     drop(probe);
 
     let mut must_have = vec![s0];
-    let mut killed = 0;
     let mut delays = vec![Duration::from_millis(10), Duration::from_millis(40)];
     delays.extend((1..=6).map(|k| full.mul_f64(k as f64 / 6.0 * 1.05)));
-    for delay in delays {
-        let before = env.repo_state();
-        let mut cmd = env.command();
-        cmd.arg("--repo")
-            .arg(&env.repo)
-            .args(args!["backup", &ckpt, "--tag", "v1"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let mut child = spawn(&mut cmd);
-        std::thread::sleep(delay);
-        let _ = child.kill();
-        let status = child.wait().unwrap();
-        if status.signal() == Some(SIGKILL) {
-            killed += 1;
-        } else {
-            assert!(status.success(), "backup failed on its own: {status}");
-        }
-        let what = format!("backup killed after {delay:?} (full run {full:?})");
-        let new_files = env.repo_state().len() - before.len();
-        eprintln!("{what}: {status}, {new_files} new repository files");
-        must_have = assert_repository_sound(&env, &versions, &must_have, &before, &what);
-    }
+    let backup = args!["backup", &ckpt, "--tag", "v1"];
+    let before_run = || env.repo_state();
+    let killed = sigkill_at_delays(
+        &env,
+        &backup,
+        delays,
+        before_run,
+        |delay, status, before| {
+            let what = format!("backup killed after {delay:?} (full run {full:?})");
+            let new_files = env.repo_state().len() - before.len();
+            eprintln!("{what}: {status}, {new_files} new repository files");
+            must_have = assert_repository_sound(&env, &versions, &must_have, &before, &what);
+            ControlFlow::Continue(())
+        },
+    );
     assert!(
         killed >= 4,
         "only {killed} of the backups were killed before they finished"
@@ -196,16 +170,10 @@ fn killed_restore_leaves_no_partial_file_under_its_final_name() {
 
     for k in 1..=4 {
         let target = env.fresh_path("restore");
-        let mut cmd = env.command();
-        cmd.arg("--repo")
-            .arg(&env.repo)
-            .args(args!["restore", &id, &target])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let mut child = spawn(&mut cmd);
-        std::thread::sleep(full.mul_f64(f64::from(k) / 5.0));
-        let _ = child.kill();
-        child.wait().unwrap();
+        env.kill_after(
+            args!["restore", &id, &target],
+            full.mul_f64(f64::from(k) / 5.0),
+        );
         if !target.exists() {
             continue;
         }
@@ -264,13 +232,7 @@ fn crashed_init_can_be_retried() {
     let env = TestEnv::new();
     for n in 1..=2 {
         let _ = fs::remove_dir_all(&env.repo);
-        let mut cmd = env.command();
-        cmd.env("TVAULT_CRASH_AFTER_WRITES", n.to_string())
-            .arg("--repo")
-            .arg(&env.repo)
-            .arg("init");
-        let run = env.run_command(cmd);
-        assert_eq!(run.status.signal(), Some(SIGABRT), "{run}");
+        env.crash_after(n, ["init"]);
         // Either the repository exists, or init can simply be run again.
         if env.tvault(["snapshots"]).code() != Some(0) {
             env.tvault(["init"]).expect_code(0);
@@ -286,26 +248,12 @@ fn concurrent_backups_both_succeed_and_restore() {
     let b = env.checkpoint("src/b/ckpt", Scenario::Finetune, 8 << 20, 65, 1);
     let children: Vec<_> = [&a, &b]
         .iter()
-        .map(|p| {
-            let mut cmd = env.command();
-            cmd.arg("--repo")
-                .arg(&env.repo)
-                .args(args!["--json", "backup", p])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
-            spawn(&mut cmd)
-        })
+        .map(|p| env.spawn_tvault(args!["--json", "backup", p]))
         .collect();
     let mut ids = Vec::new();
     for child in children {
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        ids.push(text(&v, "snapshot_id"));
+        let run = finish(child, "one of two concurrent backups").expect_code(0);
+        ids.push(text(&run.json(), "snapshot_id"));
     }
     env.assert_restores(&ids[0], &sources_manifest(&[&a]));
     env.assert_restores(&ids[1], &sources_manifest(&[&b]));

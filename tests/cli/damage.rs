@@ -12,8 +12,7 @@ use tvault_workload::Scenario;
 
 use crate::bad_input::{assert_undamaged, repo_with_snapshots, s};
 use crate::testenv::{
-    args, assert_manifest_eq, hostname, manifest, set_mode, sources_manifest, text, Manifest,
-    TestEnv,
+    args, assert_manifest_eq, manifest, set_mode, sources_manifest, text, Manifest, TestEnv,
 };
 
 /// Snapshot 1 holds model_a; snapshot 2 adds model_b, whose chunks land in a pack of their own.
@@ -142,30 +141,12 @@ fn io_error_message_does_not_repeat_the_os_error() {
     );
 }
 
-/// Writes a lock file as another tvault process (`pid` on this host) would.
-fn write_lock(env: &TestEnv, name: &str, pid: u64, refreshed: &str) -> PathBuf {
-    let lock = json!({
-        "host": hostname(),
-        "pid": pid,
-        "exclusive": true,
-        "command": "prune",
-        "created": "2026-01-01T00:00:00Z",
-        "refreshed": refreshed,
-    });
-    env.write(
-        Path::new("repo/locks").join(name),
-        &serde_json::to_vec(&lock).unwrap(),
-    )
-}
-
 #[test]
 fn stale_lock_blocks_until_tvault_unlock() {
     let (env, snaps) = repo_with_snapshots();
-    let lock = write_lock(
-        &env,
-        &"ab".repeat(32),
-        4_000_000_000,
-        "2026-01-01T00:00:00Z",
+    let lock = env.forge_lock(
+        "ab",
+        json!({"created": "2026-01-01T00:00:00Z", "refreshed": "2026-01-01T00:00:00Z"}),
     );
     let ckpt = env.src.join("ckpt");
     env.tvault(args!["backup", &ckpt])
@@ -194,11 +175,9 @@ fn stale_lock_blocks_until_tvault_unlock() {
 #[test]
 fn stale_lock_message_has_one_article() {
     let (env, _) = repo_with_snapshots();
-    write_lock(
-        &env,
-        &"ab".repeat(32),
-        4_000_000_000,
-        "2026-01-01T00:00:00Z",
+    env.forge_lock(
+        "ab",
+        json!({"created": "2026-01-01T00:00:00Z", "refreshed": "2026-01-01T00:00:00Z"}),
     );
     let run = env
         .tvault(args!["backup", env.src.join("ckpt")])
@@ -212,7 +191,10 @@ fn live_lock_is_kept_by_unlock_and_removed_by_unlock_all() {
     let (env, snaps) = repo_with_snapshots();
     // This test process is alive and the lock freshly refreshed, so it is not stale.
     let now = chrono::Utc::now().to_rfc3339();
-    let lock = write_lock(&env, &"cd".repeat(32), u64::from(std::process::id()), &now);
+    let lock = env.forge_lock(
+        "cd",
+        json!({"pid": std::process::id(), "created": "2026-01-01T00:00:00Z", "refreshed": now}),
+    );
     let ckpt = env.src.join("ckpt");
     env.tvault(args!["backup", &ckpt])
         .expect_code(1)

@@ -35,16 +35,17 @@ fn noise() -> Vec<u8> {
     out
 }
 
+/// A copy of the fixture as the repository of `env` (commands write lock files, and the
+/// fixture must stay as it was committed).
+fn copy_v1_fixture(env: &TestEnv) {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/repo-v1");
+    copy_dir(&fixture, &env.repo);
+}
+
 #[test]
 fn format_v1_repository_still_opens_verifies_and_restores() {
     let env = TestEnv::new();
-    // A copy: commands write lock files, and the fixture must stay as it was committed.
-    copy_dir(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/repo-v1")
-            .as_path(),
-        &env.repo,
-    );
+    copy_v1_fixture(&env);
 
     let snaps = env.snapshots();
     assert_eq!(snaps.len(), 1);
@@ -88,12 +89,7 @@ fn format_v1_repository_still_opens_verifies_and_restores() {
 #[test]
 fn backups_into_a_v1_repository_write_only_v1_encodings() {
     let env = TestEnv::new();
-    copy_dir(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/repo-v1")
-            .as_path(),
-        &env.repo,
-    );
+    copy_v1_fixture(&env);
     let ckpt = env.checkpoint("src/ckpt", tvault_workload::Scenario::Single, 2 << 20, 9, 0);
     let report = env.backup(&[&ckpt], &[]);
     assert!(num(&report, "bytes_added") > 0);

@@ -2,14 +2,12 @@
 //! nothing new, one changed tensor costs about one tensor (plus its neighbouring chunks), the
 //! parent is chosen as documented, and every snapshot restores on its own.
 
-use std::collections::BTreeMap;
-use std::fs;
 use std::path::{Path, PathBuf};
 
-use tvault_workload::{fill_weights, write_safetensors, Dtype, ModelDims, Rng, Scenario};
+use tvault_workload::{ModelDims, Scenario};
 
 use crate::testenv::{
-    args, num, overwrite_at, read_at, safetensors_tensors, set_mtime, sources_manifest, text,
+    args, bf16_model, num, retrain_tensor, safetensors_tensors, set_mtime, sources_manifest, text,
     TensorLoc, TestEnv,
 };
 
@@ -27,17 +25,7 @@ fn checkpoint_with_1mib_tensors(env: &TestEnv, rel: &str, seed: u64) -> PathBuf 
         layers: 2,
     };
     let dir = env.path(rel);
-    fs::create_dir_all(&dir).unwrap();
-    let specs = dims.specs(Dtype::BF16);
-    let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
-    write_safetensors(
-        &dir.join("model.safetensors"),
-        &specs,
-        &metadata,
-        |i, _, buf| fill_weights(&mut Rng::new(seed ^ (i as u64) << 8), Dtype::BF16, buf),
-    )
-    .unwrap();
-    fs::write(dir.join("config.json"), dims.config_json(Dtype::BF16)).unwrap();
+    bf16_model(&dir, dims, seed);
     dir
 }
 
@@ -47,19 +35,6 @@ fn tensor(model: &Path, name: &str) -> TensorLoc {
         .into_iter()
         .find(|t| t.name == name)
         .unwrap_or_else(|| panic!("no tensor {name} in {}", model.display()))
-}
-
-/// Rewrites one tensor in place with new realistic weights (same dtype, same length).
-fn retrain_tensor(model: &Path, t: &TensorLoc, seed: u64) {
-    assert_eq!(t.dtype, "BF16");
-    let mut buf = vec![0u8; t.len as usize];
-    fill_weights(&mut Rng::new(seed), Dtype::BF16, &mut buf);
-    assert_ne!(
-        buf,
-        read_at(model, t.start, t.len as usize),
-        "the tensor must change"
-    );
-    overwrite_at(model, t.start, &buf);
 }
 
 #[test]

@@ -5,16 +5,14 @@
 
 use std::ffi::OsString;
 use std::fs;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
 use tvault_workload::Scenario;
 
-use crate::testenv::{args, hostname, num, set_mtime, spawn, TestEnv};
-use crate::unattended::finish;
+use crate::testenv::{args, finish, num, set_mtime, spawn_piped, was_killed, TestEnv};
 use crate::verify::assert_verifies_clean;
 
 // ---------------------------------------------------------------------------------------------
@@ -32,14 +30,9 @@ fn repo_with_a_snapshot() -> (TestEnv, PathBuf) {
 fn spawn_paused(env: &TestEnv, point: &str, a: Vec<OsString>) -> Child {
     let hooks = env.path("hooks");
     fs::create_dir_all(&hooks).unwrap();
-    let mut cmd = env.command();
-    cmd.env("TVAULT_TEST_PAUSE", format!("{point}:{}", hooks.display()))
-        .arg("--repo")
-        .arg(&env.repo)
-        .args(a)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    spawn(&mut cmd)
+    let mut cmd = env.repo_command(a);
+    cmd.env("TVAULT_TEST_PAUSE", format!("{point}:{}", hooks.display()));
+    spawn_piped(cmd)
 }
 
 /// Waits until the child started by [`spawn_paused`] stands at `point`.
@@ -85,22 +78,6 @@ fn start_time(pid: u32) -> u64 {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let after_name = &stat[stat.rfind(')').unwrap() + 2..];
     after_name.split(' ').nth(19).unwrap().parse().unwrap()
-}
-
-/// Writes an exclusive `prune` lock with these fields (merged over a lock of this host).
-fn forge_lock(env: &TestEnv, name: &str, fields: Value) -> PathBuf {
-    let now = chrono::Utc::now().to_rfc3339();
-    let mut lock = json!({
-        "host": hostname(), "pid": 4_000_000_000u64, "exclusive": true,
-        "command": "prune", "created": now, "refreshed": now,
-    });
-    for (k, v) in fields.as_object().unwrap() {
-        lock[k] = v.clone();
-    }
-    env.write(
-        Path::new("repo/locks").join(name.repeat(32)),
-        &serde_json::to_vec(&lock).unwrap(),
-    )
 }
 
 /// `tvault backup` of `ckpt`, which must be refused because of a lock; the message has `needles`.
@@ -207,13 +184,7 @@ fn prune_deletes_only_temporary_files_whose_writer_is_gone() {
     // A backup that aborts once its first pack is under its temporary name (write steps 1-2:
     // its lock): this host, this boot, a process that is gone.
     let more = env.checkpoint("src/more", Scenario::Single, 128 << 10, 75, 0);
-    let mut cmd = env.command();
-    cmd.env("TVAULT_CRASH_AFTER_WRITES", "3")
-        .arg("--repo")
-        .arg(&env.repo)
-        .args(args!["backup", &more]);
-    let crashed = env.run_command(cmd);
-    assert_eq!(crashed.status.signal(), Some(6), "{crashed}");
+    env.crash_after(3, args!["backup", &more]);
     let of_crash = temp_files_in(&env, "data");
     assert_eq!(of_crash.len(), 1, "{:?}", env.temp_files());
     // Temporary files whose writer cannot be told dead (names without it, as older tvaults
@@ -243,13 +214,7 @@ fn prune_deletes_only_temporary_files_whose_writer_is_gone() {
 fn a_killed_prune_lock_is_removed_by_the_next_backup_with_a_notice() {
     let (env, ckpt) = repo_with_a_snapshot();
     // Write steps 1-2: prune's lock written and renamed; then it aborts, holding it.
-    let mut cmd = env.command();
-    cmd.env("TVAULT_CRASH_AFTER_WRITES", "2")
-        .arg("--repo")
-        .arg(&env.repo)
-        .args(args!["prune", "--keep-last", "1"]);
-    let crashed = env.run_command(cmd);
-    assert_eq!(crashed.status.signal(), Some(6), "{crashed}");
+    env.crash_after(2, args!["prune", "--keep-last", "1"]);
     assert_eq!(env.lock_files().len(), 1);
 
     let run = env.tvault(args!["--json", "backup", &ckpt]).expect_code(0);
@@ -269,7 +234,7 @@ fn a_sigkilled_verify_lock_does_not_block_prune() {
     assert_eq!(env.lock_files().len(), 1);
     child.kill().unwrap();
     let status = child.wait().unwrap();
-    assert_eq!(status.signal(), Some(9));
+    assert!(was_killed(status), "{status}");
     assert_eq!(
         env.lock_files().len(),
         1,
@@ -289,16 +254,14 @@ fn a_lock_of_a_live_process_still_blocks() {
     let (boot, ns) = boot_and_namespace();
     let mut holder = Command::new("sleep").arg("30").spawn().unwrap();
     let pid = holder.id();
-    let lock = forge_lock(
-        &env,
+    let lock = env.forge_lock(
         "ab",
         json!({"pid": pid, "boot_id": boot, "pid_ns": ns, "pid_start": start_time(pid)}),
     );
     backup_is_refused(&env, &ckpt, &["is locked", "wait for it to finish"]);
     assert!(lock.exists());
     // The same PID with another start time is another process: the lock's owner is gone.
-    forge_lock(
-        &env,
+    env.forge_lock(
         "ab",
         json!({"pid": pid, "boot_id": boot, "pid_ns": ns, "pid_start": start_time(pid) + 1}),
     );
@@ -321,15 +284,14 @@ fn a_lock_that_cannot_be_proven_dead_still_blocks() {
         json!({"boot_id": boot, "pid_ns": "pid:[1]"}),
         json!({}),
     ] {
-        let lock = forge_lock(&env, "cd", fields.clone());
+        let lock = env.forge_lock("cd", fields.clone());
         backup_is_refused(&env, &ckpt, &["stale", "pid 4000000000", "tvault unlock"]);
         assert!(lock.exists(), "{fields}");
         let run = env.tvault(["--json", "unlock"]).expect_code(0);
         assert_eq!(run.json()["removed"].as_array().unwrap().len(), 1, "{run}");
     }
     // Another host: its PIDs say nothing here; a fresh lock is live and waited for.
-    let lock = forge_lock(
-        &env,
+    let lock = env.forge_lock(
         "ef",
         json!({"host": "elsewhere", "boot_id": boot, "pid_ns": ns}),
     );
@@ -340,8 +302,7 @@ fn a_lock_that_cannot_be_proven_dead_still_blocks() {
     );
     assert!(lock.exists());
     let stale = (chrono::Utc::now() - chrono::Duration::minutes(40)).to_rfc3339();
-    forge_lock(
-        &env,
+    env.forge_lock(
         "ef",
         json!({"host": "elsewhere", "boot_id": boot, "pid_ns": ns, "refreshed": stale}),
     );

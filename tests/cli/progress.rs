@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use crate::testenv::{TestEnv, TVAULT};
+use crate::testenv::{random_bytes, TestEnv, TVAULT};
 
 /// What a person would read: escape sequences removed, each redraw (`\r`) its own line.
 fn screen_lines(raw: &[u8]) -> Vec<String> {
@@ -36,8 +36,7 @@ fn screen_lines(raw: &[u8]) -> Vec<String> {
 fn progress_bar_counts_files_and_added_bytes_and_fits_a_narrow_terminal() {
     let env = TestEnv::with_repo();
     for i in 0..6 {
-        let mut data = vec![0u8; 4 << 20];
-        tvault_workload::Rng::new(i).fill_bytes(&mut data);
+        let data = random_bytes(4 << 20, i);
         env.write(format!("src/ckpt/shard-{i}.bin"), &data);
     }
     let cols = 70;

@@ -8,25 +8,22 @@
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::fs;
-use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tvault_core::id::Id;
 use tvault_core::repo::pack_key;
-use tvault_workload::{mix, Rng, Scenario};
+use tvault_workload::{mix, Scenario};
 
 use crate::bad_input::assert_undamaged;
 use crate::testenv::{
-    args, copy_dir, files_below, flip_byte, num, set_mtime, sources_manifest, spawn, text,
-    Manifest, Run, TestEnv,
+    args, crash_at_every_write_step, files_below, finish, flip_byte, num, random_bytes, set_mtime,
+    sigkill_at_delays, sources_manifest, text, was_killed, Manifest, Run, TestEnv,
 };
 use crate::verify::{assert_fields, assert_verifies_clean, broken_repo, verify, Damage, Layout};
-
-const SIGABRT: i32 = 6;
-const SIGKILL: i32 = 9;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -138,13 +135,6 @@ fn retime(env: &TestEnv, id: &str, time: &str) -> String {
     new
 }
 
-/// Random (incompressible) bytes.
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut buf = vec![0; len];
-    Rng::new(seed).fill_bytes(&mut buf);
-    buf
-}
-
 /// `n` snapshots of `src/ckpt`. Step k writes `pairs` pairs of random files of `len` bytes,
 /// `k-j-keep.bin` (which every later step keeps) and `k-j-tmp.bin` (which the next step
 /// removes), side by side in the packs, plus version k of a `frozen` checkpoint of `model` bytes
@@ -176,16 +166,6 @@ fn mixed_series(
         .collect()
 }
 
-/// Runs `tvault --repo REPO ARGS` with the crash hook set to `n`.
-fn run_crashing(env: &TestEnv, n: u32, a: Vec<OsString>) -> Run {
-    let mut cmd = env.command();
-    cmd.env("TVAULT_CRASH_AFTER_WRITES", n.to_string())
-        .arg("--repo")
-        .arg(&env.repo)
-        .args(a);
-    env.run_command(cmd)
-}
-
 /// After a crashed or killed command: if it left its lock behind, the next command removes it
 /// (its process is provably gone: this host, boot and PID namespace) and says so in one line.
 /// Returns whether there was one.
@@ -202,17 +182,6 @@ fn dead_lock_is_removed(env: &TestEnv, what: &str) -> bool {
     ]);
     assert!(env.lock_files().is_empty(), "{what}");
     true
-}
-
-/// A command run in the background.
-fn spawn_tvault(env: &TestEnv, a: Vec<OsString>) -> Child {
-    let mut cmd = env.command();
-    cmd.arg("--repo")
-        .arg(&env.repo)
-        .args(a)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    spawn(&mut cmd)
 }
 
 /// Sends `signal` (`STOP`, `CONT`) to a child process.
@@ -253,14 +222,9 @@ fn stop_while_locked(env: &TestEnv, child: &mut Child) -> bool {
 /// Lets a stopped child go on and waits for it; its `--json` report (it must exit 0).
 fn resume_and_finish(child: Child) -> Value {
     signal(&child, "CONT");
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    finish(child, "the stopped command, resumed")
+        .expect_code(0)
+        .json()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -442,8 +406,7 @@ fn leftovers_of_crashed_backups_are_removed() {
     env.checkpoint("src/ckpt/model", Scenario::Single, 1 << 20, 83, 0);
     // Write steps of a backup: 1-2 its lock, 3 the first pack's temporary file, 4 its rename.
     for n in [3, 4] {
-        let run = run_crashing(&env, n, args!["backup", env.src.join("ckpt")]);
-        assert_eq!(run.status.signal(), Some(SIGABRT), "{run}");
+        env.crash_after(n, args!["backup", env.src.join("ckpt")]);
     }
     let stray = env.write("repo/snapshots/.tmp-1-0-partial", b"{\"version\": 1, ");
     assert_eq!(env.temp_files().len(), 2, "{:?}", env.temp_files());
@@ -903,11 +866,10 @@ const CRASH_POLICY: [&str; 2] = ["--keep-last", "2"];
 
 /// After a crash or kill of prune: a lock left behind is removed by the next command, with a
 /// notice; the repository verifies clean with `--read-data` (unused packs allowed);
-/// every listed snapshot restores identical and the kept ones are all listed. Then, with
-/// `then_prune`, the same prune completes and leaves a clean repository holding exactly the kept
-/// snapshots.
+/// every listed snapshot restores identical and the kept ones are all listed. Then the same
+/// prune completes and leaves a clean repository holding exactly the kept snapshots.
 #[track_caller]
-fn assert_recovers(env: &TestEnv, snaps: &[(String, Manifest)], then_prune: bool, what: &str) {
+fn assert_recovers(env: &TestEnv, snaps: &[(String, Manifest)], what: &str) {
     let kept = &snaps[snaps.len() - 2..];
     dead_lock_is_removed(env, what);
     let (run, r) = verify(env, &["--read-data"]);
@@ -924,9 +886,6 @@ fn assert_recovers(env: &TestEnv, snaps: &[(String, Manifest)], then_prune: bool
             listed.contains(id),
             "{what}: kept snapshot {id} disappeared"
         );
-    }
-    if !then_prune {
-        return;
     }
     prune_ok(env, &CRASH_POLICY);
     let (run, r) = verify(env, &["--read-data"]);
@@ -946,107 +905,65 @@ fn assert_recovers(env: &TestEnv, snaps: &[(String, Manifest)], then_prune: bool
     );
 }
 
-/// A copy of `pristine` as the repository of `env`.
-fn reset_repo(env: &TestEnv, pristine: &Path) {
-    if env.repo.exists() {
-        fs::remove_dir_all(&env.repo).unwrap();
-    }
-    copy_dir(pristine, &env.repo);
-}
-
 /// Stops prune at every write step (`TVAULT_CRASH_AFTER_WRITES=N`, N = 1, 2, … until it
 /// completes), each time on a fresh copy of the same repository, and checks [`assert_recovers`].
-fn crash_at_every_write_step(then_prune: bool) {
+#[test]
+fn prune_after_a_crashed_prune_leaves_a_clean_repository() {
     let env = TestEnv::with_repo();
     env.set_pack_size(256 << 10);
     let snaps = mixed_series(&env, 4, 4, 160 << 10, 1 << 20, 84);
-    let pristine = env.root.join("pristine-repo");
-    copy_dir(&env.repo, &pristine);
+    let saved = env.save_repo();
     let reference = {
         let copy = TestEnv::new();
-        reset_repo(&copy, &pristine);
+        copy.reset_repo(&saved);
         prune_ok(&copy, &CRASH_POLICY)
     };
     assert!(num(&reference, "packs_deleted") >= 2, "{reference:#}");
     assert!(num(&reference, "packs_repacked") >= 4, "{reference:#}");
     assert!(num(&reference, "packs_written") >= 3, "{reference:#}");
 
-    let mut completed_at = None;
-    for n in 1..=100u32 {
-        reset_repo(&env, &pristine);
-        let run = run_crashing(
-            &env,
-            n,
-            args!["--json", "prune", CRASH_POLICY[0], CRASH_POLICY[1]],
-        );
-        let what = format!("prune crashed at write step {n}");
+    let prune = args!["--json", "prune", CRASH_POLICY[0], CRASH_POLICY[1]];
+    let completed_at = crash_at_every_write_step(&env, &saved, &prune, 100, |n, run| {
         if run.code() == Some(0) {
-            completed_at = Some(n);
             assert_eq!(run.json()["snapshots"], reference["snapshots"]);
             assert_pruned_to(&env, &[&snaps[2], &snaps[3]]);
-            break;
+        } else {
+            assert_recovers(&env, &snaps, &format!("prune crashed at write step {n}"));
         }
-        assert_eq!(run.status.signal(), Some(SIGABRT), "{what}: {run}");
-        assert_recovers(&env, &snaps, then_prune, &what);
-    }
+        ControlFlow::Continue(())
+    });
     // Two steps (temporary file written, renamed) for the lock, each new pack and the index.
-    let steps = completed_at.expect("prune never completed within 100 write steps") - 1;
+    let steps = completed_at - 1;
     let want = 2 * (1 + num(&reference, "packs_written") + 1);
     assert_eq!(u64::from(steps), want, "write steps of prune");
-}
-
-#[test]
-fn prune_after_a_crashed_prune_leaves_a_clean_repository() {
-    crash_at_every_write_step(true);
 }
 
 /// SIGKILLs prune of a larger repository (more packs) after 5 ms, then after ever longer delays
 /// until a prune finishes first, each time on a fresh copy of the same repository; checks
 /// [`assert_recovers`] after each.
-fn sigkill_during_prune(then_prune: bool) {
+#[test]
+fn prune_after_a_killed_prune_leaves_a_clean_repository() {
     let env = TestEnv::with_repo();
     env.set_pack_size(256 << 10);
     let snaps = mixed_series(&env, 4, 8, 200 << 10, 2 << 20, 85);
-    let pristine = env.root.join("pristine-repo");
-    copy_dir(&env.repo, &pristine);
-    let prune_args = args!["prune", CRASH_POLICY[0], CRASH_POLICY[1]];
-
-    let mut killed = 0;
-    let mut delay = Duration::from_millis(5);
-    for _ in 0..12 {
-        reset_repo(&env, &pristine);
-        let mut cmd = env.command();
-        cmd.arg("--repo")
-            .arg(&env.repo)
-            .args(&prune_args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let mut child = spawn(&mut cmd);
-        std::thread::sleep(delay);
-        let _ = child.kill();
-        let status = child.wait().unwrap();
+    let saved = env.save_repo();
+    let prune = args!["prune", CRASH_POLICY[0], CRASH_POLICY[1]];
+    let delays = std::iter::successors(Some(Duration::from_millis(5)), |d| Some(d.mul_f64(1.6)));
+    let reset = || env.reset_repo(&saved);
+    let killed = sigkill_at_delays(&env, &prune, delays.take(12), reset, |delay, status, ()| {
         let what = format!("prune killed after {delay:?}");
         eprintln!("{what}: {status}");
-        assert_recovers(&env, &snaps, then_prune, &what);
-        if status.signal() != Some(SIGKILL) {
-            assert!(
-                status.success(),
-                "{what}: prune failed on its own: {status}"
-            );
-            break;
+        assert_recovers(&env, &snaps, &what);
+        if was_killed(status) {
+            ControlFlow::Continue(())
+        } else {
+            ControlFlow::Break(())
         }
-        killed += 1;
-        delay = delay.mul_f64(1.6);
-    }
+    });
     assert!(
         killed >= 4,
         "only {killed} prunes were killed before they finished"
     );
-}
-
-#[test]
-fn prune_after_a_killed_prune_leaves_a_clean_repository() {
-    sigkill_during_prune(true);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1057,7 +974,7 @@ fn prune_refuses_at_once_while_a_backup_holds_its_lock() {
     let env = TestEnv::with_repo();
     let old = small_series(&env, &[&[], &[]]);
     let big = env.checkpoint("src/big", Scenario::Single, 8 << 20, 86, 0);
-    let mut child = spawn_tvault(&env, args!["--json", "backup", &big]);
+    let mut child = env.spawn_tvault(args!["--json", "backup", &big]);
     assert!(
         stop_while_locked(&env, &mut child),
         "the backup finished before it could be stopped"
@@ -1108,14 +1025,13 @@ fn verify_cannot_check_while_prune_holds_the_exclusive_lock() {
     let env = TestEnv::with_repo();
     env.set_pack_size(1 << 20);
     let snaps = mixed_series(&env, 3, 4, 300 << 10, 2 << 20, 87);
-    let pristine = env.root.join("pristine-repo");
-    copy_dir(&env.repo, &pristine);
+    let saved = env.save_repo();
     for attempt in 1..=5 {
-        let mut child = spawn_tvault(&env, args!["--json", "prune", "--keep-last", "1"]);
+        let mut child = env.spawn_tvault(args!["--json", "prune", "--keep-last", "1"]);
         if !stop_while_locked(&env, &mut child) {
             // Prune finished first: start again from the same repository.
             assert!(child.wait().unwrap().success());
-            reset_repo(&env, &pristine);
+            env.reset_repo(&saved);
             assert!(
                 attempt < 5,
                 "prune always finished before it could be stopped"

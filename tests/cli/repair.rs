@@ -7,6 +7,7 @@
 
 use std::collections::BTreeSet;
 use std::fs;
+use std::ops::ControlFlow;
 
 use serde_json::Value;
 use tvault_core::codec::Encoding;
@@ -17,7 +18,8 @@ use tvault_core::tree::Tree;
 use tvault_workload::Scenario;
 
 use crate::testenv::{
-    args, copy_dir, files_below, flip_byte, num, sources_manifest, text, Manifest, Run, TestEnv,
+    args, crash_at_every_write_step, files_below, flip_byte, num, sources_manifest, text, Manifest,
+    TestEnv,
 };
 use crate::verify::{assert_verifies_clean, verify};
 
@@ -288,30 +290,19 @@ fn repair_index_rebuilds_a_lost_index_file_from_the_packs() {
 fn repair_index_stopped_at_any_write_step_is_finished_by_a_rerun() {
     let (env, snaps) = two_backups();
     fs::remove_file(&index_files(&env)[1]).unwrap();
-    let pristine = env.path("pristine");
-    copy_dir(&env.repo, &pristine);
-    let mut n = 1;
-    loop {
-        fs::remove_dir_all(&env.repo).unwrap();
-        copy_dir(&pristine, &env.repo);
-        let mut cmd = env.command();
-        cmd.env("TVAULT_CRASH_AFTER_WRITES", n.to_string())
-            .arg("--repo")
-            .arg(&env.repo)
-            .args(["repair", "index"]);
-        let run: Run = env.run_command(cmd);
+    let saved = env.save_repo();
+    let n = crash_at_every_write_step(&env, &saved, &["repair", "index"], 20, |_, run| {
         if run.code() == Some(0) {
-            break;
+            return ControlFlow::Continue(());
         }
-        assert!(n < 20, "repair index never finished: {run}");
         // The crash left at worst its lock and a temporary file; a rerun repairs.
         if !env.lock_files().is_empty() {
             env.tvault(["unlock"]).expect_code(0);
         }
         repair(&env, "index", &[]);
         assert_repaired(&env, &snaps);
-        n += 1;
-    }
+        ControlFlow::Continue(())
+    });
     assert!(n > 2, "the crash hook never stopped repair index");
 }
 
@@ -391,22 +382,11 @@ fn repair_packs_stopped_at_any_write_step_is_finished_by_a_rerun() {
     let s1 = text(&env.backup(&[&dir], &[]), "snapshot_id");
     let chunks = chunks_of(&env, &s1, "ckpt/model.safetensors");
     damage_chunk(&env, &chunks[1].0);
-    let pristine = env.path("pristine");
-    copy_dir(&env.repo, &pristine);
-    let mut n = 1;
-    loop {
-        fs::remove_dir_all(&env.repo).unwrap();
-        copy_dir(&pristine, &env.repo);
-        let mut cmd = env.command();
-        cmd.env("TVAULT_CRASH_AFTER_WRITES", n.to_string())
-            .arg("--repo")
-            .arg(&env.repo)
-            .args(["repair", "packs"]);
-        let run: Run = env.run_command(cmd);
+    let saved = env.save_repo();
+    let n = crash_at_every_write_step(&env, &saved, &["repair", "packs"], 40, |_, run| {
         if run.code() == Some(0) {
-            break;
+            return ControlFlow::Continue(());
         }
-        assert!(n < 40, "repair packs never finished: {run}");
         // A rerun finishes the repair (packs the crash left unindexed are leftovers it passes
         // over); a backup then heals.
         if !env.lock_files().is_empty() {
@@ -416,8 +396,8 @@ fn repair_packs_stopped_at_any_write_step_is_finished_by_a_rerun() {
         env.backup(&[&dir], &["--full"]);
         assert_verifies_clean(&env, true);
         env.assert_restores(&s1, &m);
-        n += 1;
-    }
+        ControlFlow::Continue(())
+    });
     assert!(n > 4, "the crash hook never stopped repair packs");
 }
 

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use tvault_workload::Scenario;
 
 use crate::testenv::{
-    args, assert_manifest_eq, assert_same_tree, hostname, manifest, num, set_mode, set_mtime,
-    sources_manifest, text, Entry, TestEnv,
+    args, assert_manifest_eq, assert_same_tree, finish, hostname, manifest, num, set_mode,
+    set_mtime, sources_manifest, text, Entry, TestEnv,
 };
 
 /// A checkpoint directory with everything a restore has to get right. Returns its path.
@@ -387,27 +387,20 @@ fn repository_inside_a_source_is_not_backed_up() {
     let env = TestEnv::new();
     let ckpt = env.checkpoint("src/ckpt", Scenario::Single, 256 << 10, 12, 0);
     let repo = ckpt.join(".tvault");
-    let mut cmd = env.command();
-    cmd.arg("--repo").arg(&repo).arg("init");
-    env.run_command(cmd).expect_code(0);
+    env.tvault_at(&repo, ["init"]).expect_code(0);
     let mut expected = sources_manifest(&[&ckpt]);
     expected.retain(|p, _| !p.starts_with("ckpt/.tvault"));
 
-    let mut cmd = env.command();
-    cmd.arg("--repo")
-        .arg(&repo)
-        .args(args!["--json", "backup", &ckpt]);
-    let run = env.run_command(cmd).expect_code(0);
+    let run = env
+        .tvault_at(&repo, args!["--json", "backup", &ckpt])
+        .expect_code(0);
     run.stderr_has(&[repo.to_str().unwrap(), "repository"]);
     let report = run.json();
     assert_eq!(num(&report, "files"), 2, "{report:#}");
     let id = text(&report, "snapshot_id");
     let target = env.fresh_path("restore");
-    let mut cmd = env.command();
-    cmd.arg("--repo")
-        .arg(&repo)
-        .args(args!["restore", &id, &target]);
-    env.run_command(cmd).expect_code(0);
+    env.tvault_at(&repo, args!["restore", &id, &target])
+        .expect_code(0);
     // The restored tree lacks the repository, and ckpt's mtime is the one it had (which
     // includes the repository's creation).
     assert_manifest_eq(
@@ -422,14 +415,11 @@ fn skipped_repository_is_listed_in_json_warnings() {
     let env = TestEnv::new();
     let ckpt = env.checkpoint("src/ckpt", Scenario::Single, 128 << 10, 13, 0);
     let repo = ckpt.join(".tvault");
-    let mut cmd = env.command();
-    cmd.arg("--repo").arg(&repo).arg("init");
-    env.run_command(cmd).expect_code(0);
-    let mut cmd = env.command();
-    cmd.arg("--repo")
-        .arg(&repo)
-        .args(args!["--json", "backup", &ckpt]);
-    let report = env.run_command(cmd).expect_code(0).json();
+    env.tvault_at(&repo, ["init"]).expect_code(0);
+    let report = env
+        .tvault_at(&repo, args!["--json", "backup", &ckpt])
+        .expect_code(0)
+        .json();
     let warnings = report["warnings"].as_array().unwrap();
     assert!(
         warnings
@@ -450,17 +440,10 @@ fn output_into_a_closed_pipe_exits_cleanly() {
             .expect_code(0);
     }
     for cmd in [&["snapshots"][..], &["man"][..]] {
-        let mut c = env.command();
-        c.arg("--repo")
-            .arg(&env.repo)
-            .args(cmd)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let mut child = c.spawn().unwrap();
+        let mut child = env.spawn_tvault(cmd);
         drop(child.stdout.take()); // the reader is gone before tvault writes
-        let out = child.wait_with_output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!stderr.contains("panicked"), "{cmd:?}: {stderr}");
-        assert_eq!(out.status.code(), Some(0), "{cmd:?}: {stderr}");
+        let run = finish(child, &format!("{cmd:?}, its reader gone"));
+        assert!(!run.stderr.contains("panicked"), "{run}");
+        assert_eq!(run.code(), Some(0), "{run}");
     }
 }

@@ -4,21 +4,13 @@
 //! runs, and past `--settle-max` the snapshot is incomplete (exit 3) and the metrics say so.
 //! Times are set explicitly (`set_mtime`, rewritten manifests), never waited for.
 
-use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
 use crate::bad_input::s;
-use crate::testenv::{args, num, set_mtime, sources_manifest, text, Manifest, Run, TestEnv};
-
-/// `tvault --json backup PATH EXTRA…` (any exit code).
-fn backup_run(env: &TestEnv, path: &Path, extra: &[&str]) -> Run {
-    let mut a: Vec<OsString> = args!["--json", "backup", path];
-    a.extend(extra.iter().map(OsString::from));
-    env.tvault(a)
-}
+use crate::testenv::{args, num, set_mtime, sources_manifest, text, Manifest, TestEnv};
 
 /// Unix time `secs` seconds ago.
 fn ago(secs: i64) -> i64 {
@@ -104,7 +96,7 @@ fn a_settling_file_keeps_its_parent_version_until_it_settles() {
     write_aged(&env, "src/run/log.txt", b"step 100\nstep 200\n", 1200);
     fs::write(&ckpt, b"step 200 weights, half writ").unwrap();
     let now = sources_manifest(&[&run]);
-    let out = backup_run(&env, &run, &["--settle", "10m"]).expect_code(0);
+    let out = env.backup_run(&[&run], &["--settle", "10m"]).expect_code(0);
     let r = out.json();
     assert_eq!(r["complete"], true, "{out}");
     assert_eq!(settling_names(&r), ["last.ckpt"], "{out}");
@@ -124,7 +116,9 @@ fn a_settling_file_keeps_its_parent_version_until_it_settles() {
     // Still being written at the next run, an hour after it was first deferred: the version
     // carried over is carried over again, and the deferral counts from the first snapshot.
     let second = backdate_deferrals(&env, &second, 3600);
-    let out = backup_run(&env, &run, &["--settle", "10m", "--settle-max", "2h"]).expect_code(0);
+    let out = env
+        .backup_run(&[&run], &["--settle", "10m", "--settle-max", "2h"])
+        .expect_code(0);
     let r = out.json();
     let d = detail(&r, "run/last.ckpt");
     assert_eq!(d["kept_from_parent"], true, "{out}");
@@ -178,7 +172,7 @@ fn a_new_settling_file_is_listed_as_not_yet_stored() {
     let run = env.path("src/run");
     write_aged(&env, "src/run/log.txt", b"step 100\n", 3600);
     let fresh = env.write("src/run/last.ckpt", b"being written");
-    let out = backup_run(&env, &run, &["--settle", "10m"]).expect_code(0);
+    let out = env.backup_run(&[&run], &["--settle", "10m"]).expect_code(0);
     let r = out.json();
     assert_eq!(r["complete"], true, "{out}");
     assert_eq!(settling_names(&r), ["last.ckpt"], "{out}");
@@ -235,7 +229,7 @@ fn a_checkpoint_folder_with_a_settling_shard_keeps_the_parents_version_of_every_
     env.write("src/run/logs/b.txt", b"b at step 2");
     let now = sources_manifest(&[&run]);
 
-    let out = backup_run(&env, &run, &["--settle", "10m"]).expect_code(0);
+    let out = env.backup_run(&[&run], &["--settle", "10m"]).expect_code(0);
     let r = out.json();
     assert_eq!(r["complete"], true, "{out}");
     let folder = [
@@ -275,7 +269,7 @@ fn a_checkpoint_folder_with_a_settling_shard_keeps_the_parents_version_of_every_
 
     // A folder that never settles raises the alarm as a whole, still holding its last step.
     backdate_deferrals(&env, &text(&r, "snapshot_id"), 3600);
-    let out = backup_run(&env, &run, &["--settle", "10m"]).expect_code(3);
+    let out = env.backup_run(&[&run], &["--settle", "10m"]).expect_code(3);
     let r = out.json();
     let problems = r["problems"].as_array().unwrap();
     assert_eq!(problems.len(), 2, "the folder and logs/b.txt: {out}");
@@ -321,8 +315,9 @@ fn a_file_that_never_settles_makes_the_snapshot_incomplete_past_settle_max() {
 
     // Still being written an hour later: past the default bound (4 × 10m), an alarm.
     let prom = env.path("backup.prom");
-    let out =
-        backup_run(&env, &run, &["--settle", "10m", "--metrics-file", s(&prom)]).expect_code(3);
+    let out = env
+        .backup_run(&[&run], &["--settle", "10m", "--metrics-file", s(&prom)])
+        .expect_code(3);
     let r = out.json();
     assert_eq!(r["complete"], false, "{out}");
     let problems = r["problems"].as_array().unwrap();
@@ -351,7 +346,8 @@ fn a_file_that_never_settles_makes_the_snapshot_incomplete_past_settle_max() {
     // A longer bound accepts it; with nothing deferred the metric is 0.
     env.backup(&[&run], &["--settle", "10m", "--settle-max", "2h"]);
     set_mtime(&ckpt, ago(1200), 0);
-    backup_run(&env, &run, &["--settle", "10m", "--metrics-file", s(&prom)]).expect_code(0);
+    env.backup_run(&[&run], &["--settle", "10m", "--metrics-file", s(&prom)])
+        .expect_code(0);
     let metrics = fs::read_to_string(&prom).unwrap();
     assert!(
         metrics

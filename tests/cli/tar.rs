@@ -13,23 +13,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
-use tvault_workload::{Rng, Scenario};
+use tvault_workload::Scenario;
 
 use crate::bad_input::{assert_undamaged, s};
 use crate::testenv::{
-    args, assert_manifest_eq, files_below, flip_byte, manifest, mtimes_in_seconds, num, set_mode,
-    set_mtime, sources_manifest, spawn, text, Entry, Manifest, TestEnv,
+    args, assert_manifest_eq, files_below, flip_byte, manifest, mtimes_in_seconds, names_in, num,
+    random_bytes, set_mode, set_mtime, sources_manifest, spawn, text, Entry, Manifest, TestEnv,
 };
 use crate::verify::assert_fields;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut buf = vec![0; len];
-    Rng::new(seed).fill_bytes(&mut buf);
-    buf
-}
 
 /// A path from raw bytes (names need not be UTF-8).
 fn bpath(bytes: &[u8]) -> &Path {
@@ -123,15 +117,6 @@ fn sorted(mut v: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
     v
 }
 
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
 fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(bytes).unwrap();
@@ -207,11 +192,8 @@ fn restore_tar_to_standard_output_pipes_into_tar() {
     let id = text(&env.backup(&[&ckpt], &[]), "snapshot_id");
 
     // `tvault restore ID --tar - | tar -x`, through a real pipe.
-    let mut cmd = env.command();
-    cmd.arg("--repo")
-        .arg(&env.repo)
-        .args(["restore", id.as_str(), "--tar", "-"])
-        .stdout(Stdio::piped());
+    let mut cmd = env.repo_command(["restore", id.as_str(), "--tar", "-"]);
+    cmd.stdout(Stdio::piped());
     let mut producer = spawn(&mut cmd);
     let dir = env.fresh_path("piped");
     fs::create_dir(&dir).unwrap();

@@ -1,7 +1,8 @@
-//! `TestEnv`: a temp dir with `src/` and `repo/`, helpers that write trees and realistic
-//! checkpoints into it, run the built `tvault` binary and parse its `--json`, and an exact tree
-//! comparison (content, permission bits, mtimes in ns, symlink targets, empty directories,
-//! non-UTF-8 names) that never follows symlinks.
+//! `TestEnv`: a temp dir with `src/` and `repo/`, helpers that write files and realistic
+//! checkpoints into it, run the built `tvault` binary and parse its `--json`, and read and
+//! forge repository files. Generated data and the exact tree comparison are in
+//! `testenv/trees.rs`, background runs and kills in `testenv/process.rs`, the crash-hook and
+//! SIGKILL loops in `testenv/crash.rs`; all of it is reached as `crate::testenv::…`.
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -12,7 +13,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::Value;
@@ -28,6 +29,16 @@ macro_rules! args {
     };
 }
 pub(crate) use args;
+
+#[path = "testenv/crash.rs"]
+mod crash;
+#[path = "testenv/process.rs"]
+mod process;
+#[path = "testenv/trees.rs"]
+mod trees;
+pub use crash::*;
+pub use process::*;
+pub use trees::*;
 
 /// What one run of the binary did.
 pub struct Run {
@@ -192,9 +203,16 @@ impl TestEnv {
 
     /// `tvault --repo REPO ARGS...`
     pub fn tvault<S: AsRef<OsStr>>(&self, args: impl IntoIterator<Item = S>) -> Run {
-        let mut cmd = self.command();
-        cmd.arg("--repo").arg(&self.repo).args(args);
-        self.run_command(cmd)
+        self.run_command(self.repo_command(args))
+    }
+
+    /// `tvault --repo R ARGS...` for another repository `R`.
+    pub fn tvault_at<S: AsRef<OsStr>>(
+        &self,
+        repo: &Path,
+        args: impl IntoIterator<Item = S>,
+    ) -> Run {
+        self.run_command(self.command_at(repo, args))
     }
 
     /// `tvault ARGS...` with neither `--repo` nor `TVAULT_REPO` (the default location).
@@ -212,10 +230,15 @@ impl TestEnv {
     /// `backup --json PATHS EXTRA`, which must exit 0; returns the report.
     #[track_caller]
     pub fn backup(&self, paths: &[&Path], extra: &[&str]) -> Value {
+        self.backup_run(paths, extra).expect_code(0).json()
+    }
+
+    /// `tvault --json backup PATHS… EXTRA…`, whatever its exit code.
+    pub fn backup_run(&self, paths: &[&Path], extra: &[&str]) -> Run {
         let mut a: Vec<OsString> = args!["--json", "backup"];
         a.extend(paths.iter().map(|p| p.as_os_str().to_os_string()));
         a.extend(extra.iter().map(OsString::from));
-        self.tvault(a).expect_code(0).json()
+        self.tvault(a)
     }
 
     /// Restores `id` into a fresh directory (exit 0 required); returns the directory.
@@ -283,144 +306,6 @@ impl TestEnv {
             })
             .collect()
     }
-}
-
-/// Spawns `cmd`, retrying while its binary is "busy": a copy of the binary just written by this
-/// process can still be open for writing in a child that another test thread is forking.
-pub fn spawn(cmd: &mut Command) -> Child {
-    for _ in 0..100 {
-        match cmd.spawn() {
-            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
-                std::thread::sleep(Duration::from_millis(20))
-            }
-            other => return other.expect("spawn tvault"),
-        }
-    }
-    panic!("{:?} stayed busy", cmd.get_program());
-}
-
-// ---------------------------------------------------------------------------------------------
-// Tree comparison
-
-/// One entry of a tree, as the comparison sees it. Symlinks are compared by target only
-/// (their mode is always 0777 and restore cannot set their times).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Entry {
-    File {
-        mode: u32,
-        mtime_ns: i128,
-        size: u64,
-        hash: String,
-    },
-    Dir {
-        mode: u32,
-        mtime_ns: i128,
-    },
-    Symlink {
-        target: PathBuf,
-    },
-    Other {
-        kind: String,
-    },
-}
-
-/// Relative path → entry, for everything below a directory.
-pub type Manifest = BTreeMap<PathBuf, Entry>;
-
-fn entry_of(path: &Path) -> Entry {
-    let m = fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let ft = m.file_type();
-    let mode = m.mode() & 0o7777;
-    let mtime_ns = i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec());
-    if ft.is_file() {
-        let mut hasher = blake3::Hasher::new();
-        let mut f = File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        std::io::copy(&mut f, &mut hasher).unwrap();
-        Entry::File {
-            mode,
-            mtime_ns,
-            size: m.len(),
-            hash: hasher.finalize().to_hex().to_string(),
-        }
-    } else if ft.is_dir() {
-        Entry::Dir { mode, mtime_ns }
-    } else if ft.is_symlink() {
-        Entry::Symlink {
-            target: fs::read_link(path).unwrap(),
-        }
-    } else {
-        Entry::Other {
-            kind: format!("{ft:?}"),
-        }
-    }
-}
-
-fn walk_into(abs: &Path, key: PathBuf, out: &mut Manifest) {
-    let entry = entry_of(abs);
-    let is_dir = matches!(entry, Entry::Dir { .. });
-    out.insert(key.clone(), entry);
-    if is_dir {
-        for child in fs::read_dir(abs).unwrap() {
-            let name = child.unwrap().file_name();
-            walk_into(&abs.join(&name), key.join(&name), out);
-        }
-    }
-}
-
-/// Everything below `dir` (not `dir` itself), keyed by relative path.
-pub fn manifest(dir: &Path) -> Manifest {
-    let mut out = Manifest::new();
-    for child in fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-        let name = child.unwrap().file_name();
-        walk_into(&dir.join(&name), PathBuf::from(&name), &mut out);
-    }
-    out
-}
-
-/// What restoring a backup of `sources` must produce: each source under its base name.
-pub fn sources_manifest(sources: &[&Path]) -> Manifest {
-    let mut out = Manifest::new();
-    for s in sources {
-        walk_into(s, PathBuf::from(s.file_name().unwrap()), &mut out);
-    }
-    out
-}
-
-/// Panics with a readable list of every difference.
-#[track_caller]
-pub fn assert_manifest_eq(expected: &Manifest, actual: &Manifest, what: &str) {
-    let mut diffs = Vec::new();
-    for (path, e) in expected {
-        match actual.get(path) {
-            None => diffs.push(format!("missing  {path:?}: {e:?}")),
-            Some(a) if a != e => {
-                diffs.push(format!("differs  {path:?}:\n   want {e:?}\n   got  {a:?}"))
-            }
-            Some(_) => {}
-        }
-    }
-    for (path, a) in actual {
-        if !expected.contains_key(path) {
-            diffs.push(format!("extra    {path:?}: {a:?}"));
-        }
-    }
-    assert!(
-        diffs.is_empty(),
-        "{what}: trees differ ({} of {} entries expected):\n{}",
-        diffs.len(),
-        expected.len(),
-        diffs.join("\n")
-    );
-}
-
-/// Compares two directories' contents (not the directories themselves).
-#[track_caller]
-pub fn assert_same_tree(expected: &Path, actual: &Path) {
-    assert_manifest_eq(
-        &manifest(expected),
-        &manifest(actual),
-        &format!("{} vs {}", expected.display(), actual.display()),
-    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -574,6 +459,24 @@ impl TestEnv {
             .collect()
     }
 
+    /// Writes the lock file `repo/locks/NAME…` (`name` repeated to 64 characters) as another
+    /// tvault process would: an exclusive `prune` lock of this host (PID 4000000000, created and
+    /// refreshed now) with `fields` merged over it.
+    pub fn forge_lock(&self, name: &str, fields: Value) -> PathBuf {
+        let now = chrono::Utc::now().to_rfc3339();
+        let mut lock = serde_json::json!({
+            "host": hostname(), "pid": 4_000_000_000u64, "exclusive": true,
+            "command": "prune", "created": now, "refreshed": now,
+        });
+        for (k, v) in fields.as_object().unwrap() {
+            lock[k] = v.clone();
+        }
+        self.write(
+            Path::new("repo/locks").join(name.repeat(64 / name.len())),
+            &serde_json::to_vec(&lock).unwrap(),
+        )
+    }
+
     /// Temporary files (`.tmp-…`) anywhere in the repository.
     pub fn temp_files(&self) -> Vec<PathBuf> {
         files_below(&self.repo)
@@ -633,34 +536,6 @@ impl TestEnv {
     }
 }
 
-/// `m` with every mtime truncated to whole seconds (what a tar archive keeps).
-pub fn mtimes_in_seconds(m: &Manifest) -> Manifest {
-    let secs = |ns: i128| ns.div_euclid(1_000_000_000) * 1_000_000_000;
-    m.iter()
-        .map(|(p, e)| {
-            let e = match e.clone() {
-                Entry::File {
-                    mode,
-                    mtime_ns,
-                    size,
-                    hash,
-                } => Entry::File {
-                    mode,
-                    mtime_ns: secs(mtime_ns),
-                    size,
-                    hash,
-                },
-                Entry::Dir { mode, mtime_ns } => Entry::Dir {
-                    mode,
-                    mtime_ns: secs(mtime_ns),
-                },
-                other => other,
-            };
-            (p.clone(), e)
-        })
-        .collect()
-}
-
 impl TestEnv {
     /// `tvault --repo REPO ARGS…` with `input` written to its standard input through a pipe.
     pub fn tvault_with_stdin<S: AsRef<OsStr>>(
@@ -668,11 +543,8 @@ impl TestEnv {
         args: impl IntoIterator<Item = S>,
         input: &[u8],
     ) -> Run {
-        let mut cmd = self.command();
-        cmd.arg("--repo")
-            .arg(&self.repo)
-            .args(args)
-            .stdin(Stdio::piped())
+        let mut cmd = self.repo_command(args);
+        cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let what = format!(
@@ -700,13 +572,9 @@ impl TestEnv {
         &self,
         args: impl IntoIterator<Item = S>,
     ) -> (ExitStatus, Vec<u8>, String) {
-        let mut cmd = self.command();
-        cmd.arg("--repo")
-            .arg(&self.repo)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let out = spawn(&mut cmd).wait_with_output().expect("wait for tvault");
+        let out = spawn_piped(self.repo_command(args))
+            .wait_with_output()
+            .expect("wait for tvault");
         (
             out.status,
             out.stdout,

@@ -8,16 +8,16 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tvault_workload::{fill_weights, write_safetensors, Dtype, ModelDims, Rng, Scenario};
+use tvault_workload::{ModelDims, Scenario};
 
 use crate::bad_input::s;
 use crate::testenv::{
-    args, hostname, num, overwrite_at, read_at, safetensors_tensors, set_mode, set_mtime,
-    sources_manifest, spawn, text, Manifest, Run, TestEnv,
+    args, bf16_model, finish, hostname, names_in, num, random_bytes, retrain_tensor,
+    safetensors_tensors, set_mode, set_mtime, sources_manifest, text, Manifest, TestEnv,
 };
 use crate::verify::assert_fields;
 
@@ -25,13 +25,6 @@ const MIB: u64 = 1 << 20;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-/// `tvault --json backup PATH EXTRA…` (any exit code).
-fn backup_run(env: &TestEnv, path: &Path, extra: &[&str]) -> Run {
-    let mut a: Vec<OsString> = args!["--json", "backup", path];
-    a.extend(extra.iter().map(OsString::from));
-    env.tvault(a)
-}
 
 /// Unix time now, in seconds.
 fn now_secs() -> i64 {
@@ -76,36 +69,7 @@ fn listed(env: &TestEnv, filter: &[&str]) -> Vec<String> {
 /// Writes a lock file as a running `prune` with process `pid` on this host holds it, just
 /// refreshed (so it is live while `pid` runs).
 fn plant_live_lock(env: &TestEnv, pid: u32) -> PathBuf {
-    let now = chrono::Utc::now().to_rfc3339();
-    let lock = json!({
-        "host": hostname(), "pid": pid, "exclusive": true,
-        "command": "prune", "created": now, "refreshed": now,
-    });
-    env.write(
-        Path::new("repo/locks").join("ab".repeat(32)),
-        &serde_json::to_vec(&lock).unwrap(),
-    )
-}
-
-/// A `tvault --repo REPO ARGS` run in the background.
-pub(crate) fn spawn_tvault(env: &TestEnv, a: Vec<OsString>) -> Child {
-    let mut cmd = env.command();
-    cmd.arg("--repo")
-        .arg(&env.repo)
-        .args(a)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    spawn(&mut cmd)
-}
-
-pub(crate) fn finish(child: Child, what: &str) -> Run {
-    let out = child.wait_with_output().unwrap();
-    Run {
-        status: out.status,
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        what: what.to_string(),
-    }
+    env.forge_lock("ab", json!({ "pid": pid }))
 }
 
 /// A Prometheus textfile: metric name → (labels, value text). Every sample must be preceded
@@ -186,16 +150,6 @@ fn assert_documented_metrics(m: &BTreeMap<String, (String, String)>, command: &s
     }
 }
 
-/// The names in a directory.
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
 // ---------------------------------------------------------------------------------------------
 // --exclude, --exclude-file
 
@@ -254,19 +208,19 @@ fn exclude_names_at_any_depth_stored_paths_and_absolute_paths() {
     let expected = uncluttered(&ckpt);
     assert!(expected.contains_key(Path::new("ckpt/cache")));
 
-    let run = backup_run(
-        &env,
-        &ckpt,
-        &[
-            "--exclude",
-            "*.tmp",
-            "--exclude",
-            "ckpt/cache/**",
-            "--exclude",
-            s(&logs),
-        ],
-    )
-    .expect_code(0);
+    let run = env
+        .backup_run(
+            &[&ckpt],
+            &[
+                "--exclude",
+                "*.tmp",
+                "--exclude",
+                "ckpt/cache/**",
+                "--exclude",
+                s(&logs),
+            ],
+        )
+        .expect_code(0);
     let r = run.json();
     assert_eq!(r["complete"], true, "{run}");
     assert_eq!(
@@ -339,7 +293,9 @@ fn settle_leaves_a_file_being_written_for_the_next_backup() {
         .filter(|e| matches!(e, crate::testenv::Entry::File { .. }))
         .count() as u64;
 
-    let run = backup_run(&env, &ckpt, &["--settle", "10m"]).expect_code(0);
+    let run = env
+        .backup_run(&[&ckpt], &["--settle", "10m"])
+        .expect_code(0);
     let r = run.json();
     assert_eq!(
         r["complete"], true,
@@ -378,8 +334,7 @@ fn settle_leaves_a_file_being_written_for_the_next_backup() {
 #[test]
 fn read_limit_caps_the_average_read_rate() {
     let env = TestEnv::with_repo();
-    let mut data = vec![0u8; (12 * MIB) as usize];
-    Rng::new(63).fill_bytes(&mut data);
+    let data = random_bytes((12 * MIB) as usize, 63);
     env.write("src/big/weights.bin", &data);
     let big = env.src.join("big");
     let started = Instant::now();
@@ -424,7 +379,7 @@ fn lock_wait_gives_up_after_the_wait_and_succeeds_once_the_lock_is_released() {
 
     // A wait the holder releases within (the flag also goes after the subcommand).
     let started = Instant::now();
-    let child = spawn_tvault(&env, args!["--json", "backup", &ckpt, "--lock-wait", "60s"]);
+    let child = env.spawn_tvault(args!["--json", "backup", &ckpt, "--lock-wait", "60s"]);
     std::thread::sleep(Duration::from_millis(1500));
     let while_held = env.snapshots();
     fs::remove_file(&lock).unwrap();
@@ -437,11 +392,8 @@ fn lock_wait_gives_up_after_the_wait_and_succeeds_once_the_lock_is_released() {
 
     // Prune and verify wait the same way.
     let lock = plant_live_lock(&env, std::process::id());
-    let prune = spawn_tvault(
-        &env,
-        args!["--lock-wait", "60s", "prune", "--keep-last", "1"],
-    );
-    let verify = spawn_tvault(&env, args!["--lock-wait", "60s", "verify"]);
+    let prune = env.spawn_tvault(args!["--lock-wait", "60s", "prune", "--keep-last", "1"]);
+    let verify = env.spawn_tvault(args!["--lock-wait", "60s", "verify"]);
     std::thread::sleep(Duration::from_millis(1000));
     fs::remove_file(&lock).unwrap();
     finish(prune, "prune --lock-wait 60s").expect_code(0);
@@ -454,7 +406,7 @@ fn lock_wait_stops_waiting_when_the_holder_dies() {
     let ckpt = env.checkpoint("src/ckpt", Scenario::Single, 256 << 10, 65, 0);
     let mut holder = Command::new("sleep").arg("30").spawn().unwrap();
     let lock = plant_live_lock(&env, holder.id());
-    let child = spawn_tvault(&env, args!["--lock-wait", "60s", "backup", &ckpt]);
+    let child = env.spawn_tvault(args!["--lock-wait", "60s", "backup", &ckpt]);
     std::thread::sleep(Duration::from_millis(1000));
     holder.kill().unwrap();
     holder.wait().unwrap();
@@ -603,15 +555,7 @@ fn small_model(dir: &Path, seed: u64) -> PathBuf {
         intermediate: 512,
         layers: 2,
     };
-    fs::create_dir_all(dir).unwrap();
-    let model = dir.join("model.safetensors");
-    let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
-    write_safetensors(&model, &dims.specs(Dtype::BF16), &metadata, |i, _, buf| {
-        fill_weights(&mut Rng::new(seed ^ (i as u64) << 8), Dtype::BF16, buf)
-    })
-    .unwrap();
-    fs::write(dir.join("config.json"), dims.config_json(Dtype::BF16)).unwrap();
-    model
+    bf16_model(dir, dims, seed)
 }
 
 #[test]
@@ -630,10 +574,7 @@ fn diff_names_added_removed_and_changed_files_down_to_the_tensor() {
         .iter()
         .find(|t| t.name == "model.layers.1.mlp.up_proj.weight")
         .unwrap();
-    let mut buf = vec![0u8; t.len as usize];
-    fill_weights(&mut Rng::new(70), Dtype::BF16, &mut buf);
-    assert_ne!(buf, read_at(&model, t.start, t.len as usize));
-    overwrite_at(&model, t.start, &buf);
+    retrain_tensor(&model, t, 70);
     fs::remove_file(ckpt.join("notes.txt")).unwrap();
     let optimizer = env.write("src/ckpt/optimizer.pt", &[7u8; 5000]);
     env.write(
