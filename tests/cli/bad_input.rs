@@ -26,12 +26,12 @@ pub(crate) fn repo_with_snapshots() -> (TestEnv, Vec<(String, Manifest)>) {
     env.write("src/ckpt/notes.txt", b"step 1000\n");
     let mut snaps = Vec::new();
     snaps.push((
-        text(&env.backup(&[&ckpt], &[]), "snapshot_id"),
+        text(&env.backup(&[&ckpt], &[]), "id"),
         sources_manifest(&[&ckpt]),
     ));
     env.write("src/ckpt/notes.txt", b"step 2000, loss 1.93\n");
     snaps.push((
-        text(&env.backup(&[&ckpt], &[]), "snapshot_id"),
+        text(&env.backup(&[&ckpt], &[]), "id"),
         sources_manifest(&[&ckpt]),
     ));
     (env, snaps)
@@ -422,7 +422,7 @@ fn unreadable_source_file_makes_the_snapshot_incomplete() {
     let listing = env.tvault(["snapshots"]).expect_code(0);
     assert!(listing.stdout.contains("full!"), "{listing}");
     // The readable files restore fine; the unreadable one is simply not there.
-    env.assert_restores(&text(&report, "snapshot_id"), &expected);
+    env.assert_restores(&text(&report, "id"), &expected);
 
     // --quiet still reports the problem (cron mails stderr).
     let run = env.tvault(args!["--quiet", "backup", &ckpt]).expect_code(3);
@@ -460,7 +460,7 @@ fn unreadable_source_directory_makes_the_snapshot_incomplete() {
     assert_one_problem_of_two_files(&report, &locked, "ermission denied");
     if root {
         // The directory itself is kept (empty), the rest restores identical.
-        env.assert_restores(&text(&report, "snapshot_id"), &expected);
+        env.assert_restores(&text(&report, "id"), &expected);
     }
     set_mode(&locked, 0o755);
 }
@@ -486,7 +486,7 @@ fn restore_of_a_directory_without_read_permission_works_for_non_root() {
         cmd.arg("--repo")
             .arg(&env.repo)
             .args(args!["--json", "backup", &ckpt]);
-        let id = text(&env.run_command(cmd).expect_code(0).json(), "snapshot_id");
+        let id = text(&env.run_command(cmd).expect_code(0).json(), "id");
         // Hand what root added to the repository over to its owner.
         for path in manifest(&env.repo).keys() {
             std::os::unix::fs::lchown(env.repo.join(path), Some(65534), Some(65534)).unwrap();
@@ -495,7 +495,7 @@ fn restore_of_a_directory_without_read_permission_works_for_non_root() {
     } else {
         // Not readable, hence a problem, but the empty directory is in the snapshot.
         let run = env.tvault(args!["--json", "backup", &ckpt]).expect_code(3);
-        text(&run.json(), "snapshot_id")
+        text(&run.json(), "id")
     };
     let target = env.fresh_path("restore");
     let run = env.tvault(args!["restore", &id, &target]);
@@ -550,13 +550,13 @@ fn file_changing_while_read_is_left_out_of_the_snapshot() {
     let report = run.json();
     assert_eq!(report["complete"], false);
     assert_one_problem_of_two_files(&report, &growing, "changed while it was read");
-    env.assert_restores(&text(&report, "snapshot_id"), &expected);
+    env.assert_restores(&text(&report, "id"), &expected);
 
     // Once it stops changing, the next backup stores it.
     let full = sources_manifest(&[&ckpt]);
     let next = env.backup(&[&ckpt], &[]);
     assert_eq!(next["complete"], true);
-    env.assert_restores(&text(&next, "snapshot_id"), &full);
+    env.assert_restores(&text(&next, "id"), &full);
 }
 
 #[test]
@@ -582,7 +582,7 @@ fn fifo_is_skipped_with_a_warning() {
     let warnings = report["warnings"].as_array().unwrap();
     assert_eq!(warnings.len(), 1, "{report:#}");
     assert!(warnings[0].as_str().unwrap().contains(s(&fifo)));
-    env.assert_restores(&text(&report, "snapshot_id"), &expected);
+    env.assert_restores(&text(&report, "id"), &expected);
 }
 
 #[test]
@@ -607,7 +607,7 @@ fn default_repository_is_created_by_backup_only() {
         .expect_code(0);
     run.stderr_has(&["created a new tvault repository", s(&default)]);
     assert!(default.join("config").is_file());
-    let id = text(&run.json(), "snapshot_id");
+    let id = text(&run.json(), "id");
     let listed = env
         .tvault_default_repo(["--json", "snapshots"])
         .expect_code(0)

@@ -50,7 +50,7 @@ fn stored(env: &TestEnv, p: &Path) -> String {
 fn restore_target_flag_restores_into_the_directory_and_never_writes_a_tar() {
     let env = TestEnv::with_repo();
     let dir = ckpt(&env, 1);
-    let id = text(&env.backup(&[&dir], &[]), "snapshot_id");
+    let id = text(&env.backup(&[&dir], &[]), "id");
     let target = env.fresh_path("restored");
     env.tvault(args!["restore", &id, "--target", &target])
         .expect_code(0);
@@ -87,7 +87,7 @@ fn three_snapshots(env: &TestEnv) -> (PathBuf, [String; 3]) {
         .enumerate()
     {
         env.write(&file, format!("version {i}").as_bytes());
-        ids.push(text(&env.backup(&[&dir], extra), "snapshot_id"));
+        ids.push(text(&env.backup(&[&dir], extra), "id"));
     }
     ids[2] = env.rewrite_snapshot(&ids[2], |m| {
         m["problems"] = json!(["cannot read /x/ckpt/optimizer.pt: Permission denied"])
@@ -184,7 +184,7 @@ fn keep_within_minutes_keeps_the_last_minutes_and_the_plan_says_so() {
     let mut ids = Vec::new();
     for (i, minutes_ago) in [120, 40, 20, 0].into_iter().enumerate() {
         env.write(dir.join("f"), format!("{i}").as_bytes());
-        let id = text(&env.backup(&[&dir], &[]), "snapshot_id");
+        let id = text(&env.backup(&[&dir], &[]), "id");
         let time = (now - chrono::Duration::minutes(minutes_ago)).to_rfc3339();
         ids.push(env.rewrite_snapshot(&id, |m| m["time"] = json!(time)));
     }
@@ -255,7 +255,7 @@ fn settle_summary_states_the_duration_in_words() {
 fn ls_lists_names_and_sizes_of_the_backed_up_tree() {
     let env = TestEnv::with_repo();
     let dir = ckpt(&env, 2);
-    let id = text(&env.backup(&[&dir], &[]), "snapshot_id");
+    let id = text(&env.backup(&[&dir], &[]), "id");
 
     let listed = env.tvault(["--json", "ls", &id]).expect_code(0).json();
     let listed = listed.as_array().unwrap();
@@ -321,7 +321,7 @@ fn dump_writes_a_file_or_one_tensor_byte_for_byte() {
     let env = TestEnv::with_repo();
     let dir = ckpt(&env, 3);
     let model = model_file(&dir);
-    let id = text(&env.backup(&[&dir], &[]), "snapshot_id");
+    let id = text(&env.backup(&[&dir], &[]), "id");
     let path = stored(&env, &model);
 
     let (status, bytes, stderr) = env.tvault_bytes(["dump", &id, &path]);
@@ -385,10 +385,10 @@ fn find_matches_names_and_paths_across_snapshots() {
     let env = TestEnv::with_repo();
     let dir = ckpt(&env, 4);
     let model = stored(&env, &model_file(&dir));
-    let first = text(&env.backup(&[&dir], &["--tag", "a"]), "snapshot_id");
+    let first = text(&env.backup(&[&dir], &["--tag", "a"]), "id");
     env.write("src/ckpt/notes/later.safetensors.txt", b"x");
     env.write("src/ckpt/step-2/model.safetensors", b"not really");
-    let second = text(&env.backup(&[&dir], &["--tag", "b"]), "snapshot_id");
+    let second = text(&env.backup(&[&dir], &["--tag", "b"]), "id");
 
     let found = |args: &[&str]| -> Vec<(String, String, u64)> {
         let mut a = vec!["--json", "find"];
@@ -441,9 +441,9 @@ fn find_matches_names_and_paths_across_snapshots() {
 fn stats_agree_with_snapshots_and_the_packs_on_disk() {
     let env = TestEnv::with_repo();
     let dir = ckpt(&env, 5);
-    let first = text(&env.backup(&[&dir], &[]), "snapshot_id");
+    let first = text(&env.backup(&[&dir], &[]), "id");
     // The same tree again: everything deduplicated.
-    let second = text(&env.backup(&[&dir], &["--full"]), "snapshot_id");
+    let second = text(&env.backup(&[&dir], &["--full"]), "id");
     let listed = env.snapshots();
 
     let one = env
@@ -535,7 +535,7 @@ fn dump_tensor_of_a_gguf_file_leaves_out_the_alignment_padding() {
         ("output.weight", values(8, -2.0)),
     ]);
     let path = env.write("src/model/tiny.gguf", &file);
-    let id = text(&env.backup(&[&env.src.join("model")], &[]), "snapshot_id");
+    let id = text(&env.backup(&[&env.src.join("model")], &[]), "id");
     for (name, (start, len)) in ["tok_embd.weight", "output.weight"].iter().zip(ranges) {
         let (status, bytes, stderr) =
             env.tvault_bytes(["dump", &id, "model/tiny.gguf", "--tensor", name]);

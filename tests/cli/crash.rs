@@ -65,7 +65,7 @@ fn two_versions(scenario: Scenario, size: u64, seed: u64) -> (TestEnv, PathBuf, 
     env.write("src/ckpt/trainer_state.json", b"{\"step\": 1000}");
     let mut versions = Versions::new();
     versions.insert("v0".into(), sources_manifest(&[&ckpt]));
-    let s0 = text(&env.backup(&[&ckpt], &["--tag", "v0"]), "snapshot_id");
+    let s0 = text(&env.backup(&[&ckpt], &["--tag", "v0"]), "id");
 
     env.checkpoint("src/ckpt/model", scenario, size, seed, 1);
     env.checkpoint("src/ckpt/shard", Scenario::Finetune, 256 << 10, seed, 1);
@@ -96,7 +96,7 @@ fn crash_at_every_write_step_leaves_a_usable_repository() {
         let after_crash = env.repo_state();
         let report = env.backup(&[&ckpt], &["--tag", "v1"]);
         assert_eq!(report["complete"], true);
-        let id = text(&report, "snapshot_id");
+        let id = text(&report, "id");
         let ids = assert_repository_sound(&env, &versions, &[s0.clone(), id], &after_crash, &what);
         assert!(ids.len() >= 2);
         ControlFlow::Continue(())
@@ -150,7 +150,7 @@ fn sigkill_during_backup_leaves_a_usable_repository() {
     let before = env.repo_state();
     let report = env.backup(&[&ckpt], &["--tag", "v1"]);
     assert_eq!(report["complete"], true);
-    must_have.push(text(&report, "snapshot_id"));
+    must_have.push(text(&report, "id"));
     assert_repository_sound(&env, &versions, &must_have, &before, "after the kills");
 }
 
@@ -161,7 +161,7 @@ fn killed_restore_leaves_no_partial_file_under_its_final_name() {
     let ckpt = ckpt.parent().unwrap().to_path_buf();
     env.checkpoint("src/ckpt/b", Scenario::Single, 12 << 20, 64, 0);
     let expected = sources_manifest(&[&ckpt]);
-    let id = text(&env.backup(&[&ckpt], &[]), "snapshot_id");
+    let id = text(&env.backup(&[&ckpt], &[]), "id");
 
     let started = Instant::now();
     let probe = env.restore(&id);
@@ -253,7 +253,7 @@ fn concurrent_backups_both_succeed_and_restore() {
     let mut ids = Vec::new();
     for child in children {
         let run = finish(child, "one of two concurrent backups").expect_code(0);
-        ids.push(text(&run.json(), "snapshot_id"));
+        ids.push(text(&run.json(), "id"));
     }
     env.assert_restores(&ids[0], &sources_manifest(&[&a]));
     env.assert_restores(&ids[1], &sources_manifest(&[&b]));

@@ -21,10 +21,10 @@ fn two_packs() -> (TestEnv, Vec<(String, Manifest)>, PathBuf, u64, u64) {
     let env = TestEnv::with_repo();
     let ckpt = env.checkpoint("src/ckpt/model_a", Scenario::Single, 1 << 20, 41, 0);
     let ckpt = ckpt.parent().unwrap().to_path_buf();
-    let s1 = text(&env.backup(&[&ckpt], &[]), "snapshot_id");
+    let s1 = text(&env.backup(&[&ckpt], &[]), "id");
     let m1 = sources_manifest(&[&ckpt]);
     env.checkpoint("src/ckpt/model_b", Scenario::Single, 1 << 20, 42, 0);
-    let s2 = text(&env.backup(&[&ckpt], &[]), "snapshot_id");
+    let s2 = text(&env.backup(&[&ckpt], &[]), "id");
     let m2 = sources_manifest(&[&ckpt]);
 
     let repo = Repository::open(&env.repo).unwrap();
@@ -107,7 +107,7 @@ fn missing_pack_fails_only_the_files_that_need_it() {
     let ckpt = env.src.join("ckpt");
     env.checkpoint("src/ckpt/model_c", Scenario::Single, 256 << 10, 45, 0);
     snaps.push((
-        text(&env.backup(&[&ckpt], &[]), "snapshot_id"),
+        text(&env.backup(&[&ckpt], &[]), "id"),
         sources_manifest(&[&ckpt]),
     ));
     fs::remove_file(&pack).unwrap();
@@ -166,7 +166,7 @@ fn stale_lock_blocks_until_tvault_unlock() {
         &env,
         &[
             snaps.clone(),
-            vec![(text(&report, "snapshot_id"), sources_manifest(&[&ckpt]))],
+            vec![(text(&report, "id"), sources_manifest(&[&ckpt]))],
         ]
         .concat(),
     );

@@ -49,7 +49,7 @@ fn finetune_series_stores_small_deltas_and_restores_every_step() {
                 "step {s} added {added} bytes: {report:#}"
             );
         }
-        snaps.push((text(&report, "snapshot_id"), manifest_of(&dir)));
+        snaps.push((text(&report, "id"), manifest_of(&dir)));
     }
     for (id, expected) in &snaps {
         env.assert_restores(id, expected);
@@ -110,7 +110,7 @@ fn chains_past_their_bound_store_keyframes() {
             ),
             _ => assert!(delta > size / 2, "step {s} should be a delta: {report:#}"),
         }
-        snaps.push((text(&report, "snapshot_id"), manifest_of(&dir)));
+        snaps.push((text(&report, "id"), manifest_of(&dir)));
     }
     for i in [1, 32, 33, 34] {
         env.assert_restores(&snaps[i].0, &snaps[i].1);
@@ -125,7 +125,7 @@ fn prune_keeps_the_bases_that_live_deltas_need() {
     for s in 0..3 {
         let dir = step(&env, Scenario::Finetune, SIZE, s);
         let report = env.backup(&[&dir], &[]);
-        snaps.push((text(&report, "snapshot_id"), manifest_of(&dir)));
+        snaps.push((text(&report, "id"), manifest_of(&dir)));
     }
     // Forget the keyframe and the first delta: the last snapshot still needs both as bases.
     env.tvault(args![
@@ -143,7 +143,7 @@ fn prune_keeps_the_bases_that_live_deltas_need() {
     let dir = step(&env, Scenario::Finetune, SIZE, 3);
     let report = env.backup(&[&dir], &[]);
     assert!(stored(&report, "delta") > 0, "{report:#}");
-    let id = text(&report, "snapshot_id");
+    let id = text(&report, "id");
     env.tvault(args!["prune", "--keep-last", "1", "--max-unused", "0"])
         .expect_code(0);
     env.assert_restores(&id, &manifest_of(&dir));
@@ -154,12 +154,12 @@ fn prune_keeps_the_bases_that_live_deltas_need() {
 fn verify_names_the_files_whose_deltas_lost_their_base() {
     let env = TestEnv::with_repo();
     let dir = step(&env, Scenario::Finetune, SIZE, 0);
-    let s0 = text(&env.backup(&[&dir], &[]), "snapshot_id");
+    let s0 = text(&env.backup(&[&dir], &[]), "id");
     let first_packs = files_below(&env.repo.join("data"));
     let dir = step(&env, Scenario::Finetune, SIZE, 1);
     let report = env.backup(&[&dir], &[]);
     assert!(stored(&report, "delta") > 0);
-    let s1 = text(&report, "snapshot_id");
+    let s1 = text(&report, "id");
     // Damage the keyframes: the pack of the first backup.
     let pack = first_packs
         .iter()
@@ -198,7 +198,7 @@ fn crash_at_every_write_step_of_a_delta_backup_leaves_a_sound_repository() {
     env.set_pack_size(512 << 10);
     let dir = step(&env, Scenario::Finetune, SIZE, 0);
     let v0 = manifest_of(&dir);
-    let s0 = text(&env.backup(&[&dir], &[]), "snapshot_id");
+    let s0 = text(&env.backup(&[&dir], &[]), "id");
     let dir = step(&env, Scenario::Finetune, SIZE, 1);
     let v1 = manifest_of(&dir);
     let saved = env.save_repo();
@@ -220,7 +220,7 @@ fn crash_at_every_write_step_of_a_delta_backup_leaves_a_sound_repository() {
         }
         assert_eq!(snaps.len(), 1, "step {n}");
         // The next backup works and restores identical.
-        let id = text(&env.backup(&[&dir], &[]), "snapshot_id");
+        let id = text(&env.backup(&[&dir], &[]), "id");
         env.assert_restores(&id, &v1);
         ControlFlow::Continue(())
     });
@@ -235,7 +235,7 @@ fn show_tensors_and_diff_agree_on_what_a_step_changed() {
     let mut ids = Vec::new();
     for (s, scenario) in [(0, Scenario::Frozen), (1, Scenario::Frozen)] {
         let dir = step(&env, scenario, SIZE, s);
-        ids.push(text(&env.backup(&[&dir], &[]), "snapshot_id"));
+        ids.push(text(&env.backup(&[&dir], &[]), "id"));
     }
     let model = |show: &Value| -> Vec<Value> {
         show["files"]

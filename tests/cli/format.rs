@@ -112,7 +112,7 @@ fn backups_into_a_v1_repository_write_only_v1_encodings() {
         "v1 defines encodings 0 and 1 only: {encodings:?}"
     );
 
-    let id = text(&report, "snapshot_id");
+    let id = text(&report, "id");
     env.assert_restores(&id, &crate::testenv::sources_manifest(&[&ckpt]));
     env.tvault(args!["verify", "--read-data"]).expect_code(0);
 }

@@ -45,7 +45,7 @@ fn unchanged_tree_second_backup_reads_nothing_and_restores_alone() {
     let expected = sources_manifest(&[&ckpt]);
 
     let first = env.backup(&[&ckpt], &[]);
-    let first_id = text(&first, "snapshot_id");
+    let first_id = text(&first, "id");
     // The scenario's next step leaves every file untouched.
     env.checkpoint("src/ckpt", Scenario::Unchanged, 4 * MIB, 21, 1);
     let second = env.backup(&[&ckpt], &[]);
@@ -58,7 +58,7 @@ fn unchanged_tree_second_backup_reads_nothing_and_restores_alone() {
     assert!(num(&second, "bytes_added") < 64 * KIB, "{second:#}");
 
     // The incremental snapshot restores byte-identical without help from the first one.
-    env.assert_restores(&text(&second, "snapshot_id"), &expected);
+    env.assert_restores(&text(&second, "id"), &expected);
     env.assert_restores(&first_id, &expected);
 }
 
@@ -70,7 +70,7 @@ fn full_flag_rereads_every_byte_but_adds_almost_nothing() {
     let first = env.backup(&[&ckpt], &[]);
     let full = env.backup(&[&ckpt], &["--full"]);
     assert_eq!(text(&full, "kind"), "full");
-    assert_eq!(text(&full, "parent"), text(&first, "snapshot_id"));
+    assert_eq!(text(&full, "parent"), text(&first, "id"));
     assert!(num(&full, "total_bytes") > 4 * MIB * 9 / 10);
     assert_eq!(num(&full, "bytes_read"), num(&full, "total_bytes"));
     assert!(num(&full, "bytes_added") < 64 * KIB, "{full:#}");
@@ -79,7 +79,7 @@ fn full_flag_rereads_every_byte_but_adds_almost_nothing() {
         0,
         "no data chunk is new: {full:#}"
     );
-    env.assert_restores(&text(&full, "snapshot_id"), &expected);
+    env.assert_restores(&text(&full, "id"), &expected);
 }
 
 #[test]
@@ -134,8 +134,8 @@ fn one_changed_tensor_adds_about_that_tensor_not_the_checkpoint() {
     );
 
     // Each snapshot restores on its own to the tree as it was when it was taken.
-    env.assert_restores(&text(&first, "snapshot_id"), &before);
-    env.assert_restores(&text(&second, "snapshot_id"), &after);
+    env.assert_restores(&text(&first, "id"), &before);
+    env.assert_restores(&text(&second, "id"), &after);
 }
 
 #[test]
@@ -156,8 +156,8 @@ fn rewritten_file_with_same_size_and_restored_mtime_is_read_again() {
     assert_eq!(num(&second, "files_changed"), 1, "{second:#}");
     assert!(num(&second, "bytes_read") > 0);
     assert!(num(&second, "bytes_added") > 0);
-    env.assert_restores(&text(&second, "snapshot_id"), &after);
-    assert_ne!(text(&first, "snapshot_id"), text(&second, "snapshot_id"));
+    env.assert_restores(&text(&second, "id"), &after);
+    assert_ne!(text(&first, "id"), text(&second, "id"));
 }
 
 #[test]
@@ -165,12 +165,12 @@ fn explicit_parent_is_honored() {
     let env = TestEnv::with_repo();
     let ckpt = env.checkpoint("src/ckpt", Scenario::Frozen, 2 * MIB, 25, 0);
     let v0 = sources_manifest(&[&ckpt]);
-    let s0 = text(&env.backup(&[&ckpt], &[]), "snapshot_id");
+    let s0 = text(&env.backup(&[&ckpt], &[]), "id");
     env.checkpoint("src/ckpt", Scenario::Frozen, 2 * MIB, 25, 1);
     let v1 = sources_manifest(&[&ckpt]);
     let s1 = env.backup(&[&ckpt], &[]);
     assert_eq!(text(&s1, "parent"), s0, "default parent: the latest");
-    let s1 = text(&s1, "snapshot_id");
+    let s1 = text(&s1, "id");
 
     // Name the older snapshot (by prefix) as parent: it is recorded, and the files that changed
     // since it are read again.
@@ -183,7 +183,7 @@ fn explicit_parent_is_honored() {
     assert_eq!(num(&s3, "bytes_read"), 0, "{s3:#}");
 
     env.assert_restores(&s0, &v0);
-    for s in [&s1, &text(&s2, "snapshot_id"), &text(&s3, "snapshot_id")] {
+    for s in [&s1, &text(&s2, "id"), &text(&s3, "id")] {
         env.assert_restores(s, &v1);
     }
 
@@ -200,7 +200,7 @@ fn parent_is_the_latest_snapshot_of_the_same_host_and_paths() {
     let env = TestEnv::with_repo();
     let ckpt = env.checkpoint("src/ckpt", Scenario::Single, 256 * KIB, 26, 0);
     let other = env.checkpoint("src/other", Scenario::Single, 256 * KIB, 27, 0);
-    let a = text(&env.backup(&[&ckpt], &[]), "snapshot_id");
+    let a = text(&env.backup(&[&ckpt], &[]), "id");
     // Another host's snapshot of the same paths is not a parent, nor is one of other paths.
     let b = env.backup(&[&ckpt], &["--host", "gpu-node-7"]);
     assert_eq!(text(&b, "kind"), "full");
@@ -213,7 +213,7 @@ fn parent_is_the_latest_snapshot_of_the_same_host_and_paths() {
     assert_eq!(text(&d, "parent"), a);
     assert_eq!(text(&d, "kind"), "incremental");
     let e = env.backup(&[&ckpt], &["--host", "gpu-node-7"]);
-    assert_eq!(text(&e, "parent"), text(&b, "snapshot_id"));
+    assert_eq!(text(&e, "parent"), text(&b, "id"));
     let hosts: Vec<String> = env.snapshots().iter().map(|s| text(s, "host")).collect();
     assert_eq!(hosts.iter().filter(|h| *h == "gpu-node-7").count(), 2);
 }
@@ -230,7 +230,7 @@ fn backup_dry_run_reports_what_would_be_read_and_added_and_writes_nothing() {
         .expect_code(0);
     let r = run.json();
     assert_eq!(r["dry_run"], true, "{run}");
-    assert!(r["snapshot_id"].is_null(), "{run}");
+    assert!(r["id"].is_null(), "{run}");
     let total = num(&r, "total_bytes");
     assert_eq!(num(&r, "bytes_read"), total);
     let estimate = num(&r, "bytes_added");

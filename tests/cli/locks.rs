@@ -130,7 +130,7 @@ fn a_backup_takes_a_parent_published_after_its_lock_as_its_parent() {
     resume(&env, "locked");
     let run = finish(child, "backup whose parent was published after its lock");
     assert_eq!(run.code(), Some(0), "{run}");
-    assert_eq!(run.json()["parent"], between["snapshot_id"], "{run}");
+    assert_eq!(run.json()["parent"], between["id"], "{run}");
     assert_eq!(env.snapshots().len(), 3);
     assert_verifies_clean(&env, false);
 }
@@ -221,7 +221,7 @@ fn a_killed_prune_lock_is_removed_by_the_next_backup_with_a_notice() {
     let notices: Vec<&str> = run.stderr.lines().collect();
     assert_eq!(notices.len(), 1, "{run}");
     run.stderr_has(&["removed", "lock of `prune`", "gone"]);
-    assert!(run.json()["snapshot_id"].is_string(), "{run}");
+    assert!(run.json()["id"].is_string(), "{run}");
     assert!(env.lock_files().is_empty());
     assert_eq!(env.snapshots().len(), 2);
 }

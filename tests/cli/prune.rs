@@ -89,7 +89,7 @@ fn snap(env: &TestEnv, tags: &[&str]) -> (String, Manifest) {
     for t in tags {
         extra.extend(["--tag", t]);
     }
-    let id = text(&env.backup(&[&ckpt], &extra), "snapshot_id");
+    let id = text(&env.backup(&[&ckpt], &extra), "id");
     (id, sources_manifest(&[&ckpt]))
 }
 
@@ -801,9 +801,9 @@ fn prune_whose_new_index_equals_an_old_one_keeps_it() {
     let (pa, pb) = (env.src.join("a"), env.src.join("b"));
     env.write("src/a/notes.txt", b"run a\n");
     env.write("src/b/notes.txt", b"run b\n");
-    let a = text(&env.backup(&[&pa], &[]), "snapshot_id");
+    let a = text(&env.backup(&[&pa], &[]), "id");
     let b = (
-        text(&env.backup(&[&pb], &[]), "snapshot_id"),
+        text(&env.backup(&[&pb], &[]), "id"),
         sources_manifest(&[&pb]),
     );
     let r = prune_ok(&env, &["--forget", &a]);
@@ -992,7 +992,7 @@ fn prune_refuses_at_once_while_a_backup_holds_its_lock() {
         );
         assert_eq!(env.repo_state(), before, "prune changed the repository");
     });
-    let new = (text(&report, "snapshot_id"), sources_manifest(&[&big]));
+    let new = (text(&report, "id"), sources_manifest(&[&big]));
 
     // Once the backup is done, prune runs; the backup's snapshot restores.
     let r = prune_ok(&env, &["--keep-last", "1"]);

@@ -106,7 +106,7 @@ fn every_reader_refuses_a_file_whose_size_disagrees_with_its_chunks() {
     env.write("src/d/a.bin", &vec![7u8; 300 << 10]);
     env.write("src/d/b.txt", b"hello");
     let dir = env.src.join("d");
-    let id = text(&env.backup(&[&dir], &[]), "snapshot_id");
+    let id = text(&env.backup(&[&dir], &[]), "id");
     let id = forge_size(&env, &id, "d/a.bin", 1000);
 
     // Restore as a tar archive: the same file is left out and named, exit 4 (was: exit 0 with
@@ -174,7 +174,7 @@ fn two_backups() -> (TestEnv, Vec<(String, Manifest)>) {
             0,
         );
         let ckpt = dir.parent().unwrap().to_path_buf();
-        let id = text(&env.backup(&[&ckpt], &[]), "snapshot_id");
+        let id = text(&env.backup(&[&ckpt], &[]), "id");
         snaps.push((id, sources_manifest(&[&ckpt])));
     }
     (env, snaps)
@@ -315,7 +315,7 @@ fn repair_packs_then_a_backup_of_the_same_data_heals_the_damaged_snapshot() {
     env.set_pack_size(256 << 10);
     let dir = env.checkpoint("src/ckpt", Scenario::Single, 1 << 20, 5, 0);
     let m = sources_manifest(&[&dir]);
-    let s1 = text(&env.backup(&[&dir], &[]), "snapshot_id");
+    let s1 = text(&env.backup(&[&dir], &[]), "id");
     let chunks = chunks_of(&env, &s1, "ckpt/model.safetensors");
     let (victim, pack) = chunks[chunks.len() / 2];
     damage_chunk(&env, &victim);
@@ -364,7 +364,7 @@ fn repair_packs_then_a_backup_of_the_same_data_heals_the_damaged_snapshot() {
     env.tvault(["verify"])
         .expect_code(4)
         .stderr_has(&["heals when a backup stores the same content again"]);
-    let s3 = text(&env.backup(&[&dir], &["--full"]), "snapshot_id");
+    let s3 = text(&env.backup(&[&dir], &["--full"]), "id");
     assert_verifies_clean(&env, false);
     env.assert_restores(&s1, &m);
     env.assert_restores(&s3, &m);
@@ -379,7 +379,7 @@ fn repair_packs_stopped_at_any_write_step_is_finished_by_a_rerun() {
     env.set_pack_size(256 << 10);
     let dir = env.checkpoint("src/ckpt", Scenario::Single, 1 << 20, 6, 0);
     let m = sources_manifest(&[&dir]);
-    let s1 = text(&env.backup(&[&dir], &[]), "snapshot_id");
+    let s1 = text(&env.backup(&[&dir], &[]), "id");
     let chunks = chunks_of(&env, &s1, "ckpt/model.safetensors");
     damage_chunk(&env, &chunks[1].0);
     let saved = env.save_repo();
@@ -416,12 +416,12 @@ fn a_damaged_delta_base_drops_its_deltas_and_only_the_snapshot_whose_data_is_gon
     env.set_pack_size(256 << 10);
     let d0 = finetune_step(&env, 0);
     let m0 = sources_manifest(&[&d0]);
-    let s0 = text(&env.backup(&[&d0], &[]), "snapshot_id");
+    let s0 = text(&env.backup(&[&d0], &[]), "id");
     let d1 = finetune_step(&env, 1);
     let m1 = sources_manifest(&[&d1]);
     let r1 = env.backup(&[&d1], &[]);
     assert!(num(&r1["stored"], "delta") > 0, "{r1:#}");
-    let s1 = text(&r1, "snapshot_id");
+    let s1 = text(&r1, "id");
     // A keyframe of step 0 that a delta of step 1 uses as its base.
     let repo = Repository::open(&env.repo).unwrap();
     let deltas: Vec<Id> = chunks_of(&env, &s1, "ckpt/model.safetensors")
@@ -452,7 +452,7 @@ fn a_damaged_delta_base_drops_its_deltas_and_only_the_snapshot_whose_data_is_gon
 
     // The source now holds step 1 only: a backup heals snapshot 1, never snapshot 0, whose
     // step-0 block exists nowhere any more; verify says so.
-    let s2 = text(&env.backup(&[&d1], &["--full"]), "snapshot_id");
+    let s2 = text(&env.backup(&[&d1], &["--full"]), "id");
     let (run, report) = verify(&env, &["--read-data"]);
     assert_eq!(run.code(), Some(4), "{run}");
     assert_eq!(
@@ -477,10 +477,10 @@ fn verify_never_calls_a_pack_of_live_delta_bases_reclaimable() {
     let env = TestEnv::with_repo();
     env.set_pack_size(256 << 10);
     let d0 = finetune_step(&env, 0);
-    let s0 = text(&env.backup(&[&d0], &[]), "snapshot_id");
+    let s0 = text(&env.backup(&[&d0], &[]), "id");
     let d1 = finetune_step(&env, 1);
     let m1 = sources_manifest(&[&d1]);
-    let s1 = text(&env.backup(&[&d1], &[]), "snapshot_id");
+    let s1 = text(&env.backup(&[&d1], &[]), "id");
     // Forget step 0: its keyframes stay as the bases of step 1's deltas.
     env.tvault(args!["prune", "--forget", &s0]).expect_code(0);
     let r = assert_verifies_clean(&env, true);

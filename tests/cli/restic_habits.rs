@@ -5,7 +5,7 @@ use std::fs;
 
 use serde_json::Value;
 
-use crate::testenv::{args, text, TestEnv};
+use crate::testenv::{args, random_bytes, text, TestEnv};
 
 fn snapshot(env: &TestEnv, tags: &[&str]) -> String {
     env.write("src/ckpt/config.json", format!("{tags:?}").as_bytes());
@@ -189,9 +189,7 @@ fn summaries_say_1_file_not_1_files() {
 fn restore_tar_to_a_pipe_closed_early_exits_0() {
     use std::io::Read;
     let env = TestEnv::with_repo();
-    let mut data = vec![0u8; 4 << 20];
-    tvault_workload::Rng::new(11).fill_bytes(&mut data);
-    env.write("src/ckpt/weights.bin", &data);
+    env.write("src/ckpt/weights.bin", &random_bytes(4 << 20, 11));
     let id = snapshot(&env, &[]);
     let mut cmd = env.command();
     cmd.arg("--repo")

@@ -116,13 +116,13 @@ fn roundtrip_preserves_content_modes_mtimes_symlinks_and_odd_names() {
     assert_eq!(num(&report, "bytes_read"), total);
     assert!(num(&report, "bytes_added") > 0);
 
-    let id = text(&report, "snapshot_id");
+    let id = text(&report, "id");
     let target = env.fresh_path("restore");
     let run = env
         .tvault(args!["--json", "restore", &id, &target])
         .expect_code(0);
     let restored = run.json();
-    assert_eq!(text(&restored, "snapshot_id"), id);
+    assert_eq!(text(&restored, "id"), id);
     assert_eq!(num(&restored, "files"), files);
     assert_eq!(num(&restored, "symlinks"), 4);
     assert_eq!(num(&restored, "bytes_written"), total);
@@ -135,7 +135,7 @@ fn restore_accepts_a_unique_six_digit_prefix_in_any_case() {
     let env = TestEnv::with_repo();
     let ckpt = env.checkpoint("src/ckpt", Scenario::Single, 256 << 10, 3, 0);
     let expected = sources_manifest(&[&ckpt]);
-    let id = text(&env.backup(&[&ckpt], &[]), "snapshot_id");
+    let id = text(&env.backup(&[&ckpt], &[]), "id");
     env.assert_restores(&id[..6], &expected);
     env.assert_restores(&id[..6].to_ascii_uppercase(), &expected);
     // The JSON report names the full ID the prefix resolved to.
@@ -144,7 +144,7 @@ fn restore_accepts_a_unique_six_digit_prefix_in_any_case() {
         .tvault(args!["--json", "restore", &id[..6], &target])
         .expect_code(0)
         .json();
-    assert_eq!(text(&r, "snapshot_id"), id);
+    assert_eq!(text(&r, "id"), id);
 }
 
 #[test]
@@ -152,7 +152,7 @@ fn restore_include_restores_only_that_subtree_and_its_parents() {
     let env = TestEnv::with_repo();
     let ckpt = awkward_tree(&env);
     let all = sources_manifest(&[&ckpt]);
-    let id = text(&env.backup(&[&ckpt], &[]), "snapshot_id");
+    let id = text(&env.backup(&[&ckpt], &[]), "id");
 
     let target = env.fresh_path("restore");
     let r = env
@@ -208,7 +208,7 @@ fn backup_of_two_sources_restores_each_under_its_base_name() {
 
     let report = env.backup(&[&ckpt, &tok], &[]);
     assert_eq!(num(&report, "files"), 4);
-    let id = text(&report, "snapshot_id");
+    let id = text(&report, "id");
     let target = env.restore(&id);
     assert_same_tree(&ckpt, &target.join("ckpt"));
     assert_same_tree(&tok, &target.join("tokenizer"));
@@ -230,7 +230,7 @@ fn a_single_file_source_restores_as_that_file() {
     let ckpt = env.checkpoint("src/ckpt", Scenario::Single, 256 << 10, 5, 0);
     let model = ckpt.join("model.safetensors");
     let expected = sources_manifest(&[&model]);
-    let id = text(&env.backup(&[&model], &[]), "snapshot_id");
+    let id = text(&env.backup(&[&model], &[]), "id");
     env.assert_restores(&id, &expected);
 }
 
@@ -243,8 +243,8 @@ fn snapshots_json_describes_each_snapshot() {
     let snaps = env.snapshots();
     assert_eq!(snaps.len(), 2, "{snaps:#?}");
     let (a, b) = (&snaps[0], &snaps[1]);
-    assert_eq!(text(a, "id"), text(&first, "snapshot_id"), "oldest first");
-    assert_eq!(text(b, "id"), text(&second, "snapshot_id"));
+    assert_eq!(text(a, "id"), text(&first, "id"), "oldest first");
+    assert_eq!(text(b, "id"), text(&second, "id"));
     assert_eq!(text(a, "short_id"), text(a, "id")[..8]);
     assert_eq!(text(a, "host"), hostname());
     assert_eq!(a["tags"], serde_json::json!(["epoch-1", "nightly"]));
@@ -316,7 +316,7 @@ fn setuid_setgid_and_sticky_bits_survive() {
         expected[Path::new("ckpt/scratch")],
         Entry::Dir { mode: 0o1777, .. }
     ));
-    let id = text(&env.backup(&[&ckpt], &[]), "snapshot_id");
+    let id = text(&env.backup(&[&ckpt], &[]), "id");
     env.assert_restores(&id, &expected);
 }
 
@@ -325,7 +325,7 @@ fn include_of_a_single_file_restores_it_and_its_parent_dirs() {
     let env = TestEnv::with_repo();
     let ckpt = awkward_tree(&env);
     let all = sources_manifest(&[&ckpt]);
-    let id = text(&env.backup(&[&ckpt], &[]), "snapshot_id");
+    let id = text(&env.backup(&[&ckpt], &[]), "id");
     let target = env.fresh_path("restore");
     env.tvault(args![
         "restore",
@@ -363,7 +363,7 @@ fn restore_handles_file_names_of_the_maximum_length() {
         b"a name as long as Linux allows",
     );
     let expected = sources_manifest(&[&ckpt]);
-    let id = text(&env.backup(&[&ckpt], &[]), "snapshot_id");
+    let id = text(&env.backup(&[&ckpt], &[]), "id");
     env.assert_restores(&id, &expected);
 }
 
@@ -377,7 +377,7 @@ fn restore_keeps_a_file_named_like_a_restore_temporary() {
         b"leftover of an earlier restore",
     );
     let expected = sources_manifest(&[&ckpt]);
-    let id = text(&env.backup(&[&ckpt], &[]), "snapshot_id");
+    let id = text(&env.backup(&[&ckpt], &[]), "id");
     env.assert_restores(&id, &expected);
 }
 
@@ -397,7 +397,7 @@ fn repository_inside_a_source_is_not_backed_up() {
     run.stderr_has(&[repo.to_str().unwrap(), "repository"]);
     let report = run.json();
     assert_eq!(num(&report, "files"), 2, "{report:#}");
-    let id = text(&report, "snapshot_id");
+    let id = text(&report, "id");
     let target = env.fresh_path("restore");
     env.tvault_at(&repo, args!["restore", &id, &target])
         .expect_code(0);

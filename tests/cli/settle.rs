@@ -106,7 +106,7 @@ fn a_settling_file_keeps_its_parent_version_until_it_settles() {
         "the settling file is in the snapshot: {out}"
     );
     // The snapshot holds the parent's version of the checkpoint (bytes and mtime), the new log.
-    let second = text(&r, "snapshot_id");
+    let second = text(&r, "id");
     env.assert_restores(&second, &with_old(&now, &step_100, &["run/last.ckpt"]));
     let d = detail(&r, "run/last.ckpt");
     assert_eq!(d["kept_from_parent"], true, "{out}");
@@ -129,7 +129,7 @@ fn a_settling_file_keeps_its_parent_version_until_it_settles() {
     );
     assert_eq!(r["parent"], json!(second), "{out}");
     env.assert_restores(
-        &text(&r, "snapshot_id"),
+        &text(&r, "id"),
         &with_old(&now, &step_100, &["run/last.ckpt"]),
     );
     let human = env
@@ -157,8 +157,8 @@ fn a_settling_file_keeps_its_parent_version_until_it_settles() {
     assert_eq!(r["settling"], json!([]), "{r:#}");
     assert_eq!(r["settling_details"], json!([]), "{r:#}");
     assert_eq!(num(&r, "files_changed"), 1, "{r:#}");
-    env.assert_restores(&text(&r, "snapshot_id"), &now);
-    let manifest = fs::read(env.repo.join("snapshots").join(text(&r, "snapshot_id"))).unwrap();
+    env.assert_restores(&text(&r, "id"), &now);
+    let manifest = fs::read(env.repo.join("snapshots").join(text(&r, "id"))).unwrap();
     let manifest: Value = serde_json::from_slice(&manifest).unwrap();
     assert!(
         manifest.get("deferred").is_none(),
@@ -242,7 +242,7 @@ fn a_checkpoint_folder_with_a_settling_shard_keeps_the_parents_version_of_every_
     ];
     let mut expected = with_old(&now, &step_100, &folder);
     expected = with_old(&expected, &step_100, &["run/logs/b.txt"]);
-    env.assert_restores(&text(&r, "snapshot_id"), &expected);
+    env.assert_restores(&text(&r, "id"), &expected);
 
     assert_eq!(
         settling_names(&r),
@@ -268,7 +268,7 @@ fn a_checkpoint_folder_with_a_settling_shard_keeps_the_parents_version_of_every_
     out.stderr_has(&[s(&ckpt), "model-00002-of-00002.safetensors"]);
 
     // A folder that never settles raises the alarm as a whole, still holding its last step.
-    backdate_deferrals(&env, &text(&r, "snapshot_id"), 3600);
+    backdate_deferrals(&env, &text(&r, "id"), 3600);
     let out = env.backup_run(&[&run], &["--settle", "10m"]).expect_code(3);
     let r = out.json();
     let problems = r["problems"].as_array().unwrap();
@@ -286,7 +286,7 @@ fn a_checkpoint_folder_with_a_settling_shard_keeps_the_parents_version_of_every_
     ] {
         assert!(problem.contains(needle), "{needle:?} not in {problem:?}");
     }
-    env.assert_restores(&text(&r, "snapshot_id"), &expected);
+    env.assert_restores(&text(&r, "id"), &expected);
 
     // Once the shard is finished, the whole step is stored.
     set_mtime(
@@ -298,7 +298,7 @@ fn a_checkpoint_folder_with_a_settling_shard_keeps_the_parents_version_of_every_
     let now = sources_manifest(&[&run]);
     let r = env.backup(&[&run], &["--settle", "10m"]);
     assert_eq!(r["settling"], json!([]), "{r:#}");
-    env.assert_restores(&text(&r, "snapshot_id"), &now);
+    env.assert_restores(&text(&r, "id"), &now);
 }
 
 #[test]
@@ -310,7 +310,7 @@ fn a_file_that_never_settles_makes_the_snapshot_incomplete_past_settle_max() {
     env.backup(&[&run], &["--settle", "10m"]);
     fs::write(&ckpt, b"step 200 weights, half writ").unwrap();
     let r = env.backup(&[&run], &["--settle", "10m"]);
-    let first_deferral = text(&r, "snapshot_id");
+    let first_deferral = text(&r, "id");
     backdate_deferrals(&env, &first_deferral, 3600);
 
     // Still being written an hour later: past the default bound (4 × 10m), an alarm.
@@ -329,7 +329,7 @@ fn a_file_that_never_settles_makes_the_snapshot_incomplete_past_settle_max() {
     }
     out.stderr_has(&["INCOMPLETE"]);
     // Nothing is dropped: the snapshot still holds the last version it had.
-    env.assert_restores(&text(&r, "snapshot_id"), &step_100);
+    env.assert_restores(&text(&r, "id"), &step_100);
     let metrics = fs::read_to_string(&prom).unwrap();
     let oldest = metrics
         .lines()

@@ -131,7 +131,7 @@ fn restore_tar_plain_tar_gz_and_tgz_extract_to_the_snapshot() {
     let env = TestEnv::with_repo();
     let ckpt = rich_tree(&env, 81);
     let expected = mtimes_in_seconds(&sources_manifest(&[&ckpt]));
-    let id = text(&env.backup(&[&ckpt], &[]), "snapshot_id");
+    let id = text(&env.backup(&[&ckpt], &[]), "id");
     let out = env.path("out");
     fs::create_dir(&out).unwrap();
 
@@ -146,7 +146,7 @@ fn restore_tar_plain_tar_gz_and_tgz_extract_to_the_snapshot() {
             .expect_code(0);
         let r = run.json();
         assert_fields(&r, &["id", "snapshot_id", "entries", "bytes", "failed"]);
-        assert_eq!(text(&r, "snapshot_id"), id);
+        assert_eq!(text(&r, "id"), id);
         assert_eq!(num(&r, "entries"), expected.len() as u64, "{run}");
         assert_eq!(num(&r, "bytes"), file_bytes(&expected), "{run}");
         let bytes = fs::read(&file).unwrap();
@@ -189,7 +189,7 @@ fn restore_tar_to_standard_output_pipes_into_tar() {
     let env = TestEnv::with_repo();
     let ckpt = rich_tree(&env, 82);
     let expected = mtimes_in_seconds(&sources_manifest(&[&ckpt]));
-    let id = text(&env.backup(&[&ckpt], &[]), "snapshot_id");
+    let id = text(&env.backup(&[&ckpt], &[]), "id");
 
     // `tvault restore ID --tar - | tar -x`, through a real pipe.
     let mut cmd = env.repo_command(["restore", id.as_str(), "--tar", "-"]);
@@ -234,7 +234,7 @@ fn restore_tar_include_takes_only_the_named_paths_and_their_parents() {
     let env = TestEnv::with_repo();
     let ckpt = rich_tree(&env, 83);
     let whole = mtimes_in_seconds(&sources_manifest(&[&ckpt]));
-    let id = text(&env.backup(&[&ckpt], &[]), "snapshot_id");
+    let id = text(&env.backup(&[&ckpt], &[]), "id");
     let file = env.path("part.tgz");
     env.tvault(args![
         "restore",
@@ -285,7 +285,7 @@ fn restore_tar_include_takes_only_the_named_paths_and_their_parents() {
 fn restore_tar_never_replaces_a_file_without_overwrite() {
     let env = TestEnv::with_repo();
     let ckpt = env.checkpoint("src/ckpt", Scenario::Single, 256 << 10, 84, 0);
-    let id = text(&env.backup(&[&ckpt], &[]), "snapshot_id");
+    let id = text(&env.backup(&[&ckpt], &[]), "id");
     let file = env.write("precious.tar.gz", b"an older archive");
     env.tvault(args!["restore", &id, "--tar", &file])
         .expect_code(1)
@@ -312,7 +312,7 @@ fn restore_tar_never_replaces_a_file_without_overwrite() {
 fn restore_tar_of_damaged_data_fails_and_leaves_no_archive() {
     let env = TestEnv::with_repo();
     let ckpt = env.checkpoint("src/ckpt", Scenario::Single, 2 << 20, 85, 0);
-    let id = text(&env.backup(&[&ckpt], &[]), "snapshot_id");
+    let id = text(&env.backup(&[&ckpt], &[]), "id");
     // Damage the start of the largest pack: file data, not the tree stored after it.
     let pack = files_below(&env.repo.join("data"))
         .into_iter()
@@ -344,7 +344,7 @@ fn restore_tar_keeps_symlink_targets_byte_for_byte() {
         std::os::unix::fs::symlink(target, ckpt.join(name)).unwrap();
     }
     let expected = mtimes_in_seconds(&sources_manifest(&[&ckpt]));
-    let id = text(&env.backup(&[&ckpt], &[]), "snapshot_id");
+    let id = text(&env.backup(&[&ckpt], &[]), "id");
     let file = env.path("links.tar");
     env.tvault(args!["restore", &id, "--tar", &file])
         .expect_code(0);
@@ -420,7 +420,7 @@ fn from_tar_imports_archives_of_the_system_tar() {
         assert_eq!(num(&r, "files"), files, "{run}");
         assert_eq!(num(&r, "symlinks"), 1, "{run}");
         assert_eq!(num(&r, "total_bytes"), file_bytes(&expected), "{run}");
-        let id = text(&r, "snapshot_id");
+        let id = text(&r, "id");
         env.assert_restores(&id, &expected);
         let listed = env.snapshots();
         let snap = listed.iter().find(|s| text(s, "id") == id).unwrap();
@@ -588,7 +588,7 @@ fn from_tar_imports_archives_of_other_tools_from_a_file_and_standard_input() {
             warnings[0].as_str().unwrap().contains("model/pipe"),
             "{run}"
         );
-        let id = text(&r, "snapshot_id");
+        let id = text(&r, "id");
         let target = env.restore(&id);
         let mut restored = manifest(&target);
         for d in unlisted {
@@ -783,7 +783,7 @@ fn from_tar_warns_about_duplicate_entries_and_imports_the_last() {
         report["warnings"].to_string().contains("several entries"),
         "{report}"
     );
-    let out = env.restore(&text(&report, "snapshot_id"));
+    let out = env.restore(&text(&report, "id"));
     assert_eq!(
         fs::read(out.join("ckpt/config.json")).unwrap(),
         b"second version\n"

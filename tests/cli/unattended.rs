@@ -228,7 +228,7 @@ fn exclude_names_at_any_depth_stored_paths_and_absolute_paths() {
         7,
         "directories count once and are not descended: {run}"
     );
-    env.assert_restores(&text(&r, "snapshot_id"), &expected);
+    env.assert_restores(&text(&r, "id"), &expected);
 
     // The human summary says how many entries the patterns left out.
     let run = env
@@ -256,7 +256,7 @@ fn exclude_file_ignores_comments_and_blank_lines_and_adds_to_exclude() {
     );
     let r = env.backup(&[&ckpt], &["--exclude-file", s(&list)]);
     assert_eq!(num(&r, "excluded"), 7, "{r:#}");
-    env.assert_restores(&text(&r, "snapshot_id"), &uncluttered(&ckpt));
+    env.assert_restores(&text(&r, "id"), &uncluttered(&ckpt));
 
     // Patterns from files and from the command line add up; several files too.
     let tmp_only = env.write("tmp.txt", b"*.tmp\n");
@@ -273,7 +273,7 @@ fn exclude_file_ignores_comments_and_blank_lines_and_adds_to_exclude() {
         ],
     );
     assert_eq!(num(&r, "excluded"), 7, "{r:#}");
-    env.assert_restores(&text(&r, "snapshot_id"), &uncluttered(&ckpt));
+    env.assert_restores(&text(&r, "id"), &uncluttered(&ckpt));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -310,7 +310,7 @@ fn settle_leaves_a_file_being_written_for_the_next_backup() {
     );
     assert_eq!(num(&r, "files"), files - 1, "{run}");
     run.stderr_has(&[s(&canonical), "--settle"]);
-    env.assert_restores(&text(&r, "snapshot_id"), &settled);
+    env.assert_restores(&text(&r, "id"), &settled);
 
     // The human summary says so too.
     let run = env
@@ -325,7 +325,7 @@ fn settle_leaves_a_file_being_written_for_the_next_backup() {
     assert_eq!(r["settling"], json!([]), "{r:#}");
     assert_eq!(num(&r, "files"), files, "{r:#}");
     assert_eq!(num(&r, "files_new"), 1, "{r:#}");
-    env.assert_restores(&text(&r, "snapshot_id"), &whole);
+    env.assert_restores(&text(&r, "id"), &whole);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -345,7 +345,7 @@ fn read_limit_caps_the_average_read_rate() {
         took >= Duration::from_secs(2),
         "12 MiB at 4 MiB/s took only {took:?}"
     );
-    env.assert_restores(&text(&r, "snapshot_id"), &sources_manifest(&[&big]));
+    env.assert_restores(&text(&r, "id"), &sources_manifest(&[&big]));
     // Other spellings of a rate are accepted.
     for rate in ["1.5GB/s", "500M", "2GiB"] {
         env.backup(&[&big], &["--read-limit", rate]);
@@ -387,7 +387,7 @@ fn lock_wait_gives_up_after_the_wait_and_succeeds_once_the_lock_is_released() {
     assert!(while_held.is_empty(), "no backup while the lock is held");
     assert!(started.elapsed() >= Duration::from_millis(1500));
     let r = run.json();
-    assert_eq!(ids(&env.snapshots()), [text(&r, "snapshot_id")]);
+    assert_eq!(ids(&env.snapshots()), [text(&r, "id")]);
     assert!(env.lock_files().is_empty());
 
     // Prune and verify wait the same way.
@@ -426,7 +426,7 @@ fn snapshots_filters_each_narrow_the_list_exactly() {
     let env = TestEnv::with_repo();
     let a = env.checkpoint("src/a", Scenario::Single, 64 << 10, 66, 0);
     let b = env.checkpoint("src/b", Scenario::Single, 64 << 10, 67, 0);
-    let snap = |p: &Path, extra: &[&str]| text(&env.backup(&[p], extra), "snapshot_id");
+    let snap = |p: &Path, extra: &[&str]| text(&env.backup(&[p], extra), "id");
     let s1 = snap(&a, &["--tag", "hourly", "--host", "gpu-1"]);
     let s2 = snap(&a, &["--tag", "daily", "--host", "gpu-2"]);
     let s3 = snap(&b, &["--tag", "hourly", "--tag", "keep", "--host", "gpu-1"]);
@@ -496,7 +496,7 @@ fn snapshots_filters_each_narrow_the_list_exactly() {
 fn max_age_alarms_when_the_newest_complete_matching_snapshot_is_too_old() {
     let env = TestEnv::with_repo();
     let ckpt = env.checkpoint("src/ckpt", Scenario::Single, 128 << 10, 68, 0);
-    let fresh = text(&env.backup(&[&ckpt], &["--tag", "hourly"]), "snapshot_id");
+    let fresh = text(&env.backup(&[&ckpt], &["--tag", "hourly"]), "id");
     for bound in ["26h", "1h", "90s"] {
         env.tvault(["snapshots", "--tag", "hourly", "--max-age", bound])
             .expect_code(0);
@@ -516,7 +516,7 @@ fn max_age_alarms_when_the_newest_complete_matching_snapshot_is_too_old() {
         .expect_code(0);
 
     // A newer but incomplete snapshot does not count as fresh.
-    let newer = text(&env.backup(&[&ckpt], &["--tag", "hourly"]), "snapshot_id");
+    let newer = text(&env.backup(&[&ckpt], &["--tag", "hourly"]), "id");
     let incomplete = env.rewrite_snapshot(&newer, |m| {
         m["problems"] = json!(["cannot read /x/ckpt/optimizer.pt: Permission denied"])
     });
@@ -565,7 +565,7 @@ fn diff_names_added_removed_and_changed_files_down_to_the_tensor() {
     let model = small_model(&ckpt, 69);
     env.write("src/ckpt/notes.txt", b"step 1000\n");
     env.write("src/ckpt/trainer_state.json", b"{\"step\": 1000}\n");
-    let from = text(&env.backup(&[&ckpt], &[]), "snapshot_id");
+    let from = text(&env.backup(&[&ckpt], &[]), "id");
 
     // Step 2000: one tensor retrained in place, notes removed, an optimizer state added,
     // the trainer state rewritten (not a checkpoint), config.json only chmod-ed.
@@ -582,7 +582,7 @@ fn diff_names_added_removed_and_changed_files_down_to_the_tensor() {
         b"{\"step\": 2000, \"loss\": 1.5}\n",
     );
     set_mode(&ckpt.join("config.json"), 0o600);
-    let to = text(&env.backup(&[&ckpt], &[]), "snapshot_id");
+    let to = text(&env.backup(&[&ckpt], &[]), "id");
 
     let run = env
         .tvault(["--json", "diff", &from[..8], &to])

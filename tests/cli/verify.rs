@@ -250,7 +250,7 @@ pub(crate) fn two_snapshots() -> Fixture {
     for step in 0..2 {
         let ckpt = env.checkpoint("src/ckpt", Scenario::Frozen, 4 << 20, 71, step);
         env.write("src/ckpt/notes.txt", format!("step {step}\n").as_bytes());
-        let id = text(&env.backup(&[&ckpt], &[]), "snapshot_id");
+        let id = text(&env.backup(&[&ckpt], &[]), "id");
         snaps.push((id, sources_manifest(&[&ckpt])));
     }
     Fixture { env, snaps }
