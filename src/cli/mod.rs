@@ -137,6 +137,7 @@ pub fn run() -> Result<u8> {
         Command::Stats(args) => browse::stats(&ctx, args),
         Command::Verify(args) => maintain::verify(&ctx, args),
         Command::Prune(args) => maintain::prune(&ctx, args),
+        Command::Forget(args) => maintain::forget(&ctx, args),
         Command::Repair(args) => maintain::repair(&ctx, args),
         Command::Unlock(args) => maintain::unlock(&ctx, args),
         Command::Completions(args) => docs::completions(args),

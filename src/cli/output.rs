@@ -568,6 +568,16 @@ impl Out {
             self.line("dry run: nothing was changed; a real run would refuse this plan");
             return;
         }
+        if r.snapshots_only {
+            self.line(&format!(
+                "{} snapshot(s) removed; their data stays until `tvault prune`",
+                r.snapshots_removed
+            ));
+            if r.dry_run {
+                self.line("dry run: nothing was changed");
+            }
+            return;
+        }
         let verb = if r.dry_run { "would free" } else { "freed" };
         self.line(&format!(
             "{} snapshot(s) removed, {} pack(s) deleted, {} repacked into {}, {} leftover file(s) removed; {verb} {} of {}",
