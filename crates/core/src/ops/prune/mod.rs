@@ -2,9 +2,9 @@
 //! prune then collects garbage: packs without a live chunk are deleted, packs with more than
 //! `max_unused` percent dead bytes are repacked.
 //!
-//! Each is a plan ([`plan::plan`], [`plan::plan_forget`]: which snapshots stay and why, what
-//! the kept ones need, the fate of every pack; it reads and writes nothing but its lock), which
-//! a dry run prints, then its execution ([`execute::execute`]), in the order that keeps every
+//! Each is a plan ([`plan()`], [`plan_forget`]: which snapshots stay and why, what
+//! the kept ones need, the fate of every pack; it writes nothing but its lock), which
+//! a dry run prints, then its execution ([`execute()`]), in the order that keeps every
 //! kept snapshot restorable at every instant: new packs → new index → forgotten manifests →
 //! old index files → dead packs → leftovers. The plan holds the exclusive lock from planning
 //! through execution, so no backup can be adding references meanwhile.
