@@ -84,6 +84,9 @@ pub enum Command {
     Tag(TagArgs),
     /// Remove snapshots by a retention policy, then the data only they used
     Prune(PruneArgs),
+    /// Remove snapshots by a retention policy (or ID), keeping their data until the next
+    /// prune (or with --prune, prune now)
+    Forget(ForgetArgs),
     /// Repair the index: `repair index` rebuilds it from packs no index lists; `repair packs`
     /// drops damaged chunks so that the next backup of the same data stores them again
     Repair(RepairArgs),
@@ -284,9 +287,9 @@ pub struct VerifyArgs {
     pub metrics_file: Option<PathBuf>,
 }
 
-/// `tvault prune`.
+/// The retention policy of `prune` and `forget`.
 #[derive(Args, Debug)]
-pub struct PruneArgs {
+pub struct PolicyArgs {
     /// Keep the N newest snapshots
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub keep_last: u32,
@@ -315,21 +318,44 @@ pub struct PruneArgs {
     /// Apply the policy only to snapshots with this tag (repeatable); others are kept
     #[arg(long = "tag", value_name = "TAG")]
     pub only_tags: Vec<String>,
-    /// Remove this snapshot whatever the policy says (repeatable)
-    #[arg(long, value_name = "ID")]
-    pub forget: Vec<String>,
     /// Print what would be removed and freed, change nothing
     #[arg(long)]
     pub dry_run: bool,
-    /// Repack packs with more than this percentage of unused bytes
-    #[arg(long, value_name = "PERCENT", default_value_t = prune::DEFAULT_MAX_UNUSED, value_parser = args::parse_percent)]
-    pub max_unused: f64,
     /// Allow a policy that removes every snapshot
     #[arg(long)]
     pub allow_remove_all: bool,
+}
+
+/// `tvault prune`.
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// Remove this snapshot whatever the policy says (repeatable)
+    #[arg(long, value_name = "ID")]
+    pub forget: Vec<String>,
+    /// Repack packs with more than this percentage of unused bytes
+    #[arg(long, value_name = "PERCENT", default_value_t = prune::DEFAULT_MAX_UNUSED, value_parser = args::parse_percent)]
+    pub max_unused: f64,
     /// Write Prometheus textfile metrics of this run to FILE (atomically), also on failure
     #[arg(long, value_name = "FILE")]
     pub metrics_file: Option<PathBuf>,
+}
+
+/// `tvault forget`.
+#[derive(Args, Debug)]
+pub struct ForgetArgs {
+    /// Snapshots to remove whatever the policy says (IDs or unique prefixes)
+    #[arg(value_name = "ID")]
+    pub ids: Vec<String>,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// Then collect garbage, as `tvault prune` with the same options does
+    #[arg(long)]
+    pub prune: bool,
+    /// With --prune: repack packs with more than this percentage of unused bytes
+    #[arg(long, value_name = "PERCENT", default_value_t = prune::DEFAULT_MAX_UNUSED, value_parser = args::parse_percent, requires = "prune")]
+    pub max_unused: f64,
 }
 
 /// `tvault repair`.

@@ -1,4 +1,5 @@
-//! The commands that check and clean the repository: `verify`, `prune`, `repair`, `unlock`.
+//! The commands that check and clean the repository: `verify`, `prune`, `forget`, `repair`,
+//! `unlock`.
 
 use anyhow::Result;
 
@@ -49,51 +50,15 @@ pub(super) fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<u8> {
 }
 
 pub(super) fn prune(ctx: &Ctx, args: PruneArgs) -> Result<u8> {
-    let out = &ctx.out;
-    let repo_path = &ctx.repo_path;
-    let lock_wait = ctx.lock_wait;
     let PruneArgs {
-        keep_last,
-        keep_hourly,
-        keep_daily,
-        keep_weekly,
-        keep_monthly,
-        keep_yearly,
-        keep_within,
-        keep_tag,
-        only_tags,
+        policy,
         forget,
-        dry_run,
         max_unused,
-        allow_remove_all,
         metrics_file,
     } = args;
-    let opts = prune::PruneOptions {
-        policy: retention::KeepPolicy {
-            last: keep_last,
-            hourly: keep_hourly,
-            daily: keep_daily,
-            weekly: keep_weekly,
-            monthly: keep_monthly,
-            yearly: keep_yearly,
-            within: keep_within,
-            tags: keep_tag,
-        },
-        only_tags,
-        forget,
-        dry_run,
-        max_unused,
-        allow_remove_all,
-    };
-    measured(metrics_file, "prune", repo_path, || {
-        let mut repo = open(repo_path, false, out, lock_wait)?;
-        let progress = out.progress("prune");
-        let r = prune::run(&mut repo, &opts, &progress)?;
-        drop(progress);
-        out.prune(&r, opts.policy.within);
-        if let Some(why) = &r.refused {
-            anyhow::bail!("prune would refuse this plan: {why}");
-        }
+    let opts = prune_options(policy, forget, max_unused);
+    measured(metrics_file, "prune", &ctx.repo_path, || {
+        let r = plan_and_execute(ctx, &opts, true)?;
         // A dry run changes nothing: its metrics describe the repository as it is.
         let (removed, freed, remaining) = if r.dry_run {
             (0, 0, r.snapshots.len())
@@ -120,6 +85,68 @@ pub(super) fn prune(ctx: &Ctx, args: PruneArgs) -> Result<u8> {
         ];
         Ok((exit::SUCCESS, samples))
     })
+}
+
+/// `forget`: removes snapshot manifests only; with `--prune`, exactly what `prune` does.
+pub(super) fn forget(ctx: &Ctx, args: ForgetArgs) -> Result<u8> {
+    let ForgetArgs {
+        ids,
+        policy,
+        prune,
+        max_unused,
+    } = args;
+    let opts = prune_options(policy, ids, max_unused);
+    plan_and_execute(ctx, &opts, prune)?;
+    Ok(exit::SUCCESS)
+}
+
+fn prune_options(policy: PolicyArgs, forget: Vec<String>, max_unused: f64) -> prune::PruneOptions {
+    prune::PruneOptions {
+        policy: retention::KeepPolicy {
+            last: policy.keep_last,
+            hourly: policy.keep_hourly,
+            daily: policy.keep_daily,
+            weekly: policy.keep_weekly,
+            monthly: policy.keep_monthly,
+            yearly: policy.keep_yearly,
+            within: policy.keep_within,
+            tags: policy.keep_tag,
+        },
+        only_tags: policy.only_tags,
+        forget,
+        dry_run: policy.dry_run,
+        max_unused,
+        allow_remove_all: policy.allow_remove_all,
+    }
+}
+
+/// Plans (holding the lock from here on), prints the plan of a dry run or executes it and
+/// prints what was done. `collect`: prune (collect garbage); otherwise forget manifests only.
+fn plan_and_execute(
+    ctx: &Ctx,
+    opts: &prune::PruneOptions,
+    collect: bool,
+) -> Result<prune::PruneReport> {
+    let out = &ctx.out;
+    let mut repo = open(&ctx.repo_path, false, out, ctx.lock_wait)?;
+    let command = if collect { "prune" } else { "forget" };
+    let progress = out.progress(command);
+    let plan = if collect {
+        prune::plan(&mut repo, opts, &progress)?
+    } else {
+        prune::plan_forget(&mut repo, opts)?
+    };
+    let r = if plan.is_dry_run() {
+        plan.report()
+    } else {
+        prune::execute(&repo, plan, &progress)?
+    };
+    drop(progress);
+    out.prune(&r, opts.policy.within);
+    if let Some(why) = &r.refused {
+        anyhow::bail!("{command} would refuse this plan: {why}");
+    }
+    Ok(r)
 }
 
 pub(super) fn repair(ctx: &Ctx, args: RepairArgs) -> Result<u8> {

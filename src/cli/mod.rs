@@ -138,6 +138,7 @@ pub fn run() -> Result<u8> {
         Command::Verify(args) => maintain::verify(&ctx, args),
         Command::Tag(args) => backup::tag(&ctx, args),
         Command::Prune(args) => maintain::prune(&ctx, args),
+        Command::Forget(args) => maintain::forget(&ctx, args),
         Command::Repair(args) => maintain::repair(&ctx, args),
         Command::Unlock(args) => maintain::unlock(&ctx, args),
         Command::Completions(args) => docs::completions(args),

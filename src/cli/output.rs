@@ -621,6 +621,16 @@ impl Out {
             self.line("dry run: nothing was changed; a real run would refuse this plan");
             return;
         }
+        if r.snapshots_only {
+            self.line(&format!(
+                "{} removed; their data stays until `tvault prune`",
+                plural(r.snapshots_removed, "snapshot")
+            ));
+            if r.dry_run {
+                self.line("dry run: nothing was changed");
+            }
+            return;
+        }
         let verb = if r.dry_run { "would free" } else { "freed" };
         self.line(&format!(
             "{} removed, {} deleted, {} repacked into {}, {} removed; {verb} {} of {}",
