@@ -338,13 +338,13 @@ fn prune_dry_run_prints_the_plan_that_prune_then_carries_out() {
     assert_eq!(num(&plan, "packs_written"), 0);
     let to_free = num(&plan, "bytes_freed");
     assert!(to_free >= 2 * (200 << 10), "{plan:#}");
-    let packs = if deleted == 1 {
+    let pack_count = if deleted == 1 {
         "1 pack".to_string()
     } else {
         format!("{deleted} packs")
     };
     let summary = format!(
-        "3 snapshots removed, {packs} deleted, {repacked} repacked into 0, 0 leftover files removed; would free "
+        "3 snapshots removed, {pack_count} deleted, {repacked} repacked into 0, 0 leftover files removed; would free "
     );
     assert!(run.stdout.contains(&summary), "{summary}\n{run}");
 
