@@ -17,7 +17,9 @@ pub(super) fn init(ctx: &Ctx) -> Result<u8> {
         "created tvault repository at {}",
         repo_path.display()
     ));
-    out.json(&serde_json::json!({ "repository": repo_path }));
+    out.json(&serde_json::to_value(super::output::InitJson {
+        repository: repo_path,
+    })?);
     Ok(exit::SUCCESS)
 }
 

@@ -183,6 +183,8 @@ pub(super) fn unlock(ctx: &Ctx, args: UnlockArgs) -> Result<u8> {
     if removed.is_empty() {
         out.line("no stale locks");
     }
-    out.json(&serde_json::json!({ "removed": removed }));
+    out.json(&serde_json::to_value(super::output::UnlockJson {
+        removed: &removed,
+    })?);
     Ok(exit::SUCCESS)
 }

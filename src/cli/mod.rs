@@ -101,7 +101,10 @@ pub fn run() -> Result<u8> {
                     .next()
                     .unwrap_or_default()
                     .trim_start_matches("error: ");
-                let value = serde_json::json!({ "error": message, "exit_code": exit::USAGE });
+                let value = output::ErrorJson {
+                    error: message,
+                    exit_code: exit::USAGE,
+                };
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&value).expect("serialises")

@@ -5,7 +5,6 @@ use std::io::{IsTerminal, Write};
 use std::path::Path;
 
 use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde_json::json;
 
 use super::exit;
 use tvault_core::id::{Id, SHORT_LEN};
@@ -40,16 +39,38 @@ macro_rules! outln {
 /// JSON document.
 static JSON_WRITTEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Under `--json`, an error is a JSON object on stdout, `{"error": MESSAGE, "exit_code": N}`
-/// (unless a report was printed already); on stderr it is always the plain message.
+/// `{"error": MESSAGE, "exit_code": N}`: a failed command's JSON.
+#[derive(serde::Serialize)]
+pub struct ErrorJson<'a> {
+    pub error: &'a str,
+    pub exit_code: u8,
+}
+
+/// Under `--json`, an error is a JSON object on stdout (unless a report was printed already);
+/// on stderr it is always the plain message.
 pub fn print_error(json: bool, message: &str, exit_code: u8) {
     eprintln!("tvault: error: {message}");
     if json && !JSON_WRITTEN.load(std::sync::atomic::Ordering::SeqCst) {
-        let value = json!({ "error": message, "exit_code": exit_code });
+        let value = ErrorJson {
+            error: message,
+            exit_code,
+        };
         let mut stdout = std::io::stdout().lock();
         let _ = serde_json::to_writer_pretty(&mut stdout, &value);
         let _ = writeln!(stdout);
     }
+}
+
+/// `init --json`.
+#[derive(serde::Serialize)]
+pub struct InitJson<'a> {
+    pub repository: &'a Path,
+}
+
+/// `unlock --json`.
+#[derive(serde::Serialize)]
+pub struct UnlockJson<'a> {
+    pub removed: &'a [String],
 }
 
 /// `backup --json`: the engine's report as the README documents it.
