@@ -3,7 +3,11 @@
 #![doc = include_str!("FORMAT.md")]
 
 pub mod backend;
+pub mod faults;
+pub mod location;
 pub mod lock;
+pub mod retry;
+pub mod s3;
 mod writer;
 
 use std::path::{Path, PathBuf};

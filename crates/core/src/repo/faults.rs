@@ -1,0 +1,177 @@
+//! Test hook: a backend layer that fails or delays a chosen fraction of calls, so that tests
+//! can show that retries carry a backup through a flaky store and that a store that keeps
+//! failing ends it cleanly. Never on by default: it is installed (below the retry layer) only
+//! when `TVAULT_TEST_FAULTS` is set, e.g. `TVAULT_TEST_FAULTS=fail=0.2,delay_ms=50,seed=7`:
+//! - `fail=F`: the fraction of calls (0 to 1) that fail with a transient "connection reset";
+//! - `delay_ms=N`: every call waits N ms first (a slow store);
+//! - `seed=S`: which calls fail (the same seed fails the same calls of a run);
+//! - `ops=put+get+...`: only these calls are affected (default all: put, get, get_range,
+//!   list, size, delete).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::backend::Backend;
+use crate::error::{Error, Result};
+
+/// What `TVAULT_TEST_FAULTS` asks for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FaultPlan {
+    pub fail: f64,
+    pub delay: Duration,
+    pub seed: u64,
+    pub ops: Option<Vec<String>>,
+}
+
+impl FaultPlan {
+    /// The plan in `TVAULT_TEST_FAULTS`, if it is set.
+    pub fn from_env() -> Result<Option<FaultPlan>> {
+        match std::env::var("TVAULT_TEST_FAULTS") {
+            Ok(v) if !v.trim().is_empty() => FaultPlan::parse(&v).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<FaultPlan> {
+        let bad = |why: &str| Error::Invalid(format!("TVAULT_TEST_FAULTS={text:?}: {why}"));
+        let mut plan = FaultPlan {
+            fail: 0.0,
+            delay: Duration::ZERO,
+            seed: 1,
+            ops: None,
+        };
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, value) = part
+                .split_once('=')
+                .ok_or_else(|| bad("expected NAME=VALUE"))?;
+            match name {
+                "fail" => {
+                    plan.fail = value
+                        .parse()
+                        .ok()
+                        .filter(|f| (0.0..=1.0).contains(f))
+                        .ok_or_else(|| bad("fail is a fraction from 0 to 1"))?
+                }
+                "delay_ms" => {
+                    plan.delay = Duration::from_millis(
+                        value.parse().map_err(|_| bad("delay_ms is a number"))?,
+                    )
+                }
+                "seed" => plan.seed = value.parse().map_err(|_| bad("seed is a number"))?,
+                "ops" => {
+                    plan.ops = Some(value.split('+').map(String::from).collect());
+                }
+                _ => return Err(bad("known settings: fail, delay_ms, seed, ops")),
+            }
+        }
+        Ok(plan)
+    }
+}
+
+/// A backend that fails or delays calls as its [`FaultPlan`] says.
+pub struct Faults<B: Backend> {
+    inner: B,
+    plan: FaultPlan,
+    calls: AtomicU64,
+}
+
+impl<B: Backend> Faults<B> {
+    pub fn new(inner: B, plan: FaultPlan) -> Faults<B> {
+        Faults {
+            inner,
+            plan,
+            calls: AtomicU64::new(0),
+        }
+    }
+
+    /// Delays the call, then fails it or lets it through.
+    fn gate(&self, op: &str, key: &str) -> Result<()> {
+        if let Some(ops) = &self.plan.ops {
+            if !ops.iter().any(|o| o == op) {
+                return Ok(());
+            }
+        }
+        if !self.plan.delay.is_zero() {
+            std::thread::sleep(self.plan.delay);
+        }
+        let n = self.calls.fetch_add(1, Ordering::Relaxed);
+        if unit(self.plan.seed, n) < self.plan.fail {
+            let e = std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                format!("injected fault in {op} (TVAULT_TEST_FAULTS)"),
+            );
+            return Err(Error::io(self.inner.describe(key), e));
+        }
+        Ok(())
+    }
+}
+
+/// A number in [0, 1) for call `n` of a run seeded with `seed` (splitmix64).
+fn unit(seed: u64, n: u64) -> f64 {
+    let mut z = seed
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(n.wrapping_add(1).wrapping_mul(0xBF58_476D_1CE4_E5B9));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
+}
+
+impl<B: Backend> Backend for Faults<B> {
+    fn put(&self, key: &str, data: &[u8]) -> Result<()> {
+        self.gate("put", key)?;
+        self.inner.put(key, data)
+    }
+
+    fn get(&self, key: &str) -> Result<Vec<u8>> {
+        self.gate("get", key)?;
+        self.inner.get(key)
+    }
+
+    fn get_range(&self, key: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+        self.gate("get_range", key)?;
+        self.inner.get_range(key, offset, len)
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        self.gate("list", prefix)?;
+        self.inner.list(prefix)
+    }
+
+    fn size(&self, key: &str) -> Result<Option<u64>> {
+        self.gate("size", key)?;
+        self.inner.size(key)
+    }
+
+    fn delete(&self, key: &str) -> Result<()> {
+        self.gate("delete", key)?;
+        self.inner.delete(key)
+    }
+
+    fn list_leftovers(&self, prefix: &str) -> Result<Vec<String>> {
+        self.inner.list_leftovers(prefix)
+    }
+
+    fn describe(&self, key: &str) -> String {
+        self.inner.describe(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::MemBackend;
+
+    #[test]
+    fn a_plan_parses_and_fails_about_its_fraction_of_calls() {
+        let plan = FaultPlan::parse("fail=0.2,delay_ms=0,seed=7,ops=put+get").unwrap();
+        assert_eq!(plan.ops, Some(vec!["put".into(), "get".into()]));
+        let b = Faults::new(MemBackend::default(), plan);
+        let failed = (0..1000).filter(|_| b.put("data/x", b"x").is_err()).count();
+        assert!((150..250).contains(&failed), "{failed} of 1000 failed");
+        // Calls not named in ops never fail.
+        assert!((0..100).all(|_| b.list("data").is_ok()));
+        assert!(FaultPlan::parse("fail=2").is_err());
+        assert!(FaultPlan::parse("nonsense").is_err());
+    }
+}

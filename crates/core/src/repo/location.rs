@@ -1,0 +1,172 @@
+//! Where a repository is, as the user names it (`--repo`, `TVAULT_REPO`): a local directory,
+//! or `s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX]` for a bucket of an S3 server. [`open`] and
+//! [`init`] take either; a local path behaves exactly as `Repository::open`/`init`.
+//!
+//! An S3 repository's backend is the S3 backend below the retry layer (and, for tests only,
+//! the fault layer of `TVAULT_TEST_FAULTS` between them).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::faults::{FaultPlan, Faults};
+use super::retry::{Retry, RetryPolicy};
+use super::s3::{S3Backend, S3Location};
+use super::{Backend, Repository};
+use crate::error::{Error, Result};
+
+/// What `s3:` locations look like, for messages.
+pub const S3_FORM: &str = "s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX]";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    Local(PathBuf),
+    S3(S3Location),
+}
+
+impl Location {
+    /// `s3:…` is an S3 location; anything else a local path.
+    pub fn parse(given: &Path) -> Result<Location> {
+        let Some(rest) = given.to_str().and_then(|s| s.strip_prefix("s3:")) else {
+            return Ok(Location::Local(given.to_path_buf()));
+        };
+        let bad = |why: &str| {
+            Error::Invalid(format!(
+                "bad S3 location {:?}: {why}; expected {S3_FORM}",
+                given.display().to_string()
+            ))
+        };
+        let (scheme, after) = rest
+            .split_once("://")
+            .ok_or_else(|| bad("no http:// or https:// endpoint"))?;
+        if scheme != "http" && scheme != "https" {
+            return Err(bad("the endpoint must start with http:// or https://"));
+        }
+        let (host, path) = after.split_once('/').unwrap_or((after, ""));
+        if host.is_empty() || host.contains(['@', '?', '#', ' ']) {
+            return Err(bad("no host, or a host with a user, query or spaces"));
+        }
+        let path = path.trim_matches('/');
+        let (bucket, prefix) = path.split_once('/').unwrap_or((path, ""));
+        let bucket_ok = (3..=63).contains(&bucket.len())
+            && bucket
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+        if !bucket_ok {
+            return Err(bad(
+                "the bucket must be 3 to 63 lowercase letters, digits, '-' or '.'",
+            ));
+        }
+        let prefix = prefix.trim_matches('/');
+        if prefix.split('/').any(|p| p == "." || p == "..") || prefix.contains("//") {
+            return Err(bad("the prefix has an empty, '.' or '..' part"));
+        }
+        Ok(Location::S3(S3Location {
+            endpoint: format!("{scheme}://{host}"),
+            bucket: bucket.to_string(),
+            prefix: prefix.to_string(),
+        }))
+    }
+}
+
+/// The backend of an S3 location: S3, retried, with the test fault layer when asked for.
+pub fn s3_backend(location: &S3Location) -> Result<Arc<dyn Backend>> {
+    let s3 = S3Backend::new(location)?;
+    let policy = RetryPolicy::from_env()?;
+    Ok(match FaultPlan::from_env()? {
+        Some(plan) => Arc::new(Retry::new(Faults::new(s3, plan), policy)),
+        None => Arc::new(Retry::new(s3, policy)),
+    })
+}
+
+/// Opens the repository at `given` (a local path or an `s3:` location).
+pub fn open(given: &Path) -> Result<Repository> {
+    match Location::parse(given)? {
+        Location::Local(path) => Repository::open(&path),
+        Location::S3(s3) => {
+            let backend = s3_backend(&s3)?;
+            let url = PathBuf::from(s3.url());
+            if backend.size("config")?.is_none() {
+                if !backend.list("")?.is_empty() {
+                    return Err(Error::NotARepository {
+                        path: url,
+                        reason: "it holds objects but no tvault `config`".into(),
+                    });
+                }
+                return Err(Error::NoRepository { path: url });
+            }
+            Repository::open_with(backend, url)
+        }
+    }
+}
+
+/// Creates a repository at `given`: a missing or empty local directory, or an S3 prefix that
+/// holds no objects.
+pub fn init(given: &Path) -> Result<Repository> {
+    match Location::parse(given)? {
+        Location::Local(path) => Repository::init(&path),
+        Location::S3(s3) => {
+            let backend = s3_backend(&s3)?;
+            let url = PathBuf::from(s3.url());
+            if backend.size("config")?.is_some() {
+                return Err(Error::Invalid(format!(
+                    "{} is already a tvault repository",
+                    url.display()
+                )));
+            }
+            if !backend.list("")?.is_empty() {
+                return Err(Error::NotARepository {
+                    path: url,
+                    reason: "the prefix holds objects; choose a new or empty prefix".into(),
+                });
+            }
+            Repository::init_with(backend, url)
+        }
+    }
+}
+
+/// True for an `s3:` location (which has no local directory to create or inspect).
+pub fn is_remote(given: &Path) -> bool {
+    given.to_str().is_some_and(|s| s.starts_with("s3:"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s3(text: &str) -> S3Location {
+        match Location::parse(Path::new(text)).unwrap() {
+            Location::S3(l) => l,
+            other => panic!("{text} parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn s3_locations_parse_and_local_paths_stay_paths() {
+        let l = s3("s3:http://127.0.0.1:3900/tvault/hosts/a/");
+        assert_eq!(l.endpoint, "http://127.0.0.1:3900");
+        assert_eq!(
+            (l.bucket.as_str(), l.prefix.as_str()),
+            ("tvault", "hosts/a")
+        );
+        assert_eq!(l.url(), "s3:http://127.0.0.1:3900/tvault/hosts/a");
+        let root = s3("s3:https://s3.example.org/my-bucket");
+        assert_eq!(root.prefix, "");
+        for local in ["/srv/repo", "repo", "s3-backups/x", "./s3:odd"] {
+            assert_eq!(
+                Location::parse(Path::new(local)).unwrap(),
+                Location::Local(PathBuf::from(local))
+            );
+        }
+        for bad in [
+            "s3:127.0.0.1/b",
+            "s3:ftp://h/bucket",
+            "s3:http:///bucket",
+            "s3:http://h",
+            "s3:http://h/B",
+            "s3:http://h/bucket/a/../b",
+        ] {
+            let e = Location::parse(Path::new(bad)).unwrap_err().to_string();
+            assert!(e.contains(S3_FORM), "{bad}: {e}");
+        }
+    }
+}

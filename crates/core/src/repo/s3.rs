@@ -1,0 +1,377 @@
+//! A repository in an S3 bucket (AWS or a self-hosted server such as Garage or MinIO), through
+//! the `object_store` crate: path-style requests, credentials from the standard AWS variables
+//! or the shared credentials file, the region from `AWS_REGION`/`AWS_DEFAULT_REGION`.
+//!
+//! Every `put` is one PUT of the whole object, which S3 makes visible atomically: there are no
+//! temporary objects, so `list_leftovers` has nothing to report. The engine is synchronous and
+//! multi-threaded; the backend owns a small tokio runtime and blocks on it, which any number of
+//! threads may do at once.
+//!
+//! Errors are `Error::Io` whose kind says what the retry layer ([`super::retry`]) may retry:
+//! `TimedOut`, `ConnectionReset` and `Interrupted` for what may pass (HTTP 5xx, 429, timeouts,
+//! refused or dropped connections), `NotFound` for a missing object, `PermissionDenied` and
+//! `Other` for what will not pass by itself; the message says what to fix. This backend does
+//! not retry on its own.
+
+use std::io::ErrorKind;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::client::{HttpError, HttpErrorKind};
+use object_store::path::Path as ObjectPath;
+use object_store::{ClientOptions, ObjectStore, PutPayload, RetryConfig};
+
+use super::backend::Backend;
+use crate::error::{Error, Result};
+
+/// Where a repository lives in S3: `s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct S3Location {
+    /// `http://HOST[:PORT]` or `https://HOST[:PORT]`.
+    pub endpoint: String,
+    pub bucket: String,
+    /// Without leading or trailing `/`; empty for the bucket's root.
+    pub prefix: String,
+}
+
+impl S3Location {
+    /// The location as the user writes it.
+    pub fn url(&self) -> String {
+        match self.prefix.as_str() {
+            "" => format!("s3:{}/{}", self.endpoint, self.bucket),
+            p => format!("s3:{}/{}/{p}", self.endpoint, self.bucket),
+        }
+    }
+}
+
+/// Access key, secret and optional session token.
+struct Credentials {
+    key_id: String,
+    secret: String,
+    token: Option<String>,
+}
+
+/// `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` (and `AWS_SESSION_TOKEN`), else the profile
+/// `AWS_PROFILE` (default `default`) of the shared credentials file
+/// (`AWS_SHARED_CREDENTIALS_FILE`, default `~/.aws/credentials`).
+fn credentials() -> std::result::Result<Credentials, String> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    if let (Some(key_id), Some(secret)) = (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) {
+        return Ok(Credentials {
+            key_id,
+            secret,
+            token: var("AWS_SESSION_TOKEN"),
+        });
+    }
+    let file = var("AWS_SHARED_CREDENTIALS_FILE")
+        .map(PathBuf::from)
+        .or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".aws/credentials")));
+    let profile = var("AWS_PROFILE").unwrap_or_else(|| "default".into());
+    let missing = || {
+        format!(
+            "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or give \
+             profile [{profile}] in ~/.aws/credentials (AWS_PROFILE chooses another profile)"
+        )
+    };
+    let Some(text) = file.and_then(|f| std::fs::read_to_string(f).ok()) else {
+        return Err(missing());
+    };
+    let (mut in_profile, mut key_id, mut secret, mut token) = (false, None, None, None);
+    for line in text.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            in_profile = name.trim() == profile;
+        } else if let (true, Some((k, v))) = (in_profile, line.split_once('=')) {
+            let v = Some(v.trim().to_string());
+            match k.trim() {
+                "aws_access_key_id" => key_id = v,
+                "aws_secret_access_key" => secret = v,
+                "aws_session_token" => token = v,
+                _ => {}
+            }
+        }
+    }
+    match (key_id, secret) {
+        (Some(key_id), Some(secret)) => Ok(Credentials {
+            key_id,
+            secret,
+            token,
+        }),
+        _ => Err(missing()),
+    }
+}
+
+/// `AWS_REGION`, else `AWS_DEFAULT_REGION`, else `us-east-1`.
+fn region() -> String {
+    ["AWS_REGION", "AWS_DEFAULT_REGION"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|r| !r.is_empty()))
+        .unwrap_or_else(|| "us-east-1".into())
+}
+
+/// A repository below a prefix of an S3 bucket.
+pub struct S3Backend {
+    store: AmazonS3,
+    runtime: tokio::runtime::Runtime,
+    location: S3Location,
+}
+
+impl S3Backend {
+    /// A backend for `location`; fails only when no credentials are to be found (nothing is
+    /// sent before the first call).
+    pub fn new(location: &S3Location) -> Result<S3Backend> {
+        let creds = credentials().map_err(|m| invalid(&location.url(), m))?;
+        S3Backend::build(location, creds, region())
+    }
+
+    /// A backend with the given access key, secret and region, whatever the environment says
+    /// (for tools and tests that reach a bucket directly).
+    pub fn with_keys(
+        location: &S3Location,
+        key_id: &str,
+        secret: &str,
+        region: &str,
+    ) -> Result<S3Backend> {
+        let creds = Credentials {
+            key_id: key_id.to_string(),
+            secret: secret.to_string(),
+            token: None,
+        };
+        S3Backend::build(location, creds, region.to_string())
+    }
+
+    fn build(location: &S3Location, creds: Credentials, region: String) -> Result<S3Backend> {
+        let options = ClientOptions::new()
+            .with_allow_http(true)
+            .with_connect_timeout(Duration::from_secs(10))
+            .with_timeout(Duration::from_secs(300));
+        let mut builder = AmazonS3Builder::new()
+            .with_endpoint(&location.endpoint)
+            .with_bucket_name(&location.bucket)
+            .with_region(region)
+            .with_access_key_id(creds.key_id)
+            .with_secret_access_key(creds.secret)
+            .with_virtual_hosted_style_request(false)
+            .with_allow_http(true)
+            .with_client_options(options)
+            // Retries are the job of `repo::retry`, which bounds them and says what happened.
+            .with_retry(RetryConfig {
+                max_retries: 0,
+                ..RetryConfig::default()
+            });
+        if let Some(token) = creds.token {
+            builder = builder.with_token(token);
+        }
+        let store = builder
+            .build()
+            .map_err(|e| invalid(&location.url(), e.to_string()))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("tvault-s3")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io(location.url(), e))?;
+        Ok(S3Backend {
+            store,
+            runtime,
+            location: location.clone(),
+        })
+    }
+
+    fn path(&self, key: &str) -> ObjectPath {
+        match (self.location.prefix.as_str(), key) {
+            (p, "") => ObjectPath::from(p),
+            ("", k) => ObjectPath::from(k),
+            (p, k) => ObjectPath::from(format!("{p}/{k}")),
+        }
+    }
+
+    /// The repository key of an object path below the prefix.
+    fn key_of(&self, path: &ObjectPath) -> String {
+        let full = path.as_ref();
+        match self.location.prefix.as_str() {
+            "" => full.to_string(),
+            p => full
+                .strip_prefix(p)
+                .and_then(|k| k.strip_prefix('/'))
+                .unwrap_or(full)
+                .to_string(),
+        }
+    }
+
+    fn error(&self, key: &str, e: object_store::Error) -> Error {
+        Error::io(self.describe(key), classify(&self.location, e))
+    }
+}
+
+fn invalid(what: &str, message: String) -> Error {
+    Error::io(what, std::io::Error::new(ErrorKind::InvalidInput, message))
+}
+
+/// The HTTP status an error of `object_store` reports, if any (from its message: the type that
+/// carries it is private to the crate).
+fn status_of(text: &str) -> Option<u16> {
+    let at = text.find("status code: ")? + "status code: ".len();
+    text.get(at..at + 3)?.parse().ok()
+}
+
+/// Turns an `object_store` error into an I/O error whose kind tells transient from permanent
+/// and whose message says what to fix.
+fn classify(location: &S3Location, e: object_store::Error) -> std::io::Error {
+    let mut text = e.to_string();
+    let mut http_kind = None;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(err) = source {
+        if let Some(h) = err.downcast_ref::<HttpError>() {
+            http_kind = Some(h.kind());
+        }
+        let s = err.to_string();
+        if !text.contains(&s) {
+            text = format!("{text}: {s}");
+        }
+        source = err.source();
+    }
+    let bucket = &location.bucket;
+    let endpoint = &location.endpoint;
+    let has = |code: &str| text.contains(code);
+    let (kind, message) = if has("NoSuchBucket") {
+        (
+            ErrorKind::Other,
+            format!("bucket {bucket:?} does not exist at {endpoint}: create it, or fix the bucket in --repo/TVAULT_REPO"),
+        )
+    } else if has("InvalidAccessKeyId")
+        || has("SignatureDoesNotMatch")
+        || has("AccessDenied")
+        || matches!(
+            e,
+            object_store::Error::PermissionDenied { .. }
+                | object_store::Error::Unauthenticated { .. }
+        )
+    {
+        (
+            ErrorKind::PermissionDenied,
+            format!(
+                "access denied by the S3 server ({}): check AWS_ACCESS_KEY_ID and \
+                 AWS_SECRET_ACCESS_KEY (or the AWS_PROFILE in ~/.aws/credentials), AWS_REGION, \
+                 and that the key may read and write bucket {bucket:?}",
+                brief(&text)
+            ),
+        )
+    } else if let object_store::Error::NotFound { .. } = e {
+        (ErrorKind::NotFound, "no such object".to_string())
+    } else if let Some(status) = status_of(&text) {
+        let kind = if status >= 500 || status == 429 {
+            ErrorKind::TimedOut
+        } else {
+            ErrorKind::Other
+        };
+        (
+            kind,
+            format!("the S3 server answered HTTP {status}: {}", brief(&text)),
+        )
+    } else if let Some(k) = http_kind {
+        let kind = match k {
+            HttpErrorKind::Timeout => ErrorKind::TimedOut,
+            HttpErrorKind::Connect | HttpErrorKind::Request => ErrorKind::ConnectionReset,
+            HttpErrorKind::Interrupted => ErrorKind::Interrupted,
+            _ => ErrorKind::Other,
+        };
+        let what = match k {
+            HttpErrorKind::Connect => {
+                format!("cannot connect to {endpoint} (is the S3 server running, and the address right?)")
+            }
+            HttpErrorKind::Timeout => format!("{endpoint} did not answer in time"),
+            _ => "the connection to the S3 server failed".to_string(),
+        };
+        (kind, format!("{what}: {}", brief(&text)))
+    } else {
+        (ErrorKind::Other, brief(&text))
+    };
+    std::io::Error::new(kind, message)
+}
+
+/// The last, most specific parts of an error chain, for a message of reasonable length.
+fn brief(text: &str) -> String {
+    let t = text.replace('\n', " ");
+    match t.char_indices().nth(400) {
+        Some((at, _)) => format!("{}…", &t[..at]),
+        None => t,
+    }
+}
+
+impl Backend for S3Backend {
+    fn put(&self, key: &str, data: &[u8]) -> Result<()> {
+        let payload = PutPayload::from(data.to_vec());
+        self.runtime
+            .block_on(self.store.put(&self.path(key), payload))
+            .map(|_| ())
+            .map_err(|e| self.error(key, e))
+    }
+
+    fn get(&self, key: &str) -> Result<Vec<u8>> {
+        self.runtime
+            .block_on(async {
+                let got = self.store.get(&self.path(key)).await?;
+                got.bytes().await
+            })
+            .map(|b| b.to_vec())
+            .map_err(|e| self.error(key, e))
+    }
+
+    fn get_range(&self, key: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let range = offset..offset + len as u64;
+        let bytes = self
+            .runtime
+            .block_on(self.store.get_range(&self.path(key), range))
+            .map_err(|e| self.error(key, e))?;
+        if bytes.len() != len {
+            let e = std::io::Error::new(
+                ErrorKind::UnexpectedEof,
+                format!("the object is shorter than {} bytes", offset + len as u64),
+            );
+            return Err(Error::io(self.describe(key), e));
+        }
+        Ok(bytes.to_vec())
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let path = self.path(prefix.trim_end_matches('/'));
+        let listed: Vec<_> = self
+            .runtime
+            .block_on(self.store.list(Some(&path)).try_collect())
+            .map_err(|e| self.error(prefix, e))?;
+        let mut keys: Vec<String> = listed.iter().map(|m| self.key_of(&m.location)).collect();
+        keys.sort();
+        Ok(keys)
+    }
+
+    fn size(&self, key: &str) -> Result<Option<u64>> {
+        match self.runtime.block_on(self.store.head(&self.path(key))) {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { source, path }) => {
+                // A missing bucket answers 404 too: that is no missing object.
+                let e = object_store::Error::NotFound { source, path };
+                match classify(&self.location, e) {
+                    io if io.kind() == ErrorKind::NotFound => Ok(None),
+                    io => Err(Error::io(self.describe(key), io)),
+                }
+            }
+            Err(e) => Err(self.error(key, e)),
+        }
+    }
+
+    fn delete(&self, key: &str) -> Result<()> {
+        match self.runtime.block_on(self.store.delete(&self.path(key))) {
+            Ok(()) => Ok(()),
+            Err(e) => match self.error(key, e) {
+                Error::Io { err, .. } if err.kind() == ErrorKind::NotFound => Ok(()),
+                e => Err(e),
+            },
+        }
+    }
+
+    fn describe(&self, key: &str) -> String {
+        format!("{}/{key}", self.location.url())
+    }
+}
