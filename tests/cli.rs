@@ -39,6 +39,8 @@ mod repair;
 mod restic_habits;
 #[path = "cli/roundtrip.rs"]
 mod roundtrip;
+#[path = "cli/s3.rs"]
+mod s3;
 #[path = "cli/settle.rs"]
 mod settle;
 #[path = "cli/tar.rs"]

@@ -7,12 +7,12 @@ use super::commands::*;
 use super::metrics::sample;
 use super::{exit, measured, open, resolve, Ctx};
 use tvault_core::ops::{backup, import, tag};
-use tvault_core::repo::Repository;
+use tvault_core::repo::location;
 
 pub(super) fn init(ctx: &Ctx) -> Result<u8> {
     let out = &ctx.out;
     let repo_path = &ctx.repo_path;
-    Repository::init(repo_path)?;
+    location::init(repo_path)?;
     out.line(&format!(
         "created tvault repository at {}",
         repo_path.display()

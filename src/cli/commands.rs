@@ -30,7 +30,10 @@ pub const EXIT_STATUS_HELP: &str = "Exit status:
     after_help = EXIT_STATUS_HELP
 )]
 pub struct Cli {
-    /// Repository directory [default: $XDG_DATA_HOME/tvault/repo, else ~/.local/share/tvault/repo]
+    /// Repository directory [default: $XDG_DATA_HOME/tvault/repo, else ~/.local/share/tvault/repo],
+    /// or s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX] (credentials: AWS_ACCESS_KEY_ID and
+    /// AWS_SECRET_ACCESS_KEY, or ~/.aws/credentials; AWS_REGION; transient S3 errors are retried
+    /// up to TVAULT_RETRY_ATTEMPTS=6 times within TVAULT_RETRY_MAX_TIME=120 seconds)
     #[arg(long, global = true, env = "TVAULT_REPO", value_name = "PATH")]
     pub repo: Option<PathBuf>,
     /// Print nothing but errors

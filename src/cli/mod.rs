@@ -22,7 +22,7 @@ use commands::{Cli, Command, LatestFilter};
 use metrics::{MetricsFile, Sample};
 use output::Out;
 use tvault_core::ops::select::{self, Latest, Resolved};
-use tvault_core::repo::Repository;
+use tvault_core::repo::{location, Repository};
 
 /// What every command's handler gets: the output, the repository's location (given, or the
 /// default), and how long to wait for a lock.
@@ -179,7 +179,7 @@ fn measured(
 
 /// Opens the repository; the default location (and only that) is created on first backup.
 fn open(path: &Path, create_default: bool, out: &Out, lock_wait: Duration) -> Result<Repository> {
-    if create_default && !path.exists() {
+    if create_default && !location::is_remote(path) && !path.exists() {
         let mut repo = Repository::init(path)?;
         out.note(&format!(
             "created a new tvault repository at {} (the default location)",
@@ -188,7 +188,7 @@ fn open(path: &Path, create_default: bool, out: &Out, lock_wait: Duration) -> Re
         repo.set_lock_wait(lock_wait);
         return Ok(repo);
     }
-    let mut repo = Repository::open(path)?;
+    let mut repo = location::open(path)?;
     repo.set_lock_wait(lock_wait);
     repo.set_notice(out.note_sink());
     for e in repo.index_problems() {

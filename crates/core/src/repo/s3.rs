@@ -232,6 +232,29 @@ fn classify(location: &S3Location, e: object_store::Error) -> std::io::Error {
         }
         source = err.source();
     }
+    // `object_store` wraps its HTTP error transparently, which hides it from the chain of
+    // sources; its message still tells the kind.
+    if http_kind.is_none() {
+        let lower = text.to_ascii_lowercase();
+        let any = |words: &[&str]| words.iter().any(|w| lower.contains(w));
+        http_kind = if any(&["(connect)", "tcp connect error", "connection refused"]) {
+            Some(HttpErrorKind::Connect)
+        } else if any(&["timed out", "timeout"]) {
+            Some(HttpErrorKind::Timeout)
+        } else if any(&[
+            "error sending request",
+            "connection reset",
+            "connection closed",
+            "broken pipe",
+            "incompletemessage",
+            "error reading a body",
+            "error decoding response body",
+        ]) {
+            Some(HttpErrorKind::Request)
+        } else {
+            None
+        };
+    }
     let bucket = &location.bucket;
     let endpoint = &location.endpoint;
     let has = |code: &str| text.contains(code);

@@ -1,0 +1,373 @@
+//! Repositories in S3, against a real server: `scripts/s3-server.sh start` runs a single-node
+//! Garage on 127.0.0.1 and writes its endpoint and credentials to `$TVAULT_TEST_S3_ENV`
+//! (default `/tmp/tvault-s3/env`). Without a server these tests print that they were skipped
+//! and pass, except under CI (`CI=true`), where a missing server fails them. Each test works
+//! below a prefix of its own in the one bucket.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tvault_core::repo::s3::{S3Backend, S3Location};
+use tvault_core::repo::Backend;
+
+use crate::testenv::{
+    args, assert_manifest_eq, manifest, random_bytes, sources_manifest, spawn, text, Run, TestEnv,
+};
+
+/// The server the script started, as its env file tells.
+struct Server {
+    vars: BTreeMap<String, String>,
+}
+
+impl Server {
+    /// The running server, or `None` (with a line saying why the tests are skipped); under CI
+    /// a missing server is a failure.
+    fn find() -> Option<Server> {
+        let file = std::env::var("TVAULT_TEST_S3_ENV")
+            .unwrap_or_else(|_| "/tmp/tvault-s3/env".to_string());
+        let skip = |why: String| -> Option<Server> {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("CI=true and the S3 test server is unusable: {why}");
+            }
+            // Once per run, past the test harness's capture, so that a plain `cargo test`
+            // shows it.
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "S3 tests skipped: {why} (start one with scripts/s3-server.sh start)"
+                );
+            });
+            None
+        };
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            return skip(format!("no server (no {file})"));
+        };
+        let vars: BTreeMap<String, String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let server = Server { vars };
+        let addr = server.var("TVAULT_TEST_S3_ENDPOINT");
+        let addr = addr.trim_start_matches("http://");
+        if std::net::TcpStream::connect(addr).is_err() {
+            return skip(format!("no server answers at {addr} (from {file})"));
+        }
+        Some(server)
+    }
+
+    fn var(&self, name: &str) -> String {
+        self.vars
+            .get(name)
+            .unwrap_or_else(|| panic!("the S3 env file lacks {name}"))
+            .clone()
+    }
+}
+
+/// A test's repository: a fresh prefix in the server's bucket, and a `TestEnv` for sources.
+struct S3Env {
+    env: TestEnv,
+    server: Server,
+    prefix: String,
+}
+
+impl S3Env {
+    fn new(test: &str) -> Option<S3Env> {
+        let server = Server::find()?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let prefix = format!("{test}-{}-{nanos}", std::process::id());
+        Some(S3Env {
+            env: TestEnv::new(),
+            server,
+            prefix,
+        })
+    }
+
+    fn url(&self) -> String {
+        self.url_of(&self.server.var("TVAULT_TEST_S3_BUCKET"), &self.prefix)
+    }
+
+    fn url_of(&self, bucket: &str, prefix: &str) -> String {
+        let endpoint = self.server.var("TVAULT_TEST_S3_ENDPOINT");
+        format!("s3:{endpoint}/{bucket}/{prefix}")
+    }
+
+    /// `tvault --repo URL ARGS…` with the server's credentials, not yet run.
+    fn command_at<S: AsRef<OsStr>>(&self, url: &str, a: impl IntoIterator<Item = S>) -> Command {
+        let mut cmd = self.env.command_at(Path::new(url), a);
+        for k in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"] {
+            cmd.env(k, self.server.var(k));
+        }
+        cmd.env_remove("TVAULT_TEST_FAULTS")
+            .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("AWS_PROFILE");
+        cmd
+    }
+
+    fn command<S: AsRef<OsStr>>(&self, a: impl IntoIterator<Item = S>) -> Command {
+        self.command_at(&self.url(), a)
+    }
+
+    fn tvault<S: AsRef<OsStr>>(&self, a: impl IntoIterator<Item = S>) -> Run {
+        self.env.run_command(self.command(a))
+    }
+
+    fn tvault_with<S: AsRef<OsStr>>(
+        &self,
+        vars: &[(&str, &str)],
+        a: impl IntoIterator<Item = S>,
+    ) -> Run {
+        let mut cmd = self.command(a);
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        self.env.run_command(cmd)
+    }
+
+    /// The bucket below this test's prefix, reached directly (not through tvault).
+    fn bucket(&self) -> S3Backend {
+        let location = S3Location {
+            endpoint: self.server.var("TVAULT_TEST_S3_ENDPOINT"),
+            bucket: self.server.var("TVAULT_TEST_S3_BUCKET"),
+            prefix: self.prefix.clone(),
+        };
+        let v = |k| self.server.var(k);
+        S3Backend::with_keys(
+            &location,
+            &v("AWS_ACCESS_KEY_ID"),
+            &v("AWS_SECRET_ACCESS_KEY"),
+            &v("AWS_REGION"),
+        )
+        .unwrap()
+    }
+
+    /// A few files of random bytes below `src/`, the biggest `size` bytes.
+    fn sources(&self, size: usize, seed: u64) -> PathBuf {
+        self.env
+            .write("src/data/weights.bin", &random_bytes(size, seed));
+        self.env
+            .write("src/data/small.txt", format!("seed {seed}\n").as_bytes());
+        self.env.write("src/data/nested/empty", b"");
+        self.env.src.join("data")
+    }
+
+    fn backup(&self, src: &Path) -> String {
+        let run = self.tvault(args!["--json", "backup", src]).expect_code(0);
+        text(&run.json(), "id")
+    }
+
+    fn snapshot_count(&self) -> usize {
+        let run = self.tvault(["--json", "snapshots"]).expect_code(0);
+        run.json().as_array().expect("an array").len()
+    }
+
+    /// Restores `id` and checks the copy is byte-identical to `src`.
+    fn assert_restores(&self, id: &str, src: &Path) {
+        let target = self.env.fresh_path("restore");
+        self.tvault(args!["restore", id, &target]).expect_code(0);
+        assert_manifest_eq(
+            &sources_manifest(&[src]),
+            &manifest(&target),
+            "restore from S3",
+        );
+    }
+
+    fn verify_clean(&self) {
+        let run = self
+            .tvault(["--json", "verify", "--read-data"])
+            .expect_code(0);
+        assert_eq!(run.json()["problems"], serde_json::json!([]), "{run}");
+    }
+}
+
+#[test]
+fn s3_round_trip_incremental_verify_and_prune() {
+    let Some(s3) = S3Env::new("roundtrip") else {
+        return;
+    };
+    s3.tvault(["init"]).expect_code(0);
+    assert!(s3.bucket().size("config").unwrap().is_some());
+    let src = s3.sources(300_000, 1);
+    let first = s3.backup(&src);
+    s3.assert_restores(&first, &src);
+
+    // Incremental: one file changed, the rest not read again.
+    s3.env.write("src/data/small.txt", b"changed\n");
+    let run = s3.tvault(args!["--json", "backup", &src]).expect_code(0);
+    let second = run.json();
+    assert_eq!(text(&second, "kind"), "incremental", "{run}");
+    assert_eq!(second["files_changed"], 1, "{run}");
+    s3.assert_restores(&text(&second, "id"), &src);
+    s3.verify_clean();
+
+    // Prune: the first snapshot forgotten, what only it needed deleted, the rest intact.
+    s3.tvault(["forget", "--keep-last", "1", "--prune"])
+        .expect_code(0);
+    assert_eq!(s3.snapshot_count(), 1);
+    s3.verify_clean();
+    s3.assert_restores(&text(&second, "id"), &src);
+}
+
+#[test]
+fn s3_object_altered_or_truncated_on_the_server_is_named_by_verify() {
+    let Some(s3) = S3Env::new("damage") else {
+        return;
+    };
+    s3.tvault(["init"]).expect_code(0);
+    let src = s3.sources(200_000, 2);
+    s3.backup(&src);
+    let bucket = s3.bucket();
+    let packs = bucket.list("data").unwrap();
+    let pack = packs.first().expect("a pack");
+    let mut bytes = bucket.get(pack).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    bucket.put(pack, &bytes).unwrap();
+    let run = s3
+        .tvault(["--json", "verify", "--read-data"])
+        .expect_code(4);
+    let name = pack.rsplit('/').next().unwrap();
+    assert!(
+        run.stdout.contains(name),
+        "verify does not name {pack}\n{run}"
+    );
+
+    // Truncated: shorter than the index says.
+    bucket.put(pack, &bytes[..mid]).unwrap();
+    let run = s3
+        .tvault(["--json", "verify", "--read-data"])
+        .expect_code(4);
+    assert!(
+        run.stdout.contains(name),
+        "verify does not name {pack}\n{run}"
+    );
+}
+
+#[test]
+fn s3_backup_killed_mid_run_leaves_no_snapshot_and_the_next_one_works() {
+    let Some(s3) = S3Env::new("kill9") else {
+        return;
+    };
+    s3.tvault(["init"]).expect_code(0);
+    let src = s3.sources(1_500_000, 3);
+    // Small packs and a slow store, so the kill lands while packs are being stored.
+    let mut cmd = s3.command(args!["backup", &src]);
+    cmd.env("TVAULT_TEST_FAULTS", "delay_ms=100")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = spawn(&mut cmd);
+    std::thread::sleep(Duration::from_millis(600));
+    let _ = child.kill();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the backup finished before the kill");
+    assert_eq!(s3.snapshot_count(), 0);
+    let id = s3.backup(&src);
+    assert_eq!(s3.snapshot_count(), 1);
+    s3.verify_clean();
+    s3.assert_restores(&id, &src);
+}
+
+#[test]
+fn s3_retries_carry_backup_and_restore_through_a_flaky_store() {
+    let Some(s3) = S3Env::new("flaky") else {
+        return;
+    };
+    s3.tvault(["init"]).expect_code(0);
+    let src = s3.sources(300_000, 4);
+    let faults = [("TVAULT_TEST_FAULTS", "fail=0.2,seed=11")];
+    let run = s3
+        .tvault_with(&faults, args!["--json", "backup", &src])
+        .expect_code(0);
+    let id = text(&run.json(), "id");
+    let target = s3.env.fresh_path("restore");
+    s3.tvault_with(&faults, args!["restore", &id, &target])
+        .expect_code(0);
+    assert_manifest_eq(
+        &sources_manifest(&[&src]),
+        &manifest(&target),
+        "restore, flaky store",
+    );
+}
+
+#[test]
+fn s3_store_that_keeps_failing_ends_the_backup_with_a_clear_error_and_no_snapshot() {
+    let Some(s3) = S3Env::new("failing") else {
+        return;
+    };
+    s3.tvault(["init"]).expect_code(0);
+    let src = s3.sources(100_000, 5);
+    let vars = [
+        ("TVAULT_TEST_FAULTS", "fail=1,ops=put"),
+        ("TVAULT_RETRY_ATTEMPTS", "3"),
+    ];
+    let run = s3.tvault_with(&vars, args!["backup", &src]).expect_code(1);
+    run.stderr_has(&["injected fault", "gave up after 3 attempts"]);
+    assert_eq!(s3.snapshot_count(), 0);
+}
+
+#[test]
+fn s3_bad_inputs_fail_fast_with_what_to_fix() {
+    let Some(s3) = S3Env::new("bad") else {
+        return;
+    };
+    let bucket = s3.server.var("TVAULT_TEST_S3_BUCKET");
+
+    // Wrong credentials: permanent, not retried.
+    let mut cmd = s3.command(["snapshots"]);
+    cmd.env("AWS_SECRET_ACCESS_KEY", "0".repeat(64));
+    let started = Instant::now();
+    let run = s3.env.run_command(cmd).expect_code(1);
+    run.stderr_has(&["access denied", "AWS_SECRET_ACCESS_KEY"]);
+    assert!(started.elapsed() < Duration::from_secs(5), "{run}");
+
+    // A bucket that does not exist.
+    let missing = s3.url_of("no-such-bucket-here", "x");
+    let run = s3.env.run_command(s3.command_at(&missing, ["init"]));
+    let run = run.expect_code(1);
+    run.stderr_has(&["no-such-bucket-here", "does not exist"]);
+
+    // An endpoint nobody listens on: retried briefly, then a clear error.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let dead = format!("s3:http://127.0.0.1:{port}/{bucket}/x");
+    let mut cmd = s3.command_at(&dead, ["snapshots"]);
+    cmd.env("TVAULT_RETRY_MAX_TIME", "2");
+    let started = Instant::now();
+    let run = s3.env.run_command(cmd).expect_code(1);
+    run.stderr_has(&[
+        "cannot connect",
+        &format!("127.0.0.1:{port}"),
+        "gave up after",
+    ]);
+    assert!(started.elapsed() < Duration::from_secs(10), "{run}");
+
+    // A prefix holding something that is not a tvault repository.
+    s3.bucket()
+        .put("notes/todo.txt", b"not a repository")
+        .unwrap();
+    s3.tvault(["init"])
+        .expect_code(1)
+        .stderr_has(&["not a tvault repository", "holds objects"]);
+    s3.tvault(["snapshots"])
+        .expect_code(1)
+        .stderr_has(&["not a tvault repository"]);
+    let src = s3.sources(1000, 6);
+    s3.tvault(args!["backup", &src])
+        .expect_code(1)
+        .stderr_has(&["not a tvault repository"]);
+    assert_eq!(s3.bucket().list("").unwrap(), vec!["notes/todo.txt"]);
+
+    // A malformed location is a usage error that shows the form.
+    s3.env
+        .run_command(s3.command_at("s3:127.0.0.1/bucket", ["snapshots"]))
+        .stderr_has(&["s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX]"]);
+}
