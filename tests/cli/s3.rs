@@ -371,3 +371,102 @@ fn s3_bad_inputs_fail_fast_with_what_to_fix() {
         .run_command(s3.command_at("s3:127.0.0.1/bucket", ["snapshots"]))
         .stderr_has(&["s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX]"]);
 }
+
+#[test]
+fn s3_prune_killed_mid_run_loses_nothing_and_the_next_prune_finishes() {
+    let Some(s3) = S3Env::new("prunekill") else {
+        return;
+    };
+    s3.tvault(["init"]).expect_code(0);
+    let src = s3.sources(400_000, 7);
+    s3.backup(&src);
+    let src = s3.sources(400_000, 8);
+    let kept = s3.backup(&src);
+    s3.tvault(["forget", "--keep-last", "1"]).expect_code(0);
+    let packs_before = s3.bucket().list("data").unwrap().len();
+
+    // A slow store, so the kill lands while prune reads, writes its index or deletes.
+    let mut cmd = s3.command(["prune", "--keep-last", "1"]);
+    cmd.env("TVAULT_TEST_FAULTS", "delay_ms=100")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = spawn(&mut cmd);
+    std::thread::sleep(Duration::from_millis(900));
+    let _ = child.kill();
+    assert!(!child.wait().unwrap().success(), "prune finished first");
+    s3.verify_clean();
+    s3.assert_restores(&kept, &src);
+
+    s3.tvault(["prune", "--keep-last", "1"]).expect_code(0);
+    assert!(s3.bucket().list("data").unwrap().len() < packs_before);
+    s3.verify_clean();
+    s3.assert_restores(&kept, &src);
+}
+
+#[test]
+fn s3_credentials_come_from_the_shared_credentials_file_profile() {
+    let Some(s3) = S3Env::new("profile") else {
+        return;
+    };
+    // The commands' HOME is the test's `home/`.
+    let file = format!(
+        "[default]\naws_access_key_id = GKnothing\naws_secret_access_key = nothing\n\n\
+         [backup]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+        s3.server.var("AWS_ACCESS_KEY_ID"),
+        s3.server.var("AWS_SECRET_ACCESS_KEY")
+    );
+    s3.env.write("home/.aws/credentials", file.as_bytes());
+    let profile = |name: Option<&str>| {
+        let mut cmd = s3.command(["init"]);
+        cmd.env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY");
+        if let Some(name) = name {
+            cmd.env("AWS_PROFILE", name);
+        }
+        s3.env.run_command(cmd)
+    };
+    profile(None).expect_code(1).stderr_has(&["access denied"]);
+    profile(Some("backup")).expect_code(0);
+    assert!(s3.bucket().size("config").unwrap().is_some());
+}
+
+#[test]
+fn s3_two_hosts_backing_up_at_once_both_get_restorable_snapshots() {
+    let Some(s3) = S3Env::new("twohosts") else {
+        return;
+    };
+    s3.tvault(["init"]).expect_code(0);
+    // Shared bytes (deduplicated between the two) and bytes of each host's own.
+    let shared = random_bytes(300_000, 9);
+    let mut runs = Vec::new();
+    let mut sources = Vec::new();
+    for host in ["host-a", "host-b"] {
+        let dir = s3.env.src.join(host);
+        s3.env.write(dir.join("shared.bin"), &shared);
+        s3.env.write(
+            dir.join("own.bin"),
+            &random_bytes(200_000, host.len() as u64 + 10),
+        );
+        // A slow store, so that the two runs overlap.
+        let mut cmd = s3.command(args!["--json", "backup", "--host", host, &dir]);
+        cmd.env("TVAULT_TEST_FAULTS", "delay_ms=20");
+        runs.push(crate::testenv::spawn_piped(cmd));
+        sources.push(dir);
+    }
+    let ids: Vec<String> = runs
+        .into_iter()
+        .map(|child| {
+            text(
+                &crate::testenv::finish(child, "backup")
+                    .expect_code(0)
+                    .json(),
+                "id",
+            )
+        })
+        .collect();
+    assert_eq!(s3.snapshot_count(), 2);
+    s3.verify_clean();
+    for (id, src) in ids.iter().zip(&sources) {
+        s3.assert_restores(id, src);
+    }
+}
