@@ -282,7 +282,9 @@ fn s3_retries_carry_backup_and_restore_through_a_flaky_store() {
     };
     s3.tvault(["init"]).expect_code(0);
     let src = s3.sources(300_000, 4);
-    let faults = [("TVAULT_TEST_FAULTS", "fail=0.2,seed=11")];
+    // One call in five fails: half before reaching the server, half with the answer lost
+    // after the server did the work.
+    let faults = [("TVAULT_TEST_FAULTS", "fail=0.1,drop=0.1,seed=11")];
     let run = s3
         .tvault_with(&faults, args!["--json", "backup", &src])
         .expect_code(0);
@@ -311,6 +313,29 @@ fn s3_store_that_keeps_failing_ends_the_backup_with_a_clear_error_and_no_snapsho
     let run = s3.tvault_with(&vars, args!["backup", &src]).expect_code(1);
     run.stderr_has(&["injected fault", "gave up after 3 attempts"]);
     assert_eq!(s3.snapshot_count(), 0);
+    s3.backup(&src);
+    s3.verify_clean();
+}
+
+#[test]
+fn s3_connection_lost_mid_backup_leaves_no_snapshot_and_the_next_backup_works() {
+    let Some(s3) = S3Env::new("midbackup") else {
+        return;
+    };
+    s3.tvault(["init"]).expect_code(0);
+    let src = s3.sources(300_000, 12);
+    // With seed 1 the first put (the lock) passes and the second (the pack) fails, and no
+    // retry is allowed: the connection is gone in the middle of the backup.
+    let vars = [
+        ("TVAULT_TEST_FAULTS", "fail=0.5,ops=put,seed=1"),
+        ("TVAULT_RETRY_ATTEMPTS", "1"),
+    ];
+    let run = s3.tvault_with(&vars, args!["backup", &src]).expect_code(1);
+    run.stderr_has(&["/data/", "injected fault in put"]);
+    assert_eq!(s3.snapshot_count(), 0);
+    let id = s3.backup(&src);
+    s3.verify_clean();
+    s3.assert_restores(&id, &src);
 }
 
 #[test]

@@ -2,7 +2,10 @@
 //! can show that retries carry a backup through a flaky store and that a store that keeps
 //! failing ends it cleanly. Never on by default: it is installed (below the retry layer) only
 //! when `TVAULT_TEST_FAULTS` is set, e.g. `TVAULT_TEST_FAULTS=fail=0.2,delay_ms=50,seed=7`:
-//! - `fail=F`: the fraction of calls (0 to 1) that fail with a transient "connection reset";
+//! - `fail=F`: the fraction of calls (0 to 1) that fail with a transient "connection reset"
+//!   before reaching the store;
+//! - `drop=F`: the fraction of calls that reach the store and then lose their answer (the
+//!   put is stored, the caller sees a "connection reset");
 //! - `delay_ms=N`: every call waits N ms first (a slow store);
 //! - `seed=S`: which calls fail (the same seed fails the same calls of a run);
 //! - `ops=put+get+...`: only these calls are affected (default all: put, get, get_range,
@@ -18,6 +21,7 @@ use crate::error::{Error, Result};
 #[derive(Clone, Debug, PartialEq)]
 pub struct FaultPlan {
     pub fail: f64,
+    pub drop: f64,
     pub delay: Duration,
     pub seed: u64,
     pub ops: Option<Vec<String>>,
@@ -36,6 +40,7 @@ impl FaultPlan {
         let bad = |why: &str| Error::Invalid(format!("TVAULT_TEST_FAULTS={text:?}: {why}"));
         let mut plan = FaultPlan {
             fail: 0.0,
+            drop: 0.0,
             delay: Duration::ZERO,
             seed: 1,
             ops: None,
@@ -52,6 +57,13 @@ impl FaultPlan {
                         .filter(|f| (0.0..=1.0).contains(f))
                         .ok_or_else(|| bad("fail is a fraction from 0 to 1"))?
                 }
+                "drop" => {
+                    plan.drop = value
+                        .parse()
+                        .ok()
+                        .filter(|f| (0.0..=1.0).contains(f))
+                        .ok_or_else(|| bad("drop is a fraction from 0 to 1"))?
+                }
                 "delay_ms" => {
                     plan.delay = Duration::from_millis(
                         value.parse().map_err(|_| bad("delay_ms is a number"))?,
@@ -61,7 +73,7 @@ impl FaultPlan {
                 "ops" => {
                     plan.ops = Some(value.split('+').map(String::from).collect());
                 }
-                _ => return Err(bad("known settings: fail, delay_ms, seed, ops")),
+                _ => return Err(bad("known settings: fail, drop, delay_ms, seed, ops")),
             }
         }
         Ok(plan)
@@ -84,25 +96,40 @@ impl<B: Backend> Faults<B> {
         }
     }
 
-    /// Delays the call, then fails it or lets it through.
-    fn gate(&self, op: &str, key: &str) -> Result<()> {
+    /// Delays the call, then fails it, or lets it through and says whether to drop its answer.
+    fn gate(&self, op: &str, key: &str) -> Result<bool> {
         if let Some(ops) = &self.plan.ops {
             if !ops.iter().any(|o| o == op) {
-                return Ok(());
+                return Ok(false);
             }
         }
         if !self.plan.delay.is_zero() {
             std::thread::sleep(self.plan.delay);
         }
         let n = self.calls.fetch_add(1, Ordering::Relaxed);
-        if unit(self.plan.seed, n) < self.plan.fail {
-            let e = std::io::Error::new(
-                std::io::ErrorKind::ConnectionReset,
-                format!("injected fault in {op} (TVAULT_TEST_FAULTS)"),
-            );
-            return Err(Error::io(self.inner.describe(key), e));
+        let draw = unit(self.plan.seed, n);
+        if draw < self.plan.fail {
+            return Err(self.fault(op, key, "injected fault"));
         }
-        Ok(())
+        Ok(draw < self.plan.fail + self.plan.drop)
+    }
+
+    fn fault(&self, op: &str, key: &str, what: &str) -> Error {
+        let e = std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            format!("{what} in {op} (TVAULT_TEST_FAULTS)"),
+        );
+        Error::io(self.inner.describe(key), e)
+    }
+
+    /// Runs `call` behind the gate.
+    fn call<T>(&self, op: &str, key: &str, call: impl FnOnce() -> Result<T>) -> Result<T> {
+        let drop = self.gate(op, key)?;
+        let out = call()?;
+        if drop {
+            return Err(self.fault(op, key, "injected dropped answer"));
+        }
+        Ok(out)
     }
 }
 
@@ -119,33 +146,27 @@ fn unit(seed: u64, n: u64) -> f64 {
 
 impl<B: Backend> Backend for Faults<B> {
     fn put(&self, key: &str, data: &[u8]) -> Result<()> {
-        self.gate("put", key)?;
-        self.inner.put(key, data)
+        self.call("put", key, || self.inner.put(key, data))
     }
 
     fn get(&self, key: &str) -> Result<Vec<u8>> {
-        self.gate("get", key)?;
-        self.inner.get(key)
+        self.call("get", key, || self.inner.get(key))
     }
 
     fn get_range(&self, key: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
-        self.gate("get_range", key)?;
-        self.inner.get_range(key, offset, len)
+        self.call("get_range", key, || self.inner.get_range(key, offset, len))
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<String>> {
-        self.gate("list", prefix)?;
-        self.inner.list(prefix)
+        self.call("list", prefix, || self.inner.list(prefix))
     }
 
     fn size(&self, key: &str) -> Result<Option<u64>> {
-        self.gate("size", key)?;
-        self.inner.size(key)
+        self.call("size", key, || self.inner.size(key))
     }
 
     fn delete(&self, key: &str) -> Result<()> {
-        self.gate("delete", key)?;
-        self.inner.delete(key)
+        self.call("delete", key, || self.inner.delete(key))
     }
 
     fn list_leftovers(&self, prefix: &str) -> Result<Vec<String>> {
@@ -172,6 +193,10 @@ mod tests {
         // Calls not named in ops never fail.
         assert!((0..100).all(|_| b.list("data").is_ok()));
         assert!(FaultPlan::parse("fail=2").is_err());
+        // A dropped answer: the put is stored all the same.
+        let b = Faults::new(MemBackend::default(), FaultPlan::parse("drop=1").unwrap());
+        assert!(b.put("data/y", b"y").is_err());
+        assert_eq!(b.inner.size("data/y").unwrap(), Some(1));
         assert!(FaultPlan::parse("nonsense").is_err());
     }
 }

@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::faults::{FaultPlan, Faults};
 use super::retry::{Retry, RetryPolicy};
@@ -70,8 +71,10 @@ impl Location {
 
 /// The backend of an S3 location: S3, retried, with the test fault layer when asked for.
 pub fn s3_backend(location: &S3Location) -> Result<Arc<dyn Backend>> {
-    let s3 = S3Backend::new(location)?;
     let policy = RetryPolicy::from_env()?;
+    // One request may take as long as all attempts together (a pack on a slow link), and
+    // never less than 30 s.
+    let s3 = S3Backend::new(location, policy.max_time.max(Duration::from_secs(30)))?;
     Ok(match FaultPlan::from_env()? {
         Some(plan) => Arc::new(Retry::new(Faults::new(s3, plan), policy)),
         None => Arc::new(Retry::new(s3, policy)),

@@ -118,11 +118,12 @@ pub struct S3Backend {
 }
 
 impl S3Backend {
-    /// A backend for `location`; fails only when no credentials are to be found (nothing is
-    /// sent before the first call).
-    pub fn new(location: &S3Location) -> Result<S3Backend> {
+    /// A backend for `location` whose requests time out after `timeout` (connecting after
+    /// 10 s); fails only when no credentials are to be found (nothing is sent before the first
+    /// call).
+    pub fn new(location: &S3Location, timeout: Duration) -> Result<S3Backend> {
         let creds = credentials().map_err(|m| invalid(&location.url(), m))?;
-        S3Backend::build(location, creds, region())
+        S3Backend::build(location, creds, region(), timeout)
     }
 
     /// A backend with the given access key, secret and region, whatever the environment says
@@ -138,14 +139,24 @@ impl S3Backend {
             secret: secret.to_string(),
             token: None,
         };
-        S3Backend::build(location, creds, region.to_string())
+        S3Backend::build(
+            location,
+            creds,
+            region.to_string(),
+            Duration::from_secs(120),
+        )
     }
 
-    fn build(location: &S3Location, creds: Credentials, region: String) -> Result<S3Backend> {
+    fn build(
+        location: &S3Location,
+        creds: Credentials,
+        region: String,
+        timeout: Duration,
+    ) -> Result<S3Backend> {
         let options = ClientOptions::new()
             .with_allow_http(true)
             .with_connect_timeout(Duration::from_secs(10))
-            .with_timeout(Duration::from_secs(300));
+            .with_timeout(timeout);
         let mut builder = AmazonS3Builder::new()
             .with_endpoint(&location.endpoint)
             .with_bucket_name(&location.bucket)
