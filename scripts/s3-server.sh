@@ -58,7 +58,14 @@ stop() {
       kill -9 "$pid" 2>/dev/null || true
     fi
   fi
-  rm -rf "$DIR"
+  # Only a folder this script made (or an empty one) is removed.
+  if [ -d "$DIR" ]; then
+    if [ -f "$DIR/garage.toml" ] || [ -z "$(ls -A "$DIR")" ]; then
+      rm -rf "$DIR"
+    else
+      say "$DIR is not a folder of this script; leaving it"
+    fi
+  fi
   [ "$ENV_FILE" = "$DIR/env" ] || rm -f "$ENV_FILE"
 }
 
