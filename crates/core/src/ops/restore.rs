@@ -8,7 +8,6 @@ use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rayon::prelude::*;
 use serde::Serialize;
 
 use super::content::Content;
@@ -226,9 +225,10 @@ fn restore_file(
     fs::rename(tmp, dest).at(dest)
 }
 
-/// Writes a file's content into the new file `tmp`: chunks are read, decoded and re-hashed in
-/// parallel and each is written at its own offset as soon as it is checked, so memory holds
-/// only the chunks in flight. All-zero chunks are not written: the file is new, so they stay
+/// Writes a file's content into the new file `tmp`: chunks are read per pack (neighbouring
+/// chunks of a pack in one ranged read, see `Repository::read_blobs_planned`), decoded and
+/// re-hashed in parallel, and each is written at its own offsets (a chunk the file repeats is
+/// read once) as soon as it is checked, so memory holds only the reads in flight. All-zero chunks are not written: the file is new, so they stay
 /// holes (sparse) and read back as zeros.
 fn write_content(
     repo: &Repository,
@@ -238,18 +238,17 @@ fn write_content(
 ) -> Result<()> {
     // Sizes are checked before anything is read or written (the same check as every reader).
     let content = Content::of_file(repo, node)?;
+    let starts = content.chunk_starts();
     let out = File::create(tmp).at(tmp)?;
-    node.chunks
-        .par_iter()
-        .zip(content.chunk_starts())
-        .try_for_each(|(id, &offset)| -> Result<()> {
-            let plain = repo.read_blob(id)?;
-            if !is_zero(&plain) {
-                out.write_all_at(&plain, offset).at(tmp)?;
+    repo.read_blobs_planned(&node.chunks, |positions, plain| {
+        if !is_zero(plain) {
+            for &i in positions {
+                out.write_all_at(plain, starts[i]).at(tmp)?;
             }
-            progress.bytes(plain.len() as u64);
-            Ok(())
-        })?;
+        }
+        progress.bytes((plain.len() * positions.len()) as u64);
+        Ok(())
+    })?;
     // The size, including any hole at the end.
     out.set_len(node.size).at(tmp)?;
     out.set_permissions(fs::Permissions::from_mode(node.mode))
