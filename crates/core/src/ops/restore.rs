@@ -263,3 +263,78 @@ fn is_zero(data: &[u8]) -> bool {
     data.chunks(4096)
         .all(|page| page.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::ops::backup::{self, BackupOptions};
+    use crate::progress::NoProgress;
+    use crate::repo::{Backend, MemBackend};
+
+    /// A backend that counts ranged reads.
+    #[derive(Default)]
+    struct CountingReads {
+        inner: MemBackend,
+        ranged: AtomicUsize,
+    }
+
+    impl Backend for CountingReads {
+        fn put(&self, key: &str, data: &[u8]) -> Result<()> {
+            self.inner.put(key, data)
+        }
+        fn get(&self, key: &str) -> Result<Vec<u8>> {
+            self.inner.get(key)
+        }
+        fn get_range(&self, key: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+            self.ranged.fetch_add(1, Ordering::SeqCst);
+            self.inner.get_range(key, offset, len)
+        }
+        fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+            self.inner.list(prefix)
+        }
+        fn delete(&self, key: &str) -> Result<()> {
+            self.inner.delete(key)
+        }
+        fn describe(&self, key: &str) -> String {
+            self.inner.describe(key)
+        }
+    }
+
+    #[test]
+    fn restore_reads_neighbouring_chunks_of_a_pack_in_one_request() {
+        let src = tempfile::tempdir().unwrap();
+        let mut data = vec![0u8; 4 << 20];
+        tvault_workload::Rng::new(7).fill_bytes(&mut data);
+        // The same content twice in one file: its chunks are read once, written twice.
+        data.extend_from_within(..);
+        fs::write(src.path().join("weights.bin"), &data).unwrap();
+        let backend = Arc::new(CountingReads::default());
+        let mut repo = Repository::init_with(backend.clone(), "mem".into()).unwrap();
+        let opts = BackupOptions::new(vec![src.path().to_path_buf()]);
+        let backup = backup::run(&mut repo, &opts, &NoProgress).unwrap();
+        repo.load_index().unwrap();
+        let tree = repo.load_tree(&backup.snapshot.tree).unwrap();
+        let chunks = tree.nodes.iter().map(|n| n.chunks.len()).sum::<usize>();
+        assert!(chunks >= 8, "{chunks} chunks");
+
+        backend.ranged.store(0, Ordering::SeqCst);
+        let target = tempfile::tempdir().unwrap();
+        let id = backup.snapshot_id.to_hex();
+        run(
+            &mut repo,
+            &RestoreOptions::new(&id, target.path()),
+            &NoProgress,
+        )
+        .unwrap();
+        let name = src.path().file_name().unwrap();
+        assert_eq!(
+            fs::read(target.path().join(name).join("weights.bin")).unwrap(),
+            data
+        );
+        // One read for the tree, one for the file's 4 MiB of distinct chunks (one pack).
+        assert_eq!(backend.ranged.load(Ordering::SeqCst), 2);
+    }
+}
