@@ -94,13 +94,13 @@ impl<'a> Content<'a> {
         Ok(out)
     }
 
-    /// Streams the whole content, reading a few dozen chunks ahead (planned per pack).
+    /// Streams the whole content, one chunk in memory at a time.
     pub fn reader(&self) -> ContentReader<'a> {
         ContentReader {
             repo: self.repo,
             chunks: self.chunks,
             next: 0,
-            window: Default::default(),
+            buf: Vec::new(),
             pos: 0,
         }
     }
@@ -121,50 +121,22 @@ pub struct ContentReader<'a> {
     repo: &'a Repository,
     chunks: &'a [Id],
     next: usize,
-    /// Plain bytes of the chunks read ahead, in order; the first is being served.
-    window: std::collections::VecDeque<Vec<u8>>,
+    buf: Vec<u8>,
     pos: usize,
-}
-
-/// Chunks a [`ContentReader`] reads ahead at once: enough for a few ranged reads of a pack,
-/// decoded in parallel, while memory stays near this many chunks.
-const READ_AHEAD: usize = 32;
-
-impl ContentReader<'_> {
-    /// Reads the next chunks (planned per pack, decoded in parallel) into the window.
-    fn fill(&mut self) -> Result<()> {
-        let end = (self.next + READ_AHEAD).min(self.chunks.len());
-        let ids = &self.chunks[self.next..end];
-        let slots = std::sync::Mutex::new(vec![Vec::new(); ids.len()]);
-        self.repo.read_blobs_planned(ids, |positions, plain| {
-            let mut slots = slots.lock().expect("slots");
-            for &i in positions {
-                slots[i] = plain.to_vec();
-            }
-            Ok(())
-        })?;
-        self.window = slots.into_inner().expect("slots").into();
-        self.next = end;
-        Ok(())
-    }
 }
 
 impl Read for ContentReader<'_> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        loop {
-            match self.window.front() {
-                Some(chunk) if self.pos < chunk.len() => break,
-                Some(_) => {
-                    self.window.pop_front();
-                    self.pos = 0;
-                }
-                None if self.next == self.chunks.len() => return Ok(0),
-                None => self.fill().map_err(io::Error::other)?,
-            }
+        while self.pos == self.buf.len() {
+            let Some(id) = self.chunks.get(self.next) else {
+                return Ok(0);
+            };
+            self.buf = self.repo.read_blob(id).map_err(io::Error::other)?;
+            self.pos = 0;
+            self.next += 1;
         }
-        let chunk = self.window.front().expect("a chunk with bytes left");
-        let n = out.len().min(chunk.len() - self.pos);
-        out[..n].copy_from_slice(&chunk[self.pos..self.pos + n]);
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)
     }
