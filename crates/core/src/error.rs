@@ -76,7 +76,10 @@ pub enum Error {
 }
 
 /// What a storage failure means for whoever retries: the object is not there, trying again may
-/// work (a timeout, a dropped connection, a server asking to slow down), or it will not.
+/// work (a timeout, a dropped connection, a server asking to slow down), or it will not. The
+/// local backend's errors are classified by their OS error ([`ErrorClass::of_io`]); an object
+/// store maps its statuses the same way (404 not found; 408, 429 and 5xx transient; any other
+/// 4xx permanent) with [`Error::storage`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorClass {
     NotFound,

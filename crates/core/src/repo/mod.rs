@@ -174,7 +174,7 @@ pub struct IndexFile {
 impl Repository {
     /// Creates a repository in `path`, which must be missing or an empty directory.
     pub fn init(path: &Path) -> Result<Repository> {
-        if path.join("config").exists() {
+        if path.join(ObjectKind::Config.folder()).exists() {
             return Err(Error::Invalid(format!(
                 "{} is already a tvault repository",
                 path.display()
@@ -229,7 +229,7 @@ impl Repository {
 
     /// Opens an existing repository in a local directory and loads its index.
     pub fn open(path: &Path) -> Result<Repository> {
-        if !path.join("config").exists() {
+        if !path.join(ObjectKind::Config.folder()).exists() {
             let has_files = path.is_dir() && !dir_entries(path)?.0.is_empty();
             if has_files {
                 return Err(Error::NotARepository {
