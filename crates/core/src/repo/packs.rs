@@ -6,7 +6,7 @@
 
 use rayon::prelude::*;
 
-use super::storage::{plan_reads, Handle, ObjectKind, READ_GAP, READ_MAX};
+use super::storage::{plan_reads, Handle, ObjectKind, PlannedRead, READ_GAP, READ_MAX};
 use super::{PackSink, Repository};
 use crate::error::{Error, Result};
 use crate::id::Id;
@@ -39,12 +39,10 @@ impl Repository {
     /// The stored bytes of `entries` (blobs of `pack`), in their order, read with as few
     /// ranged reads as neighbouring blobs allow. Nothing is decoded or checked.
     pub fn read_blobs(&self, pack: &Id, entries: &[PackEntry]) -> Result<Vec<Vec<u8>>> {
-        let object = Handle::pack(pack);
         let ranges: Vec<_> = entries.iter().map(blob_range).collect();
         let mut out = vec![Vec::new(); entries.len()];
         for read in plan_reads(&ranges, READ_GAP, READ_MAX) {
-            let len = (read.span.end - read.span.start) as usize;
-            let bytes = self.storage.get_range(&object, read.span.start, len)?;
+            let bytes = self.read_span(pack, &read, |i| entries[i].id)?;
             for (i, r) in read.parts {
                 out[i] = bytes[r].to_vec();
             }
@@ -98,10 +96,7 @@ impl Repository {
             );
         }
         reads.par_iter().try_for_each(|(pack, blobs, read)| {
-            let len = (read.span.end - read.span.start) as usize;
-            let bytes = self
-                .storage
-                .get_range(&Handle::pack(pack), read.span.start, len)?;
+            let bytes = self.read_span(pack, read, |i| blobs[i].0)?;
             for (i, r) in &read.parts {
                 let (id, loc) = &blobs[*i];
                 let plain = self.decode_blob(
@@ -115,6 +110,29 @@ impl Repository {
             }
             Ok(())
         })
+    }
+
+    /// One planned read of `pack`. A pack shorter than the read is damage, named by the first
+    /// blob the read serves (`blob` gives a part's blob ID) and its pack.
+    fn read_span(
+        &self,
+        pack: &Id,
+        read: &PlannedRead,
+        blob: impl Fn(usize) -> Id,
+    ) -> Result<Vec<u8>> {
+        let len = (read.span.end - read.span.start) as usize;
+        self.storage
+            .get_range(&Handle::pack(pack), read.span.start, len)
+            .map_err(|e| match e {
+                Error::Io { err, .. } if err.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    Error::CorruptChunk {
+                        id: blob(read.parts[0].0).to_hex(),
+                        pack: pack.to_hex(),
+                        reason: "lies beyond the end of its pack (truncated?)".into(),
+                    }
+                }
+                other => other,
+            })
     }
 
     /// Copies `entries` of `pack` into `sink`, each decoded and re-hashed first, so that a copy
@@ -201,4 +219,40 @@ fn blob_range(e: &PackEntry) -> std::ops::Range<u64> {
 
 fn blob_span(e: &PackEntry) -> std::ops::Range<usize> {
     e.offset as usize..e.offset as usize + e.stored_len as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::codec::Encoding;
+    use crate::pack::PackWriter;
+    use crate::repo::{Backend, MemBackend};
+
+    #[test]
+    fn a_truncated_pack_names_the_blob_past_its_end() {
+        let backend = Arc::new(MemBackend::default());
+        let repo = Repository::init_with(backend.clone(), "mem".into()).unwrap();
+        let mut w = PackWriter::new();
+        for b in [&b"first blob"[..], b"second blob"] {
+            w.add(Id::of(b), BlobKind::Data, Encoding::Raw, b, b.len());
+        }
+        let (id, bytes, entries) = w.finish();
+        let key = Handle::pack(&id).to_string();
+        backend.put(&key, &bytes).unwrap();
+        let stored = repo.read_blobs(&id, &entries).unwrap();
+        assert_eq!(stored, [b"first blob".to_vec(), b"second blob".to_vec()]);
+
+        backend.put(&key, &bytes[..15]).unwrap();
+        let err = repo.read_blobs(&id, &entries).unwrap_err();
+        assert!(
+            matches!(&err, Error::CorruptChunk { id: blob, .. } if *blob == entries[0].id.to_hex()),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("beyond the end of its pack"),
+            "{err}"
+        );
+    }
 }
