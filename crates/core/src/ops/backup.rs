@@ -231,7 +231,7 @@ pub fn run(
     for (i, abs, prev) in to_read {
         progress.file(&nodes[i].path.display());
         let read = read_with_retry(&abs, &mut writer, progress, &mut summary, prev.as_ref())?;
-        progress.added(writer.bytes_added);
+        progress.added(writer.bytes_added());
         match read {
             Ok((chunks, meta)) => {
                 let path = nodes[i].path.clone();
@@ -390,7 +390,7 @@ mod tests {
     use super::*;
     use crate::error::Error;
     use crate::progress::NoProgress;
-    use crate::repo::{Backend, MemBackend};
+    use crate::repo::{Backend, MemBackend, ObjectKind};
 
     /// A backend whose disk fills up after `room` bytes of repository data.
     struct FillingDisk {
@@ -400,7 +400,7 @@ mod tests {
 
     impl Backend for FillingDisk {
         fn put(&self, key: &str, data: &[u8]) -> Result<()> {
-            if !key.starts_with("locks/") {
+            if ObjectKind::of_key(key) != Some(ObjectKind::Lock) {
                 let left = self.room.load(Ordering::SeqCst);
                 if data.len() > left {
                     let enospc = std::io::Error::from_raw_os_error(libc::ENOSPC);
@@ -416,11 +416,8 @@ mod tests {
         fn get_range(&self, key: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
             self.inner.get_range(key, offset, len)
         }
-        fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
             self.inner.list(prefix)
-        }
-        fn size(&self, key: &str) -> Result<Option<u64>> {
-            self.inner.size(key)
         }
         fn delete(&self, key: &str) -> Result<()> {
             self.inner.delete(key)

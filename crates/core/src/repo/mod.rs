@@ -1,9 +1,15 @@
 //! The repository: its config and format version, its files, the merged index, snapshots,
-//! and reading and writing blobs. The on-disk format is specified in `FORMAT.md` (below).
+//! and reading and writing blobs. Everything reaches storage through the typed layer
+//! (`storage`: objects by kind and ID, never by key) over a `backend`; packs are read and
+//! written by `packs` and `writer`, so `ops/` never formats a key nor knows a byte layout.
+//! The on-disk format is specified in `FORMAT.md` (below).
 #![doc = include_str!("FORMAT.md")]
 
 pub mod backend;
 pub mod lock;
+mod packs;
+pub mod storage;
+pub mod testing;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -13,7 +19,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub use backend::{Backend, LocalBackend, MemBackend};
-pub use writer::BlobWriter;
+pub use packs::PackCheck;
+pub use storage::{pack_key, Handle, ObjectKind, Storage};
+pub use writer::{BlobWriter, PackSink, Written};
 
 use crate::chunker::ChunkerParams;
 use crate::codec;
@@ -109,11 +117,11 @@ impl Config {
 }
 
 pub struct Repository {
-    backend: Arc<dyn Backend>,
+    storage: Storage,
     location: PathBuf,
     config: Config,
     index: Index,
-    index_keys: Vec<String>,
+    index_files: Vec<Handle>,
     index_problems: Vec<Error>,
     lock_wait: std::time::Duration,
     /// Where one-line notices go (a lock of a dead process removed); nowhere by default.
@@ -155,21 +163,18 @@ impl BaseCache {
 
 /// One index file as read from the repository, or why it could not be read.
 pub struct IndexFile {
-    pub key: String,
+    pub object: Handle,
+    /// Its size in bytes.
+    pub size: u64,
     pub packs: Result<Vec<(Id, Vec<crate::pack::PackEntry>)>>,
     /// Per pack, the base and depth of its delta blobs.
     pub deltas: index::IdMap<index::Deltas>,
 }
 
-pub fn pack_key(id: &Id) -> String {
-    let hex = id.to_hex();
-    format!("data/{}/{hex}", &hex[..2])
-}
-
 impl Repository {
     /// Creates a repository in `path`, which must be missing or an empty directory.
     pub fn init(path: &Path) -> Result<Repository> {
-        if path.join("config").exists() {
+        if path.join(ObjectKind::Config.folder()).exists() {
             return Err(Error::Invalid(format!(
                 "{} is already a tvault repository",
                 path.display()
@@ -195,26 +200,26 @@ impl Repository {
             std::fs::create_dir_all(path).at(path)?;
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).at(path)?;
         }
-        let backend = LocalBackend::new(path);
-        Self::init_with(Arc::new(backend), path.to_path_buf())
+        Self::init_with(local_backend(path), path.to_path_buf())
     }
 
     /// Creates a repository on any backend.
     pub fn init_with(backend: Arc<dyn Backend>, location: PathBuf) -> Result<Repository> {
         let config = Config::new();
         let bytes = serde_json::to_vec_pretty(&config).expect("config serialises");
-        backend.put("config", &bytes)?;
-        Ok(Repository::with_config(backend, location, config))
+        let repo = Repository::with_config(backend, location, config);
+        repo.storage.put_config(&bytes)?;
+        Ok(repo)
     }
 
     /// A repository handle with an empty index (not loaded yet).
     fn with_config(backend: Arc<dyn Backend>, location: PathBuf, config: Config) -> Repository {
         Repository {
-            backend,
+            storage: Storage::new(backend),
             location,
             config,
             index: Index::default(),
-            index_keys: Vec::new(),
+            index_files: Vec::new(),
             index_problems: Vec::new(),
             lock_wait: std::time::Duration::ZERO,
             notice: Arc::new(|_: &str| {}),
@@ -224,7 +229,7 @@ impl Repository {
 
     /// Opens an existing repository in a local directory and loads its index.
     pub fn open(path: &Path) -> Result<Repository> {
-        if !path.join("config").exists() {
+        if !path.join(ObjectKind::Config.folder()).exists() {
             let has_files = path.is_dir() && !dir_entries(path)?.0.is_empty();
             if has_files {
                 return Err(Error::NotARepository {
@@ -236,11 +241,12 @@ impl Repository {
                 path: path.to_path_buf(),
             });
         }
-        Self::open_with(Arc::new(LocalBackend::new(path)), path.to_path_buf())
+        Self::open_with(local_backend(path), path.to_path_buf())
     }
 
     pub fn open_with(backend: Arc<dyn Backend>, location: PathBuf) -> Result<Repository> {
-        let raw = backend.get("config")?;
+        let storage = Storage::new(backend);
+        let raw = storage.get_config()?;
         let not_repo = |reason: String| Error::NotARepository {
             path: location.clone(),
             reason,
@@ -271,7 +277,7 @@ impl Repository {
             )));
         }
         config.validate().map_err(not_repo)?;
-        let mut repo = Repository::with_config(backend, location, config);
+        let mut repo = Repository::with_config(storage.backend().clone(), location, config);
         repo.load_index()?;
         Ok(repo)
     }
@@ -294,8 +300,9 @@ impl Repository {
         &self.config
     }
 
-    pub fn backend(&self) -> &dyn Backend {
-        self.backend.as_ref()
+    /// Typed access to the repository's objects (by kind and ID; see [`Storage`]).
+    pub fn storage(&self) -> &Storage {
+        &self.storage
     }
 
     pub fn index(&self) -> &Index {
@@ -310,7 +317,7 @@ impl Repository {
         let mut problems = Vec::new();
         let mut keys = Vec::new();
         for file in self.read_index_files()? {
-            keys.push(file.key.clone());
+            keys.push(file.object.clone());
             match file.packs {
                 Ok(packs) => {
                     for (pack, entries) in packs {
@@ -322,7 +329,7 @@ impl Repository {
             }
         }
         self.index = index;
-        self.index_keys = keys;
+        self.index_files = keys;
         self.index_problems = problems;
         Ok(())
     }
@@ -330,15 +337,16 @@ impl Repository {
     /// Reloads the index if index files were added or removed since it was loaded. Commands
     /// call it once they hold their lock, so they never trust what another process changed.
     pub fn refresh_index(&mut self) -> Result<()> {
-        if self.backend.list("index")? != self.index_keys {
+        let listed = self.storage.list(ObjectKind::Index)?;
+        if !listed.iter().map(|(h, _)| h).eq(self.index_files.iter()) {
             self.load_index()?;
         }
         Ok(())
     }
 
     /// The index files the index was loaded from, sorted.
-    pub fn index_keys(&self) -> &[String] {
-        &self.index_keys
+    pub fn index_files(&self) -> &[Handle] {
+        &self.index_files
     }
 
     /// Index files that could not be read when the index was loaded.
@@ -349,11 +357,12 @@ impl Repository {
     /// Every index file, parsed separately (for verify and prune, which need per-file detail).
     pub fn read_index_files(&self) -> Result<Vec<IndexFile>> {
         let mut out = Vec::new();
-        for key in self.backend.list("index")? {
+        for (object, size) in self.storage.list(ObjectKind::Index)? {
             let mut deltas = index::IdMap::default();
-            let packs = key_id(&key)
+            let key = object.to_string();
+            let packs = key_id(&object)
                 .and_then(|id| {
-                    let bytes = self.backend.get(&key)?;
+                    let bytes = self.storage.get(&object)?;
                     index::decode_file(&key, id, &bytes)
                 })
                 .map(|list| {
@@ -366,18 +375,23 @@ impl Repository {
                         })
                         .collect()
                 });
-            out.push(IndexFile { key, packs, deltas });
+            out.push(IndexFile {
+                object,
+                size,
+                packs,
+                deltas,
+            });
         }
         Ok(out)
     }
 
-    /// Writes one index file listing `packs` (which must all be durable) and returns its key.
-    /// Index files are named by their hash: writing the same list twice writes the same file.
-    pub fn save_index(&self, packs: &index::PackList) -> Result<String> {
+    /// Writes one index file listing `packs` (which must all be durable) and returns it and
+    /// its size. Index files are named by their hash: writing the same list twice writes the
+    /// same file.
+    pub fn save_index(&self, packs: &index::PackList) -> Result<(Handle, u64)> {
         let bytes = index::encode_file(packs);
-        let key = format!("index/{}", Id::of(&bytes).to_hex());
-        self.backend.put(&key, &bytes)?;
-        Ok(key)
+        let object = self.storage.put_hashed(ObjectKind::Index, &bytes)?;
+        Ok((object, bytes.len() as u64))
     }
 
     /// Reads, decodes and re-hashes one blob. A delta blob (encoding 3) is resolved through its
@@ -388,9 +402,11 @@ impl Repository {
             .get(id)
             .ok_or_else(|| Error::MissingChunk { id: id.to_hex() })?;
         let pack = self.index.pack_id(&loc);
-        let stored =
-            self.backend
-                .get_range(&pack_key(&pack), loc.offset as u64, loc.stored_len as usize)?;
+        let stored = self.storage.get_range(
+            &Handle::pack(&pack),
+            loc.offset as u64,
+            loc.stored_len as usize,
+        )?;
         self.decode_blob(id, &pack, loc.encoding, &stored, loc.plain_len as usize)
     }
 
@@ -446,8 +462,8 @@ impl Repository {
                 )));
             };
             let bpack = self.index.pack_id(&loc);
-            let bstored = self.backend.get_range(
-                &pack_key(&bpack),
+            let bstored = self.storage.get_range(
+                &Handle::pack(&bpack),
                 loc.offset as u64,
                 loc.stored_len as usize,
             )?;
@@ -486,16 +502,16 @@ impl Repository {
     }
 
     pub fn snapshot_ids(&self) -> Result<Vec<Id>> {
-        self.backend
-            .list("snapshots")?
+        self.storage
+            .list(ObjectKind::Snapshot)?
             .iter()
-            .map(|k| key_id(k))
+            .map(|(h, _)| key_id(h))
             .collect()
     }
 
     pub fn load_snapshot(&self, id: &Id) -> Result<Snapshot> {
-        let key = format!("snapshots/{}", id.to_hex());
-        Snapshot::from_bytes(&key, *id, &self.backend.get(&key)?)
+        let object = Handle::new(ObjectKind::Snapshot, id);
+        Snapshot::from_bytes(&object.to_string(), *id, &self.storage.get(&object)?)
     }
 
     /// All snapshots, oldest first.
@@ -538,15 +554,18 @@ impl Repository {
     /// Writes a snapshot manifest: the commit point of a backup.
     pub fn save_snapshot(&self, snap: &Snapshot) -> Result<Id> {
         let bytes = snap.to_bytes();
-        let id = Id::of(&bytes);
-        self.backend
-            .put(&format!("snapshots/{}", id.to_hex()), &bytes)?;
-        Ok(id)
+        let object = self.storage.put_hashed(ObjectKind::Snapshot, &bytes)?;
+        Ok(object.id().expect("named by its hash"))
     }
 
     /// Deletes a snapshot manifest (its data stays until a prune finds it unused).
     pub fn delete_snapshot(&self, id: &Id) -> Result<()> {
-        self.backend.delete(&format!("snapshots/{}", id.to_hex()))
+        self.storage.delete(&Handle::new(ObjectKind::Snapshot, id))
+    }
+
+    /// Stores a record of `repair packs` (JSON, see FORMAT.md "Repair").
+    pub fn save_repair_record(&self, json: &[u8]) -> Result<Handle> {
+        self.storage.put_hashed(ObjectKind::Repair, json)
     }
 }
 
@@ -570,10 +589,17 @@ fn dir_entries(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
     Ok((others, leftovers))
 }
 
-/// The ID a content-addressed key ends in.
-fn key_id(key: &str) -> Result<Id> {
-    let name = key.rsplit('/').next().unwrap_or(key);
-    Id::from_hex(name).ok_or_else(|| Error::corrupt(key, "file name is not an ID"))
+/// The ID a content-addressed object is named by.
+fn key_id(object: &Handle) -> Result<Id> {
+    object
+        .id()
+        .ok_or_else(|| Error::corrupt(object.to_string(), "file name is not an ID"))
+}
+
+/// The backend of a repository in the local directory `path`, with the test hooks the
+/// environment asks for (see `testing`).
+fn local_backend(path: &Path) -> Arc<dyn Backend> {
+    testing::with_hooks(LocalBackend::new(path))
 }
 
 impl Repository {
@@ -583,14 +609,19 @@ impl Repository {
     /// A conflicting lock of a provably dead process is removed, told to the notice sink.
     pub fn lock(&mut self, exclusive: bool, command: &str) -> Result<lock::LockGuard> {
         let guard = lock::LockGuard::acquire(
-            self.backend.clone(),
+            self.storage.clone(),
             exclusive,
             command,
             self.lock_wait,
             &*self.notice,
         )?;
         self.refresh_index()?;
-        backend::test_pause("locked");
+        testing::pause("locked");
         Ok(guard)
+    }
+
+    /// Removes stale locks (every lock with `all`); describes what was removed.
+    pub fn unlock(&self, all: bool) -> Result<Vec<String>> {
+        lock::unlock(&self.storage, all)
     }
 }
