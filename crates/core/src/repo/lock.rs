@@ -25,6 +25,28 @@ use crate::id::Id;
 pub const REFRESH_EVERY: Duration = Duration::from_secs(5 * 60);
 pub const STALE_AFTER: Duration = Duration::from_secs(30 * 60);
 
+/// How the refresher paces itself; tests shorten it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Timings {
+    /// Between refreshes while they work.
+    pub refresh: Duration,
+    /// Between attempts after a refresh failed (the store may be back soon).
+    pub retry: Duration,
+    /// Without a successful refresh for this long, the lock is given up: others may call it
+    /// stale at `STALE_AFTER`, so the process stops writing well before.
+    pub give_up: Duration,
+}
+
+impl Default for Timings {
+    fn default() -> Timings {
+        Timings {
+            refresh: REFRESH_EVERY,
+            retry: Duration::from_secs(30),
+            give_up: STALE_AFTER / 2,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LockInfo {
     pub host: String,
@@ -167,6 +189,24 @@ impl LockGuard {
         wait: Duration,
         notice: &dyn Fn(&str),
     ) -> Result<LockGuard> {
+        Self::acquire_with(
+            storage,
+            exclusive,
+            command,
+            wait,
+            notice,
+            Timings::default(),
+        )
+    }
+
+    pub(crate) fn acquire_with(
+        storage: Storage,
+        exclusive: bool,
+        command: &str,
+        wait: Duration,
+        notice: &dyn Fn(&str),
+        timings: Timings,
+    ) -> Result<LockGuard> {
         let started = std::time::Instant::now();
         let now = Utc::now();
         let pid = std::process::id();
@@ -219,13 +259,32 @@ impl LockGuard {
         let refresher = {
             let storage = storage.clone();
             let object = object.clone();
+            let lease = storage.lease();
             std::thread::spawn(move || {
-                while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(REFRESH_EVERY) {
+                // A refresh that fails is tried again sooner; one that keeps failing until
+                // others may soon call the lock stale ends this process's writing.
+                let mut last_ok = std::time::Instant::now();
+                let mut pause = timings.refresh;
+                while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(pause) {
                     info.refreshed = Utc::now();
-                    let _ = storage.put(
-                        &object,
-                        &serde_json::to_vec(&info).expect("lock serialises"),
-                    );
+                    let bytes = serde_json::to_vec(&info).expect("lock serialises");
+                    match storage.put(&object, &bytes) {
+                        Ok(()) => {
+                            last_ok = std::time::Instant::now();
+                            pause = timings.refresh;
+                        }
+                        Err(e) => {
+                            pause = timings.retry;
+                            if last_ok.elapsed() >= timings.give_up {
+                                lease.lose(format!(
+                                    "this tvault's lock {object} could not be refreshed for {} \
+                                     (last error: {e}); other tvault processes may soon call it \
+                                     stale, so nothing more is written: run the command again",
+                                    crate::ops::describe_duration(timings.give_up)
+                                ));
+                            }
+                        }
+                    }
                 }
             })
         };
@@ -340,6 +399,76 @@ mod tests {
     fn mem() -> (Arc<dyn Backend>, Storage) {
         let b: Arc<dyn Backend> = Arc::new(MemBackend::default());
         (b.clone(), Storage::new(b))
+    }
+
+    /// A store that stops taking lock objects once told to (an endpoint that went away).
+    #[derive(Default)]
+    struct LocksFail {
+        inner: MemBackend,
+        failing: std::sync::atomic::AtomicBool,
+    }
+
+    impl Backend for LocksFail {
+        fn put(&self, key: &str, data: &[u8]) -> Result<()> {
+            if key.starts_with("locks/") && self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(Error::io(key, std::io::ErrorKind::TimedOut.into()));
+            }
+            self.inner.put(key, data)
+        }
+        fn get(&self, key: &str) -> Result<Vec<u8>> {
+            self.inner.get(key)
+        }
+        fn get_range(&self, key: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+            self.inner.get_range(key, offset, len)
+        }
+        fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+            self.inner.list(prefix)
+        }
+        fn delete(&self, key: &str) -> Result<()> {
+            self.inner.delete(key)
+        }
+        fn describe(&self, key: &str) -> String {
+            self.inner.describe(key)
+        }
+    }
+
+    /// Issue 11.5: the refresher ignored its errors, so a process whose lock others may call
+    /// stale went on writing. Past `give_up` without a refresh it writes nothing more.
+    #[test]
+    fn a_lock_that_cannot_be_refreshed_stops_all_writing_before_others_call_it_stale() {
+        let backend = Arc::new(LocksFail::default());
+        let storage = Storage::new(backend.clone());
+        let timings = Timings {
+            refresh: Duration::from_millis(20),
+            retry: Duration::from_millis(10),
+            give_up: Duration::from_millis(500),
+        };
+        let guard = LockGuard::acquire_with(
+            storage.clone(),
+            false,
+            "backup",
+            Duration::ZERO,
+            &|_| {},
+            timings,
+        )
+        .unwrap();
+        let pack = Handle::pack(&Id::of(b"a pack"));
+        std::thread::sleep(Duration::from_millis(200));
+        storage.put(&pack, b"while refreshes work").unwrap();
+        backend
+            .failing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        // Failing for less than give_up: still writing.
+        std::thread::sleep(Duration::from_millis(50));
+        storage.put(&pack, b"a short outage").unwrap();
+        std::thread::sleep(Duration::from_millis(1000));
+        let err = storage.put(&pack, b"too late").unwrap_err().to_string();
+        assert!(
+            err.contains("could not be refreshed") && err.contains("nothing more is written"),
+            "{err}"
+        );
+        assert!(storage.delete(&pack).is_err(), "deleting is writing too");
+        drop(guard);
     }
 
     /// An exclusive lock of a process that no longer exists on this host.

@@ -120,18 +120,52 @@ pub fn pack_key(id: &Id) -> String {
     Handle::pack(id).key
 }
 
-/// Typed access to a backend: objects by [`Handle`], never by key. Cheap to clone.
+/// Typed access to a backend: objects by [`Handle`], never by key. Cheap to clone (clones
+/// share the backend and the lease).
 #[derive(Clone)]
 pub struct Storage {
     backend: Arc<dyn Backend>,
+    lease: Arc<Lease>,
+}
+
+/// Whether this process may still write: set lost when its lock could not be refreshed for so
+/// long that another tvault may soon call it stale (see `lock.rs`). Past that point nothing
+/// but lock objects is written or deleted any more.
+#[derive(Default)]
+pub struct Lease {
+    lost: std::sync::Mutex<Option<String>>,
+}
+
+impl Lease {
+    pub fn lose(&self, why: String) {
+        *self.lost.lock().expect("lease") = Some(why);
+    }
+
+    fn check(&self, object: &Handle) -> Result<()> {
+        match &*self.lost.lock().expect("lease") {
+            Some(why) if object.kind != ObjectKind::Lock => Err(crate::error::Error::Invalid(
+                format!("stopped before writing {object}: {why}"),
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl Storage {
     pub fn new(backend: Arc<dyn Backend>) -> Storage {
-        Storage { backend }
+        Storage {
+            backend,
+            lease: Arc::default(),
+        }
+    }
+
+    /// The lease every clone of this storage checks before it writes.
+    pub fn lease(&self) -> Arc<Lease> {
+        self.lease.clone()
     }
 
     pub fn put(&self, object: &Handle, data: &[u8]) -> Result<()> {
+        self.lease.check(object)?;
         self.backend.put(object.key(), data)
     }
 
@@ -144,6 +178,7 @@ impl Storage {
     }
 
     pub fn delete(&self, object: &Handle) -> Result<()> {
+        self.lease.check(object)?;
         self.backend.delete(object.key())
     }
 
