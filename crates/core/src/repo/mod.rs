@@ -6,6 +6,7 @@
 #![doc = include_str!("FORMAT.md")]
 
 pub mod backend;
+pub mod cache;
 pub mod lock;
 mod packs;
 pub mod storage;
@@ -128,6 +129,8 @@ pub struct Repository {
     notice: Arc<dyn Fn(&str) + Send + Sync>,
     /// Recently checked plain blobs that deltas may need as bases.
     cache: std::sync::Mutex<BaseCache>,
+    /// On a network repository: index files, manifests and trees kept on local disk.
+    disk_cache: Option<cache::Cache>,
 }
 
 /// Plain bytes of recently read blobs, up to a byte budget, oldest dropped first: a chain of
@@ -224,6 +227,7 @@ impl Repository {
             lock_wait: std::time::Duration::ZERO,
             notice: Arc::new(|_: &str| {}),
             cache: Default::default(),
+            disk_cache: None,
         }
     }
 
@@ -245,6 +249,16 @@ impl Repository {
     }
 
     pub fn open_with(backend: Arc<dyn Backend>, location: PathBuf) -> Result<Repository> {
+        Self::open_cached(backend, location, None)
+    }
+
+    /// Opens a repository whose index files, snapshot manifests and trees are read through a
+    /// local cache below `cache_root` (see [`cache`]): for repositories on a network.
+    pub fn open_cached(
+        backend: Arc<dyn Backend>,
+        location: PathBuf,
+        cache_root: Option<&Path>,
+    ) -> Result<Repository> {
         let storage = Storage::new(backend);
         let raw = storage.get_config()?;
         let not_repo = |reason: String| Error::NotARepository {
@@ -277,7 +291,13 @@ impl Repository {
             )));
         }
         config.validate().map_err(not_repo)?;
-        let mut repo = Repository::with_config(storage.backend().clone(), location, config);
+        let mut backend = storage.backend().clone();
+        let disk_cache = cache_root.map(|root| cache::Cache::new(root, &config.id));
+        if let Some(c) = &disk_cache {
+            backend = Arc::new(cache::Cached::new(backend, c.clone()));
+        }
+        let mut repo = Repository::with_config(backend, location, config);
+        repo.disk_cache = disk_cache;
         repo.load_index()?;
         Ok(repo)
     }
@@ -498,7 +518,15 @@ impl Repository {
         if self.index.get(id).map(|l| l.kind) != Some(BlobKind::Tree) {
             return Err(Error::MissingChunk { id: id.to_hex() });
         }
-        Tree::from_bytes(&format!("tree {}", id.short()), &self.read_blob(id)?)
+        let name = format!("tree {}", id.short());
+        if let Some(plain) = self.disk_cache.as_ref().and_then(|c| c.tree(id)) {
+            return Tree::from_bytes(&name, &plain);
+        }
+        let plain = self.read_blob(id)?;
+        if let Some(c) = &self.disk_cache {
+            c.keep_tree(id, &plain);
+        }
+        Tree::from_bytes(&name, &plain)
     }
 
     pub fn snapshot_ids(&self) -> Result<Vec<Id>> {
