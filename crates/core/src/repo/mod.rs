@@ -131,6 +131,8 @@ pub struct Repository {
     cache: std::sync::Mutex<BaseCache>,
     /// On a network repository: index files, manifests and trees kept on local disk.
     disk_cache: Option<cache::Cache>,
+    /// Packs a writer stores at once (1 on a local disk; more where each put waits on a network).
+    upload_slots: usize,
 }
 
 /// Plain bytes of recently read blobs, up to a byte budget, oldest dropped first: a chain of
@@ -228,6 +230,7 @@ impl Repository {
             notice: Arc::new(|_: &str| {}),
             cache: Default::default(),
             disk_cache: None,
+            upload_slots: 1,
         }
     }
 
@@ -300,6 +303,16 @@ impl Repository {
         repo.disk_cache = disk_cache;
         repo.load_index()?;
         Ok(repo)
+    }
+
+    /// How many packs a backup, prune or repair stores at once (default 1); each one in flight
+    /// holds a pack in memory (`pack_size`, 32 MiB by default).
+    pub fn set_upload_slots(&mut self, n: usize) {
+        self.upload_slots = n.max(1);
+    }
+
+    pub fn upload_slots(&self) -> usize {
+        self.upload_slots
     }
 
     /// How long `lock` waits for a conflicting live lock to go away (default: not at all).

@@ -6,9 +6,11 @@
 //! that needs it is written.
 //!
 //! A full pack is finished (trailer, hash) and stored on a background thread while the next one
-//! fills, so the pack's hashing and its fsync overlap the reading and compressing. At most one
-//! pack is being stored at a time: the next flush waits for it, and so does `finish`, so a
-//! pack is durable before any index names it (and writes happen in a fixed order).
+//! fills, so the pack's hashing and its upload or fsync overlap the reading and compressing. At
+//! most `Repository::upload_slots` packs are being stored at a time (1 on a local disk, so
+//! writes happen in a fixed order; more on a network, where each put mostly waits): a flush
+//! waits for the oldest when all slots are busy, and `finish` waits for all, so a pack is
+//! durable before any index names it. Memory: one pack filling plus one per slot.
 
 use std::thread::JoinHandle;
 
@@ -30,7 +32,9 @@ pub struct PackSink {
     pack_size: usize,
     pack: PackWriter,
     /// The pack being stored in the background, if any.
-    storing: Option<JoinHandle<Stored>>,
+    storing: std::collections::VecDeque<JoinHandle<Stored>>,
+    /// Packs stored at once, at most (each holds a pack in memory until it is stored).
+    uploads: usize,
     stored: Vec<(Id, Vec<PackEntry>)>,
     /// Base and depth of each delta blob added (for the index file).
     deltas: index::Deltas,
@@ -54,7 +58,8 @@ impl PackSink {
             storage: repo.storage().clone(),
             pack_size: repo.config().pack_size as usize,
             pack: PackWriter::new(),
-            storing: None,
+            storing: Default::default(),
+            uploads: repo.upload_slots(),
             stored: Vec::new(),
             deltas: Default::default(),
             bytes: 0,
@@ -92,7 +97,9 @@ impl PackSink {
         if self.pack.is_empty() {
             return Ok(());
         }
-        self.wait()?;
+        while self.storing.len() >= self.uploads {
+            self.wait_oldest()?;
+        }
         let pack = std::mem::take(&mut self.pack);
         if self.dry {
             self.bytes += pack.len() as u64;
@@ -104,13 +111,21 @@ impl PackSink {
             storage.put(&Handle::pack(&id), &bytes)?;
             Ok((id, bytes.len() as u64, entries))
         };
-        self.storing = Some(std::thread::spawn(store));
+        self.storing.push_back(std::thread::spawn(store));
         Ok(())
     }
 
-    /// Waits for the pack being stored, if any.
+    /// Waits for every pack being stored.
     fn wait(&mut self) -> Result<()> {
-        let Some(handle) = self.storing.take() else {
+        while !self.storing.is_empty() {
+            self.wait_oldest()?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the pack that started storing first.
+    fn wait_oldest(&mut self) -> Result<()> {
+        let Some(handle) = self.storing.pop_front() else {
             return Ok(());
         };
         let (id, len, entries) = handle
@@ -152,7 +167,7 @@ impl Drop for PackSink {
     /// A sink dropped without `finish` (a failed backup) still waits for its pack: the caller
     /// may release the repository lock right after.
     fn drop(&mut self) {
-        if let Some(handle) = self.storing.take() {
+        for handle in self.storing.drain(..) {
             let _ = handle.join();
         }
     }
@@ -247,5 +262,48 @@ impl<'r> BlobWriter<'r> {
 
     pub fn repo(&self) -> &'r Repository {
         self.repo
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::repo::{Backend, MemBackend};
+
+    /// With several packs stored at once, every pack is stored, and the index names exactly
+    /// the packs stored, each with its blobs.
+    #[test]
+    fn parallel_uploads_store_every_pack_and_index_exactly_those() {
+        for slots in [1, 3] {
+            let backend = Arc::new(MemBackend::default());
+            let mut repo = Repository::init_with(backend.clone(), "mem".into()).unwrap();
+            repo.set_upload_slots(slots);
+            let mut sink = PackSink::new(&repo);
+            sink.pack_size = 64 << 10;
+            let mut ids = Vec::new();
+            for i in 0u32..40 {
+                let blob = vec![i as u8; 10_000 + i as usize];
+                let id = Id::of(&blob);
+                ids.push(id);
+                sink.add(id, BlobKind::Data, Encoding::Raw, &blob, blob.len())
+                    .unwrap();
+            }
+            let written = sink.finish().unwrap();
+            let on_disk = backend.list("data").unwrap();
+            assert_eq!(written.packs.len(), on_disk.len(), "slots {slots}");
+            assert!(written.packs.len() >= 5, "slots {slots}");
+            let total: u64 = on_disk.iter().map(|(_, n)| n).sum();
+            assert_eq!(written.bytes, total, "slots {slots}");
+            let mut indexed: Vec<Id> = written
+                .packs
+                .iter()
+                .flat_map(|(_, entries, _)| entries.iter().map(|e| e.id))
+                .collect();
+            indexed.sort();
+            ids.sort();
+            assert_eq!(indexed, ids, "slots {slots}");
+        }
     }
 }
