@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod cache;
+pub mod limit;
 pub mod lock;
 mod packs;
 pub mod storage;
@@ -303,6 +304,13 @@ impl Repository {
         repo.disk_cache = disk_cache;
         repo.load_index()?;
         Ok(repo)
+    }
+
+    /// Caps the average upload rate of this handle (`--limit-upload`). Call it before taking a
+    /// lock: the storage is wrapped anew.
+    pub fn limit_uploads(&mut self, bytes_per_sec: u64) {
+        let limited = limit::UploadLimit::new(self.storage.backend().clone(), bytes_per_sec);
+        self.storage = Storage::new(Arc::new(limited));
     }
 
     /// How many packs a backup, prune or repair stores at once (default 1); each one in flight
