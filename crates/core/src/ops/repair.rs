@@ -234,9 +234,18 @@ pub fn packs(
         report.packs_read += 1;
         report.bytes_read += r.bytes;
         let lost = bad.entry(r.pack).or_default();
-        if let Some(e) = r.unreadable {
-            let reason = format!("cannot read its pack: {e}");
+        if let Some(e) = r.unreadable.as_ref().filter(|e| e.is_not_found()) {
+            let reason = format!("its pack is gone: {e}");
             lost.extend(packs[&r.pack].0.iter().map(|e| (e.id, reason.clone())));
+        }
+        if let Some(e) = r.unreadable.filter(|e| !e.is_not_found()) {
+            // A pack that cannot be read (permissions, I/O, network) is not known to be
+            // damaged: dropping its chunks would delete a pack that may be sound.
+            return Err(Error::Invalid(format!(
+                "cannot read pack {} ({e}); repair packs changes nothing until every pack \
+                 can be read: fix access to it and run it again",
+                r.pack
+            )));
         }
         lost.extend(r.bad_blobs);
         if r.hash_ok && lost.is_empty() {

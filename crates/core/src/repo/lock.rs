@@ -157,7 +157,12 @@ pub fn start_time(pid: u32) -> Option<u64> {
 pub fn process_is_gone(pid: u32, started: Option<u64>) -> bool {
     let stat = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => stat,
-        Err(e) => return e.kind() == std::io::ErrorKind::NotFound,
+        // Under `hidepid`, other users' processes look absent too: a missing entry proves
+        // nothing unless this process can see PID 1's.
+        Err(e) => {
+            return e.kind() == std::io::ErrorKind::NotFound
+                && std::path::Path::new("/proc/1/stat").exists()
+        }
     };
     let Some(rest) = stat.rfind(')').and_then(|i| stat.get(i + 2..)) else {
         return false;
