@@ -7,7 +7,6 @@ use super::commands::*;
 use super::metrics::sample;
 use super::{exit, measured, open, Ctx};
 use tvault_core::ops::{prune, repair, retention, verify};
-use tvault_core::repo::lock;
 
 pub(super) fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<u8> {
     let out = &ctx.out;
@@ -176,7 +175,7 @@ pub(super) fn unlock(ctx: &Ctx, args: UnlockArgs) -> Result<u8> {
     let lock_wait = ctx.lock_wait;
     let UnlockArgs { all } = args;
     let repo = open(repo_path, false, out, lock_wait)?;
-    let removed = lock::unlock(repo.backend(), all)?;
+    let removed = repo.unlock(all)?;
     for r in &removed {
         out.line(&format!("removed {r}"));
     }

@@ -1,6 +1,6 @@
 //! Several tvault processes on one repository: a verify overlapping a backup, a prune beside a
 //! command that is taking its lock, and locks left by killed runs. The interleavings are made
-//! exact with the `TVAULT_TEST_PAUSE` hook (see `repo::backend::test_pause`): a process stops at
+//! exact with the `TVAULT_TEST_PAUSE` hook (see `repo::testing::pause`): a process stops at
 //! a named point until the test lets it go on.
 
 use std::ffi::OsString;

@@ -371,3 +371,51 @@ fn a_file_that_never_settles_makes_the_snapshot_incomplete_past_settle_max() {
     .expect_code(1)
     .stderr_has(&["--settle-max 5 minutes", "--settle 10 minutes"]);
 }
+
+/// A trainer writing a new folder per step (`checkpoints/checkpoint-1000/` beside the finished
+/// `checkpoint-500/`): the folder still being filled is not in the snapshot at all. Restored
+/// empty, it would look like the newest checkpoint to a trainer resuming from the newest
+/// folder. The finished step is stored; the backed-up path itself always stays.
+#[test]
+fn a_new_checkpoint_folder_still_being_written_is_left_out_whole() {
+    let env = TestEnv::with_repo();
+    let old = 3600;
+    write_aged(
+        &env,
+        "src/run/checkpoint-500/model.safetensors",
+        b"step 500",
+        old,
+    );
+    write_aged(
+        &env,
+        "src/run/checkpoint-500/trainer_state.json",
+        b"{}",
+        old,
+    );
+    write_aged(
+        &env,
+        "src/run/checkpoint-1000/model.safetensors",
+        b"step 1000",
+        5,
+    );
+    write_aged(&env, "src/run/checkpoint-1000/sub/rng_state.pth", b"rng", 5);
+    let run_dir = env.src.join("run");
+    let r = env.backup(&[&run_dir], &["--settle", "10m"]);
+    assert_eq!(settling_names(&r).len(), 2, "{r:#}");
+    let out = env.restore(&text(&r, "id"));
+    assert!(out.join("run/checkpoint-500/model.safetensors").exists());
+    assert!(
+        !out.join("run/checkpoint-1000").exists(),
+        "an empty folder of a step being written was restored"
+    );
+    assert_eq!(num(&r, "dirs"), 2, "{r:#}");
+    // A backup of the folder being written keeps the folder itself, empty.
+    let step = env.src.join("run/checkpoint-1000");
+    let r = env.backup(&[&step], &["--settle", "10m"]);
+    let out = env.restore(&text(&r, "id"));
+    assert!(out.join("checkpoint-1000").is_dir());
+    assert!(fs::read_dir(out.join("checkpoint-1000"))
+        .unwrap()
+        .next()
+        .is_none());
+}

@@ -138,8 +138,9 @@ impl Layout {
         let mut index_files = BTreeMap::new();
         let mut packs = BTreeMap::new();
         for file in repo.read_index_files().unwrap() {
-            let list = file.packs.unwrap_or_else(|e| panic!("{}: {e}", file.key));
-            index_files.insert(file.key, list.iter().map(|(p, _)| *p).collect());
+            let key = file.object.to_string();
+            let list = file.packs.unwrap_or_else(|e| panic!("{key}: {e}"));
+            index_files.insert(key, list.iter().map(|(p, _)| *p).collect());
             packs.extend(list);
         }
         let mut snapshots = BTreeMap::new();

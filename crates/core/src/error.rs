@@ -62,8 +62,44 @@ pub enum Error {
     #[error("{path}: {err}{}", hint(err))]
     Io { path: PathBuf, err: io::Error },
 
+    /// A storage backend's failure that is not an OS error (an object store's HTTP status,
+    /// say), classified so that callers can tell what retrying would do.
+    #[error("{key}: {message}")]
+    Storage {
+        key: String,
+        class: ErrorClass,
+        message: String,
+    },
+
     #[error("{0}")]
     Invalid(String),
+}
+
+/// What a storage failure means for whoever retries: the object is not there, trying again may
+/// work (a timeout, a dropped connection, a server asking to slow down), or it will not. The
+/// local backend's errors are classified by their OS error ([`ErrorClass::of_io`]); an object
+/// store maps its statuses the same way (404 not found; 408, 429 and 5xx transient; any other
+/// 4xx permanent) with [`Error::storage`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorClass {
+    NotFound,
+    Transient,
+    Permanent,
+}
+
+impl ErrorClass {
+    /// The class of an OS error: `NotFound`; timeouts, interruptions, reset connections and
+    /// `WouldBlock` are transient; anything else (permissions, a full disk, bad data) permanent.
+    pub fn of_io(kind: io::ErrorKind) -> ErrorClass {
+        use io::ErrorKind::*;
+        match kind {
+            NotFound => ErrorClass::NotFound,
+            TimedOut | Interrupted | ConnectionReset | ConnectionAborted | WouldBlock => {
+                ErrorClass::Transient
+            }
+            _ => ErrorClass::Permanent,
+        }
+    }
 }
 
 fn hint(e: &io::Error) -> &'static str {
@@ -84,6 +120,35 @@ impl Error {
         }
     }
 
+    /// A classified storage failure of `key` (see [`ErrorClass`]).
+    pub fn storage(key: impl Into<String>, class: ErrorClass, message: impl Into<String>) -> Error {
+        Error::Storage {
+            key: key.into(),
+            class,
+            message: message.into(),
+        }
+    }
+
+    /// How a storage failure classifies; every error that is not one of storage is permanent
+    /// (retrying cannot fix a corrupt file or a bad argument).
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Error::Io { err, .. } => ErrorClass::of_io(err.kind()),
+            Error::Storage { class, .. } => *class,
+            _ => ErrorClass::Permanent,
+        }
+    }
+
+    /// The object (or file) does not exist.
+    pub fn is_not_found(&self) -> bool {
+        self.class() == ErrorClass::NotFound
+    }
+
+    /// Trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        self.class() == ErrorClass::Transient
+    }
+
     pub fn corrupt(file: impl Into<String>, reason: impl Into<String>) -> Error {
         Error::Corrupt {
             file: file.into(),
@@ -100,5 +165,34 @@ pub trait IoContext<T> {
 impl<T> IoContext<T> for io::Result<T> {
     fn at(self, path: impl AsRef<Path>) -> Result<T> {
         self.map_err(|e| Error::io(path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_errors_classify_as_not_found_transient_or_permanent() {
+        let io = |kind| Error::io("data/ab/x", io::Error::from(kind));
+        assert!(io(io::ErrorKind::NotFound).is_not_found());
+        for kind in [
+            io::ErrorKind::TimedOut,
+            io::ErrorKind::Interrupted,
+            io::ErrorKind::ConnectionReset,
+            io::ErrorKind::WouldBlock,
+        ] {
+            assert!(io(kind).is_transient(), "{kind:?}");
+        }
+        let full = Error::io("x", io::Error::from_raw_os_error(libc::ENOSPC));
+        assert_eq!(full.class(), ErrorClass::Permanent);
+        assert_eq!(
+            io(io::ErrorKind::PermissionDenied).class(),
+            ErrorClass::Permanent
+        );
+        let slow_down = Error::storage("index/ab", ErrorClass::Transient, "HTTP 503");
+        assert!(slow_down.is_transient() && !slow_down.is_not_found());
+        assert_eq!(slow_down.to_string(), "index/ab: HTTP 503");
+        assert_eq!(Error::corrupt("x", "y").class(), ErrorClass::Permanent);
     }
 }

@@ -99,6 +99,12 @@ impl PackWriter {
     }
 }
 
+/// The size of a pack holding exactly `entries`: header, blobs, trailer.
+pub fn size_for(entries: &[PackEntry]) -> u64 {
+    let stored: u64 = entries.iter().map(|e| e.stored_len as u64).sum();
+    (MAGIC.len() + 12) as u64 + stored + (ENTRY_LEN * entries.len()) as u64
+}
+
 pub(crate) fn write_entry(out: &mut Vec<u8>, e: &PackEntry) {
     out.extend_from_slice(&e.id.0);
     out.push(e.kind as u8);
@@ -160,6 +166,7 @@ mod tests {
         w.add(Id::of(b"b"), BlobKind::Tree, Encoding::Zstd, b"zz", 9);
         let (id, bytes, entries) = w.finish();
         assert_eq!(id, Id::of(&bytes));
+        assert_eq!(size_for(&entries), bytes.len() as u64);
         let parsed = read_trailer("p", &bytes).unwrap();
         assert_eq!(parsed, entries);
         assert_eq!(&bytes[parsed[1].offset as usize..][..2], b"zz");

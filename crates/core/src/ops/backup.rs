@@ -190,9 +190,13 @@ pub fn run(
     let mut summary = Summary::default();
     let mut nodes = Vec::with_capacity(settled.entries.len() + settled.kept.len());
     let mut to_read = Vec::new();
+    let mut dir_abs = HashMap::new();
     for Walked { mut node, abs, .. } in settled.entries {
         match node.kind {
-            NodeKind::Dir => summary.dirs += 1,
+            NodeKind::Dir => {
+                summary.dirs += 1;
+                dir_abs.insert(node.path.clone(), abs.clone());
+            }
             NodeKind::Symlink => summary.symlinks += 1,
             NodeKind::File => {
                 let prev = parent_files.get(&node.path);
@@ -227,7 +231,7 @@ pub fn run(
     for (i, abs, prev) in to_read {
         progress.file(&nodes[i].path.display());
         let read = read_with_retry(&abs, &mut writer, progress, &mut summary, prev.as_ref())?;
-        progress.added(writer.bytes_added);
+        progress.added(writer.bytes_added());
         match read {
             Ok((chunks, meta)) => {
                 let path = nodes[i].path.clone();
@@ -247,6 +251,13 @@ pub fn run(
     }
     // Files still being written: the parent's entries, exactly as they were.
     nodes.extend(settled.kept);
+    let waiting: Vec<&Path> = settled
+        .files
+        .iter()
+        .filter(|f| !f.kept_from_parent)
+        .map(|f| Path::new(&f.path))
+        .collect();
+    summary.dirs -= drop_folders_still_being_filled(&mut nodes, &dir_abs, &waiting);
     for n in nodes.iter().filter(|n| n.kind == NodeKind::File) {
         summary.files += 1;
         summary.total_bytes += n.size;
@@ -281,6 +292,37 @@ pub fn run(
         settling_details: settled.files,
         excluded,
     })
+}
+
+/// Drops the folders that hold nothing but files still being written for the first time (a
+/// training step's `checkpoint-1000/` while the trainer writes it): restored empty, such a
+/// folder would look like the newest checkpoint to a trainer that resumes from the newest
+/// folder. The backed-up paths themselves stay. Returns how many folders were dropped.
+fn drop_folders_still_being_filled(
+    nodes: &mut Vec<Node>,
+    dir_abs: &HashMap<NodePath, PathBuf>,
+    waiting: &[&Path],
+) -> u64 {
+    let mut candidates: Vec<NodePath> = dir_abs
+        .iter()
+        .filter(|(path, abs)| {
+            path.0.contains(&b'/') && waiting.iter().any(|w| w.starts_with(abs.as_path()))
+        })
+        .map(|(path, _)| path.clone())
+        .collect();
+    // Deepest first: a folder emptied this way may empty its parent.
+    candidates.sort_by_key(|p| std::cmp::Reverse(p.0.iter().filter(|&&b| b == b'/').count()));
+    let mut dropped = 0;
+    for dir in candidates {
+        let holds_something = nodes
+            .iter()
+            .any(|n| n.path != dir && n.path.starts_with(&dir));
+        if !holds_something {
+            nodes.retain(|n| n.path != dir);
+            dropped += 1;
+        }
+    }
+    dropped
 }
 
 /// Stores the tree, the last pack and the index, then the manifest: the commit point. The
@@ -348,7 +390,7 @@ mod tests {
     use super::*;
     use crate::error::Error;
     use crate::progress::NoProgress;
-    use crate::repo::{Backend, MemBackend};
+    use crate::repo::{Backend, MemBackend, ObjectKind};
 
     /// A backend whose disk fills up after `room` bytes of repository data.
     struct FillingDisk {
@@ -358,7 +400,7 @@ mod tests {
 
     impl Backend for FillingDisk {
         fn put(&self, key: &str, data: &[u8]) -> Result<()> {
-            if !key.starts_with("locks/") {
+            if ObjectKind::of_key(key) != Some(ObjectKind::Lock) {
                 let left = self.room.load(Ordering::SeqCst);
                 if data.len() > left {
                     let enospc = std::io::Error::from_raw_os_error(libc::ENOSPC);
@@ -374,11 +416,8 @@ mod tests {
         fn get_range(&self, key: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
             self.inner.get_range(key, offset, len)
         }
-        fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
             self.inner.list(prefix)
-        }
-        fn size(&self, key: &str) -> Result<Option<u64>> {
-            self.inner.size(key)
         }
         fn delete(&self, key: &str) -> Result<()> {
             self.inner.delete(key)

@@ -1,5 +1,7 @@
 //! The verbs, one file each: every operation is a plan over the repository's parts, then its
-//! execution, taking plain option structs and returning a report (no CLI types here).
+//! execution, taking plain option structs and returning a report (no CLI types here). Storage
+//! is reached only through `Repository` (objects by kind and ID, planned reads of pack ranges,
+//! the one pack writer `PackSink`): no verb formats a key or knows a byte layout.
 
 pub mod backup;
 mod content;

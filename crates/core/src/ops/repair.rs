@@ -23,13 +23,12 @@ use chrono::{DateTime, Utc};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::verify::{check_pack, expected_pack_size};
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::index::{self, Deltas, IdMap, IdSet};
-use crate::pack::{PackEntry, PackWriter};
+use crate::pack::PackEntry;
 use crate::progress::Progress;
-use crate::repo::{pack_key, Repository};
+use crate::repo::{Handle, PackSink, Repository};
 
 /// A repository file repair could not use, and why.
 #[derive(Clone, Debug, Serialize)]
@@ -69,11 +68,12 @@ pub fn index(
     };
     let indexed: IdSet = repo.index().packs.iter().copied().collect();
     let mut recovered: index::PackList = Vec::new();
-    let keys = repo.backend().list("data")?;
-    progress.start(keys.len() as u64, 0);
-    for key in keys {
+    let packs = repo.list_packs()?;
+    progress.start(packs.len() as u64, 0);
+    for (object, _) in packs {
         report.packs_scanned += 1;
-        let Some(id) = key.rsplit('/').next().and_then(Id::from_hex) else {
+        let key = object.to_string();
+        let Some(id) = object.id() else {
             report.unreadable_packs.push(Unreadable {
                 file: key,
                 message: "file name is not a pack ID".into(),
@@ -84,11 +84,7 @@ pub fn index(
             continue;
         }
         progress.file(&key);
-        let read = repo
-            .backend()
-            .get(&key)
-            .and_then(|bytes| index::entries_of_pack(&key, &bytes));
-        match read {
+        match repo.pack_entries(&object) {
             Ok((entries, deltas)) => {
                 report.packs_recovered += 1;
                 report.entries_recovered += entries.len() as u64;
@@ -100,29 +96,27 @@ pub fn index(
             }),
         }
     }
-    let mut corrupt: Vec<String> = repo
+    let mut corrupt: Vec<Handle> = repo
         .read_index_files()?
         .into_iter()
         .filter(|f| matches!(f.packs, Err(Error::Corrupt { .. })))
-        .map(|f| f.key)
+        .map(|f| f.object)
         .collect();
     let remove_corrupt = report.unreadable_packs.is_empty();
     if !dry_run {
         if !recovered.is_empty() {
-            let key = repo.save_index(&recovered)?;
+            let (written, _) = repo.save_index(&recovered)?;
             // The rebuilt file may be byte for byte the one that was damaged (same name): it
             // was just replaced, and is not deleted.
-            corrupt.retain(|k| *k != key);
-            report.index_files_written.push(key);
+            corrupt.retain(|k| *k != written);
+            report.index_files_written.push(written.to_string());
         }
         if remove_corrupt {
-            for key in &corrupt {
-                repo.backend().delete(key)?;
-            }
+            repo.delete(&corrupt.iter().collect::<Vec<_>>())?;
         }
     }
     if remove_corrupt {
-        report.index_files_removed = corrupt;
+        report.index_files_removed = corrupt.iter().map(|h| h.to_string()).collect();
     }
     progress.finish();
     report.duration_ms = started.elapsed().as_millis() as u64;
@@ -185,28 +179,27 @@ pub fn packs(
     // Every pack as the index files list it (the first listing wins, as in verify).
     let files = repo.read_index_files()?;
     let mut packs: BTreeMap<Id, (Vec<PackEntry>, Deltas)> = BTreeMap::new();
-    let mut listed_by: BTreeMap<String, Vec<Id>> = BTreeMap::new();
+    let mut listed_by: BTreeMap<Handle, Vec<Id>> = BTreeMap::new();
     for file in files {
         let list = file.packs?;
-        listed_by.insert(file.key.clone(), list.iter().map(|(p, _)| *p).collect());
+        listed_by.insert(file.object.clone(), list.iter().map(|(p, _)| *p).collect());
         for (pack, entries) in list {
             let deltas = file.deltas.get(&pack).cloned().unwrap_or_default();
             packs.entry(pack).or_insert((entries, deltas));
         }
     }
     let mut on_disk: IdMap<u64> = IdMap::default();
-    for key in repo.backend().list("data")? {
-        let id = key.rsplit('/').next().and_then(Id::from_hex);
-        match id {
+    for (object, size) in repo.list_packs()? {
+        match object.id() {
             Some(id) if packs.contains_key(&id) => {
-                on_disk.insert(id, repo.backend().size(&key)?.unwrap_or(0));
+                on_disk.insert(id, size);
             }
             // A pack of an interrupted run holds only copies of indexed chunks: a leftover
             // (prune removes it; a rerun may write it again under the same name).
-            _ if holds_only_indexed(repo, &key) => {}
+            _ if holds_only_indexed(repo, &object) => {}
             _ => {
                 return Err(Error::Invalid(format!(
-                    "{key} is in no index file and may hold chunks that look lost: run \
+                    "{object} is in no index file and may hold chunks that look lost: run \
                      `tvault repair index` first"
                 )))
             }
@@ -220,7 +213,7 @@ pub fn packs(
         .par_iter()
         .filter(|p| on_disk.contains_key(**p))
         .map(|p| {
-            let r = check_pack(repo, p, &packs[*p].0);
+            let r = repo.check_pack(p, &packs[*p].0);
             progress.bytes(r.bytes);
             r
         })
@@ -233,7 +226,7 @@ pub fn packs(
             bad.entry(**pack).or_default().extend(all);
             continue;
         };
-        if size != expected_pack_size(entries) {
+        if size != Repository::expected_pack_size(entries) {
             bad.entry(**pack).or_default();
         }
     }
@@ -241,9 +234,18 @@ pub fn packs(
         report.packs_read += 1;
         report.bytes_read += r.bytes;
         let lost = bad.entry(r.pack).or_default();
-        if let Some(e) = r.unreadable {
-            let reason = format!("cannot read its pack: {e}");
+        if let Some(e) = r.unreadable.as_ref().filter(|e| e.is_not_found()) {
+            let reason = format!("its pack is gone: {e}");
             lost.extend(packs[&r.pack].0.iter().map(|e| (e.id, reason.clone())));
+        }
+        if let Some(e) = r.unreadable.filter(|e| !e.is_not_found()) {
+            // A pack that cannot be read (permissions, I/O, network) is not known to be
+            // damaged: dropping its chunks would delete a pack that may be sound.
+            return Err(Error::Invalid(format!(
+                "cannot read pack {} ({e}); repair packs changes nothing until every pack \
+                 can be read: fix access to it and run it again",
+                r.pack
+            )));
         }
         lost.extend(r.bad_blobs);
         if r.hash_ok && lost.is_empty() {
@@ -251,12 +253,13 @@ pub fn packs(
         }
     }
     for (pack, lost) in &bad {
-        report.damaged_packs.push(pack_key(pack));
+        let key = Handle::pack(pack).to_string();
+        report.damaged_packs.push(key.clone());
         report
             .chunks_dropped
             .extend(lost.iter().map(|(id, reason)| DroppedChunk {
                 chunk: id.to_hex(),
-                pack: pack_key(pack),
+                pack: key.clone(),
                 reason: reason.clone(),
             }));
     }
@@ -274,50 +277,28 @@ pub fn packs(
         packs_removed: &report.damaged_packs,
     };
     let bytes = serde_json::to_vec_pretty(&record).expect("record serialises");
-    let key = format!("repair/{}", Id::of(&bytes).to_hex());
-    repo.backend().put(&key, &bytes)?;
-    report.record = Some(key);
+    report.record = Some(repo.save_repair_record(&bytes)?.to_string());
 
     // 2. New packs with the sound chunks of the damaged ones, checked again as they are copied.
-    let old_deltas: Deltas = bad
-        .keys()
-        .flat_map(|p| packs[p].1.iter().map(|(id, d)| (*id, *d)))
-        .collect();
-    let mut new_packs: index::PackList = Vec::new();
-    let mut writer = PackWriter::new();
-    let pack_size = repo.config().pack_size as usize;
-    let mut store = |writer: PackWriter, report: &mut RepairPacksReport| -> Result<()> {
-        let (id, bytes, entries) = writer.finish();
-        repo.backend().put(&pack_key(&id), &bytes)?;
-        report.packs_written += 1;
-        let deltas: Deltas = entries
-            .iter()
-            .filter_map(|e| Some((e.id, *old_deltas.get(&e.id)?)))
-            .collect();
-        new_packs.push((id, entries, deltas));
-        Ok(())
-    };
+    let mut sink = PackSink::new(repo);
     for (pack, lost) in &bad {
         if !on_disk.contains_key(pack) || lost.len() == packs[pack].0.len() {
             continue;
         }
-        let data = repo.backend().get(&pack_key(pack))?;
-        for e in packs[pack].0.iter().filter(|e| !lost.contains_key(&e.id)) {
-            let stored = &data[e.offset as usize..(e.offset + e.stored_len) as usize];
-            repo.decode_blob(&e.id, pack, e.encoding, stored, e.plain_len as usize)?;
-            writer.add(e.id, e.kind, e.encoding, stored, e.plain_len as usize);
-            if writer.len() >= pack_size {
-                store(std::mem::take(&mut writer), &mut report)?;
-            }
-        }
+        let sound: Vec<PackEntry> = packs[pack]
+            .0
+            .iter()
+            .filter(|e| !lost.contains_key(&e.id))
+            .copied()
+            .collect();
+        repo.copy_blobs(&mut sink, pack, &sound)?;
     }
-    if !writer.is_empty() {
-        store(writer, &mut report)?;
-    }
+    let new_packs = sink.finish()?.packs;
+    report.packs_written = new_packs.len() as u64;
 
     // 3. One new index file for every index file that lists a damaged pack: their other packs
     // and the new ones. 4. Then the old index files, 5. then the damaged packs.
-    let rewritten: Vec<&String> = listed_by
+    let rewritten: Vec<&Handle> = listed_by
         .iter()
         .filter(|(_, list)| list.iter().any(|p| bad.contains_key(p)))
         .map(|(k, _)| k)
@@ -331,22 +312,22 @@ pub fn packs(
         .map(|p| (p, packs[&p].0.clone(), packs[&p].1.clone()))
         .collect();
     new_index.extend(new_packs);
-    let mut keep_keys: BTreeSet<String> = new_index.iter().map(|(p, _, _)| pack_key(p)).collect();
+    let mut keep: BTreeSet<Handle> = new_index.iter().map(|(p, _, _)| Handle::pack(p)).collect();
     if !new_index.is_empty() {
-        let key = repo.save_index(&new_index)?;
-        keep_keys.insert(key.clone());
-        report.index_files_written.push(key);
+        let (written, _) = repo.save_index(&new_index)?;
+        report.index_files_written.push(written.to_string());
+        keep.insert(written);
     }
-    for key in rewritten {
-        if !keep_keys.contains(key) {
-            repo.backend().delete(key)?;
-            report.index_files_removed.push(key.clone());
+    for object in rewritten {
+        if !keep.contains(object) {
+            repo.delete(&[object])?;
+            report.index_files_removed.push(object.to_string());
         }
     }
     for pack in bad.keys().filter(|p| on_disk.contains_key(*p)) {
-        let key = pack_key(pack);
-        if !keep_keys.contains(&key) {
-            repo.backend().delete(&key)?;
+        let object = Handle::pack(pack);
+        if !keep.contains(&object) {
+            repo.delete(&[&object])?;
         }
     }
     progress.finish();
@@ -354,11 +335,8 @@ pub fn packs(
     Ok(report)
 }
 
-/// True when `key` is a readable pack whose every blob the index already lists.
-fn holds_only_indexed(repo: &Repository, key: &str) -> bool {
-    let read = repo
-        .backend()
-        .get(key)
-        .and_then(|bytes| index::entries_of_pack(key, &bytes));
+/// True when `object` is a readable pack whose every blob the index already lists.
+fn holds_only_indexed(repo: &Repository, object: &Handle) -> bool {
+    let read = repo.pack_entries(object);
     read.is_ok_and(|(entries, _)| entries.iter().all(|e| repo.index().contains(&e.id)))
 }

@@ -8,7 +8,6 @@ use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rayon::prelude::*;
 use serde::Serialize;
 
 use super::content::Content;
@@ -226,9 +225,10 @@ fn restore_file(
     fs::rename(tmp, dest).at(dest)
 }
 
-/// Writes a file's content into the new file `tmp`: chunks are read, decoded and re-hashed in
-/// parallel and each is written at its own offset as soon as it is checked, so memory holds
-/// only the chunks in flight. All-zero chunks are not written: the file is new, so they stay
+/// Writes a file's content into the new file `tmp`: chunks are read per pack (neighbouring
+/// chunks of a pack in one ranged read, see `Repository::read_blobs_planned`), decoded and
+/// re-hashed in parallel, and each is written at its own offsets (a chunk the file repeats is
+/// read once) as soon as it is checked, so memory holds only the reads in flight. All-zero chunks are not written: the file is new, so they stay
 /// holes (sparse) and read back as zeros.
 fn write_content(
     repo: &Repository,
@@ -238,18 +238,17 @@ fn write_content(
 ) -> Result<()> {
     // Sizes are checked before anything is read or written (the same check as every reader).
     let content = Content::of_file(repo, node)?;
+    let starts = content.chunk_starts();
     let out = File::create(tmp).at(tmp)?;
-    node.chunks
-        .par_iter()
-        .zip(content.chunk_starts())
-        .try_for_each(|(id, &offset)| -> Result<()> {
-            let plain = repo.read_blob(id)?;
-            if !is_zero(&plain) {
-                out.write_all_at(&plain, offset).at(tmp)?;
+    repo.read_blobs_planned(&node.chunks, |positions, plain| {
+        if !is_zero(plain) {
+            for &i in positions {
+                out.write_all_at(plain, starts[i]).at(tmp)?;
             }
-            progress.bytes(plain.len() as u64);
-            Ok(())
-        })?;
+        }
+        progress.bytes((plain.len() * positions.len()) as u64);
+        Ok(())
+    })?;
     // The size, including any hole at the end.
     out.set_len(node.size).at(tmp)?;
     out.set_permissions(fs::Permissions::from_mode(node.mode))
@@ -263,4 +262,79 @@ fn write_content(
 fn is_zero(data: &[u8]) -> bool {
     data.chunks(4096)
         .all(|page| page.iter().fold(0u8, |acc, &b| acc | b) == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::ops::backup::{self, BackupOptions};
+    use crate::progress::NoProgress;
+    use crate::repo::{Backend, MemBackend};
+
+    /// A backend that counts ranged reads.
+    #[derive(Default)]
+    struct CountingReads {
+        inner: MemBackend,
+        ranged: AtomicUsize,
+    }
+
+    impl Backend for CountingReads {
+        fn put(&self, key: &str, data: &[u8]) -> Result<()> {
+            self.inner.put(key, data)
+        }
+        fn get(&self, key: &str) -> Result<Vec<u8>> {
+            self.inner.get(key)
+        }
+        fn get_range(&self, key: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+            self.ranged.fetch_add(1, Ordering::SeqCst);
+            self.inner.get_range(key, offset, len)
+        }
+        fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+            self.inner.list(prefix)
+        }
+        fn delete(&self, key: &str) -> Result<()> {
+            self.inner.delete(key)
+        }
+        fn describe(&self, key: &str) -> String {
+            self.inner.describe(key)
+        }
+    }
+
+    #[test]
+    fn restore_reads_neighbouring_chunks_of_a_pack_in_one_request() {
+        let src = tempfile::tempdir().unwrap();
+        let mut data = vec![0u8; 4 << 20];
+        tvault_workload::Rng::new(7).fill_bytes(&mut data);
+        // The same content twice in one file: its chunks are read once, written twice.
+        data.extend_from_within(..);
+        fs::write(src.path().join("weights.bin"), &data).unwrap();
+        let backend = Arc::new(CountingReads::default());
+        let mut repo = Repository::init_with(backend.clone(), "mem".into()).unwrap();
+        let opts = BackupOptions::new(vec![src.path().to_path_buf()]);
+        let backup = backup::run(&mut repo, &opts, &NoProgress).unwrap();
+        repo.load_index().unwrap();
+        let tree = repo.load_tree(&backup.snapshot.tree).unwrap();
+        let chunks = tree.nodes.iter().map(|n| n.chunks.len()).sum::<usize>();
+        assert!(chunks >= 8, "{chunks} chunks");
+
+        backend.ranged.store(0, Ordering::SeqCst);
+        let target = tempfile::tempdir().unwrap();
+        let id = backup.snapshot_id.to_hex();
+        run(
+            &mut repo,
+            &RestoreOptions::new(&id, target.path()),
+            &NoProgress,
+        )
+        .unwrap();
+        let name = src.path().file_name().unwrap();
+        assert_eq!(
+            fs::read(target.path().join(name).join("weights.bin")).unwrap(),
+            data
+        );
+        // One read for the tree, one for the file's 4 MiB of distinct chunks (one pack).
+        assert_eq!(backend.ranged.load(Ordering::SeqCst), 2);
+    }
 }

@@ -153,9 +153,9 @@ pub fn repository(repo: &mut Repository) -> Result<RepoStats> {
         chunks: ChunkTotals::default(),
         dedup_ratio: 1.0,
     };
-    for key in repo.backend().list("data")? {
+    for (_, size) in repo.list_packs()? {
         s.packs += 1;
-        s.pack_bytes += repo.backend().size(&key)?.unwrap_or(0);
+        s.pack_bytes += size;
     }
     let mut seen = IdSet::default();
     for file in repo.read_index_files()? {

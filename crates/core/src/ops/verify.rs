@@ -12,12 +12,12 @@ use serde::Serialize;
 
 use super::content::Content;
 use super::prune::{mark_bases, mark_tree, serves};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::id::Id;
 use crate::index::{IdMap, IdSet};
-use crate::pack::{PackEntry, MAGIC};
+use crate::pack::PackEntry;
 use crate::progress::Progress;
-use crate::repo::{pack_key, Repository};
+use crate::repo::{Handle, ObjectKind, PackCheck, Repository};
 use crate::tree::NodeKind;
 
 /// How much pack data to read.
@@ -177,12 +177,6 @@ impl Checker<'_> {
     }
 }
 
-/// The size a pack has when it holds exactly `entries` (see FORMAT.md).
-pub(crate) fn expected_pack_size(entries: &[PackEntry]) -> u64 {
-    let stored: u64 = entries.iter().map(|e| e.stored_len as u64).sum();
-    MAGIC.len() as u64 + stored + 44 * entries.len() as u64 + 12
-}
-
 pub fn run(
     repo: &mut Repository,
     read_data: ReadData,
@@ -193,9 +187,14 @@ pub fn run(
     // Snapshots first, then the index and the packs: a backup (it may run beside us) writes
     // packs, then its index file, then its snapshot. So every snapshot listed here is checked
     // against an index that has it; one published later is left for the next run.
-    let snapshot_keys = repo.backend().list("snapshots")?;
+    let snapshot_keys: Vec<Handle> = repo
+        .storage()
+        .list(ObjectKind::Snapshot)?
+        .into_iter()
+        .map(|(h, _)| h)
+        .collect();
     repo.refresh_index()?;
-    crate::repo::backend::test_pause("verify");
+    crate::repo::testing::pause("verify");
     let repo: &Repository = repo;
     let mut report = VerifyReport {
         read_data: read_data.describe(),
@@ -211,7 +210,7 @@ pub fn run(
     let mut packs: IdMap<Vec<PackEntry>> = IdMap::default();
     for file in repo.read_index_files()? {
         // Only those the index was loaded from: a newer one is of a backup not yet published.
-        if repo.index_keys().binary_search(&file.key).is_err() {
+        if repo.index_files().binary_search(&file.object).is_err() {
             continue;
         }
         report.index_files += 1;
@@ -222,7 +221,11 @@ pub fn run(
                 }
             }
             Err(e) => {
-                c.problem(ProblemKind::CorruptIndex, file.key, e.to_string());
+                c.problem(
+                    ProblemKind::CorruptIndex,
+                    file.object.to_string(),
+                    e.to_string(),
+                );
             }
         }
     }
@@ -230,23 +233,21 @@ pub fn run(
 
     // Packs on disk against what the index says.
     let mut on_disk: IdMap<u64> = IdMap::default();
-    for key in repo.backend().list("data")? {
-        if let Some(id) = key.rsplit('/').next().and_then(Id::from_hex) {
-            if let Some(size) = repo.backend().size(&key)? {
-                on_disk.insert(id, size);
-            }
+    for (object, size) in repo.list_packs()? {
+        if let Some(id) = object.id() {
+            on_disk.insert(id, size);
         }
     }
     let mut pack_ids: Vec<&Id> = packs.keys().collect();
     pack_ids.sort();
     for pack in &pack_ids {
         let entries = &packs[*pack];
-        let expected = expected_pack_size(entries);
+        let expected = Repository::expected_pack_size(entries);
         match on_disk.get(*pack) {
             None => {
                 let p = c.problem(
                     ProblemKind::MissingPack,
-                    pack_key(pack),
+                    Handle::pack(pack).to_string(),
                     format!("pack is missing; {} chunks in it are lost", entries.len()),
                 );
                 for e in entries {
@@ -256,7 +257,7 @@ pub fn run(
             Some(&size) if size != expected => {
                 let p = c.problem(
                     ProblemKind::DamagedPack,
-                    pack_key(pack),
+                    Handle::pack(pack).to_string(),
                     format!("pack has {size} bytes but its index implies {expected} (truncated or damaged)"),
                 );
                 for e in entries
@@ -284,7 +285,7 @@ pub fn run(
     let results: Vec<PackCheck> = selected
         .par_iter()
         .map(|pack| {
-            let r = check_pack(repo, pack, &packs[*pack]);
+            let r = repo.check_pack(pack, &packs[*pack]);
             progress.bytes(r.bytes);
             r
         })
@@ -293,7 +294,7 @@ pub fn run(
         report.packs_read += 1;
         report.bytes_read += r.bytes;
         report.blobs_read += r.blobs as u64;
-        let key = pack_key(&r.pack);
+        let key = Handle::pack(&r.pack).to_string();
         if let Some(err) = r.unreadable {
             let p = c.problem(
                 ProblemKind::DamagedPack,
@@ -461,63 +462,6 @@ fn sample_packs(packs: &[&Id], read_data: ReadData) -> IdSet {
     ranked.into_iter().take(want).map(|(_, p)| p).collect()
 }
 
-/// What reading one pack found: whether it hashes to its name, and its damaged blobs.
-pub(crate) struct PackCheck {
-    pub pack: Id,
-    pub bytes: u64,
-    pub blobs: usize,
-    pub hash_ok: bool,
-    pub unreadable: Option<Error>,
-    pub bad_blobs: Vec<(Id, String)>,
-}
-
-/// Reads a pack and decodes and re-hashes each of `entries` in it (shared by `repair packs`).
-pub(crate) fn check_pack(repo: &Repository, pack: &Id, entries: &[PackEntry]) -> PackCheck {
-    let mut r = PackCheck {
-        pack: *pack,
-        bytes: 0,
-        blobs: 0,
-        hash_ok: false,
-        unreadable: None,
-        bad_blobs: Vec::new(),
-    };
-    let data = match repo.backend().get(&pack_key(pack)) {
-        Ok(d) => d,
-        Err(e) => {
-            r.unreadable = Some(e);
-            return r;
-        }
-    };
-    r.bytes = data.len() as u64;
-    r.hash_ok = Id::of(&data) == *pack;
-    for e in entries {
-        r.blobs += 1;
-        let (start, end) = (e.offset as usize, e.offset as usize + e.stored_len as usize);
-        let Some(stored) = data.get(start..end) else {
-            r.bad_blobs
-                .push((e.id, "lies beyond the end of the pack".into()));
-            continue;
-        };
-        match repo.decode_blob(&e.id, pack, e.encoding, stored, e.plain_len as usize) {
-            Err(Error::CorruptChunk { reason, .. }) if reason.contains("does not match") => r
-                .bad_blobs
-                .push((e.id, "content does not match its ID".into())),
-            Err(Error::CorruptChunk { reason, .. }) => r
-                .bad_blobs
-                .push((e.id, format!("cannot be decoded ({reason})"))),
-            Err(err) => r
-                .bad_blobs
-                .push((e.id, format!("cannot be decoded ({err})"))),
-            // Tensor blocks may be the base of the next snapshot's deltas.
-            Ok(plain) if e.kind == crate::pack::BlobKind::Data => {
-                repo.remember(e.id, std::sync::Arc::new(plain))
-            }
-            Ok(_) => {}
-        }
-    }
-    r
-}
-
 /// How a `corrupt_tree` message starts when the tree blob is in no index (not damaged).
 const TREE_LOST: &str = "the tree is in no index file (tree";
 
@@ -526,14 +470,15 @@ const TREE_LOST: &str = "the tree is in no index file (tree";
 fn check_snapshots(
     c: &mut Checker,
     report: &mut VerifyReport,
-    snapshot_keys: Vec<String>,
+    snapshot_keys: Vec<Handle>,
 ) -> Result<IdSet> {
     let mut referenced = IdSet::default();
     let mut missing = Vec::new();
     let repo = c.repo;
-    for key in snapshot_keys {
+    for object in snapshot_keys {
         report.snapshots += 1;
-        let Some(id) = key.rsplit('/').next().and_then(Id::from_hex) else {
+        let key = object.to_string();
+        let Some(id) = object.id() else {
             c.problem(
                 ProblemKind::CorruptSnapshot,
                 key,

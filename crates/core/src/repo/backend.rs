@@ -1,8 +1,13 @@
-//! Where repository files live. The trait has object-store semantics (whole-object put,
-//! ranged get, list, delete) so that an S3-style backend can implement it later; the local
-//! directory backend makes each put atomic and durable (temp file, fsync, rename, fsync dir).
-//! A temporary file's name says who writes it, so that only leftovers of writers that are gone
-//! (or old ones) are ever taken for garbage, never a write in flight. Test hooks live here too.
+//! Where repository objects live, below the typed layer (`storage`): opaque objects under
+//! `/`-separated keys, with object-store semantics (whole-object put, ranged get, list with
+//! sizes, delete; errors classified by [`crate::error::ErrorClass`]). Only `repo/` sees keys.
+//!
+//! The local directory backend makes each put atomic and durable: the object is written to a
+//! temporary file, fsynced, renamed into place, and its folder fsynced ([`StagedPut`] exposes
+//! the two halves, so that the crash-test wrapper in `testing` can stop a run between them; the
+//! production `put` has no test code). A temporary file's name says who writes it, so that only
+//! leftovers of writers that are gone (or old ones) are ever taken for garbage, never a write
+//! in flight.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -16,15 +21,19 @@ use super::lock;
 use crate::error::{Error, IoContext, Result};
 use crate::id::Id;
 
-/// Storage for repository files, addressed by `/`-separated keys such as `data/ab/abcd…`.
+/// Storage for repository objects, addressed by `/`-separated keys such as `data/ab/abcd…`
+/// (which `storage` alone formats). Errors say whether the object was not found, whether a
+/// retry may help, or neither ([`Error::class`]).
 pub trait Backend: Send + Sync {
     /// Stores `data` under `key` as one durable, atomic write (replacing any old object).
     fn put(&self, key: &str, data: &[u8]) -> Result<()>;
     fn get(&self, key: &str) -> Result<Vec<u8>>;
+    /// Exactly `len` bytes from `offset`; a range past the end is an error.
     fn get_range(&self, key: &str, offset: u64, len: usize) -> Result<Vec<u8>>;
-    /// Keys directly or indirectly below `prefix` (a folder such as `snapshots`), sorted.
-    fn list(&self, prefix: &str) -> Result<Vec<String>>;
-    fn size(&self, key: &str) -> Result<Option<u64>>;
+    /// Keys directly or indirectly below `prefix` (a folder such as `snapshots`) with their
+    /// sizes in bytes, sorted by key. Names beginning with `.` (temporary files) are left out.
+    fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>>;
+    /// Deletes `key`; deleting an object that does not exist is not an error.
     fn delete(&self, key: &str) -> Result<()>;
     /// Temporary objects below `prefix` that are certainly leftovers of interrupted writes,
     /// never one another process may still be writing (only backends that have them).
@@ -88,54 +97,6 @@ impl LocalBackend {
 
     fn path(&self, key: &str) -> PathBuf {
         self.root.join(key)
-    }
-}
-
-/// Test hook: `TVAULT_CRASH_AFTER_WRITES=N` aborts the process at the N-th write step
-/// (each put has two: temp file written, then renamed), so tests can stop a run at any instant.
-fn crash_point() {
-    static LIMIT: OnceLock<Option<u64>> = OnceLock::new();
-    static STEPS: AtomicU64 = AtomicU64::new(0);
-    let limit = LIMIT.get_or_init(|| {
-        std::env::var("TVAULT_CRASH_AFTER_WRITES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-    });
-    if let Some(limit) = limit {
-        if STEPS.fetch_add(1, Ordering::SeqCst) + 1 >= *limit {
-            std::process::abort();
-        }
-    }
-}
-
-/// Test hook: `TVAULT_TEST_PAUSE=POINT:DIR` holds the process at the named point so that a
-/// test can make two tvault processes interleave exactly as it wants. Reaching the point, the
-/// process creates `DIR/POINT.paused` and waits (at most a minute) until `DIR/POINT.resume`
-/// exists; once it does, the point no longer stops anyone. Points:
-/// - `locked`: any command, its lock taken and the index read again;
-/// - `verify`: verify, its snapshots listed and the index read, before it reads the packs;
-/// - `put-locks`: a lock file written under its temporary name, before its rename.
-///
-/// Without the variable (every real run) it costs one cached comparison.
-pub fn test_pause(point: &str) {
-    static HOOK: OnceLock<Option<(String, PathBuf)>> = OnceLock::new();
-    let hook = HOOK.get_or_init(|| {
-        let value = std::env::var("TVAULT_TEST_PAUSE").ok()?;
-        let (point, dir) = value.split_once(':')?;
-        Some((point.to_string(), PathBuf::from(dir)))
-    });
-    let Some((name, dir)) = hook else { return };
-    if name != point {
-        return;
-    }
-    let resume = dir.join(format!("{point}.resume"));
-    if resume.exists() {
-        return;
-    }
-    let _ = File::create(dir.join(format!("{point}.paused")));
-    let started = std::time::Instant::now();
-    while !resume.exists() && started.elapsed() < std::time::Duration::from_secs(60) {
-        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
 
@@ -220,8 +181,26 @@ impl LocalBackend {
     }
 }
 
-impl Backend for LocalBackend {
-    fn put(&self, key: &str, data: &[u8]) -> Result<()> {
+/// A put in two steps, for backends where an object becomes visible in a step of its own:
+/// [`StagedPut::stage`] makes it durable under a temporary name, [`StagedPut::publish`] makes it
+/// visible under its key. `put` is both, back to back; the crash-test wrapper
+/// (`testing::CrashAfter`) counts each as a write step and may stop the process between them.
+pub trait StagedPut: Backend {
+    type Staged;
+    fn stage(&self, key: &str, data: &[u8]) -> Result<Self::Staged>;
+    fn publish(&self, staged: Self::Staged) -> Result<()>;
+}
+
+/// A local object written and fsynced under its temporary name, not yet renamed.
+pub struct StagedFile {
+    tmp: PathBuf,
+    path: PathBuf,
+}
+
+impl StagedPut for LocalBackend {
+    type Staged = StagedFile;
+
+    fn stage(&self, key: &str, data: &[u8]) -> Result<StagedFile> {
         let path = self.path(key);
         let dir = path.parent().expect("keys have a folder");
         if !dir.is_dir() {
@@ -246,13 +225,20 @@ impl Backend for LocalBackend {
             let _ = fs::remove_file(&tmp);
             return Err(Error::io(&path, e));
         }
-        crash_point();
-        if key.starts_with("locks/") {
-            test_pause("put-locks");
-        }
+        Ok(StagedFile { tmp, path })
+    }
+
+    fn publish(&self, staged: StagedFile) -> Result<()> {
+        let StagedFile { tmp, path } = staged;
         fs::rename(&tmp, &path).at(&path)?;
-        crash_point();
-        sync_dir(dir)
+        sync_dir(path.parent().expect("keys have a folder"))
+    }
+}
+
+impl Backend for LocalBackend {
+    fn put(&self, key: &str, data: &[u8]) -> Result<()> {
+        let staged = self.stage(key, data)?;
+        self.publish(staged)
     }
 
     fn get(&self, key: &str) -> Result<Vec<u8>> {
@@ -268,7 +254,7 @@ impl Backend for LocalBackend {
         Ok(buf)
     }
 
-    fn list(&self, prefix: &str) -> Result<Vec<String>> {
+    fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
         let dir = self.path(prefix);
         if !dir.exists() {
             return Ok(Vec::new());
@@ -282,20 +268,21 @@ impl Backend for LocalBackend {
             let name = entry.file_name().to_string_lossy();
             if entry.file_type().is_file() && !name.starts_with('.') {
                 let rel = entry.path().strip_prefix(&self.root).expect("below root");
-                out.push(rel.to_string_lossy().into_owned());
+                // A file deleted since the directory was read is not listed.
+                let size = match entry.metadata() {
+                    Ok(m) => m.len(),
+                    Err(e)
+                        if e.io_error().map(|e| e.kind()) == Some(std::io::ErrorKind::NotFound) =>
+                    {
+                        continue
+                    }
+                    Err(e) => return Err(Error::io(entry.path(), e.into())),
+                };
+                out.push((rel.to_string_lossy().into_owned(), size));
             }
         }
         out.sort();
         Ok(out)
-    }
-
-    fn size(&self, key: &str) -> Result<Option<u64>> {
-        let path = self.path(key);
-        match fs::metadata(&path) {
-            Ok(m) => Ok(Some(m.len())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io(path, e)),
-        }
     }
 
     fn delete(&self, key: &str) -> Result<()> {
@@ -367,25 +354,16 @@ impl Backend for MemBackend {
         Ok(buf)
     }
 
-    fn list(&self, prefix: &str) -> Result<Vec<String>> {
+    fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
         let prefix = format!("{prefix}/");
         Ok(self
             .objects
             .lock()
             .unwrap()
-            .keys()
-            .filter(|k| k.starts_with(&prefix))
-            .cloned()
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, v)| (k.clone(), v.len() as u64))
             .collect())
-    }
-
-    fn size(&self, key: &str) -> Result<Option<u64>> {
-        Ok(self
-            .objects
-            .lock()
-            .unwrap()
-            .get(key)
-            .map(|v| v.len() as u64))
     }
 
     fn delete(&self, key: &str) -> Result<()> {
@@ -408,11 +386,11 @@ mod tests {
         assert_eq!(b.get("data/ab/x").unwrap(), b"hello world");
         assert_eq!(b.get_range("data/ab/x", 6, 5).unwrap(), b"world");
         assert!(b.get_range("data/ab/x", 8, 5).is_err());
-        assert_eq!(b.list("data").unwrap(), vec!["data/ab/x".to_string()]);
-        assert_eq!(b.size("data/ab/x").unwrap(), Some(11));
-        assert_eq!(b.size("data/ab/y").unwrap(), None);
+        assert_eq!(b.list("data").unwrap(), vec![("data/ab/x".to_string(), 11)]);
+        assert!(b.get("data/ab/y").unwrap_err().is_not_found());
         b.delete("data/ab/x").unwrap();
-        assert!(b.get("data/ab/x").is_err());
+        assert!(b.get("data/ab/x").unwrap_err().is_not_found());
+        b.delete("data/ab/x").unwrap();
         assert!(b.list("data").unwrap().is_empty());
     }
 

@@ -9,13 +9,13 @@
 //! - `delay_ms=N`: every call waits N ms first (a slow store);
 //! - `seed=S`: which calls fail (the same seed fails the same calls of a run);
 //! - `ops=put+get+...`: only these calls are affected (default all: put, get, get_range,
-//!   list, size, delete).
+//!   list, delete).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::backend::Backend;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorClass, Result};
 
 /// What `TVAULT_TEST_FAULTS` asks for.
 #[derive(Clone, Debug, PartialEq)]
@@ -115,11 +115,8 @@ impl<B: Backend> Faults<B> {
     }
 
     fn fault(&self, op: &str, key: &str, what: &str) -> Error {
-        let e = std::io::Error::new(
-            std::io::ErrorKind::ConnectionReset,
-            format!("{what} in {op} (TVAULT_TEST_FAULTS)"),
-        );
-        Error::io(self.inner.describe(key), e)
+        let message = format!("connection reset: {what} in {op} (TVAULT_TEST_FAULTS)");
+        Error::storage(self.inner.describe(key), ErrorClass::Transient, message)
     }
 
     /// Runs `call` behind the gate.
@@ -157,12 +154,8 @@ impl<B: Backend> Backend for Faults<B> {
         self.call("get_range", key, || self.inner.get_range(key, offset, len))
     }
 
-    fn list(&self, prefix: &str) -> Result<Vec<String>> {
+    fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
         self.call("list", prefix, || self.inner.list(prefix))
-    }
-
-    fn size(&self, key: &str) -> Result<Option<u64>> {
-        self.call("size", key, || self.inner.size(key))
     }
 
     fn delete(&self, key: &str) -> Result<()> {
@@ -196,7 +189,7 @@ mod tests {
         // A dropped answer: the put is stored all the same.
         let b = Faults::new(MemBackend::default(), FaultPlan::parse("drop=1").unwrap());
         assert!(b.put("data/y", b"y").is_err());
-        assert_eq!(b.inner.size("data/y").unwrap(), Some(1));
+        assert_eq!(b.inner.get("data/y").unwrap(), b"y");
         assert!(FaultPlan::parse("nonsense").is_err());
     }
 }

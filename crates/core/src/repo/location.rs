@@ -12,7 +12,7 @@ use std::time::Duration;
 use super::faults::{FaultPlan, Faults};
 use super::retry::{Retry, RetryPolicy};
 use super::s3::{S3Backend, S3Location};
-use super::{Backend, Repository};
+use super::{Backend, Repository, Storage};
 use crate::error::{Error, Result};
 
 /// What `s3:` locations look like, for messages.
@@ -88,7 +88,7 @@ pub fn open(given: &Path) -> Result<Repository> {
         Location::S3(s3) => {
             let backend = s3_backend(&s3)?;
             let url = PathBuf::from(s3.url());
-            if backend.size("config")?.is_none() {
+            if !has_config(&backend)? {
                 if !backend.list("")?.is_empty() {
                     return Err(Error::NotARepository {
                         path: url,
@@ -110,7 +110,7 @@ pub fn init(given: &Path) -> Result<Repository> {
         Location::S3(s3) => {
             let backend = s3_backend(&s3)?;
             let url = PathBuf::from(s3.url());
-            if backend.size("config")?.is_some() {
+            if has_config(&backend)? {
                 return Err(Error::Invalid(format!(
                     "{} is already a tvault repository",
                     url.display()
@@ -124,6 +124,15 @@ pub fn init(given: &Path) -> Result<Repository> {
             }
             Repository::init_with(backend, url)
         }
+    }
+}
+
+/// Whether the bucket prefix holds a `config` (the only object every repository has).
+fn has_config(backend: &Arc<dyn Backend>) -> Result<bool> {
+    match Storage::new(backend.clone()).get_config() {
+        Ok(_) => Ok(true),
+        Err(e) if e.is_not_found() => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

@@ -11,19 +11,41 @@
 //! temporary file of a dead writer.
 
 use std::sync::mpsc;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::Backend;
+use super::storage::{Handle, ObjectKind, Storage};
 use crate::error::{Error, Result};
 use crate::id::Id;
 
 pub const REFRESH_EVERY: Duration = Duration::from_secs(5 * 60);
 pub const STALE_AFTER: Duration = Duration::from_secs(30 * 60);
+
+/// How the refresher paces itself; tests shorten it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Timings {
+    /// Between refreshes while they work.
+    pub refresh: Duration,
+    /// Between attempts after a refresh failed (the store may be back soon).
+    pub retry: Duration,
+    /// Without a successful refresh for this long, the lock is given up: others may call it
+    /// stale at `STALE_AFTER`, so the process stops writing well before.
+    pub give_up: Duration,
+}
+
+impl Default for Timings {
+    fn default() -> Timings {
+        Timings {
+            refresh: REFRESH_EVERY,
+            retry: Duration::from_secs(30),
+            give_up: STALE_AFTER / 2,
+        }
+    }
+}
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LockInfo {
@@ -135,7 +157,12 @@ pub fn start_time(pid: u32) -> Option<u64> {
 pub fn process_is_gone(pid: u32, started: Option<u64>) -> bool {
     let stat = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => stat,
-        Err(e) => return e.kind() == std::io::ErrorKind::NotFound,
+        // Under `hidepid`, other users' processes look absent too: a missing entry proves
+        // nothing unless this process can see PID 1's.
+        Err(e) => {
+            return e.kind() == std::io::ErrorKind::NotFound
+                && std::path::Path::new("/proc/1/stat").exists()
+        }
     };
     let Some(rest) = stat.rfind(')').and_then(|i| stat.get(i + 2..)) else {
         return false;
@@ -150,8 +177,8 @@ pub fn process_is_gone(pid: u32, started: Option<u64>) -> bool {
 
 /// A held lock; released (its file deleted) on drop.
 pub struct LockGuard {
-    backend: Arc<dyn Backend>,
-    key: String,
+    storage: Storage,
+    object: Handle,
     stop: Option<mpsc::Sender<()>>,
     refresher: Option<JoinHandle<()>>,
 }
@@ -161,11 +188,29 @@ impl LockGuard {
     /// to `wait` (a stale lock fails at once: waiting cannot help). A conflicting lock whose
     /// holder is provably dead is removed, and `notice` told so in one line.
     pub fn acquire(
-        backend: Arc<dyn Backend>,
+        storage: Storage,
         exclusive: bool,
         command: &str,
         wait: Duration,
         notice: &dyn Fn(&str),
+    ) -> Result<LockGuard> {
+        Self::acquire_with(
+            storage,
+            exclusive,
+            command,
+            wait,
+            notice,
+            Timings::default(),
+        )
+    }
+
+    pub(crate) fn acquire_with(
+        storage: Storage,
+        exclusive: bool,
+        command: &str,
+        wait: Duration,
+        notice: &dyn Fn(&str),
+        timings: Timings,
     ) -> Result<LockGuard> {
         let started = std::time::Instant::now();
         let now = Utc::now();
@@ -182,15 +227,18 @@ impl LockGuard {
             pid_start: start_time(pid),
         };
         let seed = format!("{}{}{:?}", info.pid, now.to_rfc3339(), started);
-        let key = format!("locks/{}", Id::of(seed.as_bytes()).to_hex());
+        let object = Handle::new(ObjectKind::Lock, &Id::of(seed.as_bytes()));
         let mut vanished = 0;
         loop {
             info.refreshed = Utc::now();
-            match backend.put(&key, &serde_json::to_vec(&info).expect("lock serialises")) {
+            match storage.put(
+                &object,
+                &serde_json::to_vec(&info).expect("lock serialises"),
+            ) {
                 Ok(()) => {}
                 // Our temporary file vanished before its rename (an older tvault's prune
                 // deletes every temporary file): nothing is wrong with the repository.
-                Err(e) if is_not_found(&e) && vanished < 10 => {
+                Err(e) if e.is_not_found() && vanished < 10 => {
                     vanished += 1;
                     continue;
                 }
@@ -198,10 +246,10 @@ impl LockGuard {
             }
             // Ours is visible first, then we look at the others: two racing writers that
             // conflict both see each other and both back off, never both proceed.
-            match check_others(backend.as_ref(), &key, exclusive, notice) {
+            match check_others(&storage, &object, exclusive, notice) {
                 Ok(()) => break,
                 Err((e, stale)) => {
-                    let _ = backend.delete(&key);
+                    let _ = storage.delete(&object);
                     if stale || started.elapsed() >= wait {
                         return Err(e);
                     }
@@ -214,18 +262,40 @@ impl LockGuard {
 
         let (tx, rx) = mpsc::channel::<()>();
         let refresher = {
-            let backend = backend.clone();
-            let key = key.clone();
+            let storage = storage.clone();
+            let object = object.clone();
+            let lease = storage.lease();
             std::thread::spawn(move || {
-                while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(REFRESH_EVERY) {
+                // A refresh that fails is tried again sooner; one that keeps failing until
+                // others may soon call the lock stale ends this process's writing.
+                let mut last_ok = std::time::Instant::now();
+                let mut pause = timings.refresh;
+                while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(pause) {
                     info.refreshed = Utc::now();
-                    let _ = backend.put(&key, &serde_json::to_vec(&info).expect("lock serialises"));
+                    let bytes = serde_json::to_vec(&info).expect("lock serialises");
+                    match storage.put(&object, &bytes) {
+                        Ok(()) => {
+                            last_ok = std::time::Instant::now();
+                            pause = timings.refresh;
+                        }
+                        Err(e) => {
+                            pause = timings.retry;
+                            if last_ok.elapsed() >= timings.give_up {
+                                lease.lose(format!(
+                                    "this tvault's lock {object} could not be refreshed for {} \
+                                     (last error: {e}); other tvault processes may soon call it \
+                                     stale, so nothing more is written: run the command again",
+                                    crate::ops::describe_duration(timings.give_up)
+                                ));
+                            }
+                        }
+                    }
                 }
             })
         };
         Ok(LockGuard {
-            backend,
-            key,
+            storage,
+            object,
             stop: Some(tx),
             refresher: Some(refresher),
         })
@@ -238,28 +308,24 @@ impl Drop for LockGuard {
         if let Some(t) = self.refresher.take() {
             let _ = t.join();
         }
-        let _ = self.backend.delete(&self.key);
+        let _ = self.storage.delete(&self.object);
     }
-}
-
-fn is_not_found(e: &Error) -> bool {
-    matches!(e, Error::Io { err, .. } if err.kind() == std::io::ErrorKind::NotFound)
 }
 
 /// The first conflicting lock, and whether it is stale. Conflicting locks of provably dead
 /// holders are removed on the way (each told to `notice`).
 fn check_others(
-    backend: &dyn Backend,
-    own: &str,
+    storage: &Storage,
+    own: &Handle,
     exclusive: bool,
     notice: &dyn Fn(&str),
 ) -> std::result::Result<(), (Error, bool)> {
-    let listed = backend.list("locks").map_err(|e| (e, false))?;
-    for key in listed {
-        if key == own {
+    let listed = storage.list(ObjectKind::Lock).map_err(|e| (e, false))?;
+    for (key, _) in listed {
+        if key == *own {
             continue;
         }
-        let Ok(bytes) = backend.get(&key) else {
+        let Ok(bytes) = storage.get(&key) else {
             continue; // released while we looked
         };
         let other: LockInfo = match serde_json::from_slice(&bytes) {
@@ -269,7 +335,7 @@ fn check_others(
                     Error::Locked(format!(
                     "the repository has an unreadable lock file {}; if no tvault is running on it, \
                      remove it with `tvault unlock --all`",
-                    backend.describe(&key)
+                    storage.describe(&key)
                 )),
                     true,
                 ))
@@ -278,11 +344,11 @@ fn check_others(
         if !(exclusive || other.exclusive) {
             continue;
         }
-        if other.holder_is_provably_dead() && backend.delete(&key).is_ok() {
+        if other.holder_is_provably_dead() && storage.delete(&key).is_ok() {
             notice(&format!(
                 "removed the {} ({}): its process is gone",
                 other.describe(),
-                backend.describe(&key)
+                storage.describe(&key)
             ));
             continue;
         }
@@ -293,7 +359,7 @@ fn check_others(
                  refreshing it. If no tvault is running on this repository, remove it with \
                  `tvault unlock`",
                 other.describe(),
-                backend.describe(&key)
+                storage.describe(&key)
             )
         } else {
             format!(
@@ -308,11 +374,11 @@ fn check_others(
 }
 
 /// Removes stale locks (every lock with `all`); returns what was removed.
-pub fn unlock(backend: &dyn Backend, all: bool) -> Result<Vec<String>> {
+pub fn unlock(storage: &Storage, all: bool) -> Result<Vec<String>> {
     let mut removed = Vec::new();
-    for key in backend.list("locks")? {
-        let bytes = match backend.get(&key) {
-            Err(e) if is_not_found(&e) => continue, // released while we looked
+    for (key, _) in storage.list(ObjectKind::Lock)? {
+        let bytes = match storage.get(&key) {
+            Err(e) if e.is_not_found() => continue, // released while we looked
             read => read.ok(),
         };
         let info = bytes.and_then(|b| serde_json::from_slice::<LockInfo>(&b).ok());
@@ -322,7 +388,7 @@ pub fn unlock(backend: &dyn Backend, all: bool) -> Result<Vec<String>> {
             .unwrap_or_else(|| "an unreadable lock".into());
         let stale = info.map(|i| i.is_stale()).unwrap_or(true);
         if all || stale {
-            backend.delete(&key)?;
+            storage.delete(&key)?;
             removed.push(description);
         }
     }
@@ -332,7 +398,83 @@ pub fn unlock(backend: &dyn Backend, all: bool) -> Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repo::MemBackend;
+    use crate::repo::{Backend, MemBackend};
+    use std::sync::Arc;
+
+    fn mem() -> (Arc<dyn Backend>, Storage) {
+        let b: Arc<dyn Backend> = Arc::new(MemBackend::default());
+        (b.clone(), Storage::new(b))
+    }
+
+    /// A store that stops taking lock objects once told to (an endpoint that went away).
+    #[derive(Default)]
+    struct LocksFail {
+        inner: MemBackend,
+        failing: std::sync::atomic::AtomicBool,
+    }
+
+    impl Backend for LocksFail {
+        fn put(&self, key: &str, data: &[u8]) -> Result<()> {
+            if key.starts_with("locks/") && self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(Error::io(key, std::io::ErrorKind::TimedOut.into()));
+            }
+            self.inner.put(key, data)
+        }
+        fn get(&self, key: &str) -> Result<Vec<u8>> {
+            self.inner.get(key)
+        }
+        fn get_range(&self, key: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+            self.inner.get_range(key, offset, len)
+        }
+        fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+            self.inner.list(prefix)
+        }
+        fn delete(&self, key: &str) -> Result<()> {
+            self.inner.delete(key)
+        }
+        fn describe(&self, key: &str) -> String {
+            self.inner.describe(key)
+        }
+    }
+
+    /// Issue 11.5: the refresher ignored its errors, so a process whose lock others may call
+    /// stale went on writing. Past `give_up` without a refresh it writes nothing more.
+    #[test]
+    fn a_lock_that_cannot_be_refreshed_stops_all_writing_before_others_call_it_stale() {
+        let backend = Arc::new(LocksFail::default());
+        let storage = Storage::new(backend.clone());
+        let timings = Timings {
+            refresh: Duration::from_millis(20),
+            retry: Duration::from_millis(10),
+            give_up: Duration::from_millis(500),
+        };
+        let guard = LockGuard::acquire_with(
+            storage.clone(),
+            false,
+            "backup",
+            Duration::ZERO,
+            &|_| {},
+            timings,
+        )
+        .unwrap();
+        let pack = Handle::pack(&Id::of(b"a pack"));
+        std::thread::sleep(Duration::from_millis(200));
+        storage.put(&pack, b"while refreshes work").unwrap();
+        backend
+            .failing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        // Failing for less than give_up: still writing.
+        std::thread::sleep(Duration::from_millis(50));
+        storage.put(&pack, b"a short outage").unwrap();
+        std::thread::sleep(Duration::from_millis(1000));
+        let err = storage.put(&pack, b"too late").unwrap_err().to_string();
+        assert!(
+            err.contains("could not be refreshed") && err.contains("nothing more is written"),
+            "{err}"
+        );
+        assert!(storage.delete(&pack).is_err(), "deleting is writing too");
+        drop(guard);
+    }
 
     /// An exclusive lock of a process that no longer exists on this host.
     fn plant_dead_exclusive_lock(b: &dyn Backend) {
@@ -353,31 +495,31 @@ mod tests {
 
     #[test]
     fn shared_locks_coexist_and_exclusive_ones_do_not() {
-        let b: Arc<dyn Backend> = Arc::new(MemBackend::default());
-        let s1 = LockGuard::acquire(b.clone(), false, "backup", Duration::ZERO, &|_| {}).unwrap();
-        let s2 = LockGuard::acquire(b.clone(), false, "backup", Duration::ZERO, &|_| {}).unwrap();
-        let err = LockGuard::acquire(b.clone(), true, "prune", Duration::ZERO, &|_| {})
+        let (b, s) = mem();
+        let s1 = LockGuard::acquire(s.clone(), false, "backup", Duration::ZERO, &|_| {}).unwrap();
+        let s2 = LockGuard::acquire(s.clone(), false, "backup", Duration::ZERO, &|_| {}).unwrap();
+        let err = LockGuard::acquire(s.clone(), true, "prune", Duration::ZERO, &|_| {})
             .err()
             .unwrap();
         assert!(err.to_string().contains("wait for it to finish"), "{err}");
         drop((s1, s2));
         assert!(b.list("locks").unwrap().is_empty());
-        let x = LockGuard::acquire(b.clone(), true, "prune", Duration::ZERO, &|_| {}).unwrap();
-        assert!(LockGuard::acquire(b.clone(), false, "backup", Duration::ZERO, &|_| {}).is_err());
+        let x = LockGuard::acquire(s.clone(), true, "prune", Duration::ZERO, &|_| {}).unwrap();
+        assert!(LockGuard::acquire(s.clone(), false, "backup", Duration::ZERO, &|_| {}).is_err());
         drop(x);
         assert!(b.list("locks").unwrap().is_empty());
     }
 
     #[test]
     fn lock_wait_outlasts_a_live_holder_but_not_a_stale_one() {
-        let b: Arc<dyn Backend> = Arc::new(MemBackend::default());
-        let held = LockGuard::acquire(b.clone(), true, "prune", Duration::ZERO, &|_| {}).unwrap();
+        let (b, s) = mem();
+        let held = LockGuard::acquire(s.clone(), true, "prune", Duration::ZERO, &|_| {}).unwrap();
         let releaser = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(700));
             drop(held);
         });
         let waited =
-            LockGuard::acquire(b.clone(), false, "backup", Duration::from_secs(30), &|_| {});
+            LockGuard::acquire(s.clone(), false, "backup", Duration::from_secs(30), &|_| {});
         releaser.join().unwrap();
         assert!(
             waited.is_ok(),
@@ -387,7 +529,7 @@ mod tests {
 
         plant_dead_exclusive_lock(b.as_ref());
         let started = std::time::Instant::now();
-        let err = LockGuard::acquire(b.clone(), false, "backup", Duration::from_secs(60), &|_| {});
+        let err = LockGuard::acquire(s.clone(), false, "backup", Duration::from_secs(60), &|_| {});
         assert!(err.is_err());
         assert!(
             started.elapsed() < Duration::from_secs(30),
@@ -397,21 +539,21 @@ mod tests {
 
     #[test]
     fn a_dead_process_lock_is_reported_stale_and_unlock_removes_it() {
-        let b: Arc<dyn Backend> = Arc::new(MemBackend::default());
+        let (b, s) = mem();
         plant_dead_exclusive_lock(b.as_ref());
-        let err = LockGuard::acquire(b.clone(), false, "backup", Duration::ZERO, &|_| {})
+        let err = LockGuard::acquire(s.clone(), false, "backup", Duration::ZERO, &|_| {})
             .err()
             .unwrap();
         assert!(err.to_string().contains("tvault unlock"), "{err}");
-        let live = LockGuard::acquire(b.clone(), false, "backup", Duration::ZERO, &|_| {});
+        let live = LockGuard::acquire(s.clone(), false, "backup", Duration::ZERO, &|_| {});
         assert!(live.is_err());
-        assert_eq!(unlock(b.as_ref(), false).unwrap().len(), 1);
-        assert!(LockGuard::acquire(b.clone(), false, "backup", Duration::ZERO, &|_| {}).is_ok());
+        assert_eq!(unlock(&s, false).unwrap().len(), 1);
+        assert!(LockGuard::acquire(s.clone(), false, "backup", Duration::ZERO, &|_| {}).is_ok());
     }
 
     #[test]
     fn a_provably_dead_holder_loses_its_lock_with_a_notice() {
-        let b: Arc<dyn Backend> = Arc::new(MemBackend::default());
+        let (b, s) = mem();
         let mut dead = LockInfo {
             host: hostname(),
             pid: u32::MAX - 1,
@@ -427,7 +569,7 @@ mod tests {
         b.put("locks/dead", &serde_json::to_vec(&dead).unwrap())
             .unwrap();
         let notices = std::sync::Mutex::new(Vec::new());
-        let got = LockGuard::acquire(b.clone(), false, "backup", Duration::ZERO, &|n| {
+        let got = LockGuard::acquire(s.clone(), false, "backup", Duration::ZERO, &|n| {
             notices.lock().unwrap().push(n.to_string())
         });
         assert!(got.is_ok());

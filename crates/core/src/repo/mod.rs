@@ -1,13 +1,21 @@
 //! The repository: its config and format version, its files, the merged index, snapshots,
-//! and reading and writing blobs. The on-disk format is specified in `FORMAT.md` (below).
+//! and reading and writing blobs. Everything reaches storage through the typed layer
+//! (`storage`: objects by kind and ID, never by key) over a `backend`; packs are read and
+//! written by `packs` and `writer`, so `ops/` never formats a key nor knows a byte layout.
+//! The on-disk format is specified in `FORMAT.md` (below).
 #![doc = include_str!("FORMAT.md")]
 
 pub mod backend;
+pub mod cache;
 pub mod faults;
+pub mod limit;
 pub mod location;
 pub mod lock;
+mod packs;
 pub mod retry;
 pub mod s3;
+pub mod storage;
+pub mod testing;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -17,7 +25,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub use backend::{Backend, LocalBackend, MemBackend};
-pub use writer::BlobWriter;
+pub use packs::PackCheck;
+pub use storage::{pack_key, Handle, ObjectKind, Storage};
+pub use writer::{BlobWriter, PackSink, Written};
 
 use crate::chunker::ChunkerParams;
 use crate::codec;
@@ -113,17 +123,21 @@ impl Config {
 }
 
 pub struct Repository {
-    backend: Arc<dyn Backend>,
+    storage: Storage,
     location: PathBuf,
     config: Config,
     index: Index,
-    index_keys: Vec<String>,
+    index_files: Vec<Handle>,
     index_problems: Vec<Error>,
     lock_wait: std::time::Duration,
     /// Where one-line notices go (a lock of a dead process removed); nowhere by default.
     notice: Arc<dyn Fn(&str) + Send + Sync>,
     /// Recently checked plain blobs that deltas may need as bases.
     cache: std::sync::Mutex<BaseCache>,
+    /// On a network repository: index files, manifests and trees kept on local disk.
+    disk_cache: Option<cache::Cache>,
+    /// Packs a writer stores at once (1 on a local disk; more where each put waits on a network).
+    upload_slots: usize,
 }
 
 /// Plain bytes of recently read blobs, up to a byte budget, oldest dropped first: a chain of
@@ -159,21 +173,18 @@ impl BaseCache {
 
 /// One index file as read from the repository, or why it could not be read.
 pub struct IndexFile {
-    pub key: String,
+    pub object: Handle,
+    /// Its size in bytes.
+    pub size: u64,
     pub packs: Result<Vec<(Id, Vec<crate::pack::PackEntry>)>>,
     /// Per pack, the base and depth of its delta blobs.
     pub deltas: index::IdMap<index::Deltas>,
 }
 
-pub fn pack_key(id: &Id) -> String {
-    let hex = id.to_hex();
-    format!("data/{}/{hex}", &hex[..2])
-}
-
 impl Repository {
     /// Creates a repository in `path`, which must be missing or an empty directory.
     pub fn init(path: &Path) -> Result<Repository> {
-        if path.join("config").exists() {
+        if path.join(ObjectKind::Config.folder()).exists() {
             return Err(Error::Invalid(format!(
                 "{} is already a tvault repository",
                 path.display()
@@ -199,36 +210,38 @@ impl Repository {
             std::fs::create_dir_all(path).at(path)?;
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).at(path)?;
         }
-        let backend = LocalBackend::new(path);
-        Self::init_with(Arc::new(backend), path.to_path_buf())
+        Self::init_with(local_backend(path), path.to_path_buf())
     }
 
     /// Creates a repository on any backend.
     pub fn init_with(backend: Arc<dyn Backend>, location: PathBuf) -> Result<Repository> {
         let config = Config::new();
         let bytes = serde_json::to_vec_pretty(&config).expect("config serialises");
-        backend.put("config", &bytes)?;
-        Ok(Repository::with_config(backend, location, config))
+        let repo = Repository::with_config(backend, location, config);
+        repo.storage.put_config(&bytes)?;
+        Ok(repo)
     }
 
     /// A repository handle with an empty index (not loaded yet).
     fn with_config(backend: Arc<dyn Backend>, location: PathBuf, config: Config) -> Repository {
         Repository {
-            backend,
+            storage: Storage::new(backend),
             location,
             config,
             index: Index::default(),
-            index_keys: Vec::new(),
+            index_files: Vec::new(),
             index_problems: Vec::new(),
             lock_wait: std::time::Duration::ZERO,
             notice: Arc::new(|_: &str| {}),
             cache: Default::default(),
+            disk_cache: None,
+            upload_slots: 1,
         }
     }
 
     /// Opens an existing repository in a local directory and loads its index.
     pub fn open(path: &Path) -> Result<Repository> {
-        if !path.join("config").exists() {
+        if !path.join(ObjectKind::Config.folder()).exists() {
             let has_files = path.is_dir() && !dir_entries(path)?.0.is_empty();
             if has_files {
                 return Err(Error::NotARepository {
@@ -240,11 +253,22 @@ impl Repository {
                 path: path.to_path_buf(),
             });
         }
-        Self::open_with(Arc::new(LocalBackend::new(path)), path.to_path_buf())
+        Self::open_with(local_backend(path), path.to_path_buf())
     }
 
     pub fn open_with(backend: Arc<dyn Backend>, location: PathBuf) -> Result<Repository> {
-        let raw = backend.get("config")?;
+        Self::open_cached(backend, location, None)
+    }
+
+    /// Opens a repository whose index files, snapshot manifests and trees are read through a
+    /// local cache below `cache_root` (see [`cache`]): for repositories on a network.
+    pub fn open_cached(
+        backend: Arc<dyn Backend>,
+        location: PathBuf,
+        cache_root: Option<&Path>,
+    ) -> Result<Repository> {
+        let storage = Storage::new(backend);
+        let raw = storage.get_config()?;
         let not_repo = |reason: String| Error::NotARepository {
             path: location.clone(),
             reason,
@@ -275,9 +299,32 @@ impl Repository {
             )));
         }
         config.validate().map_err(not_repo)?;
+        let mut backend = storage.backend().clone();
+        let disk_cache = cache_root.map(|root| cache::Cache::new(root, &config.id));
+        if let Some(c) = &disk_cache {
+            backend = Arc::new(cache::Cached::new(backend, c.clone()));
+        }
         let mut repo = Repository::with_config(backend, location, config);
+        repo.disk_cache = disk_cache;
         repo.load_index()?;
         Ok(repo)
+    }
+
+    /// Caps the average upload rate of this handle (`--limit-upload`). Call it before taking a
+    /// lock: the storage is wrapped anew.
+    pub fn limit_uploads(&mut self, bytes_per_sec: u64) {
+        let limited = limit::UploadLimit::new(self.storage.backend().clone(), bytes_per_sec);
+        self.storage = Storage::new(Arc::new(limited));
+    }
+
+    /// How many packs a backup, prune or repair stores at once (default 1); each one in flight
+    /// holds a pack in memory (`pack_size`, 32 MiB by default).
+    pub fn set_upload_slots(&mut self, n: usize) {
+        self.upload_slots = n.max(1);
+    }
+
+    pub fn upload_slots(&self) -> usize {
+        self.upload_slots
     }
 
     /// How long `lock` waits for a conflicting live lock to go away (default: not at all).
@@ -298,8 +345,9 @@ impl Repository {
         &self.config
     }
 
-    pub fn backend(&self) -> &dyn Backend {
-        self.backend.as_ref()
+    /// Typed access to the repository's objects (by kind and ID; see [`Storage`]).
+    pub fn storage(&self) -> &Storage {
+        &self.storage
     }
 
     pub fn index(&self) -> &Index {
@@ -314,7 +362,7 @@ impl Repository {
         let mut problems = Vec::new();
         let mut keys = Vec::new();
         for file in self.read_index_files()? {
-            keys.push(file.key.clone());
+            keys.push(file.object.clone());
             match file.packs {
                 Ok(packs) => {
                     for (pack, entries) in packs {
@@ -326,7 +374,7 @@ impl Repository {
             }
         }
         self.index = index;
-        self.index_keys = keys;
+        self.index_files = keys;
         self.index_problems = problems;
         Ok(())
     }
@@ -334,15 +382,16 @@ impl Repository {
     /// Reloads the index if index files were added or removed since it was loaded. Commands
     /// call it once they hold their lock, so they never trust what another process changed.
     pub fn refresh_index(&mut self) -> Result<()> {
-        if self.backend.list("index")? != self.index_keys {
+        let listed = self.storage.list(ObjectKind::Index)?;
+        if !listed.iter().map(|(h, _)| h).eq(self.index_files.iter()) {
             self.load_index()?;
         }
         Ok(())
     }
 
     /// The index files the index was loaded from, sorted.
-    pub fn index_keys(&self) -> &[String] {
-        &self.index_keys
+    pub fn index_files(&self) -> &[Handle] {
+        &self.index_files
     }
 
     /// Index files that could not be read when the index was loaded.
@@ -353,11 +402,12 @@ impl Repository {
     /// Every index file, parsed separately (for verify and prune, which need per-file detail).
     pub fn read_index_files(&self) -> Result<Vec<IndexFile>> {
         let mut out = Vec::new();
-        for key in self.backend.list("index")? {
+        for (object, size) in self.storage.list(ObjectKind::Index)? {
             let mut deltas = index::IdMap::default();
-            let packs = key_id(&key)
+            let key = object.to_string();
+            let packs = key_id(&object)
                 .and_then(|id| {
-                    let bytes = self.backend.get(&key)?;
+                    let bytes = self.storage.get(&object)?;
                     index::decode_file(&key, id, &bytes)
                 })
                 .map(|list| {
@@ -370,18 +420,23 @@ impl Repository {
                         })
                         .collect()
                 });
-            out.push(IndexFile { key, packs, deltas });
+            out.push(IndexFile {
+                object,
+                size,
+                packs,
+                deltas,
+            });
         }
         Ok(out)
     }
 
-    /// Writes one index file listing `packs` (which must all be durable) and returns its key.
-    /// Index files are named by their hash: writing the same list twice writes the same file.
-    pub fn save_index(&self, packs: &index::PackList) -> Result<String> {
+    /// Writes one index file listing `packs` (which must all be durable) and returns it and
+    /// its size. Index files are named by their hash: writing the same list twice writes the
+    /// same file.
+    pub fn save_index(&self, packs: &index::PackList) -> Result<(Handle, u64)> {
         let bytes = index::encode_file(packs);
-        let key = format!("index/{}", Id::of(&bytes).to_hex());
-        self.backend.put(&key, &bytes)?;
-        Ok(key)
+        let object = self.storage.put_hashed(ObjectKind::Index, &bytes)?;
+        Ok((object, bytes.len() as u64))
     }
 
     /// Reads, decodes and re-hashes one blob. A delta blob (encoding 3) is resolved through its
@@ -392,9 +447,11 @@ impl Repository {
             .get(id)
             .ok_or_else(|| Error::MissingChunk { id: id.to_hex() })?;
         let pack = self.index.pack_id(&loc);
-        let stored =
-            self.backend
-                .get_range(&pack_key(&pack), loc.offset as u64, loc.stored_len as usize)?;
+        let stored = self.storage.get_range(
+            &Handle::pack(&pack),
+            loc.offset as u64,
+            loc.stored_len as usize,
+        )?;
         self.decode_blob(id, &pack, loc.encoding, &stored, loc.plain_len as usize)
     }
 
@@ -450,8 +507,8 @@ impl Repository {
                 )));
             };
             let bpack = self.index.pack_id(&loc);
-            let bstored = self.backend.get_range(
-                &pack_key(&bpack),
+            let bstored = self.storage.get_range(
+                &Handle::pack(&bpack),
                 loc.offset as u64,
                 loc.stored_len as usize,
             )?;
@@ -486,20 +543,28 @@ impl Repository {
         if self.index.get(id).map(|l| l.kind) != Some(BlobKind::Tree) {
             return Err(Error::MissingChunk { id: id.to_hex() });
         }
-        Tree::from_bytes(&format!("tree {}", id.short()), &self.read_blob(id)?)
+        let name = format!("tree {}", id.short());
+        if let Some(plain) = self.disk_cache.as_ref().and_then(|c| c.tree(id)) {
+            return Tree::from_bytes(&name, &plain);
+        }
+        let plain = self.read_blob(id)?;
+        if let Some(c) = &self.disk_cache {
+            c.keep_tree(id, &plain);
+        }
+        Tree::from_bytes(&name, &plain)
     }
 
     pub fn snapshot_ids(&self) -> Result<Vec<Id>> {
-        self.backend
-            .list("snapshots")?
+        self.storage
+            .list(ObjectKind::Snapshot)?
             .iter()
-            .map(|k| key_id(k))
+            .map(|(h, _)| key_id(h))
             .collect()
     }
 
     pub fn load_snapshot(&self, id: &Id) -> Result<Snapshot> {
-        let key = format!("snapshots/{}", id.to_hex());
-        Snapshot::from_bytes(&key, *id, &self.backend.get(&key)?)
+        let object = Handle::new(ObjectKind::Snapshot, id);
+        Snapshot::from_bytes(&object.to_string(), *id, &self.storage.get(&object)?)
     }
 
     /// All snapshots, oldest first.
@@ -542,15 +607,18 @@ impl Repository {
     /// Writes a snapshot manifest: the commit point of a backup.
     pub fn save_snapshot(&self, snap: &Snapshot) -> Result<Id> {
         let bytes = snap.to_bytes();
-        let id = Id::of(&bytes);
-        self.backend
-            .put(&format!("snapshots/{}", id.to_hex()), &bytes)?;
-        Ok(id)
+        let object = self.storage.put_hashed(ObjectKind::Snapshot, &bytes)?;
+        Ok(object.id().expect("named by its hash"))
     }
 
     /// Deletes a snapshot manifest (its data stays until a prune finds it unused).
     pub fn delete_snapshot(&self, id: &Id) -> Result<()> {
-        self.backend.delete(&format!("snapshots/{}", id.to_hex()))
+        self.storage.delete(&Handle::new(ObjectKind::Snapshot, id))
+    }
+
+    /// Stores a record of `repair packs` (JSON, see FORMAT.md "Repair").
+    pub fn save_repair_record(&self, json: &[u8]) -> Result<Handle> {
+        self.storage.put_hashed(ObjectKind::Repair, json)
     }
 }
 
@@ -574,10 +642,17 @@ fn dir_entries(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
     Ok((others, leftovers))
 }
 
-/// The ID a content-addressed key ends in.
-fn key_id(key: &str) -> Result<Id> {
-    let name = key.rsplit('/').next().unwrap_or(key);
-    Id::from_hex(name).ok_or_else(|| Error::corrupt(key, "file name is not an ID"))
+/// The ID a content-addressed object is named by.
+fn key_id(object: &Handle) -> Result<Id> {
+    object
+        .id()
+        .ok_or_else(|| Error::corrupt(object.to_string(), "file name is not an ID"))
+}
+
+/// The backend of a repository in the local directory `path`, with the test hooks the
+/// environment asks for (see `testing`).
+fn local_backend(path: &Path) -> Arc<dyn Backend> {
+    testing::with_hooks(LocalBackend::new(path))
 }
 
 impl Repository {
@@ -587,14 +662,19 @@ impl Repository {
     /// A conflicting lock of a provably dead process is removed, told to the notice sink.
     pub fn lock(&mut self, exclusive: bool, command: &str) -> Result<lock::LockGuard> {
         let guard = lock::LockGuard::acquire(
-            self.backend.clone(),
+            self.storage.clone(),
             exclusive,
             command,
             self.lock_wait,
             &*self.notice,
         )?;
         self.refresh_index()?;
-        backend::test_pause("locked");
+        testing::pause("locked");
         Ok(guard)
+    }
+
+    /// Removes stale locks (every lock with `all`); describes what was removed.
+    pub fn unlock(&self, all: bool) -> Result<Vec<String>> {
+        lock::unlock(&self.storage, all)
     }
 }

@@ -7,13 +7,12 @@
 //! multi-threaded; the backend owns a small tokio runtime and blocks on it, which any number of
 //! threads may do at once.
 //!
-//! Errors are `Error::Io` whose kind says what the retry layer ([`super::retry`]) may retry:
-//! `TimedOut`, `ConnectionReset` and `Interrupted` for what may pass (HTTP 5xx, 429, timeouts,
-//! refused or dropped connections), `NotFound` for a missing object, `PermissionDenied` and
-//! `Other` for what will not pass by itself; the message says what to fix. This backend does
-//! not retry on its own.
+//! Errors are [`Error::Storage`] classified for the retry layer ([`super::retry`]): transient
+//! for what may pass (HTTP 5xx, 408, 429, timeouts, refused or dropped connections), not found
+//! for a missing object (never a missing bucket), permanent for what will not pass by itself
+//! (403, a missing bucket, any other 4xx); the message says what to fix. This backend does not
+//! retry on its own.
 
-use std::io::ErrorKind;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -24,7 +23,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ClientOptions, ObjectStore, PutPayload, RetryConfig};
 
 use super::backend::Backend;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorClass, Result};
 
 /// Where a repository lives in S3: `s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -212,12 +211,13 @@ impl S3Backend {
     }
 
     fn error(&self, key: &str, e: object_store::Error) -> Error {
-        Error::io(self.describe(key), classify(&self.location, e))
+        let (class, message) = classify(&self.location, e);
+        Error::storage(self.describe(key), class, message)
     }
 }
 
 fn invalid(what: &str, message: String) -> Error {
-    Error::io(what, std::io::Error::new(ErrorKind::InvalidInput, message))
+    Error::Invalid(format!("{what}: {message}"))
 }
 
 /// The HTTP status an error of `object_store` reports, if any (from its message: the type that
@@ -227,9 +227,8 @@ fn status_of(text: &str) -> Option<u16> {
     text.get(at..at + 3)?.parse().ok()
 }
 
-/// Turns an `object_store` error into an I/O error whose kind tells transient from permanent
-/// and whose message says what to fix.
-fn classify(location: &S3Location, e: object_store::Error) -> std::io::Error {
+/// What an `object_store` error means for a retry, and a message that says what to fix.
+fn classify(location: &S3Location, e: object_store::Error) -> (ErrorClass, String) {
     let mut text = e.to_string();
     let mut http_kind = None;
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
@@ -269,9 +268,9 @@ fn classify(location: &S3Location, e: object_store::Error) -> std::io::Error {
     let bucket = &location.bucket;
     let endpoint = &location.endpoint;
     let has = |code: &str| text.contains(code);
-    let (kind, message) = if has("NoSuchBucket") {
+    if has("NoSuchBucket") {
         (
-            ErrorKind::Other,
+            ErrorClass::Permanent,
             format!("bucket {bucket:?} does not exist at {endpoint}: create it, or fix the bucket in --repo/TVAULT_REPO"),
         )
     } else if has("InvalidAccessKeyId")
@@ -284,7 +283,7 @@ fn classify(location: &S3Location, e: object_store::Error) -> std::io::Error {
         )
     {
         (
-            ErrorKind::PermissionDenied,
+            ErrorClass::Permanent,
             format!(
                 "access denied by the S3 server ({}): check AWS_ACCESS_KEY_ID and \
                  AWS_SECRET_ACCESS_KEY (or the AWS_PROFILE in ~/.aws/credentials), AWS_REGION, \
@@ -293,23 +292,24 @@ fn classify(location: &S3Location, e: object_store::Error) -> std::io::Error {
             ),
         )
     } else if let object_store::Error::NotFound { .. } = e {
-        (ErrorKind::NotFound, "no such object".to_string())
+        (ErrorClass::NotFound, "no such object".to_string())
     } else if let Some(status) = status_of(&text) {
-        let kind = if status >= 500 || status == 429 {
-            ErrorKind::TimedOut
+        let class = if status >= 500 || status == 429 || status == 408 {
+            ErrorClass::Transient
         } else {
-            ErrorKind::Other
+            ErrorClass::Permanent
         };
         (
-            kind,
+            class,
             format!("the S3 server answered HTTP {status}: {}", brief(&text)),
         )
     } else if let Some(k) = http_kind {
-        let kind = match k {
-            HttpErrorKind::Timeout => ErrorKind::TimedOut,
-            HttpErrorKind::Connect | HttpErrorKind::Request => ErrorKind::ConnectionReset,
-            HttpErrorKind::Interrupted => ErrorKind::Interrupted,
-            _ => ErrorKind::Other,
+        let class = match k {
+            HttpErrorKind::Timeout
+            | HttpErrorKind::Connect
+            | HttpErrorKind::Request
+            | HttpErrorKind::Interrupted => ErrorClass::Transient,
+            _ => ErrorClass::Permanent,
         };
         let what = match k {
             HttpErrorKind::Connect => {
@@ -318,11 +318,10 @@ fn classify(location: &S3Location, e: object_store::Error) -> std::io::Error {
             HttpErrorKind::Timeout => format!("{endpoint} did not answer in time"),
             _ => "the connection to the S3 server failed".to_string(),
         };
-        (kind, format!("{what}: {}", brief(&text)))
+        (class, format!("{what}: {}", brief(&text)))
     } else {
-        (ErrorKind::Other, brief(&text))
-    };
-    std::io::Error::new(kind, message)
+        (ErrorClass::Permanent, brief(&text))
+    }
 }
 
 /// The last, most specific parts of an error chain, for a message of reasonable length.
@@ -360,46 +359,35 @@ impl Backend for S3Backend {
             .block_on(self.store.get_range(&self.path(key), range))
             .map_err(|e| self.error(key, e))?;
         if bytes.len() != len {
-            let e = std::io::Error::new(
-                ErrorKind::UnexpectedEof,
-                format!("the object is shorter than {} bytes", offset + len as u64),
-            );
-            return Err(Error::io(self.describe(key), e));
+            let message = format!("the object is shorter than {} bytes", offset + len as u64);
+            return Err(Error::storage(
+                self.describe(key),
+                ErrorClass::Permanent,
+                message,
+            ));
         }
         Ok(bytes.to_vec())
     }
 
-    fn list(&self, prefix: &str) -> Result<Vec<String>> {
+    fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
         let path = self.path(prefix.trim_end_matches('/'));
         let listed: Vec<_> = self
             .runtime
             .block_on(self.store.list(Some(&path)).try_collect())
             .map_err(|e| self.error(prefix, e))?;
-        let mut keys: Vec<String> = listed.iter().map(|m| self.key_of(&m.location)).collect();
+        let mut keys: Vec<(String, u64)> = listed
+            .iter()
+            .map(|m| (self.key_of(&m.location), m.size))
+            .collect();
         keys.sort();
         Ok(keys)
-    }
-
-    fn size(&self, key: &str) -> Result<Option<u64>> {
-        match self.runtime.block_on(self.store.head(&self.path(key))) {
-            Ok(meta) => Ok(Some(meta.size)),
-            Err(object_store::Error::NotFound { source, path }) => {
-                // A missing bucket answers 404 too: that is no missing object.
-                let e = object_store::Error::NotFound { source, path };
-                match classify(&self.location, e) {
-                    io if io.kind() == ErrorKind::NotFound => Ok(None),
-                    io => Err(Error::io(self.describe(key), io)),
-                }
-            }
-            Err(e) => Err(self.error(key, e)),
-        }
     }
 
     fn delete(&self, key: &str) -> Result<()> {
         match self.runtime.block_on(self.store.delete(&self.path(key))) {
             Ok(()) => Ok(()),
             Err(e) => match self.error(key, e) {
-                Error::Io { err, .. } if err.kind() == ErrorKind::NotFound => Ok(()),
+                e if e.is_not_found() => Ok(()),
                 e => Err(e),
             },
         }

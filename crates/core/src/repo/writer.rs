@@ -1,16 +1,21 @@
-//! Adds blobs to a repository: fills packs, stores each full pack, and at the end writes one
-//! index file naming every pack written. Nothing refers to a pack before its index is durable,
-//! and nothing refers to the index before the snapshot that needs it is written.
+//! Writes blobs into packs, and packs into the repository. [`PackSink`] is the one pack
+//! writer: backup (through [`BlobWriter`]), prune's repack and `repair packs` all add blobs to
+//! one, which fills a pack, stores each full one, and hands back what it stored so that the
+//! caller writes the index file naming those packs (`Repository::save_index`). Nothing refers
+//! to a pack before its index is durable, and nothing refers to the index before the snapshot
+//! that needs it is written.
 //!
 //! A full pack is finished (trailer, hash) and stored on a background thread while the next one
-//! fills, so the pack's hashing and its fsync overlap the backup's reading and compressing. At
-//! most one pack is being stored at a time: the next flush waits for it, and so does `finish`
-//! before it writes the index, so a pack is durable before any index names it.
+//! fills, so the pack's hashing and its upload or fsync overlap the reading and compressing. At
+//! most `Repository::upload_slots` packs are being stored at a time (1 on a local disk, so
+//! writes happen in a fixed order; more on a network, where each put mostly waits): a flush
+//! waits for the oldest when all slots are busy, and `finish` waits for all, so a pack is
+//! durable before any index names it. Memory: one pack filling plus one per slot.
 
-use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use super::{pack_key, Backend, Repository};
+use super::storage::{Handle, Storage};
+use super::Repository;
 use crate::codec::Encoding;
 use crate::error::Result;
 use crate::id::Id;
@@ -20,50 +25,192 @@ use crate::pack::{BlobKind, PackEntry, PackWriter};
 /// What storing one pack gives back: its ID, its size, and its blobs.
 type Stored = Result<(Id, u64, Vec<PackEntry>)>;
 
-pub struct BlobWriter<'r> {
-    repo: &'r Repository,
+/// Fills packs with blobs and stores them (see the module doc). Dropped without
+/// [`PackSink::finish`], it still waits for the pack being stored.
+pub struct PackSink {
+    storage: Storage,
+    pack_size: usize,
     pack: PackWriter,
     /// The pack being stored in the background, if any.
-    storing: Option<JoinHandle<Stored>>,
+    storing: std::collections::VecDeque<JoinHandle<Stored>>,
+    /// Packs stored at once, at most (each holds a pack in memory until it is stored).
+    uploads: usize,
+    stored: Vec<(Id, Vec<PackEntry>)>,
+    /// Base and depth of each delta blob added (for the index file).
+    deltas: index::Deltas,
+    /// Bytes of the packs stored (or, dry, that would have been).
+    bytes: u64,
+    /// A dry run: packs are counted (without their trailers), never stored.
+    dry: bool,
+}
+
+/// What a [`PackSink`] stored.
+pub struct Written {
+    /// Every pack stored, with its blobs and deltas: what the index file naming them lists.
+    pub packs: index::PackList,
+    /// Their bytes (dry: the bytes of their blobs).
+    pub bytes: u64,
+}
+
+impl PackSink {
+    pub fn new(repo: &Repository) -> PackSink {
+        PackSink {
+            storage: repo.storage().clone(),
+            pack_size: repo.config().pack_size as usize,
+            pack: PackWriter::new(),
+            storing: Default::default(),
+            uploads: repo.upload_slots(),
+            stored: Vec::new(),
+            deltas: Default::default(),
+            bytes: 0,
+            dry: false,
+        }
+    }
+
+    /// Adds an encoded blob (whatever is already stored: deduplicating is the caller's). A
+    /// delta's base and depth are taken from its header, for the index.
+    pub fn add(
+        &mut self,
+        id: Id,
+        kind: BlobKind,
+        encoding: Encoding,
+        stored: &[u8],
+        plain_len: usize,
+    ) -> Result<()> {
+        if encoding == Encoding::Delta {
+            let h = crate::codec::delta_header(stored)?;
+            let d = index::DeltaRef {
+                base: h.base,
+                depth: h.depth,
+            };
+            self.deltas.insert(id, d);
+        }
+        self.pack.add(id, kind, encoding, stored, plain_len);
+        if self.pack.len() >= self.pack_size {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Starts storing the open pack, if it holds anything, once the previous one is stored.
+    pub fn flush(&mut self) -> Result<()> {
+        if self.pack.is_empty() {
+            return Ok(());
+        }
+        while self.storing.len() >= self.uploads {
+            self.wait_oldest()?;
+        }
+        let pack = std::mem::take(&mut self.pack);
+        if self.dry {
+            self.bytes += pack.len() as u64;
+            return Ok(());
+        }
+        let storage = self.storage.clone();
+        let store = move || -> Stored {
+            let (id, bytes, entries) = pack.finish();
+            storage.put(&Handle::pack(&id), &bytes)?;
+            Ok((id, bytes.len() as u64, entries))
+        };
+        self.storing.push_back(std::thread::spawn(store));
+        Ok(())
+    }
+
+    /// Waits for every pack being stored.
+    fn wait(&mut self) -> Result<()> {
+        while !self.storing.is_empty() {
+            self.wait_oldest()?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the pack that started storing first.
+    fn wait_oldest(&mut self) -> Result<()> {
+        let Some(handle) = self.storing.pop_front() else {
+            return Ok(());
+        };
+        let (id, len, entries) = handle
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        self.bytes += len;
+        self.stored.push((id, entries));
+        Ok(())
+    }
+
+    /// Bytes of the packs stored so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Stores the last pack; what was stored.
+    pub fn finish(mut self) -> Result<Written> {
+        self.flush()?;
+        self.wait()?;
+        let deltas = std::mem::take(&mut self.deltas);
+        let packs = std::mem::take(&mut self.stored)
+            .into_iter()
+            .map(|(pack, entries)| {
+                let d = entries
+                    .iter()
+                    .filter_map(|e| Some((e.id, *deltas.get(&e.id)?)))
+                    .collect();
+                (pack, entries, d)
+            })
+            .collect();
+        Ok(Written {
+            packs,
+            bytes: self.bytes,
+        })
+    }
+}
+
+impl Drop for PackSink {
+    /// A sink dropped without `finish` (a failed backup) still waits for its pack: the caller
+    /// may release the repository lock right after.
+    fn drop(&mut self) {
+        for handle in self.storing.drain(..) {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Backup's writer: adds each blob the repository (and this session) lacks to a [`PackSink`],
+/// counts what it stored and how, and at the end writes one index file naming every pack.
+pub struct BlobWriter<'r> {
+    repo: &'r Repository,
+    sink: PackSink,
     /// Blobs added in this session (in the open pack or in packs already stored).
     added: IdSet,
-    stored_packs: Vec<(Id, Vec<PackEntry>)>,
-    pub bytes_added: u64,
     pub blobs_added: u64,
     /// File content offered to this writer, by how it was stored.
     pub stored_by: crate::snapshot::StoredBy,
-    /// Base and depth of each delta blob added (for the index file).
-    deltas: index::Deltas,
-    /// A dry run (`backup --dry-run`): packs are counted, never stored.
-    dry: bool,
 }
 
 impl<'r> BlobWriter<'r> {
     pub fn new(repo: &'r Repository) -> BlobWriter<'r> {
         BlobWriter {
             repo,
-            pack: PackWriter::new(),
-            storing: None,
+            sink: PackSink::new(repo),
             added: IdSet::default(),
-            stored_packs: Vec::new(),
-            bytes_added: 0,
             blobs_added: 0,
             stored_by: Default::default(),
-            deltas: Default::default(),
-            dry: false,
         }
     }
 
-    /// A writer that encodes and counts what it would add but stores nothing: `bytes_added`
-    /// is then the packs' size without their trailers and index.
+    /// A writer that encodes and counts what it would add but stores nothing: the bytes added
+    /// are then the packs' size without their trailers and index.
     pub fn dry(repo: &'r Repository) -> BlobWriter<'r> {
         let mut w = BlobWriter::new(repo);
-        w.dry = true;
+        w.sink.dry = true;
         w
     }
 
     pub fn is_dry(&self) -> bool {
-        self.dry
+        self.sink.dry
+    }
+
+    /// Bytes of the packs stored so far.
+    pub fn bytes_added(&self) -> u64 {
+        self.sink.bytes_written()
     }
 
     /// True when the blob is already in the repository or in this session.
@@ -90,102 +237,73 @@ impl<'r> BlobWriter<'r> {
             self.stored_by
                 .add(encoding, plain_len as u64, stored.len() as u64);
         }
-        if encoding == Encoding::Delta {
-            let h = crate::codec::delta_header(stored)?;
-            let d = index::DeltaRef {
-                base: h.base,
-                depth: h.depth,
-            };
-            self.deltas.insert(id, d);
-        }
-        self.pack.add(id, kind, encoding, stored, plain_len);
+        self.sink.add(id, kind, encoding, stored, plain_len)?;
         self.added.insert(id);
         self.blobs_added += 1;
-        if self.pack.len() >= self.repo.config().pack_size as usize {
-            self.flush()?;
-        }
         Ok(())
     }
 
-    /// Starts storing the open pack, if it holds anything, once the previous one is stored.
-    pub fn flush(&mut self) -> Result<()> {
-        if self.pack.is_empty() {
-            return Ok(());
+    /// Stores the last pack and the index file for every pack of this session; the bytes
+    /// added (packs and index).
+    pub fn finish(self) -> Result<u64> {
+        let BlobWriter { repo, sink, .. } = self;
+        let dry = sink.dry;
+        let written = sink.finish()?;
+        let mut bytes = written.bytes;
+        if !dry && !written.packs.is_empty() {
+            bytes += repo.save_index(&written.packs)?.1;
         }
-        self.wait()?;
-        let pack = std::mem::take(&mut self.pack);
-        if self.dry {
-            self.bytes_added += pack.len() as u64;
-            return Ok(());
-        }
-        let backend: Arc<dyn Backend> = self.repo.backend.clone();
-        let store = move || -> Stored {
-            let (id, bytes, entries) = pack.finish();
-            backend.put(&pack_key(&id), &bytes)?;
-            Ok((id, bytes.len() as u64, entries))
-        };
-        self.storing = Some(std::thread::spawn(store));
-        Ok(())
+        Ok(bytes)
     }
 
-    /// Waits for the pack being stored, if any.
-    fn wait(&mut self) -> Result<()> {
-        match self.storing.take() {
-            Some(handle) => {
-                let stored = handle
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-                self.record(stored)
-            }
-            None => Ok(()),
-        }
-    }
-
-    fn record(&mut self, stored: Stored) -> Result<()> {
-        let (id, len, entries) = stored?;
-        self.bytes_added += len;
-        self.stored_packs.push((id, entries));
-        Ok(())
-    }
-
-    /// Stores the last pack and the index file for every pack of this session.
-    pub fn finish(mut self) -> Result<u64> {
-        self.flush()?;
-        self.wait()?;
-        if !self.stored_packs.is_empty() {
-            let packs: index::PackList = std::mem::take(&mut self.stored_packs)
-                .into_iter()
-                .map(|(pack, entries)| {
-                    let deltas = entries
-                        .iter()
-                        .filter_map(|e| Some((e.id, *self.deltas.get(&e.id)?)))
-                        .collect();
-                    (pack, entries, deltas)
-                })
-                .collect();
-            let key = self.repo.save_index(&packs)?;
-            self.bytes_added += self.repo.backend().size(&key)?.unwrap_or(0);
-        }
-        Ok(self.bytes_added)
-    }
-}
-
-impl Drop for BlobWriter<'_> {
-    /// A writer dropped without `finish` (a failed backup) still waits for its pack: the caller
-    /// may release the repository lock right after.
-    fn drop(&mut self) {
-        if let Some(handle) = self.storing.take() {
-            let _ = handle.join();
-        }
-    }
-}
-
-impl<'r> BlobWriter<'r> {
     pub fn config(&self) -> &super::Config {
         self.repo.config()
     }
 
     pub fn repo(&self) -> &'r Repository {
         self.repo
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::repo::{Backend, MemBackend};
+
+    /// With several packs stored at once, every pack is stored, and the index names exactly
+    /// the packs stored, each with its blobs.
+    #[test]
+    fn parallel_uploads_store_every_pack_and_index_exactly_those() {
+        for slots in [1, 3] {
+            let backend = Arc::new(MemBackend::default());
+            let mut repo = Repository::init_with(backend.clone(), "mem".into()).unwrap();
+            repo.set_upload_slots(slots);
+            let mut sink = PackSink::new(&repo);
+            sink.pack_size = 64 << 10;
+            let mut ids = Vec::new();
+            for i in 0u32..40 {
+                let blob = vec![i as u8; 10_000 + i as usize];
+                let id = Id::of(&blob);
+                ids.push(id);
+                sink.add(id, BlobKind::Data, Encoding::Raw, &blob, blob.len())
+                    .unwrap();
+            }
+            let written = sink.finish().unwrap();
+            let on_disk = backend.list("data").unwrap();
+            assert_eq!(written.packs.len(), on_disk.len(), "slots {slots}");
+            assert!(written.packs.len() >= 5, "slots {slots}");
+            let total: u64 = on_disk.iter().map(|(_, n)| n).sum();
+            assert_eq!(written.bytes, total, "slots {slots}");
+            let mut indexed: Vec<Id> = written
+                .packs
+                .iter()
+                .flat_map(|(_, entries, _)| entries.iter().map(|e| e.id))
+                .collect();
+            indexed.sort();
+            ids.sort();
+            assert_eq!(indexed, ids, "slots {slots}");
+        }
     }
 }

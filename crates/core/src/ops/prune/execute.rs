@@ -12,9 +12,9 @@ use super::{PackFate, PruneReport};
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::index;
-use crate::pack::{PackEntry, PackWriter};
+use crate::pack::PackEntry;
 use crate::progress::Progress;
-use crate::repo::{pack_key, Repository};
+use crate::repo::{Handle, ObjectKind, PackSink, Repository};
 
 /// Executes `plan` on the repository it was made for (under the lock it holds, released when
 /// this returns). A plan made for a dry run is refused: it holds only a shared lock.
@@ -27,26 +27,12 @@ pub fn execute(repo: &Repository, plan: PrunePlan, progress: &dyn Progress) -> R
         ));
     }
     let mut report = plan.report();
-    let mut keep_keys: HashSet<String> = HashSet::new();
+    let mut keep: HashSet<Handle> = HashSet::new();
     let changes_packs = plan.packs.values().any(|p| p.fate != PackFate::Keep);
     if changes_packs {
         progress.phase("writing new packs and the new index");
         let mut new_index: index::PackList = Vec::new();
-        let mut writer = PackWriter::new();
-        let pack_size = repo.config().pack_size as usize;
-        let store =
-            |writer: PackWriter, new_index: &mut Vec<_>, report: &mut PruneReport| -> Result<()> {
-                let (id, bytes, entries) = writer.finish();
-                repo.backend().put(&pack_key(&id), &bytes)?;
-                report.packs_written += 1;
-                // Copied blobs are the copies the index names: so are their bases.
-                let deltas = entries
-                    .iter()
-                    .filter_map(|e| Some((e.id, repo.index().delta(&e.id)?)))
-                    .collect();
-                new_index.push((id, entries, deltas));
-                Ok(())
-            };
+        let mut sink = PackSink::new(repo);
         for (pack, planned) in &plan.packs {
             match planned.fate {
                 PackFate::Keep => {
@@ -54,39 +40,36 @@ pub fn execute(repo: &Repository, plan: PrunePlan, progress: &dyn Progress) -> R
                 }
                 PackFate::Delete => {}
                 PackFate::Repack => {
-                    let data = repo.backend().get(&pack_key(pack))?;
-                    progress.bytes(data.len() as u64);
-                    for e in &planned.entries {
-                        let used_here =
-                            repo.index().get(&e.id).map(|l| repo.index().pack_id(l)) == Some(*pack);
-                        if !plan.live.contains(&e.id) || !used_here {
-                            continue;
-                        }
-                        let stored = checked_blob(repo, &data, pack, e)?;
-                        writer.add(e.id, e.kind, e.encoding, stored, e.plain_len as usize);
-                        if writer.len() >= pack_size {
-                            store(std::mem::take(&mut writer), &mut new_index, &mut report)?;
-                        }
-                    }
+                    // Only the blobs in use that are the copies the index reads.
+                    let live: Vec<PackEntry> = planned
+                        .entries
+                        .iter()
+                        .filter(|e| {
+                            plan.live.contains(&e.id)
+                                && repo.index().get(&e.id).map(|l| repo.index().pack_id(l))
+                                    == Some(*pack)
+                        })
+                        .copied()
+                        .collect();
+                    let read = repo
+                        .copy_blobs(&mut sink, pack, &live)
+                        .map_err(|e| stopped(pack, e))?;
+                    progress.bytes(read);
                 }
             }
         }
-        if !writer.is_empty() {
-            store(writer, &mut new_index, &mut report)?;
-        }
-        keep_keys.extend(new_index.iter().map(|(id, _, _)| pack_key(id)));
+        let written = sink.finish()?;
+        report.packs_written = written.packs.len() as u64;
+        new_index.extend(written.packs);
+        keep.extend(new_index.iter().map(|(id, _, _)| Handle::pack(id)));
         if !new_index.is_empty() {
-            let bytes = index::encode_file(&new_index);
-            let key = format!("index/{}", Id::of(&bytes).to_hex());
-            repo.backend().put(&key, &bytes)?;
-            keep_keys.insert(key);
+            keep.insert(repo.save_index(&new_index)?.0);
         }
     }
     progress.phase("deleting");
     for (id, _, decision) in &plan.snapshots {
         if !decision.keep {
-            repo.backend()
-                .delete(&format!("snapshots/{}", id.to_hex()))?;
+            repo.delete_snapshot(id)?;
         }
     }
     if changes_packs {
@@ -94,15 +77,18 @@ pub fn execute(repo: &Repository, plan: PrunePlan, progress: &dyn Progress) -> R
             .packs
             .iter()
             .filter(|(_, p)| p.fate != PackFate::Keep)
-            .map(|(pack, _)| pack_key(pack));
-        for key in plan.old_index_keys.iter().cloned().chain(dead_packs) {
-            if !keep_keys.contains(&key) {
-                repo.backend().delete(&key)?;
+            .map(|(pack, _)| Handle::pack(pack));
+        for object in plan.old_index_files.iter().cloned().chain(dead_packs) {
+            if !keep.contains(&object) {
+                repo.delete(&[&object])?;
             }
         }
     }
-    for key in plan.leftovers.iter().filter(|k| !keep_keys.contains(*k)) {
-        repo.backend().delete(key)?;
+    for name in &plan.temporaries {
+        repo.storage().delete_leftover(name)?;
+    }
+    for object in plan.unindexed.iter().filter(|o| !keep.contains(*o)) {
+        repo.delete(&[object])?;
     }
     if !plan.snapshots_only {
         report.bytes_freed = report.bytes_before.saturating_sub(stored_bytes(repo)?);
@@ -114,37 +100,27 @@ pub fn execute(repo: &Repository, plan: PrunePlan, progress: &dyn Progress) -> R
 /// Bytes of packs and index files now.
 fn stored_bytes(repo: &Repository) -> Result<u64> {
     let mut total = 0;
-    for key in repo
-        .backend()
-        .list("data")?
-        .into_iter()
-        .chain(repo.backend().list("index")?)
-    {
-        total += repo.backend().size(&key)?.unwrap_or(0);
+    for kind in [ObjectKind::Pack, ObjectKind::Index] {
+        total += repo
+            .storage()
+            .list(kind)?
+            .iter()
+            .map(|(_, size)| size)
+            .sum::<u64>();
     }
     Ok(total)
 }
 
-/// A live blob's stored bytes from a pack being repacked, checked before it is copied, so that
-/// repacking never launders damage into a fresh pack.
-fn checked_blob<'a>(
-    repo: &Repository,
-    data: &'a [u8],
-    pack: &Id,
-    e: &PackEntry,
-) -> Result<&'a [u8]> {
-    let damaged = |reason: &str| Error::CorruptChunk {
-        id: e.id.to_hex(),
-        pack: pack.to_hex(),
-        reason: format!("{reason}; prune stopped before deleting anything, run `tvault verify`"),
-    };
-    let stored = data
-        .get(e.offset as usize..e.offset as usize + e.stored_len as usize)
-        .ok_or_else(|| damaged("lies beyond the end of its pack"))?;
-    repo.decode_blob(&e.id, pack, e.encoding, stored, e.plain_len as usize)
-        .map_err(|err| match err {
-            Error::CorruptChunk { reason, .. } => damaged(&reason),
-            other => damaged(&other.to_string()),
-        })?;
-    Ok(stored)
+/// A copy that failed: prune stops before it deletes anything.
+fn stopped(pack: &Id, err: Error) -> Error {
+    match err {
+        Error::CorruptChunk { id, reason, .. } => Error::CorruptChunk {
+            id,
+            pack: pack.to_hex(),
+            reason: format!(
+                "{reason}; prune stopped before deleting anything, run `tvault verify`"
+            ),
+        },
+        other => other,
+    }
 }

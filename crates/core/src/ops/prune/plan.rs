@@ -14,7 +14,7 @@ use crate::index::{self, IdMap, IdSet};
 use crate::pack::PackEntry;
 use crate::progress::Progress;
 use crate::repo::lock::LockGuard;
-use crate::repo::{pack_key, Repository};
+use crate::repo::{Handle, Repository};
 
 /// A pack as the plan found it in the index, and what becomes of it.
 pub(super) struct PlannedPack {
@@ -42,9 +42,11 @@ pub struct PrunePlan {
     /// What the kept snapshots need: their trees, chunks and the bases of deltas among them.
     pub(super) live: IdSet,
     pub(super) packs: BTreeMap<Id, PlannedPack>,
-    /// Packs no index lists and temporary files: leftovers of interrupted runs.
-    pub(super) leftovers: Vec<String>,
-    pub(super) old_index_keys: Vec<String>,
+    /// Packs no index lists: leftovers of interrupted runs.
+    pub(super) unindexed: Vec<Handle>,
+    /// Temporary files of interrupted writes (by their backend names).
+    pub(super) temporaries: Vec<String>,
+    pub(super) old_index_files: Vec<Handle>,
     pub(super) bytes_before: u64,
     pub(super) bytes_to_free: u64,
 }
@@ -64,9 +66,10 @@ impl PrunePlan {
         self.packs.iter().map(|(id, p)| (*id, p.fate))
     }
 
-    /// Keys of the leftover files the execution deletes.
-    pub fn leftovers(&self) -> &[String] {
-        &self.leftovers
+    /// The leftover files the execution deletes: temporary files, then packs no index lists.
+    pub fn leftovers(&self) -> Vec<String> {
+        let packs = self.unindexed.iter().map(|h| h.to_string());
+        self.temporaries.iter().cloned().chain(packs).collect()
     }
 
     /// Pack and index bytes the execution frees (about: repacking writes new trailers).
@@ -89,7 +92,7 @@ impl PrunePlan {
             packs_deleted: count(PackFate::Delete),
             packs_repacked: count(PackFate::Repack),
             packs_written: 0,
-            leftovers_deleted: self.leftovers.len() as u64,
+            leftovers_deleted: (self.temporaries.len() + self.unindexed.len()) as u64,
             bytes_before: self.bytes_before,
             bytes_freed: self.bytes_to_free,
             duration_ms: self.started.elapsed().as_millis() as u64,
@@ -147,22 +150,21 @@ pub fn plan(
             let deltas = file.deltas.get(&pack).cloned().unwrap_or_default();
             listed.entry(pack).or_insert((entries, deltas));
         }
-        plan.bytes_before += repo.backend().size(&file.key)?.unwrap_or(0);
-        plan.old_index_keys.push(file.key);
+        plan.bytes_before += file.size;
+        plan.old_index_files.push(file.object);
     }
     let mut on_disk: IdMap<u64> = IdMap::default();
     // Temporary files only once nobody may be writing them: not locks being taken beside us,
     // not a write in flight (see `Backend::list_leftovers`).
-    plan.leftovers = repo.backend().list_leftovers("")?;
-    for key in repo.backend().list("data")? {
-        let size = repo.backend().size(&key)?.unwrap_or(0);
+    plan.temporaries = repo.storage().leftovers()?;
+    for (object, size) in repo.list_packs()? {
         plan.bytes_before += size;
-        match key.rsplit('/').next().and_then(Id::from_hex) {
+        match object.id() {
             Some(id) if listed.contains_key(&id) => {
                 on_disk.insert(id, size);
             }
             _ => {
-                plan.leftovers.push(key);
+                plan.unindexed.push(object);
                 plan.bytes_to_free += size;
             }
         }
@@ -181,7 +183,7 @@ pub fn plan(
                 return Err(Error::Invalid(format!(
                     "pack {} holds chunks that kept snapshots need, and it is missing; prune deletes \
                      nothing until this is resolved: run `tvault verify`",
-                    pack_key(&pack)
+                    Handle::pack(&pack)
                 )));
             }
             None => PackFate::Delete,
@@ -258,8 +260,9 @@ fn plan_snapshots(
         refused,
         live: IdSet::default(),
         packs: BTreeMap::new(),
-        leftovers: Vec::new(),
-        old_index_keys: Vec::new(),
+        unindexed: Vec::new(),
+        temporaries: Vec::new(),
+        old_index_files: Vec::new(),
         bytes_before: 0,
         bytes_to_free: 0,
     })

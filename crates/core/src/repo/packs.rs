@@ -1,0 +1,258 @@
+//! Reading packs, for the commands that work pack by pack: planned reads of many blobs (one
+//! ranged read per stretch of neighbouring blobs of a pack, see `storage::plan_reads`), the
+//! whole-pack check of `verify --read-data` and `repair packs`, the checked copy of blobs into
+//! new packs (prune's repack, `repair packs`), and a pack's entries rebuilt from the pack
+//! itself (`repair index`). The pack layout stays in `pack.rs`; callers get entries and bytes.
+
+use rayon::prelude::*;
+
+use super::storage::{plan_reads, Handle, ObjectKind, PlannedRead, READ_GAP, READ_MAX};
+use super::{PackSink, Repository};
+use crate::error::{Error, Result};
+use crate::id::Id;
+use crate::index::{self, IdMap};
+use crate::pack::{BlobKind, PackEntry};
+
+/// What reading one whole pack found: whether it hashes to its name, and its damaged blobs.
+pub struct PackCheck {
+    pub pack: Id,
+    pub bytes: u64,
+    pub blobs: usize,
+    pub hash_ok: bool,
+    /// The pack could not be read at all.
+    pub unreadable: Option<Error>,
+    pub bad_blobs: Vec<(Id, String)>,
+}
+
+impl Repository {
+    /// Every pack in the repository with its size (also those no index lists, and names that
+    /// are not pack IDs: [`Handle::id`] tells).
+    pub fn list_packs(&self) -> Result<Vec<(Handle, u64)>> {
+        self.storage.list(ObjectKind::Pack)
+    }
+
+    /// The size a pack has when it holds exactly `entries` (see FORMAT.md, "Packs").
+    pub fn expected_pack_size(entries: &[PackEntry]) -> u64 {
+        crate::pack::size_for(entries)
+    }
+
+    /// The stored bytes of `entries` (blobs of `pack`), in their order, read with as few
+    /// ranged reads as neighbouring blobs allow. Nothing is decoded or checked.
+    pub fn read_blobs(&self, pack: &Id, entries: &[PackEntry]) -> Result<Vec<Vec<u8>>> {
+        let ranges: Vec<_> = entries.iter().map(blob_range).collect();
+        let mut out = vec![Vec::new(); entries.len()];
+        for read in plan_reads(&ranges, READ_GAP, READ_MAX) {
+            let bytes = self.read_span(pack, &read, |i| entries[i].id)?;
+            for (i, r) in read.parts {
+                out[i] = bytes[r].to_vec();
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads, decodes and re-hashes the blobs `ids` (repeats allowed) and hands each one's
+    /// plain bytes to `each` with every position it has in `ids`. Reads are planned per pack
+    /// (neighbouring blobs in one ranged read, in pack order) and run in parallel; memory holds
+    /// the reads in flight, a few MiB each. Stops at the first error.
+    pub fn read_blobs_planned<F>(&self, ids: &[Id], each: F) -> Result<()>
+    where
+        F: Fn(&[usize], &[u8]) -> Result<()> + Sync,
+    {
+        // Each distinct blob once, with the positions it fills.
+        let mut positions: IdMap<Vec<usize>> = IdMap::default();
+        let mut unique: Vec<Id> = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            positions
+                .entry(*id)
+                .or_insert_with(|| {
+                    unique.push(*id);
+                    Vec::new()
+                })
+                .push(i);
+        }
+        let mut by_pack: IdMap<Vec<(Id, index::Location)>> = IdMap::default();
+        for id in &unique {
+            let loc = *self
+                .index
+                .get(id)
+                .ok_or_else(|| Error::MissingChunk { id: id.to_hex() })?;
+            by_pack
+                .entry(self.index.pack_id(&loc))
+                .or_default()
+                .push((*id, loc));
+        }
+        let mut packs: Vec<(Id, Vec<(Id, index::Location)>)> = by_pack.into_iter().collect();
+        packs.sort_by_key(|(pack, _)| *pack);
+        let mut reads = Vec::new();
+        for (pack, blobs) in &packs {
+            let ranges: Vec<_> = blobs
+                .iter()
+                .map(|(_, l)| l.offset as u64..l.offset as u64 + l.stored_len as u64)
+                .collect();
+            reads.extend(
+                plan_reads(&ranges, READ_GAP, READ_MAX)
+                    .into_iter()
+                    .map(|read| (pack, blobs, read)),
+            );
+        }
+        reads.par_iter().try_for_each(|(pack, blobs, read)| {
+            let bytes = self.read_span(pack, read, |i| blobs[i].0)?;
+            for (i, r) in &read.parts {
+                let (id, loc) = &blobs[*i];
+                let plain = self.decode_blob(
+                    id,
+                    pack,
+                    loc.encoding,
+                    &bytes[r.clone()],
+                    loc.plain_len as usize,
+                )?;
+                each(&positions[id], &plain)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// One planned read of `pack`. A pack shorter than the read is damage, named by the first
+    /// blob the read serves (`blob` gives a part's blob ID) and its pack.
+    fn read_span(
+        &self,
+        pack: &Id,
+        read: &PlannedRead,
+        blob: impl Fn(usize) -> Id,
+    ) -> Result<Vec<u8>> {
+        let len = (read.span.end - read.span.start) as usize;
+        self.storage
+            .get_range(&Handle::pack(pack), read.span.start, len)
+            .map_err(|e| match e {
+                Error::Io { err, .. } if err.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    Error::CorruptChunk {
+                        id: blob(read.parts[0].0).to_hex(),
+                        pack: pack.to_hex(),
+                        reason: "lies beyond the end of its pack (truncated?)".into(),
+                    }
+                }
+                other => other,
+            })
+    }
+
+    /// Copies `entries` of `pack` into `sink`, each decoded and re-hashed first, so that a copy
+    /// never launders damage into a fresh pack (a damaged blob is a
+    /// [`Error::CorruptChunk`] naming it and the pack). Returns the bytes read.
+    pub fn copy_blobs(&self, sink: &mut PackSink, pack: &Id, entries: &[PackEntry]) -> Result<u64> {
+        let stored = self.read_blobs(pack, entries)?;
+        let mut read = 0;
+        for (e, bytes) in entries.iter().zip(&stored) {
+            self.decode_blob(&e.id, pack, e.encoding, bytes, e.plain_len as usize)?;
+            sink.add(e.id, e.kind, e.encoding, bytes, e.plain_len as usize)?;
+            read += bytes.len() as u64;
+        }
+        Ok(read)
+    }
+
+    /// Reads a whole pack, checks that it hashes to its name, and decodes and re-hashes each of
+    /// `entries` in it (`verify --read-data`, `repair packs`). Checked data blobs are kept in
+    /// the base cache: the next snapshot's deltas may need them.
+    pub fn check_pack(&self, pack: &Id, entries: &[PackEntry]) -> PackCheck {
+        let mut r = PackCheck {
+            pack: *pack,
+            bytes: 0,
+            blobs: 0,
+            hash_ok: false,
+            unreadable: None,
+            bad_blobs: Vec::new(),
+        };
+        let data = match self.storage.get(&Handle::pack(pack)) {
+            Ok(d) => d,
+            Err(e) => {
+                r.unreadable = Some(e);
+                return r;
+            }
+        };
+        r.bytes = data.len() as u64;
+        r.hash_ok = Id::of(&data) == *pack;
+        for e in entries {
+            r.blobs += 1;
+            let Some(stored) = data.get(blob_span(e)) else {
+                r.bad_blobs
+                    .push((e.id, "lies beyond the end of the pack".into()));
+                continue;
+            };
+            match self.decode_blob(&e.id, pack, e.encoding, stored, e.plain_len as usize) {
+                Err(Error::CorruptChunk { reason, .. }) if reason.contains("does not match") => r
+                    .bad_blobs
+                    .push((e.id, "content does not match its ID".into())),
+                Err(Error::CorruptChunk { reason, .. }) => r
+                    .bad_blobs
+                    .push((e.id, format!("cannot be decoded ({reason})"))),
+                Err(err) => r
+                    .bad_blobs
+                    .push((e.id, format!("cannot be decoded ({err})"))),
+                // Tensor blocks may be the base of the next snapshot's deltas.
+                Ok(plain) if e.kind == BlobKind::Data => {
+                    self.remember(e.id, std::sync::Arc::new(plain))
+                }
+                Ok(_) => {}
+            }
+        }
+        r
+    }
+
+    /// A pack's index entries rebuilt from the pack alone: its trailer, and each delta's base
+    /// and depth from the blob's own header (`repair index`).
+    pub fn pack_entries(&self, object: &Handle) -> Result<(Vec<PackEntry>, index::Deltas)> {
+        let bytes = self.storage.get(object)?;
+        index::entries_of_pack(&object.to_string(), &bytes)
+    }
+
+    /// Deletes objects (packs, index files, snapshots) by their handles, in the order given.
+    pub fn delete(&self, objects: &[&Handle]) -> Result<()> {
+        for object in objects {
+            self.storage.delete(object)?;
+        }
+        Ok(())
+    }
+}
+
+fn blob_range(e: &PackEntry) -> std::ops::Range<u64> {
+    e.offset as u64..e.offset as u64 + e.stored_len as u64
+}
+
+fn blob_span(e: &PackEntry) -> std::ops::Range<usize> {
+    e.offset as usize..e.offset as usize + e.stored_len as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::codec::Encoding;
+    use crate::pack::PackWriter;
+    use crate::repo::{Backend, MemBackend};
+
+    #[test]
+    fn a_truncated_pack_names_the_blob_past_its_end() {
+        let backend = Arc::new(MemBackend::default());
+        let repo = Repository::init_with(backend.clone(), "mem".into()).unwrap();
+        let mut w = PackWriter::new();
+        for b in [&b"first blob"[..], b"second blob"] {
+            w.add(Id::of(b), BlobKind::Data, Encoding::Raw, b, b.len());
+        }
+        let (id, bytes, entries) = w.finish();
+        let key = Handle::pack(&id).to_string();
+        backend.put(&key, &bytes).unwrap();
+        let stored = repo.read_blobs(&id, &entries).unwrap();
+        assert_eq!(stored, [b"first blob".to_vec(), b"second blob".to_vec()]);
+
+        backend.put(&key, &bytes[..15]).unwrap();
+        let err = repo.read_blobs(&id, &entries).unwrap_err();
+        assert!(
+            matches!(&err, Error::CorruptChunk { id: blob, .. } if *blob == entries[0].id.to_hex()),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("beyond the end of its pack"),
+            "{err}"
+        );
+    }
+}

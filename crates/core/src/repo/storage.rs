@@ -1,0 +1,350 @@
+//! The typed storage layer: the only door between `Repository` and a [`Backend`]. Objects are
+//! addressed by kind and name ([`Handle`]: the hex of an ID for everything tvault writes), and
+//! this file alone knows how that maps to a backend key (`data/XX/<id>`, `index/<id>`, …, as
+//! `FORMAT.md` specifies). Listings come with sizes; errors keep the backend's classification
+//! (not found, transient, permanent: [`crate::error::ErrorClass`]).
+//!
+//! Reads of several ranges of one object are planned here too ([`plan_reads`]): neighbouring
+//! ranges are merged into one ranged read, reading small gaps through, so that restore, prune
+//! and repair make one request per stretch of a pack rather than one per chunk.
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+
+use super::backend::Backend;
+use crate::error::Result;
+use crate::id::Id;
+
+/// What an object is; each kind has a folder of its own (`config` is a single object).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ObjectKind {
+    Config,
+    /// Reserved for encryption keys (`keys/`); nothing writes it yet.
+    Key,
+    Index,
+    Snapshot,
+    Pack,
+    Lock,
+    /// Records of `repair packs`.
+    Repair,
+}
+
+impl ObjectKind {
+    /// The folder (the key, for `Config`) of this kind's objects.
+    pub fn folder(self) -> &'static str {
+        match self {
+            ObjectKind::Config => "config",
+            ObjectKind::Key => "keys",
+            ObjectKind::Index => "index",
+            ObjectKind::Snapshot => "snapshots",
+            ObjectKind::Pack => "data",
+            ObjectKind::Lock => "locks",
+            ObjectKind::Repair => "repair",
+        }
+    }
+
+    /// The kind whose folder `key` is in.
+    pub(crate) fn of_key(key: &str) -> Option<ObjectKind> {
+        let folder = key.split('/').next()?;
+        [
+            ObjectKind::Config,
+            ObjectKind::Key,
+            ObjectKind::Index,
+            ObjectKind::Snapshot,
+            ObjectKind::Pack,
+            ObjectKind::Lock,
+            ObjectKind::Repair,
+        ]
+        .into_iter()
+        .find(|k| k.folder() == folder)
+    }
+}
+
+/// One object: its kind and its name in that kind's folder. Objects tvault writes are named by
+/// an ID; a listing may also find other names (damage, foreign files), which keep their key so
+/// that they can be reported and deleted. Displays as the object's key (`data/ab/ab12…`), the
+/// name reports use.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Handle {
+    kind: ObjectKind,
+    /// The backend key: the layout of `FORMAT.md` ("Files").
+    key: String,
+}
+
+impl Handle {
+    pub fn new(kind: ObjectKind, id: &Id) -> Handle {
+        let hex = id.to_hex();
+        let key = match kind {
+            ObjectKind::Config => "config".to_string(),
+            // Packs are spread over 256 folders by the first two hex digits of their ID.
+            ObjectKind::Pack => format!("data/{}/{hex}", &hex[..2]),
+            kind => format!("{}/{hex}", kind.folder()),
+        };
+        Handle { kind, key }
+    }
+
+    pub fn pack(id: &Id) -> Handle {
+        Handle::new(ObjectKind::Pack, id)
+    }
+
+    fn config() -> Handle {
+        Handle {
+            kind: ObjectKind::Config,
+            key: "config".to_string(),
+        }
+    }
+
+    pub fn kind(&self) -> ObjectKind {
+        self.kind
+    }
+
+    /// The ID the object is named by, if its name is one.
+    pub fn id(&self) -> Option<Id> {
+        Id::from_hex(self.key.rsplit('/').next().unwrap_or(&self.key))
+    }
+
+    fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+impl fmt::Display for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.key)
+    }
+}
+
+/// The key of pack `id` (`data/XX/<id>`), as messages and reports name it.
+pub fn pack_key(id: &Id) -> String {
+    Handle::pack(id).key
+}
+
+/// Typed access to a backend: objects by [`Handle`], never by key. Cheap to clone (clones
+/// share the backend and the lease).
+#[derive(Clone)]
+pub struct Storage {
+    backend: Arc<dyn Backend>,
+    lease: Arc<Lease>,
+}
+
+/// Whether this process may still write: set lost when its lock could not be refreshed for so
+/// long that another tvault may soon call it stale (see `lock.rs`). Past that point nothing
+/// but lock objects is written or deleted any more.
+#[derive(Default)]
+pub struct Lease {
+    lost: std::sync::Mutex<Option<String>>,
+}
+
+impl Lease {
+    pub fn lose(&self, why: String) {
+        *self.lost.lock().expect("lease") = Some(why);
+    }
+
+    fn check(&self, object: &Handle) -> Result<()> {
+        match &*self.lost.lock().expect("lease") {
+            Some(why) if object.kind != ObjectKind::Lock => Err(crate::error::Error::Invalid(
+                format!("stopped before writing {object}: {why}"),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Storage {
+    pub fn new(backend: Arc<dyn Backend>) -> Storage {
+        Storage {
+            backend,
+            lease: Arc::default(),
+        }
+    }
+
+    /// The lease every clone of this storage checks before it writes.
+    pub fn lease(&self) -> Arc<Lease> {
+        self.lease.clone()
+    }
+
+    pub fn put(&self, object: &Handle, data: &[u8]) -> Result<()> {
+        self.lease.check(object)?;
+        self.backend.put(object.key(), data)
+    }
+
+    pub fn get(&self, object: &Handle) -> Result<Vec<u8>> {
+        self.backend.get(object.key())
+    }
+
+    pub fn get_range(&self, object: &Handle, offset: u64, len: usize) -> Result<Vec<u8>> {
+        self.backend.get_range(object.key(), offset, len)
+    }
+
+    pub fn delete(&self, object: &Handle) -> Result<()> {
+        self.lease.check(object)?;
+        self.backend.delete(object.key())
+    }
+
+    /// Every object of `kind` with its size, sorted by key.
+    pub fn list(&self, kind: ObjectKind) -> Result<Vec<(Handle, u64)>> {
+        Ok(self
+            .backend
+            .list(kind.folder())?
+            .into_iter()
+            .map(|(key, size)| (Handle { kind, key }, size))
+            .collect())
+    }
+
+    pub fn get_config(&self) -> Result<Vec<u8>> {
+        self.get(&Handle::config())
+    }
+
+    pub fn put_config(&self, data: &[u8]) -> Result<()> {
+        self.put(&Handle::config(), data)
+    }
+
+    /// Stores `data` under its own hash as an object of `kind`; its handle.
+    pub fn put_hashed(&self, kind: ObjectKind, data: &[u8]) -> Result<Handle> {
+        let object = Handle::new(kind, &Id::of(data));
+        self.put(&object, data)?;
+        Ok(object)
+    }
+
+    /// Temporary objects that are certainly leftovers of interrupted writes (see
+    /// [`Backend::list_leftovers`]), by their backend names.
+    pub fn leftovers(&self) -> Result<Vec<String>> {
+        self.backend.list_leftovers("")
+    }
+
+    /// Deletes a leftover [`Storage::leftovers`] returned.
+    pub fn delete_leftover(&self, name: &str) -> Result<()> {
+        self.backend.delete(name)
+    }
+
+    /// Where `object` is, for messages (a path for the local backend).
+    pub fn describe(&self, object: &Handle) -> String {
+        self.backend.describe(object.key())
+    }
+
+    pub(crate) fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+}
+
+/// Ranges closer than this are read as one, the gap read through: one request costs more than
+/// reading this much more (on a disk, and far more so on an object store).
+pub const READ_GAP: u64 = 64 << 10;
+/// A merged read stops growing at this size, which bounds the memory of the reads in flight
+/// and leaves enough reads to spread over every core. A single longer range is read whole.
+pub const READ_MAX: u64 = 8 << 20;
+
+/// One ranged read of an object, covering some of the ranges asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedRead {
+    /// Bytes of the object to read.
+    pub span: Range<u64>,
+    /// The ranges it serves: (position in the request, range relative to `span.start`).
+    pub parts: Vec<(usize, Range<usize>)>,
+}
+
+/// Plans the reads of `ranges` of one object: sorted by offset, a range that starts at most
+/// `gap` bytes after the previous read's end joins it while the read stays within `max` bytes.
+/// Overlapping and repeated ranges are served by the same read.
+pub fn plan_reads(ranges: &[Range<u64>], gap: u64, max: u64) -> Vec<PlannedRead> {
+    let mut order: Vec<usize> = (0..ranges.len()).collect();
+    order.sort_by_key(|&i| (ranges[i].start, ranges[i].end));
+    let mut reads: Vec<PlannedRead> = Vec::new();
+    for i in order {
+        let r = &ranges[i];
+        let joins = reads.last().is_some_and(|read| {
+            r.start <= read.span.end.saturating_add(gap)
+                && r.end.max(read.span.end) - read.span.start <= max
+        });
+        if !joins {
+            reads.push(PlannedRead {
+                span: r.clone(),
+                parts: Vec::new(),
+            });
+        }
+        let read = reads.last_mut().expect("just pushed");
+        read.span.end = read.span.end.max(r.end);
+        let at = (r.start - read.span.start) as usize;
+        read.parts.push((i, at..at + (r.end - r.start) as usize));
+    }
+    reads
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::MemBackend;
+
+    #[test]
+    fn keys_follow_the_format() {
+        let id = Id::of(b"x");
+        let hex = id.to_hex();
+        assert_eq!(pack_key(&id), format!("data/{}/{hex}", &hex[..2]));
+        let cases = [
+            (ObjectKind::Index, "index"),
+            (ObjectKind::Snapshot, "snapshots"),
+            (ObjectKind::Lock, "locks"),
+            (ObjectKind::Repair, "repair"),
+            (ObjectKind::Key, "keys"),
+        ];
+        for (kind, folder) in cases {
+            assert_eq!(
+                Handle::new(kind, &id).to_string(),
+                format!("{folder}/{hex}")
+            );
+            assert_eq!(ObjectKind::of_key(&format!("{folder}/{hex}")), Some(kind));
+        }
+        assert_eq!(Handle::config().to_string(), "config");
+    }
+
+    #[test]
+    fn listings_give_handles_with_sizes_and_keep_foreign_names() {
+        let s = Storage::new(Arc::new(MemBackend::default()));
+        let pack = s.put_hashed(ObjectKind::Pack, b"pack bytes").unwrap();
+        s.backend().put("data/zz/not-an-id", b"???").unwrap();
+        let listed = s.list(ObjectKind::Pack).unwrap();
+        assert!(listed.contains(&(pack.clone(), 10)));
+        let stray = listed.iter().find(|(h, _)| h.id().is_none()).unwrap();
+        assert_eq!(stray.0.to_string(), "data/zz/not-an-id");
+        assert_eq!(s.get_range(&pack, 5, 5).unwrap(), b"bytes");
+        assert!(s
+            .get(&Handle::pack(&Id::of(b"no")))
+            .unwrap_err()
+            .is_not_found());
+        s.delete(&pack).unwrap();
+        assert_eq!(s.list(ObjectKind::Pack).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn neighbouring_ranges_are_read_together() {
+        let k = 1024;
+        // Out of order, a small gap, a repeat, a far one, one past the size bound.
+        let ranges = [
+            10 * k..20 * k,
+            0..10 * k,
+            30 * k..40 * k,
+            0..10 * k,
+            500 * k..510 * k,
+            510 * k..600 * k,
+        ];
+        let reads = plan_reads(&ranges, 64 * k, 100 * k);
+        let spans: Vec<_> = reads.iter().map(|r| r.span.clone()).collect();
+        assert_eq!(spans, [0..40 * k, 500 * k..600 * k]);
+        let mut served: Vec<usize> = reads
+            .iter()
+            .flat_map(|r| r.parts.iter().map(|p| p.0))
+            .collect();
+        served.sort();
+        assert_eq!(served, [0, 1, 2, 3, 4, 5], "every range is served once");
+        assert_eq!(
+            reads[0].parts.last().unwrap().1,
+            (30 * k) as usize..(40 * k) as usize
+        );
+        // The size bound splits a run; a single long range stays whole.
+        let reads = plan_reads(&[0..60 * k, 60 * k..120 * k, 120 * k..400 * k], 0, 100 * k);
+        let spans: Vec<_> = reads.iter().map(|r| r.span.clone()).collect();
+        assert_eq!(spans, [0..60 * k, 60 * k..120 * k, 120 * k..400 * k]);
+        assert!(plan_reads(&[], READ_GAP, READ_MAX).is_empty());
+    }
+}
