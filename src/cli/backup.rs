@@ -27,7 +27,7 @@ pub(super) fn backup(ctx: &Ctx, args: BackupArgs) -> Result<u8> {
     let out = &ctx.out;
     let repo_path = &ctx.repo_path;
     let explicit = &ctx.explicit;
-    let lock_wait = ctx.lock_wait;
+    let access = ctx.access;
     let BackupArgs {
         paths,
         from_tar,
@@ -61,7 +61,7 @@ pub(super) fn backup(ctx: &Ctx, args: BackupArgs) -> Result<u8> {
     measured(metrics_file, "backup", repo_path, || {
         // A dry run never creates the default repository.
         let create = explicit.is_none() && !dry_run;
-        let mut repo = open(repo_path, create, out, lock_wait)?;
+        let mut repo = open(repo_path, create, out, access)?;
         let progress = out.progress("backup");
         let r = match &from_tar {
             Some(archive) => {
@@ -128,7 +128,7 @@ pub(super) fn tag(ctx: &Ctx, args: TagArgs) -> Result<u8> {
         remove,
         latest,
     } = args;
-    let mut repo = open(&ctx.repo_path, false, &ctx.out, ctx.lock_wait)?;
+    let mut repo = open(&ctx.repo_path, false, &ctx.out, ctx.access)?;
     let (ids, _) = resolve(&repo, &ctx.out, &[&id], latest)?;
     let opts = tag::TagOptions {
         snapshot: ids[0].id,

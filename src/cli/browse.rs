@@ -13,14 +13,14 @@ use tvault_core::ops::{diff, dump, export, find, ls, restore, stats};
 pub(super) fn snapshots(ctx: &Ctx, args: SnapshotsArgs) -> Result<u8> {
     let out = &ctx.out;
     let repo_path = &ctx.repo_path;
-    let lock_wait = ctx.lock_wait;
+    let access = ctx.access;
     let SnapshotsArgs {
         tag,
         host,
         path,
         max_age,
     } = args;
-    let repo = open(repo_path, false, out, lock_wait)?;
+    let repo = open(repo_path, false, out, access)?;
     let shown = select::matching(&repo, &SnapshotFilter::new(tag, host, path))?;
     out.snapshots(&shown);
     match max_age {
@@ -32,7 +32,7 @@ pub(super) fn snapshots(ctx: &Ctx, args: SnapshotsArgs) -> Result<u8> {
 pub(super) fn restore(ctx: &Ctx, args: RestoreArgs) -> Result<u8> {
     let out = &ctx.out;
     let repo_path = &ctx.repo_path;
-    let lock_wait = ctx.lock_wait;
+    let access = ctx.access;
     let RestoreArgs {
         id,
         target,
@@ -42,7 +42,7 @@ pub(super) fn restore(ctx: &Ctx, args: RestoreArgs) -> Result<u8> {
         overwrite,
         latest,
     } = args;
-    let mut repo = open(repo_path, false, out, lock_wait)?;
+    let mut repo = open(repo_path, false, out, access)?;
     let (resolved, latest) = resolve(&repo, out, &[&id], latest)?;
     let id = resolved[0].id.to_hex();
     if let Some(tar) = tar {
@@ -97,9 +97,9 @@ pub(super) fn restore(ctx: &Ctx, args: RestoreArgs) -> Result<u8> {
 pub(super) fn diff(ctx: &Ctx, args: DiffArgs) -> Result<u8> {
     let out = &ctx.out;
     let repo_path = &ctx.repo_path;
-    let lock_wait = ctx.lock_wait;
+    let access = ctx.access;
     let DiffArgs { from, to, latest } = args;
-    let mut repo = open(repo_path, false, out, lock_wait)?;
+    let mut repo = open(repo_path, false, out, access)?;
     let (ids, latest) = resolve(&repo, out, &[&from, &to], latest)?;
     let (from, to) = (ids[0].id.to_hex(), ids[1].id.to_hex());
     let report = diff::run(&mut repo, &from, &to)?;
@@ -110,13 +110,13 @@ pub(super) fn diff(ctx: &Ctx, args: DiffArgs) -> Result<u8> {
 pub(super) fn show(ctx: &Ctx, args: ShowArgs) -> Result<u8> {
     let out = &ctx.out;
     let repo_path = &ctx.repo_path;
-    let lock_wait = ctx.lock_wait;
+    let access = ctx.access;
     let ShowArgs {
         snapshot,
         tensors,
         latest,
     } = args;
-    let mut repo = open(repo_path, false, out, lock_wait)?;
+    let mut repo = open(repo_path, false, out, access)?;
     let (ids, latest) = resolve(&repo, out, &[&snapshot], latest)?;
     let report = tvault_core::ops::show::run(&mut repo, &ids[0].id.to_hex(), tensors)?;
     out.show(&report, latest.as_ref());
@@ -126,14 +126,14 @@ pub(super) fn show(ctx: &Ctx, args: ShowArgs) -> Result<u8> {
 pub(super) fn ls(ctx: &Ctx, args: LsArgs) -> Result<u8> {
     let out = &ctx.out;
     let repo_path = &ctx.repo_path;
-    let lock_wait = ctx.lock_wait;
+    let access = ctx.access;
     let LsArgs {
         id,
         path,
         long,
         latest,
     } = args;
-    let mut repo = open(repo_path, false, out, lock_wait)?;
+    let mut repo = open(repo_path, false, out, access)?;
     let (ids, _) = resolve(&repo, out, &[&id], latest)?;
     let opts = ls::LsOptions {
         snapshot: ids[0].id,
@@ -146,14 +146,14 @@ pub(super) fn ls(ctx: &Ctx, args: LsArgs) -> Result<u8> {
 pub(super) fn dump(ctx: &Ctx, args: DumpArgs) -> Result<u8> {
     let out = &ctx.out;
     let repo_path = &ctx.repo_path;
-    let lock_wait = ctx.lock_wait;
+    let access = ctx.access;
     let DumpArgs {
         id,
         path,
         tensor,
         latest,
     } = args;
-    let mut repo = open(repo_path, false, out, lock_wait)?;
+    let mut repo = open(repo_path, false, out, access)?;
     let (ids, _) = resolve(&repo, out, &[&id], latest)?;
     let opts = dump::DumpOptions {
         snapshot: ids[0].id,
@@ -176,14 +176,14 @@ pub(super) fn dump(ctx: &Ctx, args: DumpArgs) -> Result<u8> {
 pub(super) fn find(ctx: &Ctx, args: FindArgs) -> Result<u8> {
     let out = &ctx.out;
     let repo_path = &ctx.repo_path;
-    let lock_wait = ctx.lock_wait;
+    let access = ctx.access;
     let FindArgs {
         pattern,
         tag,
         host,
         path,
     } = args;
-    let mut repo = open(repo_path, false, out, lock_wait)?;
+    let mut repo = open(repo_path, false, out, access)?;
     let opts = find::FindOptions {
         pattern,
         filter: SnapshotFilter::new(tag, host, path),
@@ -195,9 +195,9 @@ pub(super) fn find(ctx: &Ctx, args: FindArgs) -> Result<u8> {
 pub(super) fn stats(ctx: &Ctx, args: StatsArgs) -> Result<u8> {
     let out = &ctx.out;
     let repo_path = &ctx.repo_path;
-    let lock_wait = ctx.lock_wait;
+    let access = ctx.access;
     let StatsArgs { id, latest } = args;
-    let mut repo = open(repo_path, false, out, lock_wait)?;
+    let mut repo = open(repo_path, false, out, access)?;
     let specs: Vec<&str> = id.as_deref().into_iter().collect();
     let (ids, latest) = resolve(&repo, out, &specs, latest)?;
     match ids.first() {

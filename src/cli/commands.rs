@@ -46,6 +46,13 @@ pub struct Cli {
     /// failing
     #[arg(long, global = true, value_name = "DURATION", value_parser = args::parse_duration)]
     pub lock_wait: Option<std::time::Duration>,
+    /// Do not use the local cache of a remote repository's indexes, snapshots and trees
+    /// ($XDG_CACHE_HOME/tvault, else ~/.cache/tvault); read everything from the repository
+    #[arg(long, global = true, env = "TVAULT_NO_CACHE", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false)]
+    pub no_cache: bool,
+    /// Upload at most RATE bytes per second on average (e.g. 50MiB, 1.5GB; to the repository)
+    #[arg(long, global = true, env = "TVAULT_LIMIT_UPLOAD", value_name = "RATE", value_parser = args::parse_rate)]
+    pub limit_upload: Option<u64>,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -11,7 +11,7 @@ use tvault_core::ops::{prune, repair, retention, verify};
 pub(super) fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<u8> {
     let out = &ctx.out;
     let repo_path = &ctx.repo_path;
-    let lock_wait = ctx.lock_wait;
+    let access = ctx.access;
     let VerifyArgs {
         read_data,
         read_data_subset,
@@ -23,7 +23,7 @@ pub(super) fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<u8> {
         (false, None) => verify::ReadData::None,
     };
     measured(metrics_file, "verify", repo_path, || {
-        let mut repo = open(repo_path, false, out, lock_wait)?;
+        let mut repo = open(repo_path, false, out, access)?;
         let progress = out.progress("verify");
         let r = verify::run(&mut repo, mode, &progress)?;
         drop(progress);
@@ -127,7 +127,7 @@ fn plan_and_execute(
     collect: bool,
 ) -> Result<prune::PruneReport> {
     let out = &ctx.out;
-    let mut repo = open(&ctx.repo_path, false, out, ctx.lock_wait)?;
+    let mut repo = open(&ctx.repo_path, false, out, ctx.access)?;
     let command = if collect { "prune" } else { "forget" };
     let progress = out.progress(command);
     let plan = if collect {
@@ -151,9 +151,9 @@ fn plan_and_execute(
 pub(super) fn repair(ctx: &Ctx, args: RepairArgs) -> Result<u8> {
     let out = &ctx.out;
     let repo_path = &ctx.repo_path;
-    let lock_wait = ctx.lock_wait;
+    let access = ctx.access;
     let RepairArgs { what } = args;
-    let mut repo = open(repo_path, false, out, lock_wait)?;
+    let mut repo = open(repo_path, false, out, access)?;
     let progress = out.progress("repair");
     match what {
         RepairCommand::Index { dry_run } => {
@@ -172,9 +172,9 @@ pub(super) fn repair(ctx: &Ctx, args: RepairArgs) -> Result<u8> {
 pub(super) fn unlock(ctx: &Ctx, args: UnlockArgs) -> Result<u8> {
     let out = &ctx.out;
     let repo_path = &ctx.repo_path;
-    let lock_wait = ctx.lock_wait;
+    let access = ctx.access;
     let UnlockArgs { all } = args;
-    let repo = open(repo_path, false, out, lock_wait)?;
+    let repo = open(repo_path, false, out, access)?;
     let removed = repo.unlock(all)?;
     for r in &removed {
         out.line(&format!("removed {r}"));

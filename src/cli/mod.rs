@@ -22,16 +22,26 @@ use commands::{Cli, Command, LatestFilter};
 use metrics::{MetricsFile, Sample};
 use output::Out;
 use tvault_core::ops::select::{self, Latest, Resolved};
-use tvault_core::repo::{location, Repository};
+use tvault_core::repo::{cache, location, Repository};
 
 /// What every command's handler gets: the output, the repository's location (given, or the
-/// default), and how long to wait for a lock.
+/// default), and how to reach it.
 pub(crate) struct Ctx {
     out: Out,
     repo_path: PathBuf,
     /// The repository as given (`--repo`/`TVAULT_REPO`); `None`: the default location.
     explicit: Option<PathBuf>,
+    access: Access,
+}
+
+/// How a command reaches its repository: the global options that are not about output.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Access {
     lock_wait: Duration,
+    /// `--no-cache`: read everything from the repository itself.
+    no_cache: bool,
+    /// `--limit-upload`, in bytes per second.
+    limit_upload: Option<u64>,
 }
 
 /// Exit codes, documented in the README.
@@ -116,7 +126,11 @@ pub fn run() -> Result<u8> {
     JSON_MODE.store(cli.json, std::sync::atomic::Ordering::SeqCst);
     let out = Out::new(cli.quiet, cli.json);
     let explicit = cli.repo.clone();
-    let lock_wait = cli.lock_wait.unwrap_or_default();
+    let access = Access {
+        lock_wait: cli.lock_wait.unwrap_or_default(),
+        no_cache: cli.no_cache,
+        limit_upload: cli.limit_upload,
+    };
     let repo_path = match explicit.clone().or_else(default_repo) {
         Some(p) => p,
         None => anyhow::bail!("no repository given: pass --repo PATH or set TVAULT_REPO"),
@@ -125,7 +139,7 @@ pub fn run() -> Result<u8> {
         out,
         repo_path,
         explicit,
-        lock_wait,
+        access,
     };
     match cli.command {
         Command::Init => backup::init(&ctx),
@@ -178,18 +192,26 @@ fn measured(
 }
 
 /// Opens the repository; the default location (and only that) is created on first backup.
-fn open(path: &Path, create_default: bool, out: &Out, lock_wait: Duration) -> Result<Repository> {
-    if create_default && !location::is_remote(path) && !path.exists() {
-        let mut repo = Repository::init(path)?;
+fn open(path: &Path, create_default: bool, out: &Out, access: Access) -> Result<Repository> {
+    let mut repo = if create_default && !location::is_remote(path) && !path.exists() {
+        let repo = Repository::init(path)?;
         out.note(&format!(
             "created a new tvault repository at {} (the default location)",
             path.display()
         ));
-        repo.set_lock_wait(lock_wait);
-        return Ok(repo);
+        repo
+    } else {
+        let cache = if access.no_cache {
+            None
+        } else {
+            cache::default_root()
+        };
+        location::open(path, cache.as_deref())?
+    };
+    repo.set_lock_wait(access.lock_wait);
+    if let Some(rate) = access.limit_upload {
+        repo.limit_uploads(rate);
     }
-    let mut repo = location::open(path)?;
-    repo.set_lock_wait(lock_wait);
     repo.set_notice(out.note_sink());
     for e in repo.index_problems() {
         out.warn(&format!(

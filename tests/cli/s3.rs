@@ -199,9 +199,11 @@ fn s3_round_trip_incremental_verify_and_prune() {
     let first = s3.backup(&src);
     s3.assert_restores(&first, &src);
 
-    // Incremental: one file changed, the rest not read again.
+    // Incremental, under an upload limit: one file changed, the rest not read again.
     s3.env.write("src/data/small.txt", b"changed\n");
-    let run = s3.tvault(args!["--json", "backup", &src]).expect_code(0);
+    let run = s3
+        .tvault(args!["--json", "--limit-upload", "50MiB", "backup", &src])
+        .expect_code(0);
     let second = run.json();
     assert_eq!(text(&second, "kind"), "incremental", "{run}");
     assert_eq!(second["files_changed"], 1, "{run}");
@@ -398,6 +400,10 @@ fn s3_bad_inputs_fail_fast_with_what_to_fix() {
     s3.env
         .run_command(s3.command_at("s3:127.0.0.1/bucket", ["snapshots"]))
         .stderr_has(&["s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX]"]);
+    // So is an upload rate that is no rate.
+    s3.tvault(["--limit-upload", "fast", "snapshots"])
+        .expect_code(2)
+        .stderr_has(&["invalid rate"]);
 }
 
 #[test]
@@ -497,4 +503,84 @@ fn s3_two_hosts_backing_up_at_once_both_get_restorable_snapshots() {
     for (id, src) in ids.iter().zip(&sources) {
         s3.assert_restores(id, src);
     }
+}
+
+/// The calls a run made to the server (`TVAULT_TEST_FAULTS=log=…`), as `OP KEY` lines.
+fn logged_calls(s3: &S3Env, args: &[&str]) -> Vec<String> {
+    let log = s3.env.fresh_path("calls.log");
+    let plan = format!("log={}", log.display());
+    s3.tvault_with(&[("TVAULT_TEST_FAULTS", plan.as_str())], args)
+        .expect_code(0);
+    std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+/// Downloads of anything but the config (which every command reads to open the repository).
+fn downloads(calls: &[String]) -> Vec<&String> {
+    calls
+        .iter()
+        .filter(|c| c.starts_with("get") && c.as_str() != "get config")
+        .collect()
+}
+
+#[test]
+fn s3_cache_second_look_downloads_nothing_it_already_has() {
+    let Some(s3) = S3Env::new("cache") else {
+        return;
+    };
+    s3.tvault(["init"]).expect_code(0);
+    let src = s3.sources(300_000, 11);
+    let first = s3.backup(&src);
+    s3.env.write("src/data/small.txt", b"changed\n");
+    let second = s3.backup(&src);
+    let looks: [Vec<&str>; 3] = [
+        vec!["snapshots"],
+        vec!["diff", &first, &second],
+        vec!["show", &second],
+    ];
+    for look in &looks {
+        s3.tvault(look).expect_code(0);
+    }
+    // The second look at each is served by the cache.
+    for look in &looks {
+        let calls = logged_calls(&s3, look);
+        assert!(calls.iter().any(|c| c.starts_with("list")), "{calls:?}");
+        assert_eq!(downloads(&calls), Vec::<&String>::new(), "{look:?}");
+    }
+    // An incremental backup of unchanged files reads no index, manifest, tree or data.
+    let src_arg = src.to_str().unwrap();
+    let calls = logged_calls(&s3, &["backup", src_arg]);
+    assert_eq!(downloads(&calls), Vec::<&String>::new(), "backup");
+    assert!(calls.iter().any(|c| c.starts_with("put snapshots/")));
+
+    // --no-cache reads the manifests from the server.
+    let calls = logged_calls(&s3, &["--no-cache", "snapshots"]);
+    assert!(
+        calls.iter().any(|c| c.starts_with("get snapshots/")),
+        "{calls:?}"
+    );
+
+    // A damaged cache entry is fetched again, never trusted.
+    let cache = s3.env.root.join("cache/tvault");
+    let manifests: Vec<PathBuf> = walkdir::WalkDir::new(&cache)
+        .into_iter()
+        .map(|e| e.unwrap().into_path())
+        .filter(|p| p.parent().is_some_and(|d| d.ends_with("snapshots")))
+        .collect();
+    assert_eq!(manifests.len(), 3, "{manifests:?}");
+    std::fs::write(&manifests[0], b"{\"not\": \"the manifest\"}").unwrap();
+    let name = manifests[0].file_name().unwrap().to_str().unwrap();
+    let run = s3.tvault(["--json", "snapshots"]).expect_code(0);
+    assert_eq!(run.json().as_array().unwrap().len(), 3, "{run}");
+    let calls = logged_calls(&s3, &["snapshots"]);
+    assert_eq!(downloads(&calls), Vec::<&String>::new(), "refetched once");
+    let again = std::fs::read(&manifests[0]).unwrap();
+    assert_eq!(
+        blake3::hash(&again).to_hex().as_str(),
+        name,
+        "the entry was replaced by the server's copy"
+    );
 }

@@ -160,8 +160,8 @@ impl TestEnv {
         self.root.join(format!("{stem}-{}", self.fresh.get()))
     }
 
-    /// The binary with a clean environment: no `TVAULT_REPO`, no crash hook, `HOME` and
-    /// `XDG_DATA_HOME` inside the temp dir; run as the user `run_as` chose, if any.
+    /// The binary with a clean environment: no `TVAULT_REPO`, no crash hook, `HOME`,
+    /// `XDG_DATA_HOME` and `XDG_CACHE_HOME` inside the temp dir; run as the user `run_as` chose, if any.
     pub fn command(&self) -> Command {
         let mut cmd = self.command_as_invoker();
         if let Some((uid, gid)) = self.user {
@@ -176,8 +176,11 @@ impl TestEnv {
         cmd.env_remove("TVAULT_REPO")
             .env_remove("TVAULT_CRASH_AFTER_WRITES")
             .env_remove("TVAULT_TEST_PAUSE")
+            .env_remove("TVAULT_NO_CACHE")
+            .env_remove("TVAULT_LIMIT_UPLOAD")
             .env("HOME", self.root.join("home"))
             .env("XDG_DATA_HOME", self.root.join("xdg"))
+            .env("XDG_CACHE_HOME", self.root.join("cache"))
             .current_dir(&self.root)
             .stdin(Stdio::null());
         cmd

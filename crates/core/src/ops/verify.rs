@@ -282,14 +282,16 @@ pub fn run(
         selected.len() as u64,
         selected.iter().map(|p| on_disk[*p]).sum(),
     );
-    let results: Vec<PackCheck> = selected
-        .par_iter()
-        .map(|pack| {
-            let r = repo.check_pack(pack, &packs[*pack]);
-            progress.bytes(r.bytes);
-            r
-        })
-        .collect();
+    let results: Vec<PackCheck> = repo.with_read_slots(|| {
+        selected
+            .par_iter()
+            .map(|pack| {
+                let r = repo.check_pack(pack, &packs[*pack]);
+                progress.bytes(r.bytes);
+                r
+            })
+            .collect()
+    });
     for r in results {
         report.packs_read += 1;
         report.bytes_read += r.bytes;

@@ -9,7 +9,9 @@
 //! - `delay_ms=N`: every call waits N ms first (a slow store);
 //! - `seed=S`: which calls fail (the same seed fails the same calls of a run);
 //! - `ops=put+get+...`: only these calls are affected (default all: put, get, get_range,
-//!   list, delete).
+//!   list, delete);
+//! - `log=PATH`: every call that reaches this layer (the network, below the cache) is
+//!   appended to PATH as a line `OP KEY`, so that tests can see what a command downloads.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -25,6 +27,7 @@ pub struct FaultPlan {
     pub delay: Duration,
     pub seed: u64,
     pub ops: Option<Vec<String>>,
+    pub log: Option<std::path::PathBuf>,
 }
 
 impl FaultPlan {
@@ -44,6 +47,7 @@ impl FaultPlan {
             delay: Duration::ZERO,
             seed: 1,
             ops: None,
+            log: None,
         };
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (name, value) = part
@@ -73,7 +77,8 @@ impl FaultPlan {
                 "ops" => {
                     plan.ops = Some(value.split('+').map(String::from).collect());
                 }
-                _ => return Err(bad("known settings: fail, drop, delay_ms, seed, ops")),
+                "log" => plan.log = Some(value.into()),
+                _ => return Err(bad("known settings: fail, drop, delay_ms, seed, ops, log")),
             }
         }
         Ok(plan)
@@ -98,6 +103,16 @@ impl<B: Backend> Faults<B> {
 
     /// Delays the call, then fails it, or lets it through and says whether to drop its answer.
     fn gate(&self, op: &str, key: &str) -> Result<bool> {
+        if let Some(path) = &self.plan.log {
+            use std::io::Write;
+            let line = format!("{op} {key}\n");
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .and_then(|mut f| f.write_all(line.as_bytes()))
+                .map_err(|e| Error::io(path, e))?;
+        }
         if let Some(ops) = &self.plan.ops {
             if !ops.iter().any(|o| o == op) {
                 return Ok(false);

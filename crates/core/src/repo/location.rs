@@ -81,8 +81,16 @@ pub fn s3_backend(location: &S3Location) -> Result<Arc<dyn Backend>> {
     })
 }
 
-/// Opens the repository at `given` (a local path or an `s3:` location).
-pub fn open(given: &Path) -> Result<Repository> {
+/// Packs a backup stores at once on an object store: each put waits on the network, and each
+/// one in flight holds a pack (32 MiB) in memory.
+pub const REMOTE_UPLOAD_SLOTS: usize = 4;
+/// Reads restore and verify keep in flight on an object store (each up to a pack in memory).
+pub const REMOTE_READ_SLOTS: usize = 4;
+
+/// Opens the repository at `given` (a local path or an `s3:` location). A remote one keeps
+/// its indexes, manifests and trees in a cache below `cache_root` (none: no cache) and moves
+/// several packs at once.
+pub fn open(given: &Path, cache_root: Option<&Path>) -> Result<Repository> {
     match Location::parse(given)? {
         Location::Local(path) => Repository::open(&path),
         Location::S3(s3) => {
@@ -97,7 +105,10 @@ pub fn open(given: &Path) -> Result<Repository> {
                 }
                 return Err(Error::NoRepository { path: url });
             }
-            Repository::open_with(backend, url)
+            let mut repo = Repository::open_cached(backend, url, cache_root)?;
+            repo.set_upload_slots(REMOTE_UPLOAD_SLOTS);
+            repo.set_read_slots(REMOTE_READ_SLOTS)?;
+            Ok(repo)
         }
     }
 }

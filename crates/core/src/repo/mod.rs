@@ -138,6 +138,9 @@ pub struct Repository {
     disk_cache: Option<cache::Cache>,
     /// Packs a writer stores at once (1 on a local disk; more where each put waits on a network).
     upload_slots: usize,
+    /// On a network repository: a pool with more threads than cores for reads that wait on
+    /// the network (restore, verify); the global pool otherwise.
+    read_pool: Option<Arc<rayon::ThreadPool>>,
 }
 
 /// Plain bytes of recently read blobs, up to a byte budget, oldest dropped first: a chain of
@@ -236,6 +239,7 @@ impl Repository {
             cache: Default::default(),
             disk_cache: None,
             upload_slots: 1,
+            read_pool: None,
         }
     }
 
@@ -325,6 +329,26 @@ impl Repository {
 
     pub fn upload_slots(&self) -> usize {
         self.upload_slots
+    }
+
+    /// How many reads restore and verify keep in flight (default: one per core). More than the
+    /// cores pays where each read waits on a network; each holds up to one pack in memory.
+    pub fn set_read_slots(&mut self, n: usize) -> Result<()> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .thread_name(|i| format!("tvault-read-{i}"))
+            .build()
+            .map_err(|e| Error::Invalid(format!("cannot start {n} reader threads: {e}")))?;
+        self.read_pool = Some(Arc::new(pool));
+        Ok(())
+    }
+
+    /// Runs `work` (parallel reads) in the read pool of [`Self::set_read_slots`], if any.
+    pub fn with_read_slots<R: Send>(&self, work: impl FnOnce() -> R + Send) -> R {
+        match &self.read_pool {
+            Some(pool) => pool.install(work),
+            None => work(),
+        }
     }
 
     /// How long `lock` waits for a conflicting live lock to go away (default: not at all).

@@ -95,20 +95,22 @@ impl Repository {
                     .map(|read| (pack, blobs, read)),
             );
         }
-        reads.par_iter().try_for_each(|(pack, blobs, read)| {
-            let bytes = self.read_span(pack, read, |i| blobs[i].0)?;
-            for (i, r) in &read.parts {
-                let (id, loc) = &blobs[*i];
-                let plain = self.decode_blob(
-                    id,
-                    pack,
-                    loc.encoding,
-                    &bytes[r.clone()],
-                    loc.plain_len as usize,
-                )?;
-                each(&positions[id], &plain)?;
-            }
-            Ok(())
+        self.with_read_slots(|| {
+            reads.par_iter().try_for_each(|(pack, blobs, read)| {
+                let bytes = self.read_span(pack, read, |i| blobs[i].0)?;
+                for (i, r) in &read.parts {
+                    let (id, loc) = &blobs[*i];
+                    let plain = self.decode_blob(
+                        id,
+                        pack,
+                        loc.encoding,
+                        &bytes[r.clone()],
+                        loc.plain_len as usize,
+                    )?;
+                    each(&positions[id], &plain)?;
+                }
+                Ok(())
+            })
         })
     }
 

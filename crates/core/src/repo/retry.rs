@@ -188,8 +188,8 @@ impl<B: Backend> Backend for Retry<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::ErrorKind;
     use crate::repo::MemBackend;
+    use std::io::ErrorKind;
     use std::sync::atomic::AtomicU32;
 
     /// Fails the first `failures` calls with `kind`.
