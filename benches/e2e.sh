@@ -14,6 +14,12 @@
 #   WORK=/dev/shm/tvault-bench bash benches/e2e.sh       # on tmpfs: the CPU cost alone
 #   SIZE=512MiB bash benches/e2e.sh                      # smaller checkpoints
 #   BEFORE=/path/to/old/tvault bash benches/e2e.sh       # also time another build, interleaved
+#   S3=1 bash benches/e2e.sh                             # S3 mode (below), then stop
+#
+# S3 mode: a local Garage (scripts/s3-server.sh, state under $WORK) holds the repositories.
+# First backup, restore and `verify --read-data` of the `single` checkpoint: tvault into a
+# local directory, tvault into the bucket, and restic (when installed) into the same bucket,
+# each with its defaults (restic encrypts), in the same run.
 set -euo pipefail
 SIZE=${SIZE:-2GiB}
 WORK=${WORK:-/tmp/tvault-bench}
@@ -46,6 +52,47 @@ json() { python3 -c "import json; print(json.load(open('$WORK/out'))$1)"; }
 share() { python3 -c "print(round($1 / $bytes, 3))"; }
 
 echo "input: $bytes bytes per checkpoint, work dir $WORK ($(df -T "$WORK" | awk 'NR==2 {print $2}')), $(nproc) cores"
+
+if [ -n "${S3:-}" ]; then
+  export TVAULT_S3_DIR=$WORK/s3 TVAULT_TEST_S3_ENV=$WORK/s3/env
+  trap 'scripts/s3-server.sh stop >/dev/null 2>&1 || true' EXIT
+  s3_env=$(scripts/s3-server.sh start)   # set -e stops here if the server does not start
+  eval "$s3_env"
+  export XDG_CACHE_HOME=$WORK/cache
+  s3_round() { # label, repository, tool: backup, restore and verify of the single checkpoint
+    local label=$1 repo=$2 tool=$3
+    if [ "$tool" = restic ]; then
+      local r=(restic -q -r "$repo" -o s3.region="$AWS_REGION" -o s3.bucket-lookup=path)
+      "${r[@]}" init >/dev/null
+      measure "restic backup ($label)" "${r[@]}" backup "$CKPT"
+      measure "restic restore ($label)" "${r[@]}" restore latest --target "$WORK/restored"
+      cmp "$WORK/restored$CKPT/model.safetensors" "$CKPT/model.safetensors"
+      measure "restic check --read-data ($label)" "${r[@]}" check --read-data
+    else
+      $B --repo "$repo" init -q
+      measure "tvault backup ($label)" $B --repo "$repo" --json backup "$CKPT"
+      local id; id=$(json "['snapshot_id']")
+      measure "tvault restore ($label)" $B --repo "$repo" -q restore "$id" "$WORK/restored"
+      cmp "$WORK/restored/ckpt/model.safetensors" "$CKPT/model.safetensors"
+      measure "tvault verify --read-data ($label)" $B --repo "$repo" -q verify --read-data
+    fi
+    rm -rf "$WORK/restored"
+  }
+  echo "== S3 (Garage at $TVAULT_TEST_S3_ENDPOINT) against a local directory"
+  for round in $(seq "$ROUNDS"); do
+    s3_round "local directory" "$WORK/repo-local" tvault
+    rm -rf "$WORK/repo-local"
+    s3_round "S3" "s3:$TVAULT_TEST_S3_ENDPOINT/$TVAULT_TEST_S3_BUCKET/tvault-$round" tvault
+    if command -v restic >/dev/null; then
+      export RESTIC_PASSWORD=bench
+      s3_round "S3" "s3:$TVAULT_TEST_S3_ENDPOINT/$TVAULT_TEST_S3_BUCKET/restic-$round" restic
+    else
+      echo "  restic: not installed, skipped (apt-get install restic)"
+    fi
+  done
+  rm -rf "$WORK"
+  exit 0
+fi
 echo "== physical limits"
 measure "read (cat > /dev/null)" cat "$CKPT/model.safetensors"
 measure "BLAKE3 alone, all cores" $B3 "$CKPT/model.safetensors"

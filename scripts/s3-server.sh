@@ -113,7 +113,16 @@ TOML
     sleep 0.2
   done
   [ -n "$node" ] || { say "garage did not come up; see $DIR/garage.log"; exit 1; }
-  "${g[@]}" layout assign -z dc1 -c 1G "$node" >/dev/null
+  # The node ID is known before the server answers RPC: wait for that before the layout.
+  local assigned=""
+  for _ in $(seq 1 100); do
+    if "${g[@]}" layout assign -z dc1 -c 1G "$node" >/dev/null 2>"$DIR/assign.err"; then
+      assigned=1
+      break
+    fi
+    sleep 0.2
+  done
+  [ -n "$assigned" ] || { say "garage did not accept a layout:"; cat "$DIR/assign.err" >&2; exit 1; }
   "${g[@]}" layout apply --version 1 >/dev/null
   "${g[@]}" bucket create "$BUCKET" >/dev/null
   local key_id secret
