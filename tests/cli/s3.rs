@@ -584,3 +584,42 @@ fn s3_cache_second_look_downloads_nothing_it_already_has() {
         "the entry was replaced by the server's copy"
     );
 }
+
+#[test]
+fn s3_backup_restore_and_verify_delete_nothing_but_their_own_locks() {
+    // What the README promises a backup-only credential (no delete but on locks/).
+    let Some(s3) = S3Env::new("appendonly") else {
+        return;
+    };
+    s3.tvault(["init"]).expect_code(0);
+    let src = s3.sources(300_000, 12);
+    let src_arg = src.to_str().unwrap().to_string();
+    let first_calls = logged_calls(&s3, &["backup", &src_arg]);
+    s3.env.write("src/data/small.txt", b"changed again\n");
+    let mut calls = first_calls;
+    calls.extend(logged_calls(&s3, &["backup", &src_arg]));
+    let id = text(
+        &s3.tvault(["--json", "snapshots"]).expect_code(0).json()[1],
+        "id",
+    );
+    let target = s3.env.fresh_path("restore");
+    let target_arg = target.to_str().unwrap().to_string();
+    calls.extend(logged_calls(&s3, &["restore", &id, &target_arg]));
+    calls.extend(logged_calls(&s3, &["verify", "--read-data"]));
+    let deletes: Vec<&String> = calls
+        .iter()
+        .filter(|c| c.starts_with("delete") && !c.starts_with("delete locks/"))
+        .collect();
+    assert_eq!(deletes, Vec::<&String>::new());
+    assert!(
+        calls.iter().any(|c| c.starts_with("delete locks/")),
+        "each run removes its lock: {calls:?}"
+    );
+    // Every put but a lock's is a new object: no existing object is ever replaced.
+    let puts: Vec<&String> = calls
+        .iter()
+        .filter(|c| c.starts_with("put") && !c.starts_with("put locks/"))
+        .collect();
+    let distinct: std::collections::BTreeSet<&&String> = puts.iter().collect();
+    assert_eq!(distinct.len(), puts.len(), "{puts:?}");
+}
