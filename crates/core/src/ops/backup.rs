@@ -360,6 +360,7 @@ fn read_with_retry(
     summary: &mut Summary,
     parent: Option<&Node>,
 ) -> Result<std::result::Result<(Vec<Id>, Metadata), String>> {
+    crate::repo::testing::pause("backup-open");
     for _attempt in 0..2 {
         match store_file(abs, writer, progress, parent)? {
             ReadOutcome::Stored {
