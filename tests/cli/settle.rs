@@ -419,3 +419,55 @@ fn a_new_checkpoint_folder_still_being_written_is_left_out_whole() {
         .next()
         .is_none());
 }
+
+/// A checkpoint folder is known by its marker files; one being rewritten (deleted and written
+/// anew) is missing from the disk. The parent snapshot's file names still make the folder a
+/// checkpoint folder, so it is kept whole at the parent's version, not settled file by file.
+#[test]
+fn a_checkpoint_folder_whose_marker_is_being_rewritten_is_kept_whole() {
+    let env = TestEnv::with_repo();
+    let run = env.path("src/run");
+    for (name, body) in [
+        ("model.safetensors", "model"),
+        ("config.json", "config"),
+        ("trainer_state.json", "state"),
+    ] {
+        let rel = format!("src/run/ckpt/{name}");
+        write_aged(&env, &rel, format!("{body} of step 100").as_bytes(), 3600);
+    }
+    let step_100 = sources_manifest(&[&run]);
+    env.backup(&[&run], &["--settle", "10m"]);
+
+    // Step 200: the config is finished, the weights are being written, the trainer state is
+    // gone until the trainer writes it again.
+    write_aged(
+        &env,
+        "src/run/ckpt/config.json",
+        b"config of step 200",
+        1200,
+    );
+    env.write("src/run/ckpt/model.safetensors", b"model of st");
+    fs::remove_file(run.join("ckpt/trainer_state.json")).unwrap();
+    let now = sources_manifest(&[&run]);
+
+    let out = env.backup_run(&[&run], &["--settle", "10m"]).expect_code(0);
+    let r = out.json();
+    assert_eq!(r["complete"], true, "{out}");
+    let folder = [
+        "run/ckpt/config.json",
+        "run/ckpt/model.safetensors",
+        "run/ckpt/trainer_state.json",
+    ];
+    env.assert_restores(&text(&r, "id"), &with_old(&now, &step_100, &folder));
+    assert_eq!(
+        settling_names(&r),
+        ["config.json", "model.safetensors", "trainer_state.json"],
+        "{out}"
+    );
+    let ckpt = fs::canonicalize(run.join("ckpt")).unwrap();
+    for name in folder {
+        let d = detail(&r, name);
+        assert_eq!(d["folder"], json!(s(&ckpt)), "{name}: {out}");
+        assert_eq!(d["kept_from_parent"], true, "{name}: {out}");
+    }
+}

@@ -6,7 +6,8 @@
 //! snapshot manifest records it). Nothing is dropped silently.
 //!
 //! Files that belong together are decided per folder: a *checkpoint folder* (one that directly
-//! holds a sharded model or training state, see [`is_checkpoint_marker`]) with a settling file
+//! holds a sharded model or training state, see [`is_checkpoint_marker`], now or in the parent
+//! snapshot: a marker being rewritten may be missing from the disk) with a settling file
 //! keeps the parent's version of every file directly in it that changed, appeared or went away
 //! since, so no snapshot mixes two training steps. Other files are decided one by one.
 //!
@@ -194,8 +195,14 @@ impl Deferrer<'_> {
 /// Decides what the snapshot holds for settling files and checkpoint folders (see the module
 /// doc); everything else passes through to `entries` unchanged.
 pub(crate) fn resolve(walked: Vec<Walked>, rules: &Rules, progress: &dyn Progress) -> Settled {
-    // The direct files of each folder, and the folders with a settling file.
-    let mut names: HashMap<NodePath, Vec<String>> = HashMap::new();
+    // The folders that directly hold a checkpoint marker, on disk or in the parent snapshot
+    // (a marker being rewritten may be missing from the disk right now).
+    let mut checkpoints: HashSet<NodePath> = rules
+        .parent_files
+        .keys()
+        .filter(|p| is_checkpoint_marker(&name_of(p)))
+        .filter_map(|p| p.parent())
+        .collect();
     let mut dirs: HashMap<NodePath, PathBuf> = HashMap::new();
     let mut present: HashSet<NodePath> = HashSet::new();
     for w in &walked {
@@ -204,21 +211,20 @@ pub(crate) fn resolve(walked: Vec<Walked>, rules: &Rules, progress: &dyn Progres
             NodeKind::Dir => {
                 dirs.insert(w.node.path.clone(), w.abs.clone());
             }
-            NodeKind::File => {
-                if let Some(dir) = w.node.path.parent() {
-                    names.entry(dir).or_default().push(name_of(&w.node.path));
-                }
+            NodeKind::File if is_checkpoint_marker(&name_of(&w.node.path)) => {
+                checkpoints.extend(w.node.path.parent());
             }
-            NodeKind::Symlink => {}
+            NodeKind::File | NodeKind::Symlink => {}
         }
     }
+    // The checkpoint folders with a settling file.
     let mut held: HashMap<NodePath, Held> = HashMap::new();
     for w in walked.iter().filter(|w| w.settling) {
         let Some(dir) = w.node.path.parent() else {
             continue;
         };
         let Some(abs) = dirs.get(&dir) else { continue };
-        if !names[&dir].iter().any(|n| is_checkpoint_marker(n)) {
+        if !checkpoints.contains(&dir) {
             continue;
         }
         held.entry(dir)
