@@ -27,7 +27,7 @@ fn repo_with_a_snapshot() -> (TestEnv, PathBuf) {
 }
 
 /// `tvault --repo REPO ARGS` in the background, stopping at the test hook `point`.
-fn spawn_paused(env: &TestEnv, point: &str, a: Vec<OsString>) -> Child {
+pub(crate) fn spawn_paused(env: &TestEnv, point: &str, a: Vec<OsString>) -> Child {
     let hooks = env.path("hooks");
     fs::create_dir_all(&hooks).unwrap();
     let mut cmd = env.repo_command(a);
@@ -37,7 +37,7 @@ fn spawn_paused(env: &TestEnv, point: &str, a: Vec<OsString>) -> Child {
 
 /// Waits until the child started by [`spawn_paused`] stands at `point`.
 #[track_caller]
-fn wait_paused(env: &TestEnv, point: &str, child: &mut Child) {
+pub(crate) fn wait_paused(env: &TestEnv, point: &str, child: &mut Child) {
     let marker = env.path("hooks").join(format!("{point}.paused"));
     let started = Instant::now();
     while !marker.exists() {
@@ -54,7 +54,7 @@ fn wait_paused(env: &TestEnv, point: &str, child: &mut Child) {
 }
 
 /// Lets the child standing at `point` go on.
-fn resume(env: &TestEnv, point: &str) {
+pub(crate) fn resume(env: &TestEnv, point: &str) {
     fs::write(env.path("hooks").join(format!("{point}.resume")), b"").unwrap();
 }
 

@@ -2,6 +2,8 @@
 //! parent snapshot's version (or, new, is listed as not yet stored), a checkpoint folder with a
 //! settling file keeps the parent's version of all its files, the deferral is counted across
 //! runs, and past `--settle-max` the snapshot is incomplete (exit 3) and the metrics say so.
+//! A file that starts being rewritten after the walk (before or while the backup reads it)
+//! is caught by the `TVAULT_TEST_PAUSE` hook at the exact instant, never by timing.
 //! Times are set explicitly (`set_mtime`, rewritten manifests), never waited for.
 
 use std::fs;
@@ -10,7 +12,10 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 
 use crate::bad_input::s;
-use crate::testenv::{args, num, set_mtime, sources_manifest, text, Manifest, TestEnv};
+use crate::locks::{resume, spawn_paused, wait_paused};
+use crate::testenv::{
+    args, finish, num, set_mtime, sources_manifest, text, Manifest, Run, TestEnv,
+};
 
 /// Unix time `secs` seconds ago.
 fn ago(secs: i64) -> i64 {
@@ -418,4 +423,166 @@ fn a_new_checkpoint_folder_still_being_written_is_left_out_whole() {
         .unwrap()
         .next()
         .is_none());
+}
+
+/// `backup --json --settle 10m RUN`, held at the test hook `point` while `meanwhile` runs (the
+/// trainer starting its next step), then let go; its run.
+fn backup_while(env: &TestEnv, run: &Path, point: &str, meanwhile: impl FnOnce()) -> Run {
+    let a = args!["--json", "backup", run, "--settle", "10m"];
+    let mut child = spawn_paused(env, point, a);
+    wait_paused(env, point, &mut child);
+    meanwhile();
+    resume(env, point);
+    finish(child, &format!("backup --settle 10m, paused at {point}"))
+}
+
+/// The walk finds step 200 settled (finished 20 minutes ago); before the backup reads it, the
+/// trainer starts step 300: one file half rewritten in place, one replaced by a rename with
+/// its mtime set back (as `cp -p` and rsync do), one deleted to be written anew, and shard 2
+/// of a checkpoint folder half rewritten. Reading them would store torn or mixed files: each
+/// keeps the parent's version, as a file modified within `--settle` does, and so does shard 1,
+/// read complete but from the same folder.
+#[test]
+fn a_file_rewritten_between_the_walk_and_its_read_keeps_its_parent_version() {
+    let env = TestEnv::with_repo();
+    let run = env.path("src/run");
+    let names = [
+        "ckpt/model-00001-of-00002.safetensors",
+        "ckpt/model-00002-of-00002.safetensors",
+        "last.ckpt",
+        "notes.txt",
+        "weights.bin",
+    ];
+    let step = |n: u32, age: i64| {
+        for name in names {
+            let body = format!("{name} of step {n}");
+            write_aged(&env, &format!("src/run/{name}"), body.as_bytes(), age);
+        }
+    };
+    step(100, 3600);
+    let step_100 = sources_manifest(&[&run]);
+    env.backup(&[&run], &["--settle", "10m"]);
+    step(200, 1200);
+    let at_walk = sources_manifest(&[&run]);
+
+    let out = backup_while(&env, &run, "backup-open", || {
+        fs::write(run.join("last.ckpt"), b"last.ckpt of st").unwrap();
+        let shard_2 = run.join("ckpt/model-00002-of-00002.safetensors");
+        fs::write(shard_2, b"shard 2 of st").unwrap();
+        let tmp = write_aged(&env, "src/weights.tmp", b"weights.bin of step 300", 1200);
+        fs::rename(tmp, run.join("weights.bin")).unwrap();
+        fs::remove_file(run.join("notes.txt")).unwrap();
+    })
+    .expect_code(0);
+    let r = out.json();
+    assert_eq!(r["complete"], true, "{out}");
+    let mut expected_names: Vec<&str> = names
+        .iter()
+        .map(|n| n.rsplit('/').next().unwrap())
+        .collect();
+    expected_names.sort();
+    assert_eq!(settling_names(&r), expected_names, "{out}");
+    let ckpt = fs::canonicalize(run.join("ckpt")).unwrap();
+    for name in names {
+        let d = detail(&r, name);
+        assert_eq!(d["kept_from_parent"], true, "{name}: {out}");
+        let folder = name.starts_with("ckpt/").then(|| s(&ckpt));
+        assert_eq!(d["folder"], json!(folder), "{name}: {out}");
+    }
+    // Shard 1, first in the walk's order, was checked before the trainer started, then read
+    // whole; the files found changed are not read at all.
+    let shard_1 = fs::metadata(run.join(names[0])).unwrap().len();
+    assert_eq!(num(&r, "bytes_read"), shard_1, "{out}");
+    let files: Vec<String> = names.iter().map(|n| format!("run/{n}")).collect();
+    let files: Vec<&str> = files.iter().map(String::as_str).collect();
+    env.assert_restores(&text(&r, "id"), &with_old(&at_walk, &step_100, &files));
+    out.stderr_has(&["last.ckpt: changed during this backup", s(&ckpt)]);
+}
+
+/// The trainer starts rewriting the file in place just before the backup opens it (after the
+/// backup checked it against the walk), then while the backup reads it: what the backup reads
+/// is half written, or half old and half new. Without `--settle` a file that changes while
+/// read is read once more; with it, the file is being written, so it keeps the parent's
+/// version at once.
+#[test]
+fn a_file_rewritten_as_it_is_opened_or_read_keeps_its_parent_version() {
+    let env = TestEnv::with_repo();
+    let run = env.path("src/run");
+    let ckpt = write_aged(&env, "src/run/last.ckpt", b"step 100 weights", 3600);
+    write_aged(&env, "src/run/log.txt", b"step 100\n", 3600);
+    let step_100 = sources_manifest(&[&run]);
+    env.backup(&[&run], &["--settle", "10m"]);
+
+    for (point, step) in [("backup-open", 200), ("backup-opened", 300)] {
+        let done = format!("step {step} weights");
+        write_aged(&env, "src/run/last.ckpt", done.as_bytes(), 1200);
+        let at_walk = sources_manifest(&[&run]);
+        let torn = format!("step {} wei", step + 100);
+        let out =
+            backup_while(&env, &run, point, || fs::write(&ckpt, &torn).unwrap()).expect_code(0);
+        let r = out.json();
+        assert_eq!(r["complete"], true, "{point}: {out}");
+        let read_once = torn.len() as u64;
+        assert_eq!(num(&r, "bytes_read"), read_once, "not read again: {out}");
+        assert_eq!(settling_names(&r), ["last.ckpt"], "{point}: {out}");
+        let d = detail(&r, "last.ckpt");
+        assert_eq!(d["kept_from_parent"], true, "{point}: {out}");
+        env.assert_restores(
+            &text(&r, "id"),
+            &with_old(&at_walk, &step_100, &["run/last.ckpt"]),
+        );
+        out.stderr_has(&["last.ckpt: changed during this backup"]);
+    }
+}
+
+/// A checkpoint folder is known by its marker files; one being rewritten (deleted and written
+/// anew) is missing from the disk. The parent snapshot's file names still make the folder a
+/// checkpoint folder, so it is kept whole at the parent's version, not settled file by file.
+#[test]
+fn a_checkpoint_folder_whose_marker_is_being_rewritten_is_kept_whole() {
+    let env = TestEnv::with_repo();
+    let run = env.path("src/run");
+    for (name, body) in [
+        ("model.safetensors", "model"),
+        ("config.json", "config"),
+        ("trainer_state.json", "state"),
+    ] {
+        let rel = format!("src/run/ckpt/{name}");
+        write_aged(&env, &rel, format!("{body} of step 100").as_bytes(), 3600);
+    }
+    let step_100 = sources_manifest(&[&run]);
+    env.backup(&[&run], &["--settle", "10m"]);
+
+    // Step 200: the config is finished, the weights are being written, the trainer state is
+    // gone until the trainer writes it again.
+    write_aged(
+        &env,
+        "src/run/ckpt/config.json",
+        b"config of step 200",
+        1200,
+    );
+    env.write("src/run/ckpt/model.safetensors", b"model of st");
+    fs::remove_file(run.join("ckpt/trainer_state.json")).unwrap();
+    let now = sources_manifest(&[&run]);
+
+    let out = env.backup_run(&[&run], &["--settle", "10m"]).expect_code(0);
+    let r = out.json();
+    assert_eq!(r["complete"], true, "{out}");
+    let folder = [
+        "run/ckpt/config.json",
+        "run/ckpt/model.safetensors",
+        "run/ckpt/trainer_state.json",
+    ];
+    env.assert_restores(&text(&r, "id"), &with_old(&now, &step_100, &folder));
+    assert_eq!(
+        settling_names(&r),
+        ["config.json", "model.safetensors", "trainer_state.json"],
+        "{out}"
+    );
+    let ckpt = fs::canonicalize(run.join("ckpt")).unwrap();
+    for name in folder {
+        let d = detail(&r, name);
+        assert_eq!(d["folder"], json!(s(&ckpt)), "{name}: {out}");
+        assert_eq!(d["kept_from_parent"], true, "{name}: {out}");
+    }
 }

@@ -1,10 +1,13 @@
 //! `backup`: walk the sources, reuse the parent snapshot's chunk lists for files whose
 //! metadata has not changed, read and store the rest, then write the tree, the index and,
 //! last, the snapshot manifest (the commit point). With `--settle`, files still being written
-//! keep the parent's entry (see `settle.rs`).
+//! keep the parent's entry (see `settle.rs`): those the walk finds modified within the settle
+//! time, and those found changed since the walk when opened or once read (what was read of
+//! them is not stored; the decision is then taken again with them).
 
-use std::collections::HashMap;
-use std::fs::{self, Metadata};
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -167,87 +170,113 @@ pub fn run(
         warnings,
         excluded,
     } = walk(&sources, &walk_opts, progress)?;
-    let settled = match (opts.settle, settle_max) {
-        (Some(settle), Some(max)) => {
-            let restorable = |n: &Node| n.chunks.iter().all(|c| repo.index().contains(c));
-            let rules = settle::Rules {
+    let restorable = |n: &Node| n.chunks.iter().all(|c| repo.index().contains(c));
+    let parent_deferred = parent.as_ref().map_or(&[][..], |(_, s)| &s.deferred);
+    // What the snapshot holds for files still being written, decided again when reading finds
+    // more of them (`late`).
+    let decide = |late: &HashSet<NodePath>| match (opts.settle, settle_max) {
+        (Some(settle), Some(max)) => settle::resolve(
+            &walked,
+            &settle::Rules {
                 settle,
                 max,
                 now: DateTime::<Utc>::from(now),
                 parent_files: &parent_files,
-                parent_deferred: parent.as_ref().map_or(&[][..], |(_, s)| &s.deferred),
+                parent_deferred,
                 restorable: &restorable,
-            };
-            settle::resolve(walked, &rules, progress)
-        }
-        _ => Settled {
-            entries: walked,
-            ..Settled::default()
-        },
+                late,
+            },
+        ),
+        _ => Settled::none(walked.len()),
     };
-    problems.extend(settled.problems);
+    let mut late = HashSet::new();
+    let settled = decide(&late);
+
+    // A file stored as usual is read unless the parent's entry matches it (`reusable`).
+    let reusable = |node: &Node| {
+        parent_files.get(&node.path).filter(|p| {
+            !opts.full && unchanged(p, node) && p.chunks.iter().all(|c| repo.index().contains(c))
+        })
+    };
+    let to_read: Vec<usize> = (0..walked.len())
+        .filter(|&i| settled.as_usual[i] && walked[i].node.kind == NodeKind::File)
+        .filter(|&i| reusable(&walked[i].node).is_none())
+        .collect();
 
     let mut summary = Summary::default();
-    let mut nodes = Vec::with_capacity(settled.entries.len() + settled.kept.len());
-    let mut to_read = Vec::new();
-    let mut dir_abs = HashMap::new();
-    for Walked { mut node, abs, .. } in settled.entries {
-        match node.kind {
-            NodeKind::Dir => {
-                summary.dirs += 1;
-                dir_abs.insert(node.path.clone(), abs.clone());
-            }
-            NodeKind::Symlink => summary.symlinks += 1,
-            NodeKind::File => {
-                let prev = parent_files.get(&node.path);
-                match prev {
-                    None => summary.files_new += 1,
-                    Some(p) if unchanged(p, &node) => summary.files_unchanged += 1,
-                    Some(_) => summary.files_changed += 1,
-                }
-                let reusable = prev.filter(|p| {
-                    !opts.full
-                        && unchanged(p, &node)
-                        && p.chunks.iter().all(|c| repo.index().contains(c))
-                });
-                if let Some(p) = reusable {
-                    node.chunks = p.chunks.clone();
-                } else {
-                    to_read.push((nodes.len(), abs, prev.cloned()));
-                }
-            }
-        }
-        nodes.push(node);
-    }
-
-    let read_bytes: u64 = to_read.iter().map(|(i, _, _)| nodes[*i].size).sum();
+    let read_bytes: u64 = to_read.iter().map(|&i| walked[i].node.size).sum();
     progress.start(to_read.len() as u64, read_bytes);
     let mut writer = if opts.dry_run {
         BlobWriter::dry(repo)
     } else {
         BlobWriter::new(repo)
     };
-    let mut skipped = Vec::new();
-    for (i, abs, prev) in to_read {
-        progress.file(&nodes[i].path.display());
-        let read = read_with_retry(&abs, &mut writer, progress, &mut summary, prev.as_ref())?;
+    // Each file read: its entry, or the problem that leaves it out.
+    let mut read: HashMap<usize, std::result::Result<Node, String>> = HashMap::new();
+    for i in to_read {
+        let w = &walked[i];
+        progress.file(&w.node.path.display());
+        let prev = parent_files.get(&w.node.path);
+        let outcome = read_with_retry(w, opts.settle, &mut writer, progress, &mut summary, prev)?;
         progress.added(writer.bytes_added());
-        match read {
-            Ok((chunks, meta)) => {
-                let path = nodes[i].path.clone();
-                nodes[i] = node_from(path, NodeKind::File, &meta);
-                nodes[i].size = meta.len();
-                nodes[i].chunks = chunks;
+        match outcome {
+            FileRead::Stored(node) => {
+                read.insert(i, Ok(node));
             }
-            Err(problem) => {
+            FileRead::Problem(problem) => {
                 progress.warn(&problem);
-                problems.push(problem);
-                skipped.push(i);
+                read.insert(i, Err(problem));
+            }
+            FileRead::Settling => {
+                late.insert(w.node.path.clone());
             }
         }
     }
-    for i in skipped.into_iter().rev() {
-        nodes.remove(i);
+    // Files found being written while read are settling; their checkpoint folders with them.
+    // This only defers more files, each of which was read or reused above.
+    let settled = match late.is_empty() {
+        true => settled,
+        false => decide(&late),
+    };
+    for warning in &settled.warnings {
+        progress.warn(warning);
+    }
+    problems.extend(settled.problems);
+
+    let mut nodes = Vec::with_capacity(walked.len());
+    let mut dir_abs = HashMap::new();
+    for (i, Walked { mut node, abs, .. }) in walked.into_iter().enumerate() {
+        if !settled.as_usual[i] {
+            continue;
+        }
+        match node.kind {
+            NodeKind::Dir => {
+                summary.dirs += 1;
+                dir_abs.insert(node.path.clone(), abs);
+            }
+            NodeKind::Symlink => summary.symlinks += 1,
+            NodeKind::File => {
+                match parent_files.get(&node.path) {
+                    None => summary.files_new += 1,
+                    Some(p) if unchanged(p, &node) => summary.files_unchanged += 1,
+                    Some(_) => summary.files_changed += 1,
+                }
+                match read.remove(&i) {
+                    Some(Ok(stored)) => node = stored,
+                    Some(Err(problem)) => {
+                        problems.push(problem);
+                        continue;
+                    }
+                    None => {
+                        let p = parent_files.get(&node.path).expect(
+                            "a file stored as usual and not read has a reusable parent entry",
+                        );
+                        node.chunks = p.chunks.clone();
+                    }
+                }
+            }
+        }
+        nodes.push(node);
     }
     // Files still being written: the parent's entries, exactly as they were.
     nodes.extend(settled.kept);
@@ -351,15 +380,45 @@ pub(crate) fn commit(
     Ok((repo.save_snapshot(&snapshot)?, snapshot))
 }
 
-/// Reads a file; once more if it changed while being read. The inner `Err` is a problem with
-/// the file (reported, and the file left out of the snapshot); the outer one is fatal.
+/// What reading one file came to.
+enum FileRead {
+    /// Its entry, with the chunks stored.
+    Stored(Node),
+    /// A problem with the file (reported, and the file left out of the snapshot).
+    Problem(String),
+    /// `--settle`: it is being written (see [`read_with_retry`]); what was read is not stored.
+    Settling,
+}
+
+/// Reads the walked file `w`; once more if it changed while being read. With `--settle`, a
+/// file that changed since the walk (size, times, inode) just before it is opened, when
+/// opened or while read, that is modified less than `settle` ago, or that is gone, is being
+/// written: it comes back as [`FileRead::Settling`] at once, and what was read of it is not
+/// stored. `Err` is fatal.
 fn read_with_retry(
-    abs: &Path,
+    w: &Walked,
+    settle: Option<Duration>,
     writer: &mut BlobWriter,
     progress: &dyn Progress,
     summary: &mut Summary,
     parent: Option<&Node>,
-) -> Result<std::result::Result<(Vec<Id>, Metadata), String>> {
+) -> Result<FileRead> {
+    let abs = w.abs.as_path();
+    // The file, as `meta` shows it, is no longer the settled one the walk found.
+    let moved_on = |meta: &fs::Metadata, settle: Duration| {
+        let mut now = node_from(w.node.path.clone(), NodeKind::File, meta);
+        now.size = meta.len();
+        !unchanged(&w.node, &now) || settle::modified_within(meta, settle, SystemTime::now())
+    };
+    if let Some(settle) = settle {
+        // Checked before reading, so a file being written is not read (nor stored) for nothing.
+        match fs::symlink_metadata(abs) {
+            Ok(m) if moved_on(&m, settle) => return Ok(FileRead::Settling),
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(FileRead::Settling),
+            _ => {}
+        }
+    }
+    crate::repo::testing::pause("backup-open");
     for _attempt in 0..2 {
         match store_file(abs, writer, progress, parent)? {
             ReadOutcome::Stored {
@@ -368,15 +427,35 @@ fn read_with_retry(
                 bytes_read,
             } => {
                 summary.bytes_read += bytes_read;
-                return Ok(Ok((chunks, meta)));
+                // `meta` is the file's state both when opened and once read (`store_file`
+                // compares the two): it may have changed between the check above and the open.
+                if settle.is_some_and(|settle| moved_on(&meta, settle)) {
+                    return Ok(FileRead::Settling);
+                }
+                let mut node = node_from(w.node.path.clone(), NodeKind::File, &meta);
+                node.size = meta.len();
+                node.chunks = chunks;
+                return Ok(FileRead::Stored(node));
             }
             ReadOutcome::Unreadable(msg) => {
-                return Ok(Err(format!("cannot read {msg}; not in this snapshot")))
+                let gone =
+                    fs::symlink_metadata(abs).is_err_and(|e| e.kind() == ErrorKind::NotFound);
+                if settle.is_some() && gone {
+                    return Ok(FileRead::Settling);
+                }
+                return Ok(FileRead::Problem(format!(
+                    "cannot read {msg}; not in this snapshot"
+                )));
             }
-            ReadOutcome::Changed { bytes_read } => summary.bytes_read += bytes_read,
+            ReadOutcome::Changed { bytes_read } => {
+                summary.bytes_read += bytes_read;
+                if settle.is_some() {
+                    return Ok(FileRead::Settling);
+                }
+            }
         }
     }
-    Ok(Err(format!(
+    Ok(FileRead::Problem(format!(
         "{} changed while it was read (twice); not in this snapshot, back it up again once it is complete",
         abs.display()
     )))

@@ -123,6 +123,7 @@ pub(crate) fn store_file(
         Ok(m) => m,
         Err(e) => return unreadable(e),
     };
+    crate::repo::testing::pause("backup-opened");
     let (spans, bases) = spans_of(&file, before.len(), writer, path, progress, parent);
     let (chunks, bytes_read) = match store_stream(&file, &spans, &bases, writer, progress)? {
         Ok(stored) => stored,

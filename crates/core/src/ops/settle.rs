@@ -1,12 +1,15 @@
 //! `backup --settle D`: what a snapshot holds for files still being written. The walk marks
-//! files modified less than D ago; here each one keeps the parent snapshot's entry exactly as it
+//! files modified less than D ago, and the backup adds those that change during it (found
+//! changed since the walk when opened or once read, or gone; see `Rules::late`: what was
+//! read of them is not stored); here each one keeps the parent snapshot's entry exactly as it
 //! was (chunks, size, times, inode: the next incremental sees that it no longer matches and reads
 //! the file), or is left out when the parent has no version of it, and is listed either way
 //! with how long it has been deferred, counted from the first snapshot that deferred it (the
 //! snapshot manifest records it). Nothing is dropped silently.
 //!
 //! Files that belong together are decided per folder: a *checkpoint folder* (one that directly
-//! holds a sharded model or training state, see [`is_checkpoint_marker`]) with a settling file
+//! holds a sharded model or training state, see [`is_checkpoint_marker`], now or in the parent
+//! snapshot: a marker being rewritten may be missing from the disk) with a settling file
 //! keeps the parent's version of every file directly in it that changed, appeared or went away
 //! since, so no snapshot mixes two training steps. Other files are decided one by one.
 //!
@@ -14,15 +17,15 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
+use std::fs::Metadata;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::backup::unchanged;
 use super::walk::Walked;
-use crate::progress::Progress;
 use crate::snapshot::Deferral;
 use crate::tree::{Node, NodeKind, NodePath};
 
@@ -52,13 +55,16 @@ pub(crate) struct Rules<'a> {
     pub parent_deferred: &'a [Deferral],
     /// Whether a parent entry can be kept: every chunk of it is in the index.
     pub restorable: &'a dyn Fn(&Node) -> bool,
+    /// Files the backup found being written when it opened or read them, after the walk found
+    /// them settled: settling, whatever their metadata says now.
+    pub late: &'a HashSet<NodePath>,
 }
 
 /// The walk, settled.
 #[derive(Default)]
 pub(crate) struct Settled {
-    /// Entries to store as usual.
-    pub entries: Vec<Walked>,
+    /// For each walked entry, in order: stored as usual (false: a file listed in `files`).
+    pub as_usual: Vec<bool>,
     /// Parent entries kept in place of files' current versions.
     pub kept: Vec<Node>,
     /// Every file whose current version is not stored, sorted by path.
@@ -67,6 +73,27 @@ pub(crate) struct Settled {
     pub deferred: Vec<Deferral>,
     /// Deferrals past `--settle-max`.
     pub problems: Vec<String>,
+    /// What the settling files became, one warning per file or checkpoint folder.
+    pub warnings: Vec<String>,
+}
+
+impl Settled {
+    /// Without `--settle`: every one of `n` walked entries is stored as usual.
+    pub fn none(n: usize) -> Settled {
+        Settled {
+            as_usual: vec![true; n],
+            ..Settled::default()
+        }
+    }
+}
+
+/// The walk's rule: a file modified less than `settle` before `now` (or after it) is settling.
+pub(crate) fn modified_within(meta: &Metadata, settle: Duration, now: SystemTime) -> bool {
+    let age = meta
+        .modified()
+        .ok()
+        .and_then(|m| now.duration_since(m).ok());
+    age.is_none_or(|a| a < settle)
 }
 
 /// Whether a file's name shows that its folder holds a checkpoint made of several files that
@@ -115,6 +142,8 @@ struct Held {
     abs: PathBuf,
     /// Names of its settling files.
     settling: Vec<String>,
+    /// One of them changed during this backup (see [`Rules::late`]).
+    late: bool,
     /// Its files listed, and their oldest deferral.
     listed: usize,
     oldest: u64,
@@ -124,7 +153,6 @@ struct Held {
 /// Lists deferred files, keeps their parent entries and counts their deferrals.
 struct Deferrer<'a> {
     rules: &'a Rules<'a>,
-    progress: &'a dyn Progress,
     since: HashMap<&'a str, DateTime<Utc>>,
     held: HashMap<NodePath, Held>,
     out: Settled,
@@ -156,9 +184,12 @@ impl Deferrer<'_> {
                 Some(_) => "this snapshot keeps its version from the parent snapshot",
                 None => "not in this snapshot (no earlier version)",
             };
-            self.progress.warn(&format!(
-                "{abs}: modified less than {} ago (--settle); {what}{}; a later backup takes it once it settles",
-                human(rules.settle.as_secs()),
+            let why = match rules.late.contains(path) {
+                true => "changed during this backup".to_string(),
+                false => format!("modified less than {} ago", human(rules.settle.as_secs())),
+            };
+            self.out.warnings.push(format!(
+                "{abs}: {why} (--settle); {what}{}; a later backup takes it once it settles",
                 for_how_long(secs)
             ));
             if secs > rules.max.as_secs() {
@@ -192,50 +223,56 @@ impl Deferrer<'_> {
 }
 
 /// Decides what the snapshot holds for settling files and checkpoint folders (see the module
-/// doc); everything else passes through to `entries` unchanged.
-pub(crate) fn resolve(walked: Vec<Walked>, rules: &Rules, progress: &dyn Progress) -> Settled {
-    // The direct files of each folder, and the folders with a settling file.
-    let mut names: HashMap<NodePath, Vec<String>> = HashMap::new();
+/// doc); everything else is stored as usual. It reports nothing itself (the warnings are in
+/// the result): a backup that finds more files settling while it reads decides again.
+pub(crate) fn resolve(walked: &[Walked], rules: &Rules) -> Settled {
+    let settling = |w: &Walked| w.settling || rules.late.contains(&w.node.path);
+    // The folders that directly hold a checkpoint marker, on disk or in the parent snapshot
+    // (a marker being rewritten may be missing from the disk right now).
+    let mut checkpoints: HashSet<NodePath> = rules
+        .parent_files
+        .keys()
+        .filter(|p| is_checkpoint_marker(&name_of(p)))
+        .filter_map(|p| p.parent())
+        .collect();
     let mut dirs: HashMap<NodePath, PathBuf> = HashMap::new();
     let mut present: HashSet<NodePath> = HashSet::new();
-    for w in &walked {
+    for w in walked {
         present.insert(w.node.path.clone());
         match w.node.kind {
             NodeKind::Dir => {
                 dirs.insert(w.node.path.clone(), w.abs.clone());
             }
-            NodeKind::File => {
-                if let Some(dir) = w.node.path.parent() {
-                    names.entry(dir).or_default().push(name_of(&w.node.path));
-                }
+            NodeKind::File if is_checkpoint_marker(&name_of(&w.node.path)) => {
+                checkpoints.extend(w.node.path.parent());
             }
-            NodeKind::Symlink => {}
+            NodeKind::File | NodeKind::Symlink => {}
         }
     }
+    // The checkpoint folders with a settling file.
     let mut held: HashMap<NodePath, Held> = HashMap::new();
-    for w in walked.iter().filter(|w| w.settling) {
+    for w in walked.iter().filter(|w| settling(w)) {
         let Some(dir) = w.node.path.parent() else {
             continue;
         };
         let Some(abs) = dirs.get(&dir) else { continue };
-        if !names[&dir].iter().any(|n| is_checkpoint_marker(n)) {
+        if !checkpoints.contains(&dir) {
             continue;
         }
-        held.entry(dir)
-            .or_insert_with(|| Held {
-                abs: abs.clone(),
-                settling: Vec::new(),
-                listed: 0,
-                oldest: 0,
-                since: None,
-            })
-            .settling
-            .push(name_of(&w.node.path));
+        let h = held.entry(dir).or_insert_with(|| Held {
+            abs: abs.clone(),
+            settling: Vec::new(),
+            late: false,
+            listed: 0,
+            oldest: 0,
+            since: None,
+        });
+        h.settling.push(name_of(&w.node.path));
+        h.late |= rules.late.contains(&w.node.path);
     }
 
     let mut d = Deferrer {
         rules,
-        progress,
         since: rules
             .parent_deferred
             .iter()
@@ -246,19 +283,21 @@ pub(crate) fn resolve(walked: Vec<Walked>, rules: &Rules, progress: &dyn Progres
     };
     for w in walked {
         if w.node.kind != NodeKind::File {
-            d.out.entries.push(w);
+            d.out.as_usual.push(true);
             continue;
         }
         let folder = w.node.path.parent().filter(|f| d.held.contains_key(f));
-        let changed = rules
-            .parent_files
-            .get(&w.node.path)
-            .is_none_or(|p| !unchanged(p, &w.node));
-        if changed && (w.settling || folder.is_some()) {
-            d.defer(&w.node.path, w.abs, folder.as_ref());
-        } else {
-            d.out.entries.push(w);
+        // A late file changed since the walk: what was read of it is not its walked version.
+        let changed = rules.late.contains(&w.node.path)
+            || rules
+                .parent_files
+                .get(&w.node.path)
+                .is_none_or(|p| !unchanged(p, &w.node));
+        let defer = changed && (settling(w) || folder.is_some());
+        if defer {
+            d.defer(&w.node.path, w.abs.clone(), folder.as_ref());
         }
+        d.out.as_usual.push(!defer);
     }
     // Files a held folder had in the parent and no longer has: the folder is mid-write, so
     // they keep their version too (unless still on disk: then excluded or unreadable now).
@@ -282,8 +321,12 @@ pub(crate) fn resolve(walked: Vec<Walked>, rules: &Rules, progress: &dyn Progres
     for h in folders {
         let abs = h.abs.display();
         let settling = h.settling.join(", ");
-        progress.warn(&format!(
-            "checkpoint folder {abs}: {settling} modified less than {} ago (--settle); this snapshot keeps the parent snapshot's version of the whole folder ({} file(s) changed, added or removed since){}, so it never mixes two steps; a later backup takes the folder once it settles",
+        let or_late = match h.late {
+            true => " or changed during this backup",
+            false => "",
+        };
+        out.warnings.push(format!(
+            "checkpoint folder {abs}: {settling} modified less than {} ago{or_late} (--settle); this snapshot keeps the parent snapshot's version of the whole folder ({} file(s) changed, added or removed since){}, so it never mixes two steps; a later backup takes the folder once it settles",
             human(rules.settle.as_secs()),
             h.listed,
             for_how_long(h.oldest)

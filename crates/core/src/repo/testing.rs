@@ -106,6 +106,9 @@ impl<B: StagedPut> Backend for CrashAfter<B> {
 /// - `locked`: any command, its lock taken and the index read again;
 /// - `verify`: verify, its snapshots listed and the index read, before it reads the packs;
 /// - `put-locks`: a lock file written under its temporary name, before its rename.
+/// - `backup-open`: backup, about to open a file it reads (with `--settle`, its metadata just
+///   checked against the walk's);
+/// - `backup-opened`: backup, a file opened and its metadata taken, before its content is read.
 ///
 /// Without the variable (every real run) it costs one cached comparison.
 pub fn pause(point: &str) {
