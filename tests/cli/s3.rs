@@ -623,3 +623,76 @@ fn s3_backup_restore_and_verify_delete_nothing_but_their_own_locks() {
     let distinct: std::collections::BTreeSet<&&String> = puts.iter().collect();
     assert_eq!(distinct.len(), puts.len(), "{puts:?}");
 }
+
+#[test]
+fn s3_prune_waits_for_two_hosts_backing_up_and_loses_neither() {
+    let Some(s3) = S3Env::new("twohostsprune") else {
+        return;
+    };
+    s3.tvault(["init"]).expect_code(0);
+    let shared = random_bytes(300_000, 21);
+    let dirs: Vec<PathBuf> = ["host-a", "host-b"]
+        .iter()
+        .map(|host| {
+            let dir = s3.env.src.join(host);
+            s3.env.write(dir.join("shared.bin"), &shared);
+            s3.env.write(
+                dir.join("own.bin"),
+                &random_bytes(200_000, host.len() as u64),
+            );
+            dir
+        })
+        .collect();
+    // An older snapshot of host-a, which the prune below forgets.
+    s3.tvault(args!["backup", "--host", "host-a", &dirs[0]])
+        .expect_code(0);
+    s3.env
+        .write(dirs[0].join("own.bin"), &random_bytes(200_000, 99));
+
+    // Both hosts stand mid-backup (a file open, packs possibly stored, nothing indexed yet).
+    let mut backups = Vec::new();
+    for (host, dir) in ["host-a", "host-b"].iter().zip(&dirs) {
+        let hooks = s3.env.path(format!("hooks-{host}"));
+        std::fs::create_dir_all(&hooks).unwrap();
+        let mut cmd = s3.command(args!["--json", "backup", "--host", host, dir]);
+        cmd.env(
+            "TVAULT_TEST_PAUSE",
+            format!("backup-opened:{}", hooks.display()),
+        );
+        let mut child = crate::testenv::spawn_piped(cmd);
+        let marker = hooks.join("backup-opened.paused");
+        let started = Instant::now();
+        while !marker.exists() {
+            assert!(child.try_wait().unwrap().is_none(), "{host} ended early");
+            assert!(started.elapsed() < Duration::from_secs(60), "{host} stuck");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        backups.push((hooks, child));
+    }
+    // A prune now is refused, naming the lock; one that may wait starts after both.
+    s3.tvault(["prune", "--keep-last", "1"])
+        .expect_code(1)
+        .stderr_has(&["locked"]);
+    let waiting = crate::testenv::spawn_piped(s3.command([
+        "--json",
+        "--lock-wait",
+        "5m",
+        "prune",
+        "--keep-last",
+        "1",
+    ]));
+    std::thread::sleep(Duration::from_millis(500));
+    let mut ids = Vec::new();
+    for (hooks, child) in backups {
+        std::fs::write(hooks.join("backup-opened.resume"), b"").unwrap();
+        let run = crate::testenv::finish(child, "backup").expect_code(0);
+        ids.push(text(&run.json(), "id"));
+    }
+    let pruned = crate::testenv::finish(waiting, "prune").expect_code(0);
+    assert_eq!(pruned.json()["snapshots_removed"], 1, "{pruned}");
+    assert_eq!(s3.snapshot_count(), 2);
+    s3.verify_clean();
+    for (id, dir) in ids.iter().zip(&dirs) {
+        s3.assert_restores(id, dir);
+    }
+}
