@@ -110,6 +110,13 @@ impl Index {
         self.deltas.iter()
     }
 
+    /// Forgets the copy of `id` the index reads (`repair packs`, before adding sound copies
+    /// back with [`Index::add_pack_with`]).
+    pub fn remove(&mut self, id: &Id) {
+        self.blobs.remove(id);
+        self.deltas.remove(id);
+    }
+
     pub fn add_pack(&mut self, pack: Id, entries: &[PackEntry]) {
         self.add_pack_with(pack, entries, &Deltas::default())
     }
