@@ -4,9 +4,10 @@
 //! A chunk may be stored more than once (two backups that ran at once each store what neither
 //! found indexed, one as a delta, the other whole). The merged index reads one copy, the same
 //! whatever order the files are read in: the shortest chain (a keyframe first), then the
-//! smallest pack ID and offset. Reading a delta's base through that rule always ends: a delta's
-//! depth exceeds the depth its base had when it was written, which is at least the depth of
-//! the base's preferred copy now (prune keeps the preferred copy of every chunk it keeps).
+//! smallest pack ID and offset. Reading a delta's bases through that rule ends: a delta's depth
+//! exceeds the depth its base had when it was written, which is at least the depth of the
+//! base's preferred copy now (prune keeps the preferred copy of every chunk it keeps; should
+//! repair drop a damaged one, readers still refuse a chain longer than 64 links).
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
