@@ -1052,3 +1052,132 @@ fn verify_cannot_check_while_prune_holds_the_exclusive_lock() {
         return;
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// A chunk stored twice
+
+/// Two backups that ran at once (each with its own packs and index file) can both store the
+/// same chunk: one as an XOR delta against its parent's block, one whole. Built here without a
+/// race: `src/ckpt` holds models `a` and `b`; snapshot A0 has only `a` (step 0), B0 only `b`.
+/// Step 1 of both is then backed up once with parent A0 (`a` as deltas of A0, `b` whole) and,
+/// in a copy of the repository, once with parent B0 (`b` as deltas of B0, `a` whole), whose new
+/// files are then copied back, as a concurrent backup would have written them. Whichever index
+/// file the index prefers, one model's delta copies are not the copies it reads. Returns the
+/// IDs of A0 and B0 and the two step-1 snapshots with what they restore to.
+fn chunks_stored_as_delta_and_whole(env: &TestEnv) -> ([String; 2], [(String, Manifest); 2]) {
+    let ckpt = env.src.join("ckpt");
+    // Only the weights: the two models' config.json are the same file, stored once, which
+    // would keep one of the old snapshots' packs alive.
+    let model = |name: &str, seed: u64, step: u32| {
+        let dir = env.checkpoint(
+            format!("src/ckpt/{name}"),
+            Scenario::Finetune,
+            1 << 20,
+            seed,
+            step,
+        );
+        fs::remove_file(dir.join("config.json")).unwrap();
+    };
+    model("a", 31, 0);
+    let a0 = snap(env, &[]).0;
+    fs::remove_dir_all(ckpt.join("a")).unwrap();
+    model("b", 32, 0);
+    let b0 = snap(env, &[]).0;
+    let other = env.fresh_path("other-repo");
+    crate::testenv::copy_dir(&env.repo, &other);
+    model("a", 31, 1);
+    model("b", 32, 1);
+
+    let mut step1 = Vec::new();
+    for (repo, parent, notes) in [(&env.repo, &a0, "run A"), (&other, &b0, "run B")] {
+        env.write("src/ckpt/notes.txt", notes.as_bytes());
+        let run = env
+            .tvault_at(repo, args!["--json", "backup", &ckpt, "--parent", parent])
+            .expect_code(0);
+        let report = run.json();
+        assert!(num(&report["stored"], "delta") > 0, "{run}");
+        step1.push((text(&report, "id"), sources_manifest(&[&ckpt])));
+    }
+    let ours: BTreeSet<PathBuf> = files_below(&env.repo)
+        .into_iter()
+        .map(|p| p.strip_prefix(&env.repo).unwrap().to_path_buf())
+        .collect();
+    for path in files_below(&other) {
+        let rel = path.strip_prefix(&other).unwrap();
+        if !ours.contains(rel) && !rel.starts_with("locks") {
+            fs::create_dir_all(env.repo.join(rel).parent().unwrap()).unwrap();
+            fs::copy(&path, env.repo.join(rel)).unwrap();
+        }
+    }
+    env.tvault(["verify", "--read-data"]).expect_code(0);
+    let [s_a, s_b] = <[_; 2]>::try_from(step1).unwrap();
+    ([a0, b0], [s_a, s_b])
+}
+
+/// Regression: prune kept only the bases of the copies the index read. The other model's delta
+/// copies stayed (their packs were kept as they were) while their bases, in the forgotten
+/// snapshots only, were deleted: `verify --read-data` found damaged chunks, and once the
+/// rewritten index preferred those copies, the model no longer restored.
+#[test]
+fn prune_leaves_every_copy_of_a_chunk_stored_twice_restorable() {
+    let env = TestEnv::with_repo();
+    let (old, step1) = chunks_stored_as_delta_and_whole(&env);
+    let kept: Vec<&(String, Manifest)> = step1.iter().collect();
+    // Packs are kept as they are (no repacking threshold): only dead packs go.
+    let report = prune_ok(
+        &env,
+        &[
+            "--forget",
+            &old[0],
+            "--forget",
+            &old[1],
+            "--max-unused",
+            "100",
+        ],
+    );
+    assert_eq!(num(&report, "snapshots_removed"), 2, "{report:#}");
+    // The packs holding the delta copies whose bases went are repacked without them.
+    assert!(num(&report, "packs_repacked") >= 1, "{report:#}");
+    assert_pruned_to(&env, &kept);
+
+    // A second prune (repacking what is partly dead) and repair find nothing to break.
+    prune_ok(&env, &["--max-unused", "0"]);
+    assert_pruned_to(&env, &kept);
+    let index = env
+        .tvault(args!["--json", "repair", "index"])
+        .expect_code(0);
+    assert_eq!(num(&index.json(), "packs_recovered"), 0, "{index}");
+    let packs = env
+        .tvault(args!["--json", "repair", "packs"])
+        .expect_code(0);
+    assert_eq!(packs.json()["chunks_dropped"], json!([]), "{packs}");
+    assert_pruned_to(&env, &kept);
+}
+
+/// Regression: a pack kept as it was (little of it dead) kept its dead deltas in the index
+/// while prune deleted their bases; a later backup of the same content found those chunks
+/// indexed, stored nothing, and made a snapshot that could not be restored.
+#[test]
+fn content_backed_up_again_after_prune_restores() {
+    let env = TestEnv::with_repo();
+    let ckpt = env.src.join("ckpt");
+    env.checkpoint("src/ckpt/model", Scenario::Finetune, 1 << 20, 41, 0);
+    let s0 = snap(&env, &[]).0;
+    // Step 1 (small deltas of step 0) beside 2 MiB that outlive it, in one pack.
+    env.checkpoint("src/ckpt/model", Scenario::Finetune, 1 << 20, 41, 1);
+    env.write("src/ckpt/data.bin", &random_bytes(2 << 20, 41));
+    let s1 = snap(&env, &[]).0;
+    fs::remove_dir_all(ckpt.join("model")).unwrap();
+    let s2 = snap(&env, &[]);
+    // Step 1's pack is about 10 % dead: kept as it is at this threshold.
+    prune_ok(
+        &env,
+        &["--forget", &s0, "--forget", &s1, "--max-unused", "25"],
+    );
+    assert_pruned_to(&env, &[&s2]);
+
+    // Step 1 again (say, a rollback): it is stored again, and restores.
+    env.checkpoint("src/ckpt/model", Scenario::Finetune, 1 << 20, 41, 1);
+    let s3 = snap(&env, &[]);
+    assert_pruned_to(&env, &[&s2, &s3]);
+}

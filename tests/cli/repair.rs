@@ -493,3 +493,66 @@ fn verify_never_calls_a_pack_of_live_delta_bases_reclaimable() {
     assert_eq!(num(&r, "packs_deleted"), 0, "{r:#}");
     env.assert_restores(&s1, &m1);
 }
+
+/// Regression: a delta was decoded only through the copy of its base the index reads; with that
+/// copy damaged and another copy of the base sound (the base stored twice, by two backups that
+/// ran at once), `repair packs` dropped the delta too, and the snapshot that needed it broke.
+#[test]
+fn repair_packs_keeps_a_delta_whose_base_has_another_sound_copy() {
+    let env = TestEnv::with_repo();
+    // Step 0 stored twice: once here, once in a copy of the repository (beside a notes file,
+    // so its pack differs) whose new files are copied back, as a concurrent backup leaves them.
+    let other = env.fresh_path("other-repo");
+    crate::testenv::copy_dir(&env.repo, &other);
+    let d0 = finetune_step(&env, 0);
+    let mut snaps = vec![(
+        text(&env.backup(&[&d0], &[]), "id"),
+        sources_manifest(&[&d0]),
+    )];
+    env.write("src/ckpt/notes.txt", b"the other run\n");
+    let run = env
+        .tvault_at(&other, args!["--json", "backup", &d0])
+        .expect_code(0);
+    snaps.push((text(&run.json(), "id"), sources_manifest(&[&d0])));
+    let ours: BTreeSet<_> = files_below(&env.repo).into_iter().collect();
+    for path in files_below(&other) {
+        let rel = path.strip_prefix(&other).unwrap();
+        if !ours.contains(&env.repo.join(rel)) && !rel.starts_with("locks") {
+            fs::create_dir_all(env.repo.join(rel).parent().unwrap()).unwrap();
+            fs::copy(&path, env.repo.join(rel)).unwrap();
+        }
+    }
+    let d1 = finetune_step(&env, 1);
+    let r1 = env.backup(&[&d1], &[]);
+    assert!(num(&r1["stored"], "delta") > 0, "{r1:#}");
+    snaps.push((text(&r1, "id"), sources_manifest(&[&d1])));
+
+    // Damage the copy the index reads of a base of step 1's deltas.
+    let repo = Repository::open(&env.repo).unwrap();
+    let delta = chunks_of(&env, &snaps[2].0, "ckpt/model.safetensors")
+        .into_iter()
+        .map(|(c, _)| c)
+        .find(|c| repo.index().delta(c).is_some())
+        .unwrap();
+    let base = repo.index().delta(&delta).unwrap().base;
+    let copies = repo
+        .read_index_files()
+        .unwrap()
+        .into_iter()
+        .flat_map(|f| f.packs.unwrap())
+        .filter(|(_, entries)| entries.iter().any(|e| e.id == base))
+        .count();
+    assert_eq!(copies, 2, "the base is stored twice");
+    drop(repo);
+    damage_chunk(&env, &base);
+
+    let r = repair(&env, "packs", &[]);
+    let dropped: Vec<String> = r["chunks_dropped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| text(d, "chunk"))
+        .collect();
+    assert_eq!(dropped, [base.to_hex()], "{r:#}");
+    assert_repaired(&env, &snaps);
+}

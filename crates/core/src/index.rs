@@ -1,5 +1,13 @@
 //! The chunk index: chunk ID → where its blob lives. Stored as immutable index files (one per
 //! backup), merged in memory at open. Layout in `repo/FORMAT.md`.
+//!
+//! A chunk may be stored more than once (two backups that ran at once each store what neither
+//! found indexed, one as a delta, the other whole). The merged index reads one copy, the same
+//! whatever order the files are read in: the shortest chain (a keyframe first), then the
+//! smallest pack ID and offset. Reading a delta's bases through that rule ends: a delta's depth
+//! exceeds the depth its base had when it was written, which is at least the depth of the
+//! base's preferred copy now (prune keeps the preferred copy of every chunk it keeps; should
+//! repair drop a damaged one, readers still refuse a chain longer than 64 links).
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -67,6 +75,11 @@ pub struct Index {
     deltas: IdMap<DeltaRef>,
 }
 
+/// How much a copy of a blob is preferred: the smallest wins (see the module docs).
+fn rank(pack: &Id, offset: u32, delta: Option<&DeltaRef>) -> (u8, Id, u32) {
+    (delta.map_or(0, |d| d.depth), *pack, offset)
+}
+
 impl Index {
     pub fn get(&self, id: &Id) -> Option<&Location> {
         self.blobs.get(id)
@@ -98,30 +111,52 @@ impl Index {
         self.deltas.iter()
     }
 
+    /// Forgets the copy of `id` the index reads (`repair packs`, before adding sound copies
+    /// back with [`Index::add_pack_with`]).
+    pub fn remove(&mut self, id: &Id) {
+        self.blobs.remove(id);
+        self.deltas.remove(id);
+    }
+
     pub fn add_pack(&mut self, pack: Id, entries: &[PackEntry]) {
         self.add_pack_with(pack, entries, &Deltas::default())
     }
 
-    /// Adds a pack's blobs; `deltas` gives the base of each delta blob among them.
+    /// Adds a pack's blobs; `deltas` gives the base of each delta blob among them. A blob
+    /// already indexed keeps the copy of the smaller [`rank`] (a keyframe over a delta, a short
+    /// chain over a long one), so the copy read does not depend on the order packs are added.
     pub fn add_pack_with(&mut self, pack: Id, entries: &[PackEntry], deltas: &Deltas) {
         let pos = *self.pack_pos.entry(pack).or_insert_with(|| {
             self.packs.push(pack);
             (self.packs.len() - 1) as u32
         });
         for e in entries {
-            if let std::collections::hash_map::Entry::Vacant(v) = self.blobs.entry(e.id) {
-                v.insert(Location {
+            let delta = deltas.get(&e.id);
+            if let Some(have) = self.blobs.get(&e.id) {
+                let had = rank(
+                    &self.packs[have.pack as usize],
+                    have.offset,
+                    self.deltas.get(&e.id),
+                );
+                if had <= rank(&pack, e.offset, delta) {
+                    continue;
+                }
+            }
+            self.blobs.insert(
+                e.id,
+                Location {
                     pack: pos,
                     kind: e.kind,
                     encoding: e.encoding,
                     offset: e.offset,
                     stored_len: e.stored_len,
                     plain_len: e.plain_len,
-                });
-                if let Some(d) = deltas.get(&e.id) {
-                    self.deltas.insert(e.id, *d);
-                }
-            }
+                },
+            );
+            match delta {
+                Some(d) => self.deltas.insert(e.id, *d),
+                None => self.deltas.remove(&e.id),
+            };
         }
     }
 }
@@ -303,9 +338,60 @@ mod tests {
         assert_eq!(index.len(), 3);
         let loc = index.get(&Id::of(&[3])).unwrap();
         assert_eq!(index.pack_id(loc), Id::of(b"p2"));
-        // The first place a blob was recorded wins; a duplicate elsewhere is harmless.
-        let loc = index.get(&Id::of(&[1])).unwrap();
-        assert_eq!((index.pack_id(loc), loc.offset), (Id::of(b"p1"), 8));
         assert!(!index.contains(&Id::of(&[9])));
+    }
+
+    /// A pack holding blob 1 as a delta of `depth` against blob 9 (at offset 8).
+    fn delta_pack(name: &[u8], depth: u8) -> (Id, Vec<PackEntry>, Deltas) {
+        let mut e = entry(1, 8);
+        e.encoding = Encoding::Delta;
+        let mut deltas = Deltas::default();
+        let base = Id::of(&[9]);
+        deltas.insert(e.id, DeltaRef { base, depth });
+        (Id::of(name), vec![e], deltas)
+    }
+
+    #[test]
+    fn the_copy_read_is_the_shortest_chain_whatever_the_order_of_the_files() {
+        let whole = (Id::of(b"whole"), vec![entry(1, 8)], Deltas::default());
+        let copies = [
+            delta_pack(b"deep", 5),
+            whole.clone(),
+            delta_pack(b"shallow", 1),
+        ];
+        // Every order of the three copies gives the whole one; of the two deltas, the shallow.
+        for order in [
+            [0, 1, 2],
+            [0, 2, 1],
+            [1, 0, 2],
+            [1, 2, 0],
+            [2, 0, 1],
+            [2, 1, 0],
+        ] {
+            let mut index = Index::default();
+            for i in order {
+                let (pack, entries, deltas) = &copies[i];
+                index.add_pack_with(*pack, entries, deltas);
+            }
+            let loc = index.get(&Id::of(&[1])).unwrap();
+            assert_eq!(index.pack_id(loc), whole.0, "order {order:?}");
+            assert_eq!(loc.encoding, Encoding::Zstd);
+            assert_eq!(index.delta(&Id::of(&[1])), None, "order {order:?}");
+            let mut deltas_only = Index::default();
+            for i in order.into_iter().filter(|&i| i != 1) {
+                let (pack, entries, deltas) = &copies[i];
+                deltas_only.add_pack_with(*pack, entries, deltas);
+            }
+            assert_eq!(deltas_only.delta(&Id::of(&[1])).unwrap().depth, 1);
+        }
+        // Two keyframes: the smaller pack ID, in either order.
+        let (a, b) = (Id::of(b"p1"), Id::of(b"p2"));
+        let first = a.min(b);
+        for (x, y) in [(a, b), (b, a)] {
+            let mut index = Index::default();
+            index.add_pack(x, &[entry(1, 8)]);
+            index.add_pack(y, &[entry(1, 50)]);
+            assert_eq!(index.pack_id(index.get(&Id::of(&[1])).unwrap()), first);
+        }
     }
 }

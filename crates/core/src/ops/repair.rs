@@ -7,7 +7,8 @@
 //!   are corrupt are deleted only once the new one is durable and every pack on disk could be
 //!   read (nothing they listed is then unaccounted for).
 //! - `repair packs` reads every indexed pack (as `verify --read-data`), and rewrites each pack
-//!   with damage without its damaged chunks (and without the deltas that need them), in the
+//!   with damage without its damaged chunks (and without the deltas that need them; a delta
+//!   whose base has another, sound copy is decoded through that one and kept), in the
 //!   order prune uses: a record of what is dropped (`repair/<ID>`), new packs, a new index,
 //!   then the old index files and the damaged packs are deleted. Dropped chunks are in no
 //!   index any more, so the next backup of the same content stores them again and the
@@ -166,7 +167,6 @@ pub fn packs(
 ) -> Result<RepairPacksReport> {
     let started = Instant::now();
     let _lock = repo.lock(!dry_run, "repair packs")?;
-    let repo: &Repository = repo;
     let mut report = RepairPacksReport {
         dry_run,
         ..RepairPacksReport::default()
@@ -209,15 +209,17 @@ pub fn packs(
     // Read every pack and find what is damaged.
     let ids: Vec<&Id> = packs.keys().collect();
     progress.start(ids.len() as u64, on_disk.values().sum());
+    let shared: &Repository = repo;
     let checks: Vec<_> = ids
         .par_iter()
         .filter(|p| on_disk.contains_key(**p))
         .map(|p| {
-            let r = repo.check_pack(p, &packs[*p].0);
+            let r = shared.check_pack(p, &packs[*p].0);
             progress.bytes(r.bytes);
             r
         })
         .collect();
+    let mut hash_ok = IdSet::default();
     let mut bad: BTreeMap<Id, BTreeMap<Id, String>> = BTreeMap::new();
     for pack in &ids {
         let entries = &packs[*pack].0;
@@ -248,10 +250,13 @@ pub fn packs(
             )));
         }
         lost.extend(r.bad_blobs);
-        if r.hash_ok && lost.is_empty() {
-            bad.remove(&r.pack);
+        if r.hash_ok {
+            hash_ok.insert(r.pack);
         }
     }
+    revive_deltas(repo, &packs, &on_disk, &mut bad);
+    bad.retain(|pack, lost| !(lost.is_empty() && hash_ok.contains(pack)));
+    let repo: &Repository = repo;
     for (pack, lost) in &bad {
         let key = Handle::pack(pack).to_string();
         report.damaged_packs.push(key.clone());
@@ -333,6 +338,68 @@ pub fn packs(
     progress.finish();
     report.duration_ms = started.elapsed().as_millis() as u64;
     Ok(report)
+}
+
+/// A delta is decoded through the copy of its base the index reads; when that copy is damaged
+/// and another copy of the base is sound (a chunk stored twice, by backups that ran at once),
+/// the delta is sound too. So the index is pointed at sound copies only (the damaged copies out,
+/// the other copies of their chunks back in) and the deltas found damaged are decoded again,
+/// until no more of them decode: only those that still fail are dropped. The copies of
+/// `repair packs` then also read every base from a sound copy.
+fn revive_deltas(
+    repo: &mut Repository,
+    packs: &BTreeMap<Id, (Vec<PackEntry>, Deltas)>,
+    on_disk: &IdMap<u64>,
+    bad: &mut BTreeMap<Id, BTreeMap<Id, String>>,
+) {
+    loop {
+        let damaged: IdSet = bad.values().flat_map(|lost| lost.keys().copied()).collect();
+        if damaged.is_empty() {
+            return;
+        }
+        let index = repo.index_mut();
+        for id in &damaged {
+            index.remove(id);
+        }
+        for (pack, (entries, deltas)) in packs {
+            let lost = bad.get(pack);
+            let sound: Vec<PackEntry> = entries
+                .iter()
+                .filter(|e| damaged.contains(&e.id))
+                .filter(|e| !lost.is_some_and(|l| l.contains_key(&e.id)))
+                .copied()
+                .collect();
+            index.add_pack_with(*pack, &sound, deltas);
+        }
+        let mut revived = Vec::new();
+        for (pack, lost) in bad.iter().filter(|(p, _)| on_disk.contains_key(*p)) {
+            let (entries, deltas) = &packs[pack];
+            let suspects: Vec<PackEntry> = entries
+                .iter()
+                .filter(|e| lost.contains_key(&e.id) && deltas.contains_key(&e.id))
+                .copied()
+                .collect();
+            // A delta's own bytes that cannot be read stay lost.
+            let Ok(stored) = repo.read_blobs(pack, &suspects) else {
+                continue;
+            };
+            for (e, bytes) in suspects.iter().zip(&stored) {
+                let plain_len = e.plain_len as usize;
+                if repo
+                    .decode_blob(&e.id, pack, e.encoding, bytes, plain_len)
+                    .is_ok()
+                {
+                    revived.push((*pack, e.id));
+                }
+            }
+        }
+        if revived.is_empty() {
+            return;
+        }
+        for (pack, id) in revived {
+            bad.get_mut(&pack).expect("a pack with damage").remove(&id);
+        }
+    }
 }
 
 /// True when `object` is a readable pack whose every blob the index already lists.

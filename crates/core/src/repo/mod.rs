@@ -378,6 +378,12 @@ impl Repository {
         &self.index
     }
 
+    /// The in-memory index, to make it read other copies of some blobs (`repair packs`: only
+    /// sound ones). Index files are not changed.
+    pub(crate) fn index_mut(&mut self) -> &mut Index {
+        &mut self.index
+    }
+
     /// Reads every index file into the merged in-memory index. A damaged index file does not
     /// stop the repository from opening: it is recorded in `index_problems` (verify reports
     /// it; blobs only it knew are treated as missing, so a backup stores them again).

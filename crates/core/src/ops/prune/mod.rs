@@ -1,6 +1,8 @@
 //! `prune` and `forget`: apply a retention policy and forget the snapshots it does not keep;
 //! prune then collects garbage: packs without a live chunk are deleted, packs with more than
-//! `max_unused` percent dead bytes are repacked.
+//! `max_unused` percent dead bytes are repacked, and so are packs holding a delta whose base
+//! prune does not keep (a dead chunk, or another copy of a live one): after prune, every blob
+//! the index lists can be decoded.
 //!
 //! Each is a plan ([`plan()`], [`plan_forget`]: which snapshots stay and why, what
 //! the kept ones need, the fate of every pack; it writes nothing but its lock), which
@@ -101,8 +103,8 @@ pub enum PackFate {
     Keep,
     /// No chunk in it is in use: it goes.
     Delete,
-    /// More than `max_unused` percent of it is dead: its live chunks are copied into new packs,
-    /// then it goes.
+    /// More than `max_unused` percent of it is dead, or a delta in it has a base that is not
+    /// kept: its live chunks (the copies the index reads) are copied into new packs, then it goes.
     Repack,
 }
 

@@ -177,6 +177,14 @@ pub fn plan(
             .filter(is_live)
             .map(|e| e.stored_len as u64)
             .sum();
+        // A pack kept as it is keeps every blob it holds in the index: other copies of live
+        // chunks and dead chunks too. Each delta among them must keep its base, or a later
+        // index (or backup deduplicating against it) reads a delta that cannot be decoded.
+        let orphan = entries.iter().any(|e| {
+            deltas
+                .get(&e.id)
+                .is_some_and(|d| !plan.live.contains(&d.base))
+        });
         let size = on_disk.get(&pack).copied();
         let fate = match size {
             None if live_bytes > 0 => {
@@ -191,7 +199,10 @@ pub fn plan(
                 plan.bytes_to_free += size;
                 PackFate::Delete
             }
-            Some(_) if (total - live_bytes) as f64 > total as f64 * opts.max_unused / 100.0 => {
+            Some(_)
+                if orphan
+                    || (total - live_bytes) as f64 > total as f64 * opts.max_unused / 100.0 =>
+            {
                 plan.bytes_to_free += total - live_bytes;
                 PackFate::Repack
             }
