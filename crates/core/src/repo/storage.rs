@@ -142,10 +142,15 @@ impl Lease {
     }
 
     fn check(&self, object: &Handle) -> Result<()> {
+        self.check_key(object.key(), object.kind == ObjectKind::Lock)
+    }
+
+    /// Whether `key` may be written (or deleted); a process's own lock always may.
+    fn check_key(&self, key: &str, own_lock: bool) -> Result<()> {
         match &*self.lost.lock().expect("lease") {
-            Some(why) if object.kind != ObjectKind::Lock => Err(crate::error::Error::Invalid(
-                format!("stopped before writing {object}: {why}"),
-            )),
+            Some(why) if !own_lock => Err(crate::error::Error::Invalid(format!(
+                "stopped before writing {key}: {why}"
+            ))),
             _ => Ok(()),
         }
     }
@@ -213,8 +218,10 @@ impl Storage {
         self.backend.list_leftovers("")
     }
 
-    /// Deletes a leftover [`Storage::leftovers`] returned.
+    /// Deletes a leftover [`Storage::leftovers`] returned (never one, lock or not, once the
+    /// lease is lost: it is no lock of this process).
     pub fn delete_leftover(&self, name: &str) -> Result<()> {
+        self.lease.check_key(name, false)?;
         self.backend.delete(name)
     }
 
@@ -314,6 +321,23 @@ mod tests {
             .is_not_found());
         s.delete(&pack).unwrap();
         assert_eq!(s.list(ObjectKind::Pack).unwrap().len(), 1);
+    }
+
+    /// Issue (review): `delete_leftover` skipped the lease check of every other write, so a
+    /// process whose lock others may already call stale still deleted temporary objects.
+    /// (A unit test: the binary loses its lease only after 15 minutes without a refresh.)
+    #[test]
+    fn a_process_whose_lease_is_lost_deletes_no_leftover() {
+        let s = Storage::new(Arc::new(MemBackend::default()));
+        let leftover = "data/ab/.tmp-1-0-abcd";
+        s.backend().put(leftover, b"partial").unwrap();
+        s.lease().lose("the lock was lost".into());
+        let err = s.delete_leftover(leftover).unwrap_err().to_string();
+        assert!(
+            err.contains(leftover) && err.contains("the lock was lost"),
+            "{err}"
+        );
+        assert_eq!(s.backend().get(leftover).unwrap(), b"partial");
     }
 
     #[test]
