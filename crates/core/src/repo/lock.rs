@@ -18,7 +18,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::storage::{Handle, ObjectKind, Storage};
+use super::storage::{Handle, ObjectKind, Stamp, Storage};
 use crate::error::{Error, Result};
 use crate::id::Id;
 
@@ -33,7 +33,9 @@ pub(crate) struct Timings {
     /// Between attempts after a refresh failed (the store may be back soon).
     pub retry: Duration,
     /// Without a successful refresh for this long, the lock is given up: others may call it
-    /// stale at `STALE_AFTER`, so the process stops writing well before.
+    /// stale at `STALE_AFTER`, so the process stops writing well before. Checked before every
+    /// write too, so a process that was stopped (or a machine that slept) that long writes
+    /// nothing more even though its refresher never ran to fail.
     pub give_up: Duration,
 }
 
@@ -265,29 +267,46 @@ impl LockGuard {
             let storage = storage.clone();
             let object = object.clone();
             let lease = storage.lease();
+            lease.hold(&object, timings.give_up);
             std::thread::spawn(move || {
                 // A refresh that fails is tried again sooner; one that keeps failing until
                 // others may soon call the lock stale ends this process's writing.
-                let mut last_ok = std::time::Instant::now();
                 let mut pause = timings.refresh;
                 while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(pause) {
-                    info.refreshed = Utc::now();
-                    let bytes = serde_json::to_vec(&info).expect("lock serialises");
-                    match storage.put(&object, &bytes) {
+                    // Too late to refresh (the process was stopped, the machine slept): a
+                    // refresh now would not make the lease good again.
+                    if lease.is_lost() {
+                        break;
+                    }
+                    let at = Stamp::now();
+                    // Our lock must still be there. If another process removed it (as stale,
+                    // or `tvault unlock --all`), it may act on that: writing it again would
+                    // hide that. (Removed between this read and the write, it is written
+                    // again; only a conditional write could close that gap.)
+                    let refreshed = match storage.get(&object) {
+                        Err(e) if e.is_not_found() => {
+                            lease.lose(format!(
+                                "this tvault's lock {object} was removed by another process \
+                                 (`tvault unlock`, or a tvault that judged it stale), so \
+                                 nothing more is written: run the command again"
+                            ));
+                            break;
+                        }
+                        Err(e) => Err(e),
+                        Ok(_) => {
+                            info.refreshed = Utc::now();
+                            let bytes = serde_json::to_vec(&info).expect("lock serialises");
+                            storage.put(&object, &bytes)
+                        }
+                    };
+                    match refreshed {
                         Ok(()) => {
-                            last_ok = std::time::Instant::now();
+                            lease.refreshed(at);
                             pause = timings.refresh;
                         }
                         Err(e) => {
                             pause = timings.retry;
-                            if last_ok.elapsed() >= timings.give_up {
-                                lease.lose(format!(
-                                    "this tvault's lock {object} could not be refreshed for {} \
-                                     (last error: {e}); other tvault processes may soon call it \
-                                     stale, so nothing more is written: run the command again",
-                                    crate::ops::describe_duration(timings.give_up)
-                                ));
-                            }
+                            lease.refresh_failed(&e);
                         }
                     }
                 }
@@ -308,6 +327,7 @@ impl Drop for LockGuard {
         if let Some(t) = self.refresher.take() {
             let _ = t.join();
         }
+        self.storage.lease().release();
         let _ = self.storage.delete(&self.object);
     }
 }
@@ -473,6 +493,64 @@ mod tests {
             "{err}"
         );
         assert!(storage.delete(&pack).is_err(), "deleting is writing too");
+        drop(guard);
+    }
+
+    /// Issue (review): a process stopped (SIGSTOP, a suspended laptop) for longer than others
+    /// wait before calling its lock stale went on writing once it ran again: its refresher had
+    /// not run, so no refresh had failed. Every write checks the time since the last refresh
+    /// that worked, and a refresh that works again later does not give the lease back.
+    #[test]
+    fn a_lock_not_refreshed_in_time_stops_all_writing_without_a_failed_refresh() {
+        let (_, s) = mem();
+        // The refresher does not run within `give_up`, as in a stopped process.
+        let timings = Timings {
+            refresh: Duration::from_millis(600),
+            retry: Duration::from_millis(600),
+            give_up: Duration::from_millis(200),
+        };
+        let guard =
+            LockGuard::acquire_with(s.clone(), false, "backup", Duration::ZERO, &|_| {}, timings)
+                .unwrap();
+        let pack = Handle::pack(&Id::of(b"a pack"));
+        s.put(&pack, b"in time").unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let err = s.put(&pack, b"too late").unwrap_err().to_string();
+        assert!(
+            err.contains("last refreshed") && err.contains("nothing more is written"),
+            "{err}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(s.put(&pack, b"after a refresh").is_err());
+        assert!(s.delete(&pack).is_err(), "deleting is writing too");
+        drop(guard);
+    }
+
+    /// Issue (review): when its lock was gone at refresh time (another process removed it as
+    /// stale, or `tvault unlock --all`), the refresher wrote it again and the process went on
+    /// writing beside whoever removed it. The lease is lost at once; the lock stays gone.
+    #[test]
+    fn a_lock_removed_by_another_process_is_not_written_again_and_stops_writing() {
+        let (b, s) = mem();
+        let timings = Timings {
+            refresh: Duration::from_millis(20),
+            retry: Duration::from_millis(20),
+            give_up: Duration::from_secs(60),
+        };
+        let guard =
+            LockGuard::acquire_with(s.clone(), false, "backup", Duration::ZERO, &|_| {}, timings)
+                .unwrap();
+        let ours = b.list("locks").unwrap();
+        assert_eq!(ours.len(), 1);
+        b.delete(&ours[0].0).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            b.list("locks").unwrap().is_empty(),
+            "the removed lock was written again"
+        );
+        let pack = Handle::pack(&Id::of(b"a pack"));
+        let err = s.put(&pack, b"x").unwrap_err().to_string();
+        assert!(err.contains("removed") && err.contains(&ours[0].0), "{err}");
         drop(guard);
     }
 
