@@ -67,7 +67,7 @@ fn temp_files_in(env: &TestEnv, dir: &str) -> Vec<PathBuf> {
 }
 
 /// This machine's boot ID and this process's PID namespace, as tvault records them in locks.
-fn boot_and_namespace() -> (String, String) {
+pub(crate) fn boot_and_namespace() -> (String, String) {
     let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
     let ns = fs::read_link("/proc/self/ns/pid").unwrap();
     (boot.trim().to_string(), ns.display().to_string())
@@ -272,23 +272,42 @@ fn a_lock_of_a_live_process_still_blocks() {
     holder.wait().unwrap();
 }
 
+/// Issue (review): `is_stale` judged a lock by its PID whenever the host name matched, so a lock
+/// of another boot, of another PID namespace (a container with the same host name) or of an
+/// older tvault (no boot or namespace recorded) whose PID means nothing here was called stale
+/// and `tvault unlock` removed it while its holder ran. Such a lock is judged by its age alone.
 #[test]
 fn a_lock_that_cannot_be_proven_dead_still_blocks() {
     let (env, ckpt) = repo_with_a_snapshot();
     let (boot, ns) = boot_and_namespace();
     let other_boot = "00000000-0000-4000-8000-000000000000";
+    let stale = (chrono::Utc::now() - chrono::Duration::minutes(40)).to_rfc3339();
     // Dead PID, but recorded by another boot, another PID namespace (a container), or without
-    // boot and namespace (an older tvault): stale, reported, never removed without `tvault unlock`.
+    // boot and namespace (an older tvault): live while refreshed, never removed by `unlock`.
     for fields in [
         json!({"boot_id": other_boot, "pid_ns": ns}),
         json!({"boot_id": boot, "pid_ns": "pid:[1]"}),
+        json!({"pid_ns": ns}),
         json!({}),
     ] {
         let lock = env.forge_lock("cd", fields.clone());
+        backup_is_refused(
+            &env,
+            &ckpt,
+            &["is locked", "pid 4000000000", "wait for it to finish"],
+        );
+        let run = env.tvault(["--json", "unlock"]).expect_code(0);
+        assert_eq!(run.json()["removed"], json!([]), "{fields}: {run}");
+        assert!(lock.exists(), "{fields}");
+        // Unrefreshed for longer than the stale timeout: stale, and `unlock` removes it.
+        let mut old = fields.clone();
+        old["refreshed"] = json!(stale);
+        env.forge_lock("cd", old);
         backup_is_refused(&env, &ckpt, &["stale", "pid 4000000000", "tvault unlock"]);
         assert!(lock.exists(), "{fields}");
         let run = env.tvault(["--json", "unlock"]).expect_code(0);
         assert_eq!(run.json()["removed"].as_array().unwrap().len(), 1, "{run}");
+        assert!(!lock.exists(), "{fields}");
     }
     // Another host: its PIDs say nothing here; a fresh lock is live and waited for.
     let lock = env.forge_lock(
@@ -301,7 +320,6 @@ fn a_lock_that_cannot_be_proven_dead_still_blocks() {
         &["is locked", "elsewhere", "wait for it to finish"],
     );
     assert!(lock.exists());
-    let stale = (chrono::Utc::now() - chrono::Duration::minutes(40)).to_rfc3339();
     env.forge_lock(
         "ef",
         json!({"host": "elsewhere", "boot_id": boot, "pid_ns": ns, "refreshed": stale}),

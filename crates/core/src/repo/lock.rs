@@ -71,11 +71,13 @@ pub struct LockInfo {
 }
 
 impl LockInfo {
-    /// Whether the lock is reported as stale (`tvault unlock` removes those); never a reason
-    /// to remove it without being asked (see [`LockInfo::holder_is_provably_dead`]).
+    /// Whether the lock is reported as stale (`tvault unlock` removes those): its holder is
+    /// provably dead, or it was not refreshed for `STALE_AFTER`. Its PID is judged only when
+    /// host, boot and PID namespace are this process's (see
+    /// [`LockInfo::holder_is_provably_dead`]): elsewhere the number means another process or
+    /// none, so such a lock (and one of an older tvault, which records neither) goes by its age.
     pub fn is_stale(&self) -> bool {
-        if self.host == hostname() && !std::path::Path::new(&format!("/proc/{}", self.pid)).exists()
-        {
+        if self.holder_is_provably_dead() {
             return true;
         }
         let age = Utc::now().signed_duration_since(self.refreshed);
@@ -554,15 +556,53 @@ mod tests {
         drop(guard);
     }
 
-    /// An exclusive lock of a process that no longer exists on this host.
+    /// Issue (review): `is_stale` judged every lock of this host name by its PID, also one of
+    /// another boot or PID namespace (a container with the same host name), where the PID
+    /// means nothing here, and one of an older tvault that did not record them.
+    #[test]
+    fn only_a_lock_of_this_host_boot_and_pid_namespace_is_judged_by_its_pid() {
+        let now = Utc::now();
+        let dead = LockInfo {
+            host: hostname(),
+            pid: u32::MAX - 1,
+            exclusive: true,
+            command: "prune".into(),
+            created: now,
+            refreshed: now,
+            boot_id: boot_id().cloned(),
+            pid_ns: pid_namespace().cloned(),
+            pid_start: None,
+        };
+        if dead.boot_id.is_some() && dead.pid_ns.is_some() {
+            assert!(dead.is_stale(), "{dead:?}");
+        }
+        let edits: [fn(&mut LockInfo); 5] = [
+            |i| i.host = "elsewhere".into(),
+            |i| i.boot_id = Some("another boot".into()),
+            |i| i.pid_ns = Some("pid:[1]".into()),
+            |i| i.boot_id = None,
+            |i| i.pid_ns = None,
+        ];
+        for edit in edits {
+            let mut other = dead.clone();
+            edit(&mut other);
+            assert!(!other.is_stale(), "judged by a PID of elsewhere: {other:?}");
+            other.refreshed = now - chrono::Duration::minutes(31);
+            assert!(other.is_stale(), "not refreshed for 31 minutes: {other:?}");
+        }
+    }
+
+    /// An exclusive lock of a process that no longer exists on this host, not refreshed for
+    /// longer than the stale timeout (without boot and PID namespace, its PID proves nothing).
     fn plant_dead_exclusive_lock(b: &dyn Backend) {
+        let then = Utc::now() - chrono::Duration::minutes(40);
         let dead = LockInfo {
             host: hostname(),
             pid: u32::MAX - 1, // no such process
             exclusive: true,
             command: "prune".into(),
-            created: Utc::now(),
-            refreshed: Utc::now(),
+            created: then,
+            refreshed: then,
             boot_id: None,
             pid_ns: None,
             pid_start: None,
