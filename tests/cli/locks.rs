@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tvault_workload::Scenario;
 
-use crate::testenv::{args, finish, num, set_mtime, spawn_piped, was_killed, TestEnv};
+use crate::bad_input::repo_of_a_user_who_cannot_read_everything;
+use crate::testenv::{args, finish, num, set_mode, set_mtime, spawn_piped, was_killed, TestEnv};
 use crate::verify::assert_verifies_clean;
 
 // ---------------------------------------------------------------------------------------------
@@ -327,4 +328,33 @@ fn a_lock_that_cannot_be_proven_dead_still_blocks() {
     backup_is_refused(&env, &ckpt, &["stale", "elsewhere", "tvault unlock"]);
     assert!(lock.exists());
     assert_eq!(env.snapshots().len(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Item: locks that cannot be read
+
+/// Issue (review): an error reading another process's lock (permissions, I/O, a store that
+/// failed) counted as "released", so a command went ahead beside a lock it never saw, maybe
+/// prune's. Only a lock that is gone is released; any other error stops the command (and a
+/// plain `tvault unlock`) with a message that names the lock file.
+#[test]
+fn a_lock_that_cannot_be_read_stops_the_command_naming_it() {
+    let (env, _) = repo_of_a_user_who_cannot_read_everything();
+    let ckpt = env.checkpoint("src/ckpt", Scenario::Single, 64 << 10, 76, 0);
+    env.backup(&[&ckpt], &[]);
+    let lock = env.forge_lock("ab", json!({}));
+    set_mode(&lock, 0o000);
+    let name = lock.display().to_string();
+    backup_is_refused(&env, &ckpt, &["cannot read", &name]);
+    // `unlock` cannot tell whether it is stale either: it keeps it and says why.
+    env.tvault(["unlock"])
+        .expect_code(1)
+        .stderr_has(&["cannot read", &name, "unlock --all"]);
+    assert!(lock.exists());
+    // `unlock --all` removes every lock, read or not.
+    let run = env.tvault(["--json", "unlock", "--all"]).expect_code(0);
+    assert_eq!(run.json()["removed"].as_array().unwrap().len(), 1, "{run}");
+    assert!(!lock.exists());
+    env.backup(&[&ckpt], &[]);
+    assert_eq!(env.snapshots().len(), 2);
 }

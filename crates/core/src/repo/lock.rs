@@ -1,14 +1,20 @@
 //! Repository locks: one small file per holder under `locks/`. Backups take shared locks and
 //! run side by side; anything that deletes data takes an exclusive lock and runs alone.
 //!
-//! A holder rewrites its lock every `REFRESH_EVERY`. A lock is stale when its process is gone
-//! (same host: no `/proc/PID`) or it was last refreshed more than `STALE_AFTER` ago (any host).
-//! Stale locks are reported and `tvault unlock` removes them, with one exception: a conflicting
-//! lock whose holder is *provably* dead (same host, same boot, same PID namespace, and no such
-//! process, or the PID now belongs to a process started at another time) is removed by the
-//! command that meets it, with a one-line notice. This module also owns the process identity
-//! both rules need (boot ID, PID namespace, start times), which the backend uses to tell a
-//! temporary file of a dead writer.
+//! A holder rewrites its lock every `REFRESH_EVERY`. A lock is stale when its holder is
+//! *provably* dead (same host, same boot, same PID namespace, and no such process, or the PID
+//! now belongs to a process started at another time) or it was last refreshed more than
+//! `STALE_AFTER` ago; a lock of another boot or PID namespace, or without them (older tvaults),
+//! is judged by its age alone. Stale locks are reported and `tvault unlock` removes them; a
+//! conflicting lock of a provably dead holder is also removed by the command that meets it,
+//! with a one-line notice. A lock that cannot be read (other than gone) stops the command: it
+//! may conflict. This module also owns the process identity these rules need (boot ID, PID
+//! namespace, start times), which the backend uses to tell a temporary file of a dead writer.
+//!
+//! The holder's writing depends on its refreshes (the [`Lease`](super::storage::Lease)): it
+//! stops once its lock went `give_up` without a refresh that worked (refreshes failed, or the
+//! process was stopped or the machine suspended) or once its lock was found removed by another
+//! process, which a refresh never writes again.
 
 use std::sync::mpsc;
 use std::sync::OnceLock;
@@ -347,8 +353,12 @@ fn check_others(
         if key == *own {
             continue;
         }
-        let Ok(bytes) = storage.get(&key) else {
-            continue; // released while we looked
+        let bytes = match storage.get(&key) {
+            Ok(bytes) => bytes,
+            Err(e) if e.is_not_found() => continue, // released while we looked
+            // It may conflict: nobody goes ahead beside a lock it cannot read. Waiting may
+            // help only when the error may pass.
+            Err(e) => return Err((unreadable_lock(storage, &key, &e), !e.is_transient())),
         };
         let other: LockInfo = match serde_json::from_slice(&bytes) {
             Ok(info) => info,
@@ -395,15 +405,36 @@ fn check_others(
     Ok(())
 }
 
-/// Removes stale locks (every lock with `all`); returns what was removed.
+/// The error for another process's lock that could not be read (`err`, other than not found).
+fn unreadable_lock(storage: &Storage, key: &Handle, err: &Error) -> Error {
+    let why = match err {
+        Error::Io { err, .. } => err.to_string(),
+        Error::Storage { message, .. } => message.clone(),
+        other => other.to_string(),
+    };
+    Error::Locked(format!(
+        "cannot read the lock {} of another tvault process ({why}), so cannot tell whether it \
+         conflicts: fix access to it and run the command again (if no tvault is running on \
+         this repository, `tvault unlock --all` removes it)",
+        storage.describe(key)
+    ))
+}
+
+/// Removes stale locks (every lock with `all`); returns what was removed. Without `all`, a
+/// lock that cannot be read (other than gone) is an error, and nothing is removed.
 pub fn unlock(storage: &Storage, all: bool) -> Result<Vec<String>> {
-    let mut removed = Vec::new();
+    let mut found = Vec::new();
     for (key, _) in storage.list(ObjectKind::Lock)? {
-        let bytes = match storage.get(&key) {
+        let info = match storage.get(&key) {
+            Ok(bytes) => serde_json::from_slice::<LockInfo>(&bytes).ok(),
             Err(e) if e.is_not_found() => continue, // released while we looked
-            read => read.ok(),
+            Err(_) if all => None,
+            Err(e) => return Err(unreadable_lock(storage, &key, &e)),
         };
-        let info = bytes.and_then(|b| serde_json::from_slice::<LockInfo>(&b).ok());
+        found.push((key, info));
+    }
+    let mut removed = Vec::new();
+    for (key, info) in found {
         let description = info
             .as_ref()
             .map(|i| i.describe())
