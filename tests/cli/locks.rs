@@ -6,14 +6,16 @@
 use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tvault_workload::Scenario;
 
 use crate::bad_input::repo_of_a_user_who_cannot_read_everything;
-use crate::testenv::{args, finish, num, set_mode, set_mtime, spawn_piped, was_killed, TestEnv};
+use crate::testenv::{
+    args, finish, is_root, num, set_mode, set_mtime, spawn_piped, was_killed, TestEnv,
+};
 use crate::verify::assert_verifies_clean;
 
 // ---------------------------------------------------------------------------------------------
@@ -357,4 +359,63 @@ fn a_lock_that_cannot_be_read_stops_the_command_naming_it() {
     assert!(!lock.exists());
     env.backup(&[&ckpt], &[]);
     assert_eq!(env.snapshots().len(), 2);
+}
+
+/// Regression test of 02c48ae: on a `/proc` mounted with `hidepid=2`, another user's live
+/// process is missing from it, so its lock looked provably dead: removed with a notice, and the
+/// command went ahead (prune would then delete that backup's unindexed packs). A missing entry
+/// proves nothing while PID 1's is hidden too. Needs root (a mount namespace whose `/proc` hides
+/// processes, tvault run as nobody); skipped otherwise.
+#[test]
+fn under_hidepid_another_users_live_process_keeps_its_lock() {
+    let hidepid = "mount -t proc -o hidepid=2 proc /proc";
+    let can_hide = is_root()
+        && Command::new("unshare")
+            .args(["-m", "sh", "-c", hidepid])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+    if !can_hide {
+        eprintln!("skipped: needs root and `unshare -m` to mount /proc with hidepid=2");
+        return;
+    }
+    let (env, _) = repo_of_a_user_who_cannot_read_everything();
+    let ckpt = env.checkpoint("src/ckpt", Scenario::Single, 64 << 10, 78, 0);
+    env.backup(&[&ckpt], &[]);
+    // A live process of root's holds an exclusive lock, recorded as a current tvault does.
+    let mut holder = Command::new("sleep").arg("30").spawn().unwrap();
+    let pid = holder.id();
+    let (boot, ns) = boot_and_namespace();
+    let lock = env.forge_lock(
+        "ab",
+        json!({"pid": pid, "boot_id": boot, "pid_ns": ns, "pid_start": start_time(pid)}),
+    );
+    // The backup runs as nobody in a mount namespace whose /proc hides root's processes.
+    let tvault = env.command_as_invoker();
+    let mut cmd = Command::new("unshare");
+    for (k, v) in tvault.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let drop_to_nobody = "exec setpriv --reuid=65534 --regid=65534 --clear-groups \"$@\"";
+    cmd.current_dir(&env.root)
+        .args([
+            "-m",
+            "sh",
+            "-c",
+            &format!("{hidepid} && {drop_to_nobody}"),
+            "sh",
+        ])
+        .arg(tvault.get_program())
+        .args(args!["--repo", &env.repo, "backup", &ckpt]);
+    let run = env.run_command(cmd);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert_eq!(run.code(), Some(1), "{run}");
+    run.stderr_has(&["is locked", &format!("pid {pid}"), "wait for it to finish"]);
+    assert!(!run.stderr.contains("removed"), "{run}");
+    assert!(lock.exists());
+    assert_eq!(env.snapshots().len(), 1);
 }

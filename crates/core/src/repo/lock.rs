@@ -165,13 +165,18 @@ pub fn start_time(pid: u32) -> Option<u64> {
 /// True only when process `pid` of our PID namespace certainly no longer runs: no
 /// `/proc/PID`, a zombie, or (given `started`) a process that started at another time.
 pub fn process_is_gone(pid: u32, started: Option<u64>) -> bool {
-    let stat = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+    process_is_gone_in(std::path::Path::new("/proc"), pid, started)
+}
+
+/// [`process_is_gone`], looking in `proc` for what `/proc` tells (tests give a folder of
+/// their own).
+fn process_is_gone_in(proc: &std::path::Path, pid: u32, started: Option<u64>) -> bool {
+    let stat = match std::fs::read_to_string(proc.join(pid.to_string()).join("stat")) {
         Ok(stat) => stat,
         // Under `hidepid`, other users' processes look absent too: a missing entry proves
         // nothing unless this process can see PID 1's.
         Err(e) => {
-            return e.kind() == std::io::ErrorKind::NotFound
-                && std::path::Path::new("/proc/1/stat").exists()
+            return e.kind() == std::io::ErrorKind::NotFound && proc.join("1").join("stat").exists()
         }
     };
     let Some(rest) = stat.rfind(')').and_then(|i| stat.get(i + 2..)) else {
@@ -737,6 +742,32 @@ mod tests {
         assert!(dead.holder_is_provably_dead());
         dead.boot_id = Some("another boot".into());
         assert!(!dead.holder_is_provably_dead());
+    }
+
+    /// Regression test of 02c48ae: under `hidepid`, other users' processes are missing from
+    /// `/proc`, and such a live process was judged dead (its lock removed, its packs pruned).
+    /// A missing entry proves death only when PID 1's is visible.
+    #[test]
+    fn a_process_missing_from_a_proc_that_hides_pid_1_is_not_judged_dead() {
+        let proc = tempfile::tempdir().unwrap();
+        let stat = |pid: u32, state: &str, started: u64| {
+            let dir = proc.path().join(pid.to_string());
+            std::fs::create_dir_all(&dir).unwrap();
+            let middle = vec!["0"; 18].join(" ");
+            let line = format!("{pid} (a (b) c) {state} {middle} {started} 0 0\n");
+            std::fs::write(dir.join("stat"), line).unwrap();
+        };
+        let gone = |pid, started| process_is_gone_in(proc.path(), pid, started);
+        // hidepid: neither PID 1 nor 42 visible, so 42's absence proves nothing.
+        assert!(!gone(42, None));
+        assert!(!gone(42, Some(7)));
+        stat(1, "S", 1);
+        assert!(gone(42, None), "PID 1 is visible: 42 is gone");
+        stat(42, "S", 100);
+        assert!(!gone(42, None) && !gone(42, Some(100)));
+        assert!(gone(42, Some(101)), "another process under a reused PID");
+        stat(42, "Z", 100);
+        assert!(gone(42, Some(100)), "a zombie");
     }
 
     #[test]
