@@ -543,22 +543,23 @@ mod tests {
         let (_, s) = mem();
         // The refresher does not run within `give_up`, as in a stopped process.
         let timings = Timings {
-            refresh: Duration::from_millis(600),
-            retry: Duration::from_millis(600),
-            give_up: Duration::from_millis(200),
+            refresh: Duration::from_millis(1500),
+            retry: Duration::from_millis(1500),
+            give_up: Duration::from_millis(500),
         };
         let guard =
             LockGuard::acquire_with(s.clone(), false, "backup", Duration::ZERO, &|_| {}, timings)
                 .unwrap();
         let pack = Handle::pack(&Id::of(b"a pack"));
         s.put(&pack, b"in time").unwrap();
-        std::thread::sleep(Duration::from_millis(300));
+        std::thread::sleep(Duration::from_millis(700));
         let err = s.put(&pack, b"too late").unwrap_err().to_string();
         assert!(
             err.contains("last refreshed") && err.contains("nothing more is written"),
             "{err}"
         );
-        std::thread::sleep(Duration::from_millis(500));
+        // Past the refresher's first run, which finds the lease lost and does not refresh.
+        std::thread::sleep(Duration::from_millis(1000));
         assert!(s.put(&pack, b"after a refresh").is_err());
         assert!(s.delete(&pack).is_err(), "deleting is writing too");
         drop(guard);
@@ -581,13 +582,21 @@ mod tests {
         let ours = b.list("locks").unwrap();
         assert_eq!(ours.len(), 1);
         b.delete(&ours[0].0).unwrap();
-        std::thread::sleep(Duration::from_millis(200));
+        // The next refresh (within 20 ms, or later on a busy machine) finds it gone.
+        let pack = Handle::pack(&Id::of(b"a pack"));
+        let started = std::time::Instant::now();
+        let err = loop {
+            std::thread::sleep(Duration::from_millis(20));
+            match s.put(&pack, b"x") {
+                Err(e) => break e.to_string(),
+                Ok(()) => assert!(started.elapsed() < Duration::from_secs(10), "still writing"),
+            }
+        };
+        std::thread::sleep(Duration::from_millis(100));
         assert!(
             b.list("locks").unwrap().is_empty(),
             "the removed lock was written again"
         );
-        let pack = Handle::pack(&Id::of(b"a pack"));
-        let err = s.put(&pack, b"x").unwrap_err().to_string();
         assert!(err.contains("removed") && err.contains(&ours[0].0), "{err}");
         drop(guard);
     }

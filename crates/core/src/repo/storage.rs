@@ -475,6 +475,28 @@ mod tests {
         assert_eq!(s.backend().get(leftover).unwrap(), b"partial");
     }
 
+    /// The lease's clock: a suspend stops the monotonic clock but not the wall clock, and the
+    /// wall clock may be set back; the time since a refresh misses neither gap.
+    #[test]
+    fn the_time_since_a_refresh_counts_a_suspend_and_survives_a_clock_set_back() {
+        let then = Stamp::now();
+        let mut later = then;
+        later.wall += Duration::from_secs(20 * 60);
+        assert_eq!(
+            then.until(&later),
+            Duration::from_secs(20 * 60),
+            "suspended"
+        );
+        let mut later = then;
+        later.mono += Duration::from_secs(60);
+        later.wall -= Duration::from_secs(3600);
+        assert_eq!(
+            then.until(&later),
+            Duration::from_secs(60),
+            "clock set back"
+        );
+    }
+
     #[test]
     fn neighbouring_ranges_are_read_together() {
         let k = 1024;
