@@ -53,7 +53,7 @@ pub(crate) fn assert_undamaged(env: &TestEnv, snaps: &[(String, Manifest)]) {
 /// A new repository whose commands run as a user who cannot read everything: root reads
 /// anything, so when the tests run as root tvault runs as nobody, who owns the repository it
 /// creates. Returns (env, whether the tests run as root).
-fn repo_of_a_user_who_cannot_read_everything() -> (TestEnv, bool) {
+pub(crate) fn repo_of_a_user_who_cannot_read_everything() -> (TestEnv, bool) {
     let mut env = TestEnv::new();
     let root = is_root();
     if root {

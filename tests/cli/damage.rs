@@ -126,6 +126,52 @@ fn missing_pack_fails_only_the_files_that_need_it() {
         .stderr_has(&[s(&pack)]);
 }
 
+/// Issue (review): a pack shorter than a planned read (neighbouring chunks read at once) was
+/// reported as damage of the read's first chunk, which is intact; the chunk that lies past the
+/// end of the pack is the one named.
+#[test]
+fn a_truncated_pack_names_the_chunk_past_its_end_not_the_first_of_the_read() {
+    let (env, mut snaps, pack, offset, len) = two_packs();
+    // A third snapshot whose tree lands in a third pack, but whose model_b still needs pack 2.
+    let ckpt = env.src.join("ckpt");
+    env.checkpoint("src/ckpt/model_c", Scenario::Single, 256 << 10, 45, 0);
+    snaps.push((
+        text(&env.backup(&[&ckpt], &[]), "id"),
+        sources_manifest(&[&ckpt]),
+    ));
+    let repo = Repository::open(&env.repo).unwrap();
+    let snap = repo
+        .load_snapshot(&Id::from_hex(&snaps[1].0).unwrap())
+        .unwrap();
+    let tree = repo.load_tree(&snap.tree).unwrap();
+    let chunks = &tree
+        .nodes
+        .iter()
+        .find(|n| n.path.0 == b"ckpt/model_b/model.safetensors")
+        .unwrap()
+        .chunks;
+    let at = |id: &Id| u64::from(repo.index().get(id).unwrap().offset);
+    let victim = *chunks.iter().find(|c| at(c) == offset).unwrap();
+    let first = chunks[0];
+    assert!(at(&first) < offset, "the victim is not the first chunk");
+    drop(repo);
+    // The pack ends in the middle of the victim: the chunks before it are whole.
+    set_mode(&pack, 0o644);
+    let f = fs::OpenOptions::new().write(true).open(&pack).unwrap();
+    f.set_len(offset + len / 2).unwrap();
+    drop(f);
+
+    let target = env.fresh_path("restore");
+    let run = env.tvault(args!["restore", &snaps[2].0, &target]);
+    assert_eq!(run.code(), Some(4), "{run}");
+    run.stderr_has(&[
+        "ckpt/model_b/model.safetensors",
+        &victim.to_hex(),
+        "beyond the end of its pack",
+    ]);
+    assert!(!run.stderr.contains(&first.to_hex()), "{run}");
+}
+
 #[test]
 fn io_error_message_does_not_repeat_the_os_error() {
     let (env, snaps, pack, _, _) = two_packs();

@@ -17,9 +17,10 @@ use tvault_core::repo::{pack_key, BlobWriter, Repository};
 use tvault_core::tree::Tree;
 use tvault_workload::Scenario;
 
+use crate::bad_input::repo_of_a_user_who_cannot_read_everything;
 use crate::testenv::{
-    args, crash_at_every_write_step, files_below, flip_byte, num, sources_manifest, text, Manifest,
-    TestEnv,
+    args, crash_at_every_write_step, files_below, flip_byte, num, set_mode, sources_manifest, text,
+    Manifest, TestEnv,
 };
 use crate::verify::{assert_verifies_clean, verify};
 
@@ -371,6 +372,32 @@ fn repair_packs_then_a_backup_of_the_same_data_heals_the_damaged_snapshot() {
     // Nothing left to repair.
     let r = repair(&env, "packs", &[]);
     assert_eq!(r["damaged_packs"], serde_json::json!([]), "{r:#}");
+}
+
+/// Regression test of 02c48ae: `repair packs` took any error reading a pack (permissions, I/O)
+/// for damage and deleted the pack. A pack it cannot read stops it before it changes anything.
+/// (As root, who reads anything, tvault runs as nobody.)
+#[test]
+fn repair_packs_stops_at_a_pack_it_cannot_read_and_deletes_nothing() {
+    let (env, _) = repo_of_a_user_who_cannot_read_everything();
+    let ckpt = env.checkpoint("src/ckpt", Scenario::Single, 256 << 10, 77, 0);
+    env.backup(&[&ckpt], &[]);
+    let before = files_below(&env.repo);
+    let pack = files_below(&env.repo.join("data"))[0].clone();
+    set_mode(&pack, 0o000);
+    let name = pack.file_name().unwrap().to_str().unwrap().to_string();
+    env.tvault(["repair", "packs"]).expect_code(1).stderr_has(&[
+        "cannot read pack",
+        &name,
+        "changes nothing",
+    ]);
+    assert_eq!(
+        files_below(&env.repo),
+        before,
+        "repair packs changed the repository"
+    );
+    set_mode(&pack, 0o400);
+    assert_verifies_clean(&env, false);
 }
 
 #[test]

@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use tvault_workload::{ModelDims, Scenario};
 
 use crate::bad_input::s;
+use crate::locks::boot_and_namespace;
 use crate::testenv::{
     args, bf16_model, finish, hostname, names_in, num, random_bytes, retrain_tensor,
     safetensors_tensors, set_mode, set_mtime, sources_manifest, text, Manifest, TestEnv,
@@ -405,17 +406,24 @@ fn lock_wait_stops_waiting_when_the_holder_dies() {
     let env = TestEnv::with_repo();
     let ckpt = env.checkpoint("src/ckpt", Scenario::Single, 256 << 10, 65, 0);
     let mut holder = Command::new("sleep").arg("30").spawn().unwrap();
-    let lock = plant_live_lock(&env, holder.id());
+    // As a current tvault writes it: its PID is judged only with this boot and PID namespace.
+    let (boot, ns) = boot_and_namespace();
+    let lock = env.forge_lock(
+        "ab",
+        json!({"pid": holder.id(), "boot_id": boot, "pid_ns": ns}),
+    );
+    let started = Instant::now();
     let child = env.spawn_tvault(args!["--lock-wait", "60s", "backup", &ckpt]);
     std::thread::sleep(Duration::from_millis(1000));
     holder.kill().unwrap();
     holder.wait().unwrap();
-    // Waiting cannot help against a lock whose process is gone: it says so and how to fix it.
+    // Its process is provably gone: the waiter removes the lock, says so, and goes on.
     let run = finish(child, "backup --lock-wait 60s");
-    assert_eq!(run.code(), Some(1), "{run}");
-    run.stderr_has(&["stale", "tvault unlock"]);
-    assert!(lock.exists(), "a stale lock is never broken silently");
-    assert!(env.snapshots().is_empty());
+    assert_eq!(run.code(), Some(0), "{run}");
+    run.stderr_has(&["removed", "lock of `prune`", "gone"]);
+    assert!(started.elapsed() < Duration::from_secs(30), "waited it out");
+    assert!(!lock.exists());
+    assert_eq!(env.snapshots().len(), 1);
 }
 
 // ---------------------------------------------------------------------------------------------

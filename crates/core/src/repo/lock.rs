@@ -1,14 +1,20 @@
 //! Repository locks: one small file per holder under `locks/`. Backups take shared locks and
 //! run side by side; anything that deletes data takes an exclusive lock and runs alone.
 //!
-//! A holder rewrites its lock every `REFRESH_EVERY`. A lock is stale when its process is gone
-//! (same host: no `/proc/PID`) or it was last refreshed more than `STALE_AFTER` ago (any host).
-//! Stale locks are reported and `tvault unlock` removes them, with one exception: a conflicting
-//! lock whose holder is *provably* dead (same host, same boot, same PID namespace, and no such
-//! process, or the PID now belongs to a process started at another time) is removed by the
-//! command that meets it, with a one-line notice. This module also owns the process identity
-//! both rules need (boot ID, PID namespace, start times), which the backend uses to tell a
-//! temporary file of a dead writer.
+//! A holder rewrites its lock every `REFRESH_EVERY`. A lock is stale when its holder is
+//! *provably* dead (same host, same boot, same PID namespace, and no such process, or the PID
+//! now belongs to a process started at another time) or it was last refreshed more than
+//! `STALE_AFTER` ago; a lock of another boot or PID namespace, or without them (older tvaults),
+//! is judged by its age alone. Stale locks are reported and `tvault unlock` removes them; a
+//! conflicting lock of a provably dead holder is also removed by the command that meets it,
+//! with a one-line notice. A lock that cannot be read (other than gone) stops the command: it
+//! may conflict. This module also owns the process identity these rules need (boot ID, PID
+//! namespace, start times), which the backend uses to tell a temporary file of a dead writer.
+//!
+//! The holder's writing depends on its refreshes (the [`Lease`](super::storage::Lease)): it
+//! stops once its lock went `give_up` without a refresh that worked (refreshes failed, or the
+//! process was stopped or the machine suspended) or once its lock was found removed by another
+//! process, which a refresh never writes again.
 
 use std::sync::mpsc;
 use std::sync::OnceLock;
@@ -18,7 +24,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::storage::{Handle, ObjectKind, Storage};
+use super::storage::{Handle, ObjectKind, Stamp, Storage};
 use crate::error::{Error, Result};
 use crate::id::Id;
 
@@ -33,7 +39,9 @@ pub(crate) struct Timings {
     /// Between attempts after a refresh failed (the store may be back soon).
     pub retry: Duration,
     /// Without a successful refresh for this long, the lock is given up: others may call it
-    /// stale at `STALE_AFTER`, so the process stops writing well before.
+    /// stale at `STALE_AFTER`, so the process stops writing well before. Checked before every
+    /// write too, so a process that was stopped (or a machine that slept) that long writes
+    /// nothing more even though its refresher never ran to fail.
     pub give_up: Duration,
 }
 
@@ -69,11 +77,13 @@ pub struct LockInfo {
 }
 
 impl LockInfo {
-    /// Whether the lock is reported as stale (`tvault unlock` removes those); never a reason
-    /// to remove it without being asked (see [`LockInfo::holder_is_provably_dead`]).
+    /// Whether the lock is reported as stale (`tvault unlock` removes those): its holder is
+    /// provably dead, or it was not refreshed for `STALE_AFTER`. Its PID is judged only when
+    /// host, boot and PID namespace are this process's (see
+    /// [`LockInfo::holder_is_provably_dead`]): elsewhere the number means another process or
+    /// none, so such a lock (and one of an older tvault, which records neither) goes by its age.
     pub fn is_stale(&self) -> bool {
-        if self.host == hostname() && !std::path::Path::new(&format!("/proc/{}", self.pid)).exists()
-        {
+        if self.holder_is_provably_dead() {
             return true;
         }
         let age = Utc::now().signed_duration_since(self.refreshed);
@@ -155,13 +165,18 @@ pub fn start_time(pid: u32) -> Option<u64> {
 /// True only when process `pid` of our PID namespace certainly no longer runs: no
 /// `/proc/PID`, a zombie, or (given `started`) a process that started at another time.
 pub fn process_is_gone(pid: u32, started: Option<u64>) -> bool {
-    let stat = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+    process_is_gone_in(std::path::Path::new("/proc"), pid, started)
+}
+
+/// [`process_is_gone`], looking in `proc` for what `/proc` tells (tests give a folder of
+/// their own).
+fn process_is_gone_in(proc: &std::path::Path, pid: u32, started: Option<u64>) -> bool {
+    let stat = match std::fs::read_to_string(proc.join(pid.to_string()).join("stat")) {
         Ok(stat) => stat,
         // Under `hidepid`, other users' processes look absent too: a missing entry proves
         // nothing unless this process can see PID 1's.
         Err(e) => {
-            return e.kind() == std::io::ErrorKind::NotFound
-                && std::path::Path::new("/proc/1/stat").exists()
+            return e.kind() == std::io::ErrorKind::NotFound && proc.join("1").join("stat").exists()
         }
     };
     let Some(rest) = stat.rfind(')').and_then(|i| stat.get(i + 2..)) else {
@@ -265,29 +280,46 @@ impl LockGuard {
             let storage = storage.clone();
             let object = object.clone();
             let lease = storage.lease();
+            lease.hold(&object, timings.give_up);
             std::thread::spawn(move || {
                 // A refresh that fails is tried again sooner; one that keeps failing until
                 // others may soon call the lock stale ends this process's writing.
-                let mut last_ok = std::time::Instant::now();
                 let mut pause = timings.refresh;
                 while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(pause) {
-                    info.refreshed = Utc::now();
-                    let bytes = serde_json::to_vec(&info).expect("lock serialises");
-                    match storage.put(&object, &bytes) {
+                    // Too late to refresh (the process was stopped, the machine slept): a
+                    // refresh now would not make the lease good again.
+                    if lease.is_lost() {
+                        break;
+                    }
+                    let at = Stamp::now();
+                    // Our lock must still be there. If another process removed it (as stale,
+                    // or `tvault unlock --all`), it may act on that: writing it again would
+                    // hide that. (Removed between this read and the write, it is written
+                    // again; only a conditional write could close that gap.)
+                    let refreshed = match storage.get(&object) {
+                        Err(e) if e.is_not_found() => {
+                            lease.lose(format!(
+                                "this tvault's lock {object} was removed by another process \
+                                 (`tvault unlock`, or a tvault that judged it stale), so \
+                                 nothing more is written: run the command again"
+                            ));
+                            break;
+                        }
+                        Err(e) => Err(e),
+                        Ok(_) => {
+                            info.refreshed = Utc::now();
+                            let bytes = serde_json::to_vec(&info).expect("lock serialises");
+                            storage.put(&object, &bytes)
+                        }
+                    };
+                    match refreshed {
                         Ok(()) => {
-                            last_ok = std::time::Instant::now();
+                            lease.refreshed(at);
                             pause = timings.refresh;
                         }
                         Err(e) => {
                             pause = timings.retry;
-                            if last_ok.elapsed() >= timings.give_up {
-                                lease.lose(format!(
-                                    "this tvault's lock {object} could not be refreshed for {} \
-                                     (last error: {e}); other tvault processes may soon call it \
-                                     stale, so nothing more is written: run the command again",
-                                    crate::ops::describe_duration(timings.give_up)
-                                ));
-                            }
+                            lease.refresh_failed(&e);
                         }
                     }
                 }
@@ -308,6 +340,7 @@ impl Drop for LockGuard {
         if let Some(t) = self.refresher.take() {
             let _ = t.join();
         }
+        self.storage.lease().release();
         let _ = self.storage.delete(&self.object);
     }
 }
@@ -325,8 +358,12 @@ fn check_others(
         if key == *own {
             continue;
         }
-        let Ok(bytes) = storage.get(&key) else {
-            continue; // released while we looked
+        let bytes = match storage.get(&key) {
+            Ok(bytes) => bytes,
+            Err(e) if e.is_not_found() => continue, // released while we looked
+            // It may conflict: nobody goes ahead beside a lock it cannot read. Waiting may
+            // help only when the error may pass.
+            Err(e) => return Err((unreadable_lock(storage, &key, &e), !e.is_transient())),
         };
         let other: LockInfo = match serde_json::from_slice(&bytes) {
             Ok(info) => info,
@@ -373,15 +410,36 @@ fn check_others(
     Ok(())
 }
 
-/// Removes stale locks (every lock with `all`); returns what was removed.
+/// The error for another process's lock that could not be read (`err`, other than not found).
+fn unreadable_lock(storage: &Storage, key: &Handle, err: &Error) -> Error {
+    let why = match err {
+        Error::Io { err, .. } => err.to_string(),
+        Error::Storage { message, .. } => message.clone(),
+        other => other.to_string(),
+    };
+    Error::Locked(format!(
+        "cannot read the lock {} of another tvault process ({why}), so cannot tell whether it \
+         conflicts: fix access to it and run the command again (if no tvault is running on \
+         this repository, `tvault unlock --all` removes it)",
+        storage.describe(key)
+    ))
+}
+
+/// Removes stale locks (every lock with `all`); returns what was removed. Without `all`, a
+/// lock that cannot be read (other than gone) is an error, and nothing is removed.
 pub fn unlock(storage: &Storage, all: bool) -> Result<Vec<String>> {
-    let mut removed = Vec::new();
+    let mut found = Vec::new();
     for (key, _) in storage.list(ObjectKind::Lock)? {
-        let bytes = match storage.get(&key) {
+        let info = match storage.get(&key) {
+            Ok(bytes) => serde_json::from_slice::<LockInfo>(&bytes).ok(),
             Err(e) if e.is_not_found() => continue, // released while we looked
-            read => read.ok(),
+            Err(_) if all => None,
+            Err(e) => return Err(unreadable_lock(storage, &key, &e)),
         };
-        let info = bytes.and_then(|b| serde_json::from_slice::<LockInfo>(&b).ok());
+        found.push((key, info));
+    }
+    let mut removed = Vec::new();
+    for (key, info) in found {
         let description = info
             .as_ref()
             .map(|i| i.describe())
@@ -476,15 +534,120 @@ mod tests {
         drop(guard);
     }
 
-    /// An exclusive lock of a process that no longer exists on this host.
+    /// Issue (review): a process stopped (SIGSTOP, a suspended laptop) for longer than others
+    /// wait before calling its lock stale went on writing once it ran again: its refresher had
+    /// not run, so no refresh had failed. Every write checks the time since the last refresh
+    /// that worked, and a refresh that works again later does not give the lease back.
+    #[test]
+    fn a_lock_not_refreshed_in_time_stops_all_writing_without_a_failed_refresh() {
+        let (_, s) = mem();
+        // The refresher does not run within `give_up`, as in a stopped process.
+        let timings = Timings {
+            refresh: Duration::from_millis(1500),
+            retry: Duration::from_millis(1500),
+            give_up: Duration::from_millis(500),
+        };
+        let guard =
+            LockGuard::acquire_with(s.clone(), false, "backup", Duration::ZERO, &|_| {}, timings)
+                .unwrap();
+        let pack = Handle::pack(&Id::of(b"a pack"));
+        s.put(&pack, b"in time").unwrap();
+        std::thread::sleep(Duration::from_millis(700));
+        let err = s.put(&pack, b"too late").unwrap_err().to_string();
+        assert!(
+            err.contains("last refreshed") && err.contains("nothing more is written"),
+            "{err}"
+        );
+        // Past the refresher's first run, which finds the lease lost and does not refresh.
+        std::thread::sleep(Duration::from_millis(1000));
+        assert!(s.put(&pack, b"after a refresh").is_err());
+        assert!(s.delete(&pack).is_err(), "deleting is writing too");
+        drop(guard);
+    }
+
+    /// Issue (review): when its lock was gone at refresh time (another process removed it as
+    /// stale, or `tvault unlock --all`), the refresher wrote it again and the process went on
+    /// writing beside whoever removed it. The lease is lost at once; the lock stays gone.
+    #[test]
+    fn a_lock_removed_by_another_process_is_not_written_again_and_stops_writing() {
+        let (b, s) = mem();
+        let timings = Timings {
+            refresh: Duration::from_millis(20),
+            retry: Duration::from_millis(20),
+            give_up: Duration::from_secs(60),
+        };
+        let guard =
+            LockGuard::acquire_with(s.clone(), false, "backup", Duration::ZERO, &|_| {}, timings)
+                .unwrap();
+        let ours = b.list("locks").unwrap();
+        assert_eq!(ours.len(), 1);
+        b.delete(&ours[0].0).unwrap();
+        // The next refresh (within 20 ms, or later on a busy machine) finds it gone.
+        let pack = Handle::pack(&Id::of(b"a pack"));
+        let started = std::time::Instant::now();
+        let err = loop {
+            std::thread::sleep(Duration::from_millis(20));
+            match s.put(&pack, b"x") {
+                Err(e) => break e.to_string(),
+                Ok(()) => assert!(started.elapsed() < Duration::from_secs(10), "still writing"),
+            }
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            b.list("locks").unwrap().is_empty(),
+            "the removed lock was written again"
+        );
+        assert!(err.contains("removed") && err.contains(&ours[0].0), "{err}");
+        drop(guard);
+    }
+
+    /// Issue (review): `is_stale` judged every lock of this host name by its PID, also one of
+    /// another boot or PID namespace (a container with the same host name), where the PID
+    /// means nothing here, and one of an older tvault that did not record them.
+    #[test]
+    fn only_a_lock_of_this_host_boot_and_pid_namespace_is_judged_by_its_pid() {
+        let now = Utc::now();
+        let dead = LockInfo {
+            host: hostname(),
+            pid: u32::MAX - 1,
+            exclusive: true,
+            command: "prune".into(),
+            created: now,
+            refreshed: now,
+            boot_id: boot_id().cloned(),
+            pid_ns: pid_namespace().cloned(),
+            pid_start: None,
+        };
+        if dead.boot_id.is_some() && dead.pid_ns.is_some() {
+            assert!(dead.is_stale(), "{dead:?}");
+        }
+        let edits: [fn(&mut LockInfo); 5] = [
+            |i| i.host = "elsewhere".into(),
+            |i| i.boot_id = Some("another boot".into()),
+            |i| i.pid_ns = Some("pid:[1]".into()),
+            |i| i.boot_id = None,
+            |i| i.pid_ns = None,
+        ];
+        for edit in edits {
+            let mut other = dead.clone();
+            edit(&mut other);
+            assert!(!other.is_stale(), "judged by a PID of elsewhere: {other:?}");
+            other.refreshed = now - chrono::Duration::minutes(31);
+            assert!(other.is_stale(), "not refreshed for 31 minutes: {other:?}");
+        }
+    }
+
+    /// An exclusive lock of a process that no longer exists on this host, not refreshed for
+    /// longer than the stale timeout (without boot and PID namespace, its PID proves nothing).
     fn plant_dead_exclusive_lock(b: &dyn Backend) {
+        let then = Utc::now() - chrono::Duration::minutes(40);
         let dead = LockInfo {
             host: hostname(),
             pid: u32::MAX - 1, // no such process
             exclusive: true,
             command: "prune".into(),
-            created: Utc::now(),
-            refreshed: Utc::now(),
+            created: then,
+            refreshed: then,
             boot_id: None,
             pid_ns: None,
             pid_start: None,
@@ -588,6 +751,32 @@ mod tests {
         assert!(dead.holder_is_provably_dead());
         dead.boot_id = Some("another boot".into());
         assert!(!dead.holder_is_provably_dead());
+    }
+
+    /// Regression test of 02c48ae: under `hidepid`, other users' processes are missing from
+    /// `/proc`, and such a live process was judged dead (its lock removed, its packs pruned).
+    /// A missing entry proves death only when PID 1's is visible.
+    #[test]
+    fn a_process_missing_from_a_proc_that_hides_pid_1_is_not_judged_dead() {
+        let proc = tempfile::tempdir().unwrap();
+        let stat = |pid: u32, state: &str, started: u64| {
+            let dir = proc.path().join(pid.to_string());
+            std::fs::create_dir_all(&dir).unwrap();
+            let middle = vec!["0"; 18].join(" ");
+            let line = format!("{pid} (a (b) c) {state} {middle} {started} 0 0\n");
+            std::fs::write(dir.join("stat"), line).unwrap();
+        };
+        let gone = |pid, started| process_is_gone_in(proc.path(), pid, started);
+        // hidepid: neither PID 1 nor 42 visible, so 42's absence proves nothing.
+        assert!(!gone(42, None));
+        assert!(!gone(42, Some(7)));
+        stat(1, "S", 1);
+        assert!(gone(42, None), "PID 1 is visible: 42 is gone");
+        stat(42, "S", 100);
+        assert!(!gone(42, None) && !gone(42, Some(100)));
+        assert!(gone(42, Some(101)), "another process under a reused PID");
+        stat(42, "Z", 100);
+        assert!(gone(42, Some(100)), "a zombie");
     }
 
     #[test]

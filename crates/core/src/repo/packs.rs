@@ -115,26 +115,40 @@ impl Repository {
     }
 
     /// One planned read of `pack`. A pack shorter than the read is damage, named by the first
-    /// blob the read serves (`blob` gives a part's blob ID) and its pack.
+    /// blob the read serves that lies past the pack's end (`blob` gives a part's blob ID) and
+    /// its pack: the blobs of the read before it are whole.
     fn read_span(
         &self,
         pack: &Id,
         read: &PlannedRead,
         blob: impl Fn(usize) -> Id,
     ) -> Result<Vec<u8>> {
+        let object = Handle::pack(pack);
         let len = (read.span.end - read.span.start) as usize;
-        self.storage
-            .get_range(&Handle::pack(pack), read.span.start, len)
-            .map_err(|e| match e {
-                Error::Io { err, .. } if err.kind() == std::io::ErrorKind::UnexpectedEof => {
-                    Error::CorruptChunk {
-                        id: blob(read.parts[0].0).to_hex(),
-                        pack: pack.to_hex(),
-                        reason: "lies beyond the end of its pack (truncated?)".into(),
-                    }
+        match self.storage.get_range(&object, read.span.start, len) {
+            Err(e) if is_short_read(&e) => {}
+            other => return other,
+        }
+        // Which part is cut: the first (parts are in offset order) whose last byte is missing.
+        let mut past = read.parts[0].0;
+        for (i, r) in &read.parts {
+            let Some(last) = (r.end as u64).checked_sub(1) else {
+                continue;
+            };
+            match self.storage.get_range(&object, read.span.start + last, 1) {
+                Ok(_) => {}
+                Err(e) if is_short_read(&e) => {
+                    past = *i;
+                    break;
                 }
-                other => other,
-            })
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::CorruptChunk {
+            id: blob(past).to_hex(),
+            pack: pack.to_hex(),
+            reason: "lies beyond the end of its pack (truncated?)".into(),
+        })
     }
 
     /// Copies `entries` of `pack` into `sink`, each decoded and re-hashed first, so that a copy
@@ -215,6 +229,11 @@ impl Repository {
     }
 }
 
+/// A ranged read that failed because the object ends before the range does.
+fn is_short_read(e: &Error) -> bool {
+    matches!(e, Error::Io { err, .. } if err.kind() == std::io::ErrorKind::UnexpectedEof)
+}
+
 fn blob_range(e: &PackEntry) -> std::ops::Range<u64> {
     e.offset as u64..e.offset as u64 + e.stored_len as u64
 }
@@ -246,15 +265,20 @@ mod tests {
         let stored = repo.read_blobs(&id, &entries).unwrap();
         assert_eq!(stored, [b"first blob".to_vec(), b"second blob".to_vec()]);
 
-        backend.put(&key, &bytes[..15]).unwrap();
-        let err = repo.read_blobs(&id, &entries).unwrap_err();
-        assert!(
-            matches!(&err, Error::CorruptChunk { id: blob, .. } if *blob == entries[0].id.to_hex()),
-            "{err}"
-        );
-        assert!(
-            err.to_string().contains("beyond the end of its pack"),
-            "{err}"
-        );
+        // Cut inside the first blob, then inside the second (the first whole): both blobs are
+        // served by one read, and the blob named is the first one past the end.
+        for (cut, past) in [(15, 0), (8 + 10 + 5, 1)] {
+            backend.put(&key, &bytes[..cut]).unwrap();
+            let err = repo.read_blobs(&id, &entries).unwrap_err();
+            assert!(
+                matches!(&err, Error::CorruptChunk { id: blob, .. }
+                    if *blob == entries[past].id.to_hex()),
+                "cut at {cut}: {err}"
+            );
+            assert!(
+                err.to_string().contains("beyond the end of its pack"),
+                "{err}"
+            );
+        }
     }
 }

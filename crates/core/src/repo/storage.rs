@@ -11,6 +11,7 @@
 use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use super::backend::Backend;
 use crate::error::Result;
@@ -128,26 +129,165 @@ pub struct Storage {
     lease: Arc<Lease>,
 }
 
-/// Whether this process may still write: set lost when its lock could not be refreshed for so
-/// long that another tvault may soon call it stale (see `lock.rs`). Past that point nothing
-/// but lock objects is written or deleted any more.
+/// Whether this process may still write. Lost when its lock could not be refreshed for so
+/// long that another tvault may soon call it stale, when the lock was found removed, or when
+/// a write finds that the last refresh that worked is older than the safe window (the process
+/// was stopped or the machine suspended, so the refresher did not run) (see `lock.rs`). Once
+/// lost, it stays lost, and nothing but lock objects is written or deleted any more.
 #[derive(Default)]
 pub struct Lease {
-    lost: std::sync::Mutex<Option<String>>,
+    state: std::sync::Mutex<LeaseState>,
+}
+
+#[derive(Default)]
+struct LeaseState {
+    lost: Option<String>,
+    held: Option<Held>,
+}
+
+/// A lock this process holds (one object, however many guards hold it).
+struct Held {
+    key: String,
+    guards: usize,
+    /// When the last refresh that worked started.
+    last_ok: Stamp,
+    /// How long the lock may go without a refresh that works.
+    window: Duration,
+    /// Why the refreshes since then failed, if they did.
+    failing: Option<String>,
+}
+
+/// A moment on two clocks. `Instant` (CLOCK_MONOTONIC on Linux) does not advance while the
+/// machine is suspended; the wall clock does, and it is the clock other hosts judge a lock's
+/// `refreshed` time by, but it can be set back. The time since a stamp is the larger of the two,
+/// so neither a suspend nor a clock set back hides a gap. (CLOCK_BOOTTIME would count a
+/// suspend too, but only on Linux, and says nothing about the clock others judge by.)
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Stamp {
+    mono: Instant,
+    wall: SystemTime,
+}
+
+impl Stamp {
+    pub(crate) fn now() -> Stamp {
+        Stamp {
+            mono: Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+
+    /// The time from `self` to `later`: the larger of what either clock says.
+    pub(crate) fn until(&self, later: &Stamp) -> Duration {
+        let mono = later.mono.saturating_duration_since(self.mono);
+        let wall = later.wall.duration_since(self.wall).unwrap_or_default();
+        mono.max(wall)
+    }
 }
 
 impl Lease {
     pub fn lose(&self, why: String) {
-        *self.lost.lock().expect("lease") = Some(why);
+        self.state.lock().expect("lease").lost.get_or_insert(why);
+    }
+
+    /// Lock `lock` is held, refreshed now; the lease is lost once it goes `window` without a
+    /// refresh that works ([`Lease::refreshed`]).
+    pub(crate) fn hold(&self, lock: &Handle, window: Duration) {
+        let mut state = self.state.lock().expect("lease");
+        match state.held.as_mut() {
+            Some(held) => {
+                held.guards += 1;
+                held.window = held.window.min(window);
+            }
+            None => {
+                state.held = Some(Held {
+                    key: lock.key.clone(),
+                    guards: 1,
+                    last_ok: Stamp::now(),
+                    window,
+                    failing: None,
+                })
+            }
+        }
+    }
+
+    /// A lock guard let its lock go.
+    pub(crate) fn release(&self) {
+        let mut state = self.state.lock().expect("lease");
+        if let Some(held) = state.held.as_mut() {
+            held.guards -= 1;
+            if held.guards == 0 {
+                state.held = None;
+            }
+        }
+    }
+
+    /// A refresh that started at `at` worked. Too late to keep a lease that has already gone
+    /// its window without one: others may have called the lock stale meanwhile.
+    pub(crate) fn refreshed(&self, at: Stamp) {
+        let mut state = self.state.lock().expect("lease");
+        if !state.expired() {
+            if let Some(held) = state.held.as_mut() {
+                held.last_ok = at;
+                held.failing = None;
+            }
+        }
+    }
+
+    /// A refresh failed with `err` (the lease is lost once they fail for the whole window).
+    pub(crate) fn refresh_failed(&self, err: &crate::error::Error) {
+        let mut state = self.state.lock().expect("lease");
+        if let Some(held) = state.held.as_mut() {
+            held.failing = Some(err.to_string());
+        }
+        state.expired();
+    }
+
+    /// Whether the lease is lost (checking the time since the last refresh first).
+    pub(crate) fn is_lost(&self) -> bool {
+        self.state.lock().expect("lease").expired()
     }
 
     fn check(&self, object: &Handle) -> Result<()> {
-        match &*self.lost.lock().expect("lease") {
-            Some(why) if object.kind != ObjectKind::Lock => Err(crate::error::Error::Invalid(
-                format!("stopped before writing {object}: {why}"),
-            )),
+        self.check_key(object.key(), object.kind == ObjectKind::Lock)
+    }
+
+    /// Whether `key` may be written (or deleted); a process's own lock always may.
+    fn check_key(&self, key: &str, own_lock: bool) -> Result<()> {
+        let mut state = self.state.lock().expect("lease");
+        match state.expired() {
+            true if !own_lock => Err(crate::error::Error::Invalid(format!(
+                "stopped before writing {key}: {}",
+                state.lost.as_deref().unwrap_or_default()
+            ))),
             _ => Ok(()),
         }
+    }
+}
+
+impl LeaseState {
+    /// Whether the lease is lost; loses it if the last refresh that worked is too old.
+    fn expired(&mut self) -> bool {
+        if self.lost.is_none() {
+            if let Some(held) = &self.held {
+                let since = held.last_ok.until(&Stamp::now());
+                if since >= held.window {
+                    let (key, since) = (&held.key, crate::ops::describe_duration(since));
+                    let what = match &held.failing {
+                        Some(e) => format!("could not be refreshed for {since} (last error: {e})"),
+                        None => format!(
+                            "was last refreshed {since} ago, more than the {} it may go \
+                             without (was the process stopped, or the machine suspended?)",
+                            crate::ops::describe_duration(held.window)
+                        ),
+                    };
+                    self.lost = Some(format!(
+                        "this tvault's lock {key} {what}; other tvault processes may soon call \
+                         it stale, so nothing more is written: run the command again"
+                    ));
+                }
+            }
+        }
+        self.lost.is_some()
     }
 }
 
@@ -213,8 +353,10 @@ impl Storage {
         self.backend.list_leftovers("")
     }
 
-    /// Deletes a leftover [`Storage::leftovers`] returned.
+    /// Deletes a leftover [`Storage::leftovers`] returned (never one, lock or not, once the
+    /// lease is lost: it is no lock of this process).
     pub fn delete_leftover(&self, name: &str) -> Result<()> {
+        self.lease.check_key(name, false)?;
         self.backend.delete(name)
     }
 
@@ -314,6 +456,45 @@ mod tests {
             .is_not_found());
         s.delete(&pack).unwrap();
         assert_eq!(s.list(ObjectKind::Pack).unwrap().len(), 1);
+    }
+
+    /// Issue (review): `delete_leftover` skipped the lease check of every other write, so a
+    /// process whose lock others may already call stale still deleted temporary objects.
+    /// (A unit test: the binary loses its lease only after 15 minutes without a refresh.)
+    #[test]
+    fn a_process_whose_lease_is_lost_deletes_no_leftover() {
+        let s = Storage::new(Arc::new(MemBackend::default()));
+        let leftover = "data/ab/.tmp-1-0-abcd";
+        s.backend().put(leftover, b"partial").unwrap();
+        s.lease().lose("the lock was lost".into());
+        let err = s.delete_leftover(leftover).unwrap_err().to_string();
+        assert!(
+            err.contains(leftover) && err.contains("the lock was lost"),
+            "{err}"
+        );
+        assert_eq!(s.backend().get(leftover).unwrap(), b"partial");
+    }
+
+    /// The lease's clock: a suspend stops the monotonic clock but not the wall clock, and the
+    /// wall clock may be set back; the time since a refresh misses neither gap.
+    #[test]
+    fn the_time_since_a_refresh_counts_a_suspend_and_survives_a_clock_set_back() {
+        let then = Stamp::now();
+        let mut later = then;
+        later.wall += Duration::from_secs(20 * 60);
+        assert_eq!(
+            then.until(&later),
+            Duration::from_secs(20 * 60),
+            "suspended"
+        );
+        let mut later = then;
+        later.mono += Duration::from_secs(60);
+        later.wall -= Duration::from_secs(3600);
+        assert_eq!(
+            then.until(&later),
+            Duration::from_secs(60),
+            "clock set back"
+        );
     }
 
     #[test]
