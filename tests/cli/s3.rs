@@ -225,7 +225,7 @@ fn s3_object_altered_or_truncated_on_the_server_is_named_by_verify() {
     };
     s3.tvault(["init"]).expect_code(0);
     let src = s3.sources(200_000, 2);
-    s3.backup(&src);
+    let id = s3.backup(&src);
     let bucket = s3.bucket();
     let packs = bucket.list("data").unwrap();
     let (pack, _) = packs.first().expect("a pack");
@@ -251,6 +251,11 @@ fn s3_object_altered_or_truncated_on_the_server_is_named_by_verify() {
         run.stdout.contains(name),
         "verify does not name {pack}\n{run}"
     );
+    // A restore reading past the cut names a chunk beyond the end of that pack.
+    let target = s3.env.fresh_path("restore");
+    s3.tvault(args!["restore", &id, &target])
+        .expect_code(4)
+        .stderr_has(&["beyond the end of its pack", name]);
 }
 
 #[test]

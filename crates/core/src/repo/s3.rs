@@ -324,6 +324,16 @@ fn classify(location: &S3Location, e: object_store::Error) -> (ErrorClass, Strin
     }
 }
 
+/// Whether the server refused a range as past the object's end (HTTP 416, or `object_store`'s
+/// own check of the range it got back).
+fn is_range_error(e: &object_store::Error) -> bool {
+    let text = e.to_string();
+    status_of(&text) == Some(416)
+        || text.contains("InvalidRange")
+        || text.contains("Range not satisfiable")
+        || text.contains("Wanted range starting at")
+}
+
 /// The last, most specific parts of an error chain, for a message of reasonable length.
 fn brief(text: &str) -> String {
     let t = text.replace('\n', " ");
@@ -354,17 +364,23 @@ impl Backend for S3Backend {
 
     fn get_range(&self, key: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
         let range = offset..offset + len as u64;
-        let bytes = self
+        // A range past the end is a short read, as on a local disk (callers name what is cut):
+        // the server answers 416, or fewer bytes than asked for.
+        let short = || {
+            let message = format!("the object is shorter than {} bytes", offset + len as u64);
+            let e = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, message);
+            Error::io(self.describe(key), e)
+        };
+        let bytes = match self
             .runtime
             .block_on(self.store.get_range(&self.path(key), range))
-            .map_err(|e| self.error(key, e))?;
+        {
+            Ok(bytes) => bytes,
+            Err(e) if is_range_error(&e) => return Err(short()),
+            Err(e) => return Err(self.error(key, e)),
+        };
         if bytes.len() != len {
-            let message = format!("the object is shorter than {} bytes", offset + len as u64);
-            return Err(Error::storage(
-                self.describe(key),
-                ErrorClass::Permanent,
-                message,
-            ));
+            return Err(short());
         }
         Ok(bytes.to_vec())
     }
