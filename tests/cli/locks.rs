@@ -419,3 +419,42 @@ fn under_hidepid_another_users_live_process_keeps_its_lock() {
     assert!(lock.exists());
     assert_eq!(env.snapshots().len(), 1);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Item: staleness by the store's clock (issue 11)
+
+/// A lock's age goes by the store's clock (here the lock file's mtime), not by the `refreshed`
+/// time its writer's clock put in it: a host whose clock is 40 minutes behind does not make
+/// its live lock look stale, and one whose clock is ahead does not keep a dead lock fresh.
+#[test]
+fn a_lock_is_judged_stale_by_the_stores_clock_not_its_writers() {
+    let (env, ckpt) = repo_with_a_snapshot();
+    let behind = (chrono::Utc::now() - chrono::Duration::minutes(40)).to_rfc3339();
+    let other_host = json!({"host": "elsewhere", "refreshed": behind});
+    // Written just now by a host whose clock is behind: live.
+    let lock = env.forge_lock("ab", other_host);
+    set_mtime(&lock, chrono::Utc::now().timestamp(), 0);
+    backup_is_refused(
+        &env,
+        &ckpt,
+        &["is locked", "elsewhere", "wait for it to finish"],
+    );
+    let run = env.tvault(["--json", "unlock"]).expect_code(0);
+    assert_eq!(run.json()["removed"], json!([]), "{run}");
+    assert!(lock.exists());
+    // Says it was refreshed now, but the store last wrote it 40 minutes ago: stale.
+    let ahead = chrono::Utc::now().to_rfc3339();
+    let lock = env.forge_lock("ab", json!({"host": "elsewhere", "refreshed": ahead}));
+    set_mtime(&lock, chrono::Utc::now().timestamp() - 40 * 60, 0);
+    backup_is_refused(&env, &ckpt, &["stale", "elsewhere", "tvault unlock"]);
+    let run = env.tvault(["--json", "unlock"]).expect_code(0);
+    assert_eq!(run.json()["removed"].as_array().unwrap().len(), 1, "{run}");
+    assert!(!lock.exists());
+    assert!(
+        fs::read_dir(env.repo.join("locks"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "unlock leaves no lock of its own"
+    );
+}

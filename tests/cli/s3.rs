@@ -701,3 +701,39 @@ fn s3_prune_waits_for_two_hosts_backing_up_and_loses_neither() {
         s3.assert_restores(id, dir);
     }
 }
+
+#[test]
+fn s3_lock_age_goes_by_the_servers_clock() {
+    // A host whose clock is 40 minutes behind writes its lock now: the server's time of the
+    // object says it is fresh, whatever its `refreshed` field says.
+    let Some(s3) = S3Env::new("serverclock") else {
+        return;
+    };
+    s3.tvault(["init"]).expect_code(0);
+    let src = s3.sources(50_000, 13);
+    s3.backup(&src);
+    let behind = (chrono::Utc::now() - chrono::Duration::minutes(40)).to_rfc3339();
+    let lock = serde_json::json!({
+        "host": "elsewhere", "pid": 4242, "exclusive": true, "command": "prune",
+        "created": behind, "refreshed": behind,
+    });
+    let key = format!("locks/{}", "ab".repeat(32));
+    s3.bucket()
+        .put(&key, &serde_json::to_vec(&lock).unwrap())
+        .unwrap();
+    s3.tvault(args!["backup", &src])
+        .expect_code(1)
+        .stderr_has(&["is locked", "elsewhere", "wait for it to finish"]);
+    let run = s3.tvault(["--json", "unlock"]).expect_code(0);
+    assert_eq!(run.json()["removed"], serde_json::json!([]), "{run}");
+    let locks: Vec<String> = s3
+        .bucket()
+        .list("locks")
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(locks, vec![key], "unlock leaves its clock probe behind");
+    s3.tvault(["unlock", "--all"]).expect_code(0);
+    s3.backup(&src);
+}

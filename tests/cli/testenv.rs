@@ -474,10 +474,20 @@ impl TestEnv {
         for (k, v) in fields.as_object().unwrap() {
             lock[k] = v.clone();
         }
-        self.write(
+        let path = self.write(
             Path::new("repo/locks").join(name.repeat(64 / name.len())),
             &serde_json::to_vec(&lock).unwrap(),
-        )
+        );
+        // The store's time of the lock (its mtime, which staleness goes by) is its refresh.
+        if let Some(refreshed) = lock["refreshed"]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        {
+            let when = std::time::SystemTime::from(refreshed);
+            let file = fs::File::options().write(true).open(&path).unwrap();
+            file.set_modified(when).unwrap();
+        }
+        path
     }
 
     /// Temporary files (`.tmp-…`) anywhere in the repository.

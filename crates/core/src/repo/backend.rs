@@ -16,6 +16,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
+use std::time::SystemTime;
 
 use super::lock;
 use crate::error::{Error, IoContext, Result};
@@ -39,6 +40,13 @@ pub trait Backend: Send + Sync {
     /// never one another process may still be writing (only backends that have them).
     fn list_leftovers(&self, _prefix: &str) -> Result<Vec<String>> {
         Ok(Vec::new())
+    }
+    /// Keys below `prefix` with when each was last written by the store's own clock (an object
+    /// store's `Last-Modified`, a file's mtime, which a file server sets), sorted by key; `None`
+    /// where the store keeps no such time. Lock staleness goes by these, so that a host whose
+    /// clock is wrong never makes another's lock look old (see `lock`).
+    fn list_times(&self, _prefix: &str) -> Result<Option<Vec<(String, SystemTime)>>> {
+        Ok(None)
     }
     /// A human-readable location of `key`, for messages.
     fn describe(&self, key: &str) -> String;
@@ -97,6 +105,38 @@ impl LocalBackend {
 
     fn path(&self, key: &str) -> PathBuf {
         self.root.join(key)
+    }
+
+    /// The files below `prefix` (temporary files left out) with their metadata, sorted by key.
+    fn walk(&self, prefix: &str) -> Result<Vec<(String, fs::Metadata)>> {
+        let dir = self.path(prefix);
+        if !dir.exists() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for entry in walkdir::WalkDir::new(&dir).min_depth(1) {
+            let entry = entry.map_err(|e| {
+                let path = e.path().unwrap_or(&dir).to_path_buf();
+                Error::io(path, e.into())
+            })?;
+            let name = entry.file_name().to_string_lossy();
+            if entry.file_type().is_file() && !name.starts_with('.') {
+                let rel = entry.path().strip_prefix(&self.root).expect("below root");
+                // A file deleted since the directory was read is not listed.
+                let meta = match entry.metadata() {
+                    Ok(m) => m,
+                    Err(e)
+                        if e.io_error().map(|e| e.kind()) == Some(std::io::ErrorKind::NotFound) =>
+                    {
+                        continue
+                    }
+                    Err(e) => return Err(Error::io(entry.path(), e.into())),
+                };
+                out.push((rel.to_string_lossy().into_owned(), meta));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
     }
 }
 
@@ -255,34 +295,19 @@ impl Backend for LocalBackend {
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
-        let dir = self.path(prefix);
-        if !dir.exists() {
-            return Ok(Vec::new());
-        }
+        Ok(self
+            .walk(prefix)?
+            .into_iter()
+            .map(|(key, meta)| (key, meta.len()))
+            .collect())
+    }
+
+    fn list_times(&self, prefix: &str) -> Result<Option<Vec<(String, SystemTime)>>> {
         let mut out = Vec::new();
-        for entry in walkdir::WalkDir::new(&dir).min_depth(1) {
-            let entry = entry.map_err(|e| {
-                let path = e.path().unwrap_or(&dir).to_path_buf();
-                Error::io(path, e.into())
-            })?;
-            let name = entry.file_name().to_string_lossy();
-            if entry.file_type().is_file() && !name.starts_with('.') {
-                let rel = entry.path().strip_prefix(&self.root).expect("below root");
-                // A file deleted since the directory was read is not listed.
-                let size = match entry.metadata() {
-                    Ok(m) => m.len(),
-                    Err(e)
-                        if e.io_error().map(|e| e.kind()) == Some(std::io::ErrorKind::NotFound) =>
-                    {
-                        continue
-                    }
-                    Err(e) => return Err(Error::io(entry.path(), e.into())),
-                };
-                out.push((rel.to_string_lossy().into_owned(), size));
-            }
+        for (key, meta) in self.walk(prefix)? {
+            out.push((key.clone(), meta.modified().at(self.path(&key))?));
         }
-        out.sort();
-        Ok(out)
+        Ok(Some(out))
     }
 
     fn delete(&self, key: &str) -> Result<()> {

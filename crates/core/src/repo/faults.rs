@@ -181,6 +181,10 @@ impl<B: Backend> Backend for Faults<B> {
         self.inner.list_leftovers(prefix)
     }
 
+    fn list_times(&self, prefix: &str) -> Result<Option<Vec<(String, std::time::SystemTime)>>> {
+        self.call("list", prefix, || self.inner.list_times(prefix))
+    }
+
     fn describe(&self, key: &str) -> String {
         self.inner.describe(key)
     }

@@ -56,6 +56,10 @@ impl Backend for UploadLimit {
     fn list_leftovers(&self, prefix: &str) -> Result<Vec<String>> {
         self.inner.list_leftovers(prefix)
     }
+    fn list_times(&self, prefix: &str) -> Result<Option<Vec<(String, std::time::SystemTime)>>> {
+        self.inner.list_times(prefix)
+    }
+
     fn describe(&self, key: &str) -> String {
         self.inner.describe(key)
     }

@@ -5,7 +5,11 @@
 //! *provably* dead (same host, same boot, same PID namespace, and no such process, or the PID
 //! now belongs to a process started at another time) or it was last refreshed more than
 //! `STALE_AFTER` ago; a lock of another boot or PID namespace, or without them (older tvaults),
-//! is judged by its age alone. Stale locks are reported and `tvault unlock` removes them; a
+//! is judged by its age alone. Ages go by the store's clock where it keeps object times (S3's
+//! `Last-Modified`, a file's mtime): the time since the store last wrote the lock, against the
+//! time it gives an object we just wrote, so a host with a wrong clock can neither make a live
+//! lock look old nor keep a dead one fresh. Only a store without times falls back to the
+//! lock's `refreshed` field and our clock. Stale locks are reported and `tvault unlock` removes them; a
 //! conflicting lock of a provably dead holder is also removed by the command that meets it,
 //! with a one-line notice. A lock that cannot be read (other than gone) stops the command: it
 //! may conflict. This module also owns the process identity these rules need (boot ID, PID
@@ -82,12 +86,21 @@ impl LockInfo {
     /// host, boot and PID namespace are this process's (see
     /// [`LockInfo::holder_is_provably_dead`]): elsewhere the number means another process or
     /// none, so such a lock (and one of an older tvault, which records neither) goes by its age.
-    pub fn is_stale(&self) -> bool {
+    ///
+    /// Its age is `stored_age` where the store tells it (the time since the store last wrote
+    /// the lock, by the store's own clock: see [`lock_ages`]), so that no host's wrong clock
+    /// makes a live lock look old; else the time since its `refreshed` by our clock.
+    pub fn is_stale(&self, stored_age: Option<Duration>) -> bool {
         if self.holder_is_provably_dead() {
             return true;
         }
-        let age = Utc::now().signed_duration_since(self.refreshed);
-        age.to_std().map(|a| a > STALE_AFTER).unwrap_or(false)
+        match stored_age {
+            Some(age) => age > STALE_AFTER,
+            None => {
+                let age = Utc::now().signed_duration_since(self.refreshed);
+                age.to_std().map(|a| a > STALE_AFTER).unwrap_or(false)
+            }
+        }
     }
 
     /// True only when the holder is certainly dead: it ran on this host, in this boot, in our
@@ -354,6 +367,7 @@ fn check_others(
     notice: &dyn Fn(&str),
 ) -> std::result::Result<(), (Error, bool)> {
     let listed = storage.list(ObjectKind::Lock).map_err(|e| (e, false))?;
+    let ages = lock_ages(storage, own).map_err(|e| (e, false))?;
     for (key, _) in listed {
         if key == *own {
             continue;
@@ -389,7 +403,7 @@ fn check_others(
             ));
             continue;
         }
-        let stale = other.is_stale();
+        let stale = other.is_stale(ages.as_ref().and_then(|a| a.get(&key).copied()));
         let msg = if stale {
             format!(
                 "the repository is locked by a stale {} ({}); its process is gone or stopped \
@@ -410,6 +424,27 @@ fn check_others(
     Ok(())
 }
 
+/// How long ago the store last wrote each lock, by the store's own clock: its time for
+/// `reference`, an object of ours written just before, is "now". `None` where the store keeps
+/// no times or `reference` is not listed (then ages go by the locks' `refreshed` and our clock).
+pub fn lock_ages(
+    storage: &Storage,
+    reference: &Handle,
+) -> Result<Option<std::collections::BTreeMap<Handle, Duration>>> {
+    let Some(times) = storage.list_times(ObjectKind::Lock)? else {
+        return Ok(None);
+    };
+    let Some(now) = times.iter().find(|(k, _)| k == reference).map(|(_, t)| *t) else {
+        return Ok(None);
+    };
+    Ok(Some(
+        times
+            .into_iter()
+            .map(|(k, t)| (k, now.duration_since(t).unwrap_or_default()))
+            .collect(),
+    ))
+}
+
 /// The error for another process's lock that could not be read (`err`, other than not found).
 fn unreadable_lock(storage: &Storage, key: &Handle, err: &Error) -> Error {
     let why = match err {
@@ -428,8 +463,36 @@ fn unreadable_lock(storage: &Storage, key: &Handle, err: &Error) -> Error {
 /// Removes stale locks (every lock with `all`); returns what was removed. Without `all`, a
 /// lock that cannot be read (other than gone) is an error, and nothing is removed.
 pub fn unlock(storage: &Storage, all: bool) -> Result<Vec<String>> {
+    // The store's "now": the time it gives a lock object of ours, shared (so it conflicts with
+    // nobody) and removed again at once.
+    let now = Utc::now();
+    let probe_info = LockInfo {
+        host: hostname(),
+        pid: std::process::id(),
+        exclusive: false,
+        command: "unlock (reading the store's clock)".into(),
+        created: now,
+        refreshed: now,
+        boot_id: boot_id().cloned(),
+        pid_ns: pid_namespace().cloned(),
+        pid_start: start_time(std::process::id()),
+    };
+    let probe = Handle::new(
+        ObjectKind::Lock,
+        &Id::of(format!("unlock {} {now:?}", std::process::id()).as_bytes()),
+    );
+    storage.put(
+        &probe,
+        &serde_json::to_vec(&probe_info).expect("lock serialises"),
+    )?;
+    let ages = lock_ages(storage, &probe);
+    let _ = storage.delete(&probe);
+    let ages = ages?;
     let mut found = Vec::new();
     for (key, _) in storage.list(ObjectKind::Lock)? {
+        if key == probe {
+            continue;
+        }
         let info = match storage.get(&key) {
             Ok(bytes) => serde_json::from_slice::<LockInfo>(&bytes).ok(),
             Err(e) if e.is_not_found() => continue, // released while we looked
@@ -444,7 +507,8 @@ pub fn unlock(storage: &Storage, all: bool) -> Result<Vec<String>> {
             .as_ref()
             .map(|i| i.describe())
             .unwrap_or_else(|| "an unreadable lock".into());
-        let stale = info.map(|i| i.is_stale()).unwrap_or(true);
+        let age = ages.as_ref().and_then(|a| a.get(&key).copied());
+        let stale = info.map(|i| i.is_stale(age)).unwrap_or(true);
         if all || stale {
             storage.delete(&key)?;
             removed.push(description);
@@ -619,7 +683,7 @@ mod tests {
             pid_start: None,
         };
         if dead.boot_id.is_some() && dead.pid_ns.is_some() {
-            assert!(dead.is_stale(), "{dead:?}");
+            assert!(dead.is_stale(None), "{dead:?}");
         }
         let edits: [fn(&mut LockInfo); 5] = [
             |i| i.host = "elsewhere".into(),
@@ -631,9 +695,15 @@ mod tests {
         for edit in edits {
             let mut other = dead.clone();
             edit(&mut other);
-            assert!(!other.is_stale(), "judged by a PID of elsewhere: {other:?}");
+            assert!(
+                !other.is_stale(None),
+                "judged by a PID of elsewhere: {other:?}"
+            );
             other.refreshed = now - chrono::Duration::minutes(31);
-            assert!(other.is_stale(), "not refreshed for 31 minutes: {other:?}");
+            assert!(
+                other.is_stale(None),
+                "not refreshed for 31 minutes: {other:?}"
+            );
         }
     }
 

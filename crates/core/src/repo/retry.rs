@@ -180,6 +180,10 @@ impl<B: Backend> Backend for Retry<B> {
         self.run(|| self.inner.list_leftovers(prefix))
     }
 
+    fn list_times(&self, prefix: &str) -> Result<Option<Vec<(String, std::time::SystemTime)>>> {
+        self.run(|| self.inner.list_times(prefix))
+    }
+
     fn describe(&self, key: &str) -> String {
         self.inner.describe(key)
     }

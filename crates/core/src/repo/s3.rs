@@ -14,7 +14,7 @@
 //! retry on its own.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures::TryStreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
@@ -397,6 +397,20 @@ impl Backend for S3Backend {
             .collect();
         keys.sort();
         Ok(keys)
+    }
+
+    fn list_times(&self, prefix: &str) -> Result<Option<Vec<(String, SystemTime)>>> {
+        let path = self.path(prefix.trim_end_matches('/'));
+        let listed: Vec<_> = self
+            .runtime
+            .block_on(self.store.list(Some(&path)).try_collect())
+            .map_err(|e| self.error(prefix, e))?;
+        let mut keys: Vec<(String, SystemTime)> = listed
+            .iter()
+            .map(|m| (self.key_of(&m.location), SystemTime::from(m.last_modified)))
+            .collect();
+        keys.sort();
+        Ok(Some(keys))
     }
 
     fn delete(&self, key: &str) -> Result<()> {

@@ -332,6 +332,20 @@ impl Storage {
             .collect())
     }
 
+    /// When each object of `kind` was last written, by the store's clock
+    /// ([`Backend::list_times`]); `None` where the store keeps no such time.
+    pub fn list_times(
+        &self,
+        kind: ObjectKind,
+    ) -> Result<Option<Vec<(Handle, std::time::SystemTime)>>> {
+        Ok(self.backend.list_times(kind.folder())?.map(|listed| {
+            listed
+                .into_iter()
+                .map(|(key, time)| (Handle { kind, key }, time))
+                .collect()
+        }))
+    }
+
     pub fn get_config(&self) -> Result<Vec<u8>> {
         self.get(&Handle::config())
     }

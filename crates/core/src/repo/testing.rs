@@ -94,6 +94,10 @@ impl<B: StagedPut> Backend for CrashAfter<B> {
         self.inner.list_leftovers(prefix)
     }
 
+    fn list_times(&self, prefix: &str) -> Result<Option<Vec<(String, std::time::SystemTime)>>> {
+        self.inner.list_times(prefix)
+    }
+
     fn describe(&self, key: &str) -> String {
         self.inner.describe(key)
     }
