@@ -28,6 +28,11 @@ use crate::id::Id;
 pub trait Backend: Send + Sync {
     /// Stores `data` under `key` as one durable, atomic write (replacing any old object).
     fn put(&self, key: &str, data: &[u8]) -> Result<()>;
+    /// [`Backend::put`] of bytes the caller gives away (a pack): an object store sends them
+    /// without a copy, and a retry shares them, so a pack in flight is in memory once.
+    fn put_shared(&self, key: &str, data: bytes::Bytes) -> Result<()> {
+        self.put(key, &data)
+    }
     fn get(&self, key: &str) -> Result<Vec<u8>>;
     /// Exactly `len` bytes from `offset`; a range past the end is an error.
     fn get_range(&self, key: &str, offset: u64, len: usize) -> Result<Vec<u8>>;

@@ -137,6 +137,13 @@ impl Backend for Cached {
         Ok(())
     }
 
+    fn put_shared(&self, key: &str, data: bytes::Bytes) -> Result<()> {
+        if cached(key).is_some() {
+            return self.put(key, &data);
+        }
+        self.inner.put_shared(key, data)
+    }
+
     fn get(&self, key: &str) -> Result<Vec<u8>> {
         if let Some((kind, id)) = cached(key) {
             if let Some(bytes) = self.cache.get(kind, &id) {

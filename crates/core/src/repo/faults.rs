@@ -161,6 +161,10 @@ impl<B: Backend> Backend for Faults<B> {
         self.call("put", key, || self.inner.put(key, data))
     }
 
+    fn put_shared(&self, key: &str, data: bytes::Bytes) -> Result<()> {
+        self.call("put", key, || self.inner.put_shared(key, data))
+    }
+
     fn get(&self, key: &str) -> Result<Vec<u8>> {
         self.call("get", key, || self.inner.get(key))
     }

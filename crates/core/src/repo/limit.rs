@@ -41,6 +41,10 @@ impl Backend for UploadLimit {
         std::thread::sleep(self.delay(data.len()));
         self.inner.put(key, data)
     }
+    fn put_shared(&self, key: &str, data: bytes::Bytes) -> Result<()> {
+        std::thread::sleep(self.delay(data.len()));
+        self.inner.put_shared(key, data)
+    }
     fn get(&self, key: &str) -> Result<Vec<u8>> {
         self.inner.get(key)
     }

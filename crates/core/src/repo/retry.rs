@@ -160,6 +160,11 @@ impl<B: Backend> Backend for Retry<B> {
         self.run(|| self.inner.put(key, data))
     }
 
+    fn put_shared(&self, key: &str, data: bytes::Bytes) -> Result<()> {
+        // Each attempt shares the same bytes (a reference count, no copy).
+        self.run(|| self.inner.put_shared(key, data.clone()))
+    }
+
     fn get(&self, key: &str) -> Result<Vec<u8>> {
         self.run(|| self.inner.get(key))
     }

@@ -345,7 +345,11 @@ fn brief(text: &str) -> String {
 
 impl Backend for S3Backend {
     fn put(&self, key: &str, data: &[u8]) -> Result<()> {
-        let payload = PutPayload::from(data.to_vec());
+        self.put_shared(key, bytes::Bytes::copy_from_slice(data))
+    }
+
+    fn put_shared(&self, key: &str, data: bytes::Bytes) -> Result<()> {
+        let payload = PutPayload::from(data);
         self.runtime
             .block_on(self.store.put(&self.path(key), payload))
             .map(|_| ())
@@ -358,7 +362,8 @@ impl Backend for S3Backend {
                 let got = self.store.get(&self.path(key)).await?;
                 got.bytes().await
             })
-            .map(|b| b.to_vec())
+            // Without a copy where the body arrived in one buffer.
+            .map(Vec::from)
             .map_err(|e| self.error(key, e))
     }
 
@@ -382,7 +387,7 @@ impl Backend for S3Backend {
         if bytes.len() != len {
             return Err(short());
         }
-        Ok(bytes.to_vec())
+        Ok(Vec::from(bytes))
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {

@@ -309,6 +309,12 @@ impl Storage {
         self.backend.put(object.key(), data)
     }
 
+    /// [`Storage::put`] of bytes given away (see [`Backend::put_shared`]).
+    pub fn put_shared(&self, object: &Handle, data: bytes::Bytes) -> Result<()> {
+        self.lease.check(object)?;
+        self.backend.put_shared(object.key(), data)
+    }
+
     pub fn get(&self, object: &Handle) -> Result<Vec<u8>> {
         self.backend.get(object.key())
     }

@@ -108,8 +108,9 @@ impl PackSink {
         let storage = self.storage.clone();
         let store = move || -> Stored {
             let (id, bytes, entries) = pack.finish();
-            storage.put(&Handle::pack(&id), &bytes)?;
-            Ok((id, bytes.len() as u64, entries))
+            let len = bytes.len() as u64;
+            storage.put_shared(&Handle::pack(&id), bytes.into())?;
+            Ok((id, len, entries))
         };
         self.storing.push_back(std::thread::spawn(store));
         Ok(())
