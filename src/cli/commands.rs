@@ -53,6 +53,10 @@ pub struct Cli {
     /// Upload at most RATE bytes per second on average (e.g. 50MiB, 1.5GB; to the repository)
     #[arg(long, global = true, env = "TVAULT_LIMIT_UPLOAD", value_name = "RATE", value_parser = args::parse_rate)]
     pub limit_upload: Option<u64>,
+    /// Worker threads for chunking, hashing, compression and decoding [default: one per
+    /// core]; 1 keeps a backup to one core beside a training job
+    #[arg(long, global = true, env = "TVAULT_THREADS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Option<u16>,
     #[command(subcommand)]
     pub command: Command,
 }

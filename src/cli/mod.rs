@@ -124,6 +124,9 @@ pub fn run() -> Result<u8> {
         }
     };
     JSON_MODE.store(cli.json, std::sync::atomic::Ordering::SeqCst);
+    if let Some(n) = cli.threads {
+        tvault_core::set_worker_threads(n.into())?;
+    }
     let out = Out::new(cli.quiet, cli.json);
     let explicit = cli.repo.clone();
     let access = Access {

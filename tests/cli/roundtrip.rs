@@ -447,3 +447,23 @@ fn output_into_a_closed_pipe_exits_cleanly() {
         assert_eq!(run.code(), Some(0), "{run}");
     }
 }
+
+#[test]
+fn one_worker_thread_stores_and_restores_what_many_do() {
+    // `--threads 1` (or TVAULT_THREADS) changes where the work runs, never what is stored.
+    let env = TestEnv::with_repo();
+    let ckpt = awkward_tree(&env);
+    let one = env.backup(&[&ckpt], &["--threads", "1"]);
+    assert!(num(&one, "bytes_added") > 0);
+    let target = env.fresh_path("restore");
+    let mut cmd = env.repo_command(args!["restore", text(&one, "id"), &target]);
+    cmd.env("TVAULT_THREADS", "1");
+    env.run_command(cmd).expect_code(0);
+    assert_same_tree(&ckpt, &target.join("ckpt"));
+    // Every chunk the default pool makes is one the single thread already stored.
+    let many = env.backup(&[&ckpt], &["--full"]);
+    assert_eq!(num(&many, "bytes_added"), 0, "{many:#}");
+    env.tvault(["--threads", "0", "snapshots"])
+        .expect_code(2)
+        .stderr_has(&["--threads"]);
+}

@@ -27,3 +27,12 @@ pub mod progress;
 pub mod repo;
 pub mod snapshot;
 pub mod tree;
+
+/// Runs the engine's parallel work (chunking, hashing, compression, decoding) on `n` threads
+/// instead of one per core. Call it once, before any work starts.
+pub fn set_worker_threads(n: usize) -> error::Result<()> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n.max(1))
+        .build_global()
+        .map_err(|e| error::Error::Invalid(format!("cannot start {n} worker threads: {e}")))
+}
