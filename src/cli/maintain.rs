@@ -11,7 +11,8 @@ use tvault_core::ops::{prune, repair, retention, verify};
 pub(super) fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<u8> {
     let out = &ctx.out;
     let repo_path = &ctx.repo_path;
-    let access = ctx.access;
+    // Verify judges what the repository holds, never a local cache of it.
+    let access = ctx.access.uncached();
     let VerifyArgs {
         read_data,
         read_data_subset,
@@ -151,7 +152,8 @@ fn plan_and_execute(
 pub(super) fn repair(ctx: &Ctx, args: RepairArgs) -> Result<u8> {
     let out = &ctx.out;
     let repo_path = &ctx.repo_path;
-    let access = ctx.access;
+    // Repair decides what is damaged from the repository itself, never a local cache of it.
+    let access = ctx.access.uncached();
     let RepairArgs { what } = args;
     let mut repo = open(repo_path, false, out, access)?;
     let progress = out.progress("repair");

@@ -44,6 +44,16 @@ pub(crate) struct Access {
     limit_upload: Option<u64>,
 }
 
+impl Access {
+    /// The same, reading everything from the repository (verify, repair).
+    fn uncached(self) -> Access {
+        Access {
+            no_cache: true,
+            ..self
+        }
+    }
+}
+
 /// Exit codes, documented in the README.
 pub mod exit {
     pub const SUCCESS: u8 = 0;

@@ -7,9 +7,11 @@
 //! - `drop=F`: the fraction of calls that reach the store and then lose their answer (the
 //!   put is stored, the caller sees a "connection reset");
 //! - `delay_ms=N`: every call waits N ms first (a slow store);
-//! - `seed=S`: which calls fail (the same seed fails the same calls of a run);
+//! - `seed=S`: which calls fail (the same seed fails the same share of calls; which ones
+//!   varies between runs where several threads call at once);
 //! - `ops=put+get+...`: only these calls are affected (default all: put, get, get_range,
 //!   list, delete);
+//! - `under=FOLDER+...`: only keys in these folders (e.g. `data`) are affected;
 //! - `log=PATH`: every call that reaches this layer (the network, below the cache) is
 //!   appended to PATH as a line `OP KEY`, so that tests can see what a command downloads.
 
@@ -28,6 +30,7 @@ pub struct FaultPlan {
     pub seed: u64,
     pub ops: Option<Vec<String>>,
     pub log: Option<std::path::PathBuf>,
+    pub under: Option<Vec<String>>,
 }
 
 impl FaultPlan {
@@ -48,6 +51,7 @@ impl FaultPlan {
             seed: 1,
             ops: None,
             log: None,
+            under: None,
         };
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (name, value) = part
@@ -78,7 +82,12 @@ impl FaultPlan {
                     plan.ops = Some(value.split('+').map(String::from).collect());
                 }
                 "log" => plan.log = Some(value.into()),
-                _ => return Err(bad("known settings: fail, drop, delay_ms, seed, ops, log")),
+                "under" => plan.under = Some(value.split('+').map(String::from).collect()),
+                _ => {
+                    return Err(bad(
+                        "known settings: fail, drop, delay_ms, seed, ops, under, log",
+                    ))
+                }
             }
         }
         Ok(plan)
@@ -115,6 +124,12 @@ impl<B: Backend> Faults<B> {
         }
         if let Some(ops) = &self.plan.ops {
             if !ops.iter().any(|o| o == op) {
+                return Ok(false);
+            }
+        }
+        if let Some(folders) = &self.plan.under {
+            let folder = key.split('/').next().unwrap_or_default();
+            if !folders.iter().any(|f| f == folder) {
                 return Ok(false);
             }
         }

@@ -61,6 +61,16 @@ impl Location {
         if prefix.split('/').any(|p| p == "." || p == "..") || prefix.contains("//") {
             return Err(bad("the prefix has an empty, '.' or '..' part"));
         }
+        // Other characters are percent-encoded in object paths, which the listing would give
+        // back in another spelling than the keys written.
+        if !prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
+        {
+            return Err(bad(
+                "the prefix may hold only letters, digits, '.', '_', '-' and '/'",
+            ));
+        }
         Ok(Location::S3(S3Location {
             endpoint: format!("{scheme}://{host}"),
             bucket: bucket.to_string(),
@@ -187,6 +197,8 @@ mod tests {
             "s3:http://h",
             "s3:http://h/B",
             "s3:http://h/bucket/a/../b",
+            "s3:http://h/bucket/~alice",
+            "s3:http://h/bucket/a b",
         ] {
             let e = Location::parse(Path::new(bad)).unwrap_err().to_string();
             assert!(e.contains(S3_FORM), "{bad}: {e}");

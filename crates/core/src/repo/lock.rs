@@ -403,7 +403,7 @@ fn check_others(
             ));
             continue;
         }
-        let stale = other.is_stale(ages.as_ref().and_then(|a| a.get(&key).copied()));
+        let stale = other.is_stale(ages.as_ref().map(|a| a.of(&key)));
         let msg = if stale {
             format!(
                 "the repository is locked by a stale {} ({}); its process is gone or stopped \
@@ -425,24 +425,39 @@ fn check_others(
 }
 
 /// How long ago the store last wrote each lock, by the store's own clock: its time for
-/// `reference`, an object of ours written just before, is "now". `None` where the store keeps
-/// no times or `reference` is not listed (then ages go by the locks' `refreshed` and our clock).
-pub fn lock_ages(
-    storage: &Storage,
-    reference: &Handle,
-) -> Result<Option<std::collections::BTreeMap<Handle, Duration>>> {
-    let Some(times) = storage.list_times(ObjectKind::Lock)? else {
-        return Ok(None);
-    };
-    let Some(now) = times.iter().find(|(k, _)| k == reference).map(|(_, t)| *t) else {
-        return Ok(None);
-    };
-    Ok(Some(
-        times
-            .into_iter()
-            .map(|(k, t)| (k, now.duration_since(t).unwrap_or_default()))
-            .collect(),
-    ))
+/// `reference`, an object of ours written just before, is "now". `None` only where the store
+/// keeps no times (then ages go by the locks' `refreshed` and our clock). A store with times
+/// that does not list `reference` yet (a listing that lags behind writes) is asked again, and
+/// then it is an error: falling back to our clock is what this rule exists to avoid.
+pub fn lock_ages(storage: &Storage, reference: &Handle) -> Result<Option<LockAges>> {
+    for attempt in 0..5 {
+        let Some(times) = storage.list_times(ObjectKind::Lock)? else {
+            return Ok(None);
+        };
+        if let Some(now) = times.iter().find(|(k, _)| k == reference).map(|(_, t)| *t) {
+            let ages = times
+                .into_iter()
+                .map(|(k, t)| (k, now.duration_since(t).unwrap_or_default()))
+                .collect();
+            return Ok(Some(LockAges(ages)));
+        }
+        std::thread::sleep(Duration::from_millis(200 << attempt));
+    }
+    Err(Error::Locked(format!(
+        "the repository's listing of locks/ does not show the lock {} this process just wrote, \
+         so lock ages cannot be judged by the store's clock; run the command again",
+        storage.describe(reference)
+    )))
+}
+
+/// Lock ages by the store's clock (see [`lock_ages`]).
+pub struct LockAges(std::collections::BTreeMap<Handle, Duration>);
+
+impl LockAges {
+    /// The age of `lock`; one the listing did not show yet was written after it: age zero.
+    pub fn of(&self, lock: &Handle) -> Duration {
+        self.0.get(lock).copied().unwrap_or_default()
+    }
 }
 
 /// The error for another process's lock that could not be read (`err`, other than not found).
@@ -507,7 +522,7 @@ pub fn unlock(storage: &Storage, all: bool) -> Result<Vec<String>> {
             .as_ref()
             .map(|i| i.describe())
             .unwrap_or_else(|| "an unreadable lock".into());
-        let age = ages.as_ref().and_then(|a| a.get(&key).copied());
+        let age = ages.as_ref().map(|a| a.of(&key));
         let stale = info.map(|i| i.is_stale(age)).unwrap_or(true);
         if all || stale {
             storage.delete(&key)?;

@@ -314,11 +314,11 @@ impl Repository {
         Ok(repo)
     }
 
-    /// Caps the average upload rate of this handle (`--limit-upload`). Call it before taking a
-    /// lock: the storage is wrapped anew.
+    /// Caps the average upload rate of this handle (`--limit-upload`); the lease (and any lock
+    /// held) carries over.
     pub fn limit_uploads(&mut self, bytes_per_sec: u64) {
         let limited = limit::UploadLimit::new(self.storage.backend().clone(), bytes_per_sec);
-        self.storage = Storage::new(Arc::new(limited));
+        self.storage = self.storage.rewrapped(Arc::new(limited));
     }
 
     /// How many packs a backup, prune or repair stores at once (default 1); each one in flight

@@ -268,7 +268,31 @@ fn classify(location: &S3Location, e: object_store::Error) -> (ErrorClass, Strin
     let bucket = &location.bucket;
     let endpoint = &location.endpoint;
     let has = |code: &str| text.contains(code);
-    if has("NoSuchBucket") {
+    // Codes in the body say more than the status: AWS answers a stalled upload with 400
+    // RequestTimeout and asks to slow down with 503 SlowDown; its SDKs retry these.
+    let transient_code = [
+        "RequestTimeout",
+        "SlowDown",
+        "InternalError",
+        "ServiceUnavailable",
+    ]
+    .iter()
+    .any(|c| has(c));
+    if transient_code {
+        (
+            ErrorClass::Transient,
+            format!("the S3 server asked to try again: {}", brief(&text)),
+        )
+    } else if has("RequestTimeTooSkewed") {
+        (
+            ErrorClass::Permanent,
+            format!(
+                "the S3 server refused the request because this machine's clock is wrong \
+                 (set it right, e.g. with NTP): {}",
+                brief(&text)
+            ),
+        )
+    } else if has("NoSuchBucket") {
         (
             ErrorClass::Permanent,
             format!("bucket {bucket:?} does not exist at {endpoint}: create it, or fix the bucket in --repo/TVAULT_REPO"),
@@ -362,7 +386,7 @@ impl Backend for S3Backend {
                 let got = self.store.get(&self.path(key)).await?;
                 got.bytes().await
             })
-            // Without a copy where the body arrived in one buffer.
+            // Into a Vec without a copy where the buffer allows it.
             .map(Vec::from)
             .map_err(|e| self.error(key, e))
     }

@@ -300,6 +300,15 @@ impl Storage {
     }
 
     /// The lease every clone of this storage checks before it writes.
+    /// The same storage seen through `backend` (a wrapper of this one's backend), sharing its
+    /// lease: a lock held or lost stays so.
+    pub fn rewrapped(&self, backend: Arc<dyn Backend>) -> Storage {
+        Storage {
+            backend,
+            lease: self.lease.clone(),
+        }
+    }
+
     pub fn lease(&self) -> Arc<Lease> {
         self.lease.clone()
     }
