@@ -130,7 +130,11 @@ impl<'a> BaseFinder<'a> {
     /// Parses the tensors of the model files of the parent and the recent snapshots. A snapshot
     /// or file that cannot be read only costs its bases.
     fn build(&self, block: u32) -> HashMap<Identity, Vec<Holder>> {
-        let mut sources: Vec<Vec<Node>> = vec![self.parent_files.values().cloned().collect()];
+        let searched = |n: &Node| {
+            n.kind == NodeKind::File && n.size >= MIN_TENSOR_REGION && is_model_name(&n.path)
+        };
+        let parent = self.parent_files.values().filter(|n| searched(n)).cloned();
+        let mut sources: Vec<Vec<Node>> = vec![parent.collect()];
         if let Ok(all) = self.repo.snapshots() {
             let recent = all
                 .iter()
@@ -148,9 +152,7 @@ impl<'a> BaseFinder<'a> {
         let mut index: HashMap<Identity, Vec<Holder>> = HashMap::new();
         let mut seen: HashSet<Vec<Id>> = HashSet::new();
         for (rank, mut nodes) in sources.into_iter().enumerate() {
-            nodes.retain(|n| {
-                n.kind == NodeKind::File && n.size >= MIN_TENSOR_REGION && is_model_name(&n.path)
-            });
+            nodes.retain(searched);
             nodes.sort_by_key(|n| Reverse(n.mtime_ns));
             for node in nodes {
                 if seen.len() >= MAX_FILES {
