@@ -6,14 +6,17 @@
 #   - baselines: `tar | zstd -3 -T0`; restic and borg when installed (skipped otherwise);
 #   - tvault: first backup, incremental backup of the unchanged tree, restore,
 #     `verify --read-data` (when this build has it), the second snapshot of `frozen`, the
-#     `finetune`, `fulltrain` and `resave` series (what each further step adds), and peak
-#     memory backing up 1 GiB and 20 GiB files (sparse zeros: memory must not follow size).
+#     `finetune`, `fulltrain` and `resave` series (what each further step adds), the `finetune`
+#     series with a new folder per step, and peak memory backing up 1 GiB and 20 GiB files
+#     (sparse zeros: memory must not follow size).
 # Each line: seconds, input bytes/s, peak RSS. The page cache is warm (the input is read first).
 #
 #   bash benches/e2e.sh                                  # 2 GiB checkpoints, on disk (/tmp)
 #   WORK=/dev/shm/tvault-bench bash benches/e2e.sh       # on tmpfs: the CPU cost alone
 #   SIZE=512MiB bash benches/e2e.sh                      # smaller checkpoints
 #   BEFORE=/path/to/old/tvault bash benches/e2e.sh       # also time another build, interleaved
+#   ONLY=series bash benches/e2e.sh                      # the series alone (with BEFORE: its
+#                                                        # new-folder series too)
 #   S3=1 bash benches/e2e.sh                             # S3 mode (below), then stop
 #
 # S3 mode: a local Garage (scripts/s3-server.sh, state under $WORK) holds the repositories.
@@ -35,8 +38,10 @@ TIME=/usr/bin/time
 
 rm -rf "$WORK"; mkdir -p "$WORK/data"
 $GEN single "$WORK/data/single/ckpt" --size "$SIZE" >/dev/null
-$GEN frozen "$WORK/data/frozen/ckpt" --size "$SIZE" --step 0 >/dev/null
-$GEN frozen "$WORK/data/frozen1/ckpt" --size "$SIZE" --step 1 >/dev/null
+if [ "${ONLY:-}" != series ]; then
+  $GEN frozen "$WORK/data/frozen/ckpt" --size "$SIZE" --step 0 >/dev/null
+  $GEN frozen "$WORK/data/frozen1/ckpt" --size "$SIZE" --step 1 >/dev/null
+fi
 CKPT=$WORK/data/single/ckpt
 cat "$CKPT"/* >/dev/null   # page cache warm
 
@@ -93,6 +98,51 @@ if [ -n "${S3:-}" ]; then
   rm -rf "$WORK"
   exit 0
 fi
+# Model-aware storage: each workload's steps 0, 1, 2 backed up one after the other; what every
+# further step adds, and the restore of the last step (deltas resolved through the chain). By
+# default every step is written to the same path (so each step's parent file is the previous
+# one); with `folders`, step N goes to a new `checkpoints/checkpoint-N/` and the previous folder
+# is deleted, as trainers do (the bases are then found by tensor identity). NAME and BIN: another
+# build than this one.
+series() { # scenario, label, [folders]
+  local scenario=$1 label=$2 folders=${3:-} name=${NAME:-tvault} bin=${BIN:-$B}
+  local top="$WORK/data/$scenario" repo="$WORK/$scenario-repo" src dir rel
+  echo "== $name: $scenario${folders:+, a new folder per step} ($label)"
+  rm -rf "$top" "$repo"; $bin --repo "$repo" init -q
+  for step in 0 1 2; do
+    if [ -n "$folders" ]; then
+      rm -rf "$top/checkpoints"
+      rel=checkpoints/checkpoint-$(((step + 1) * 500)) src=$top/checkpoints
+    else
+      rel=ckpt src=$top/ckpt
+    fi
+    dir=$top/$rel
+    $GEN "$scenario" "$dir" --size "$SIZE" --step "$step" >/dev/null
+    local total; total=$(du -sb --apparent-size "$dir" | cut -f1)
+    bytes=$total measure "$name backup ($scenario, step $step)" $bin --repo "$repo" --json backup "$src"
+    local added; added=$(json "['bytes_added']")
+    echo "  step $step added: $added bytes = $(python3 -c "print(round($added / $total, 4))") of the checkpoint; stored: $(json "['stored']")"
+  done
+  local id; id=$(json "['snapshot_id']")
+  bytes=$(du -sb --apparent-size "$dir" | cut -f1) measure "$name restore ($scenario, step 2)" $bin --repo "$repo" -q restore "$id" "$WORK/restored"
+  cmp -s "$WORK/restored/$rel/model.safetensors" "$dir/model.safetensors" || { echo "e2e: $scenario restore differs" >&2; exit 1; }
+  rm -rf "$WORK/restored" "$repo" "$top"
+}
+run_series() {
+  series finetune "about 1 % of bf16 values change per step"
+  series fulltrain "fp32 weights + Adam moments, every value changes a little"
+  series resave "the same tensors saved in another order with other metadata"
+  series finetune "about 1 % of bf16 values change per step" folders
+  if [ -n "${BEFORE:-}" ]; then
+    NAME=before BIN=$BEFORE series finetune "about 1 % of bf16 values change per step" folders
+  fi
+}
+if [ "${ONLY:-}" = series ]; then
+  run_series
+  rm -rf "$WORK"
+  exit 0
+fi
+
 echo "== physical limits"
 measure "read (cat > /dev/null)" cat "$CKPT/model.safetensors"
 measure "BLAKE3 alone, all cores" $B3 "$CKPT/model.safetensors"
@@ -154,28 +204,7 @@ measure "tvault backup (frozen, step 1)" $B --repo "$WORK/frozen-repo" --json ba
 echo "  step 1 added: $(json "['bytes_added']") bytes = $(share "$(json "['bytes_added']")") of the checkpoint"
 rm -rf "$WORK/frozen-repo" "$WORK/data/frozen" "$WORK/data/frozen1"
 
-# Model-aware storage: each workload's steps 0, 1, 2 backed up from the same path (so each step's
-# parent is the previous one); what every further step adds, and the restore of the last step
-# (deltas resolved through the chain).
-series() { # scenario, label
-  local scenario=$1 label=$2 dir="$WORK/data/$1/ckpt"
-  echo "== $scenario ($label)"
-  $B --repo "$WORK/$scenario-repo" init -q
-  for step in 0 1 2; do
-    $GEN "$scenario" "$dir" --size "$SIZE" --step "$step" >/dev/null
-    local total; total=$(du -sb --apparent-size "$dir" | cut -f1)
-    bytes=$total measure "tvault backup ($scenario, step $step)" $B --repo "$WORK/$scenario-repo" --json backup "$dir"
-    local added; added=$(json "['bytes_added']")
-    echo "  step $step added: $added bytes = $(python3 -c "print(round($added / $total, 4))") of the checkpoint; stored: $(json "['stored']")"
-  done
-  local id; id=$(json "['snapshot_id']")
-  bytes=$(du -sb --apparent-size "$dir" | cut -f1) measure "tvault restore ($scenario, step 2)" $B --repo "$WORK/$scenario-repo" -q restore "$id" "$WORK/restored"
-  cmp -s "$WORK/restored/ckpt/model.safetensors" "$dir/model.safetensors" || { echo "e2e: $scenario restore differs" >&2; exit 1; }
-  rm -rf "$WORK/restored" "$WORK/$scenario-repo" "$WORK/data/$scenario"
-}
-series finetune "about 1 % of bf16 values change per step"
-series fulltrain "fp32 weights + Adam moments, every value changes a little"
-series resave "the same tensors saved in another order with other metadata"
+run_series
 
 echo "== memory against file size (sparse zeros)"
 for g in 1 20; do

@@ -45,6 +45,8 @@ mod s3;
 mod settle;
 #[path = "cli/tar.rs"]
 mod tar;
+#[path = "cli/tensor_bases.rs"]
+mod tensor_bases;
 #[path = "cli/unattended.rs"]
 mod unattended;
 #[path = "cli/verify.rs"]

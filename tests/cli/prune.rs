@@ -1058,10 +1058,12 @@ fn verify_cannot_check_while_prune_holds_the_exclusive_lock() {
 
 /// Two backups that ran at once (each with its own packs and index file) can both store the
 /// same chunk: one as an XOR delta against its parent's block, one whole. Built here without a
-/// race: `src/ckpt` holds models `a` and `b`; snapshot A0 has only `a` (step 0), B0 only `b`.
-/// Step 1 of both is then backed up once with parent A0 (`a` as deltas of A0, `b` whole) and,
-/// in a copy of the repository, once with parent B0 (`b` as deltas of B0, `a` whole), whose new
-/// files are then copied back, as a concurrent backup would have written them. Whichever index
+/// race: `src/ckpt` holds models `a` and `b`; snapshot A0 has only `a` (step 0), B0 only `b`,
+/// each in its own copy of the freshly initialised repository (bases are found by tensor
+/// identity in any recent snapshot: neither copy may hold the other's model). Step 1 of both is
+/// then backed up once with parent A0 (`a` as deltas of A0, `b` whole) and, in the copy, once
+/// with parent B0 (`b` as deltas of B0, `a` whole), whose new files are then copied back, as a
+/// concurrent backup would have written them. Whichever index
 /// file the index prefers, one model's delta copies are not the copies it reads. Returns the
 /// IDs of A0 and B0 and the two step-1 snapshots with what they restore to.
 fn chunks_stored_as_delta_and_whole(env: &TestEnv) -> ([String; 2], [(String, Manifest); 2]) {
@@ -1078,13 +1080,17 @@ fn chunks_stored_as_delta_and_whole(env: &TestEnv) -> ([String; 2], [(String, Ma
         );
         fs::remove_file(dir.join("config.json")).unwrap();
     };
+    let other = env.fresh_path("other-repo");
+    crate::testenv::copy_dir(&env.repo, &other);
     model("a", 31, 0);
     let a0 = snap(env, &[]).0;
     fs::remove_dir_all(ckpt.join("a")).unwrap();
     model("b", 32, 0);
-    let b0 = snap(env, &[]).0;
-    let other = env.fresh_path("other-repo");
-    crate::testenv::copy_dir(&env.repo, &other);
+    let b0 = env
+        .tvault_at(&other, args!["--json", "backup", &ckpt])
+        .expect_code(0)
+        .json();
+    let b0 = text(&b0, "id");
     model("a", 31, 1);
     model("b", 32, 1);
 
@@ -1095,7 +1101,12 @@ fn chunks_stored_as_delta_and_whole(env: &TestEnv) -> ([String; 2], [(String, Ma
             .tvault_at(repo, args!["--json", "backup", &ckpt, "--parent", parent])
             .expect_code(0);
         let report = run.json();
-        assert!(num(&report["stored"], "delta") > 0, "{run}");
+        // One model as deltas, the other whole.
+        let (delta, whole) = (
+            num(&report["stored"], "delta"),
+            num(&report["stored"], "byte_planes"),
+        );
+        assert!(delta > 0 && whole > delta / 2, "{run}");
         step1.push((text(&report, "id"), sources_manifest(&[&ckpt])));
     }
     let ours: BTreeSet<PathBuf> = files_below(&env.repo)

@@ -13,8 +13,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use chrono::{DateTime, Utc};
 
-use super::read_file::{store_file, ReadOutcome};
+use super::read_file::{store_file, FindBases, ReadOutcome};
 use super::settle::{self, human, Settled, SettlingFile};
+use super::tensor_bases::BaseFinder;
 use super::throttle::Throttled;
 use super::walk::{node_from, resolve_sources, walk, Excludes, WalkOptions, WalkResult, Walked};
 use crate::codec;
@@ -191,6 +192,8 @@ pub fn run(
     };
     let mut late = HashSet::new();
     let settled = decide(&late);
+    // Delta bases by tensor identity, from the parent and recent snapshots.
+    let finder = BaseFinder::new(repo, parent.as_ref().map(|(id, _)| *id), &parent_files);
 
     // A file stored as usual is read unless the parent's entry matches it (`reusable`).
     let reusable = |node: &Node| {
@@ -216,8 +219,16 @@ pub fn run(
     for i in to_read {
         let w = &walked[i];
         progress.file(&w.node.path.display());
-        let prev = parent_files.get(&w.node.path);
-        let outcome = read_with_retry(w, opts.settle, &mut writer, progress, &mut summary, prev)?;
+        let find_bases =
+            |regions: &[crate::format::Region], block| finder.bases(&w.node.path, regions, block);
+        let outcome = read_with_retry(
+            w,
+            opts.settle,
+            &mut writer,
+            progress,
+            &mut summary,
+            &find_bases,
+        )?;
         progress.added(writer.bytes_added());
         match outcome {
             FileRead::Stored(node) => {
@@ -401,7 +412,7 @@ fn read_with_retry(
     writer: &mut BlobWriter,
     progress: &dyn Progress,
     summary: &mut Summary,
-    parent: Option<&Node>,
+    find_bases: FindBases,
 ) -> Result<FileRead> {
     let abs = w.abs.as_path();
     // The file, as `meta` shows it, is no longer the settled one the walk found.
@@ -420,7 +431,7 @@ fn read_with_retry(
     }
     crate::repo::testing::pause("backup-open");
     for _attempt in 0..2 {
-        match store_file(abs, writer, progress, parent)? {
+        match store_file(abs, writer, progress, find_bases)? {
             ReadOutcome::Stored {
                 chunks,
                 meta,

@@ -21,6 +21,7 @@ pub mod settle;
 pub mod show;
 pub mod stats;
 pub mod tag;
+mod tensor_bases;
 mod tensors;
 mod throttle;
 pub mod verify;

@@ -24,6 +24,10 @@ use crate::repo::BlobWriter;
 
 use super::tensors::Bases;
 
+/// Finds the delta bases of a file's tensor blocks: given its regions and the tensor block
+/// size, the base chunk of each block by its file offset (see `tensor_bases.rs`).
+pub(crate) type FindBases<'f> = &'f dyn Fn(&[crate::format::Region], u32) -> Bases;
+
 pub(crate) enum ReadOutcome {
     /// The content is stored; `meta` is the file's state before and after the read.
     Stored {
@@ -98,7 +102,7 @@ struct Encoded {
     range: std::ops::Range<usize>,
     /// Element width of the float tensor the chunk is in (0: none).
     width: u8,
-    /// The parent's chunk at the same place of the same tensor, the base for a delta.
+    /// The chunk of the same block of the same tensor in an earlier file, the base for a delta.
     base: Option<Id>,
     /// `None`: already stored. `Raw`: stored as the plain bytes. Others: in `out`.
     encoding: Option<Encoding>,
@@ -111,7 +115,7 @@ pub(crate) fn store_file(
     path: &Path,
     writer: &mut BlobWriter,
     progress: &dyn Progress,
-    parent: Option<&crate::tree::Node>,
+    find_bases: FindBases,
 ) -> Result<ReadOutcome> {
     let unreadable =
         |e: std::io::Error| Ok(ReadOutcome::Unreadable(format!("{}: {e}", path.display())));
@@ -124,7 +128,7 @@ pub(crate) fn store_file(
         Err(e) => return unreadable(e),
     };
     crate::repo::testing::pause("backup-opened");
-    let (spans, bases) = spans_of(&file, before.len(), writer, path, progress, parent);
+    let (spans, bases) = spans_of(&file, before.len(), writer, path, progress, find_bases);
     let (chunks, bytes_read) = match store_stream(&file, &spans, &bases, writer, progress)? {
         Ok(stored) => stored,
         Err(e) => return unreadable(e),
@@ -145,15 +149,15 @@ pub(crate) fn store_file(
 
 /// How a file is chunked: in a version-2 repository, its format's regions (a tensor in fixed
 /// blocks from its start, the rest by content); otherwise (or for unknown formats) nothing,
-/// which chunks the whole file by content. With them, the base of each tensor block in the
-/// parent's version of the file (see [`super::tensors::bases_for`]).
+/// which chunks the whole file by content. With them, the base of each tensor block that
+/// `find_bases` finds.
 fn spans_of(
     file: &File,
     len: u64,
     writer: &BlobWriter,
     path: &Path,
     progress: &dyn Progress,
-    parent: Option<&crate::tree::Node>,
+    find_bases: FindBases,
 ) -> (Vec<Span>, Bases) {
     let Some(block) = writer.config().tensor_block else {
         return (Vec::new(), Bases::new());
@@ -162,9 +166,7 @@ fn spans_of(
     if let Some(w) = &layout.warning {
         progress.warn(&format!("{}: {w}", path.display()));
     }
-    let bases = parent.map_or_else(Bases::new, |p| {
-        super::tensors::bases_for(writer.repo(), p, &layout.regions, block)
-    });
+    let bases = find_bases(&layout.regions, block);
     let spans = layout
         .regions
         .iter()
@@ -276,9 +278,9 @@ pub(crate) fn store_stream<R: Read + Send>(
 /// (float weights never compress 8:1 on their own).
 const CLEARLY_SMALLER: usize = 8;
 
-/// Encodes a new chunk into `out`: as an XOR with `base` (the parent's chunk at the same place)
-/// when that is smaller than the chunk's own encoding and the chain stays within its bound,
-/// else as [`codec::encode_typed`]. A base that cannot be read only costs the delta.
+/// Encodes a new chunk into `out`: as an XOR with `base` (the same block of the same tensor in
+/// an earlier file) when that is smaller than the chunk's own encoding and the chain stays
+/// within its bound, else as [`codec::encode_typed`]. A base that cannot be read only costs the delta.
 fn encode_chunk(
     w: &BlobWriter,
     plain: &[u8],

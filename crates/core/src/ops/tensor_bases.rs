@@ -1,0 +1,217 @@
+//! Delta bases by tensor identity: for each tensor block of a file being backed up, the chunk
+//! of the same block of the same tensor (name, dtype, shape, length) wherever the repository
+//! holds it, not only in the parent's version of the same path. So a training run that writes
+//! each step into a new folder (`checkpoint-500/`, `checkpoint-1000/`, the oldest deleted),
+//! renames its files, re-shards a checkpoint, or fine-tunes a base model backed up earlier
+//! under other paths still stores its steps as deltas.
+//!
+//! Where to look: the parent snapshot's files, then those of the [`RECENT`] newest other
+//! snapshots (any host and paths). Which base: the same path first, then the same file name,
+//! then the newest (the parent before older snapshots, then the latest modification time).
+//!
+//! Nothing is stored for this: the tensors of a stored file come from its header, parsed again
+//! from its stored chunks (see [`super::tensors`]), once per backup run, and only when a new
+//! file has tensors its parent version at the same path does not provide. Only files named as
+//! model files ([`MODEL_EXTENSIONS`]) are parsed this way, so a tree of many other files costs
+//! no reads; the same path is always tried, whatever its name. A base is a chunk ID in the
+//! repository's index, as for any delta: restore needs nothing new.
+
+use std::cell::OnceCell;
+use std::cmp::Reverse;
+use std::collections::{HashMap, HashSet};
+
+use crate::format::{Region, MIN_TENSOR_REGION};
+use crate::id::Id;
+use crate::repo::Repository;
+use crate::tree::{Node, NodeKind, NodePath};
+
+use super::tensors::{bases_for, stored_tensors, Bases};
+
+/// How many snapshots besides the parent are searched for bases (the newest ones).
+pub(crate) const RECENT: usize = 8;
+
+/// How many distinct stored files (by content) at most have their headers parsed per run; the
+/// newest are parsed first.
+const MAX_FILES: usize = 4096;
+
+/// Names of files whose headers are parsed for tensors when they are not at the same path as
+/// the new file (lower case; the part after the last dot).
+pub(crate) const MODEL_EXTENSIONS: &[&str] = &["safetensors", "gguf", "bin", "pt", "pth", "ckpt"];
+
+/// What identifies a tensor across files: a block of it may be a delta against the same block
+/// of another tensor with the same identity.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct Identity {
+    name: String,
+    dtype: String,
+    shape: Vec<u64>,
+    len: u64,
+}
+
+/// One stored tensor with a given identity: in which file it is and its blocks' chunks.
+struct Holder {
+    path: NodePath,
+    /// 0: the parent snapshot; then 1, 2, … from the newest other snapshot.
+    rank: usize,
+    mtime_ns: i64,
+    blocks: Vec<Option<Id>>,
+}
+
+/// Finds bases for the tensor blocks of the files one backup reads.
+pub(crate) struct BaseFinder<'a> {
+    repo: &'a Repository,
+    parent: Option<Id>,
+    parent_files: &'a HashMap<NodePath, Node>,
+    /// Every stored tensor of the searched files by identity, built on first need.
+    index: OnceCell<HashMap<Identity, Vec<Holder>>>,
+}
+
+impl<'a> BaseFinder<'a> {
+    pub(crate) fn new(
+        repo: &'a Repository,
+        parent: Option<Id>,
+        parent_files: &'a HashMap<NodePath, Node>,
+    ) -> BaseFinder<'a> {
+        BaseFinder {
+            repo,
+            parent,
+            parent_files,
+            index: OnceCell::new(),
+        }
+    }
+
+    /// The base of each tensor block of the file at `path` whose tensors are `regions` (see
+    /// [`Bases`]), cut into `block`-byte blocks.
+    pub(crate) fn bases(&self, path: &NodePath, regions: &[Region], block: u32) -> Bases {
+        let mut bases = match self.parent_files.get(path) {
+            Some(p) => bases_for(self.repo, p, regions, block),
+            None => Bases::new(),
+        };
+        let unmatched: Vec<&Region> = regions
+            .iter()
+            .filter(|r| r.tensor().is_some() && !bases.contains_key(&r.start))
+            .collect();
+        if unmatched.is_empty() {
+            return bases;
+        }
+        let index = self.index.get_or_init(|| self.build(block));
+        let name = file_name(path);
+        for r in unmatched {
+            let info = r.tensor().expect("filtered on tensors");
+            let id = Identity {
+                name: info.name.clone(),
+                dtype: info.dtype.clone(),
+                shape: info.shape.clone(),
+                len: r.len(),
+            };
+            let Some(best) = index.get(&id).and_then(|holders| {
+                holders.iter().max_by_key(|h| {
+                    (
+                        h.path == *path,
+                        file_name(&h.path) == name,
+                        Reverse(h.rank),
+                        h.mtime_ns,
+                    )
+                })
+            }) else {
+                continue;
+            };
+            for (k, base) in best.blocks.iter().enumerate() {
+                if let Some(base) = base {
+                    bases
+                        .entry(r.start + k as u64 * u64::from(block))
+                        .or_insert(*base);
+                }
+            }
+        }
+        bases
+    }
+
+    /// Parses the tensors of the model files of the parent and the recent snapshots. A snapshot
+    /// or file that cannot be read only costs its bases.
+    fn build(&self, block: u32) -> HashMap<Identity, Vec<Holder>> {
+        let searched = |n: &Node| {
+            n.kind == NodeKind::File && n.size >= MIN_TENSOR_REGION && is_model_name(&n.path)
+        };
+        let parent = self.parent_files.values().filter(|n| searched(n)).cloned();
+        let mut sources: Vec<Vec<Node>> = vec![parent.collect()];
+        if let Ok(all) = self.repo.snapshots() {
+            let recent = all
+                .iter()
+                .rev()
+                .filter(|(id, _)| Some(*id) != self.parent)
+                .take(RECENT);
+            for (_, snap) in recent {
+                // A snapshot published after this backup read the index has its tree in no
+                // index here: skipped (its chunks could not be bases anyway).
+                if let Ok(tree) = self.repo.load_tree(&snap.tree) {
+                    sources.push(tree.nodes);
+                }
+            }
+        }
+        let mut index: HashMap<Identity, Vec<Holder>> = HashMap::new();
+        let mut seen: HashSet<Vec<Id>> = HashSet::new();
+        for (rank, mut nodes) in sources.into_iter().enumerate() {
+            nodes.retain(searched);
+            nodes.sort_by_key(|n| Reverse(n.mtime_ns));
+            for node in nodes {
+                if seen.len() >= MAX_FILES {
+                    return index;
+                }
+                // The same content elsewhere (an unchanged file in an older snapshot) has the
+                // same tensors and blocks.
+                if !seen.insert(node.chunks.clone()) {
+                    continue;
+                }
+                for t in stored_tensors(self.repo, &node, block) {
+                    let id = Identity {
+                        len: t.end - t.start,
+                        name: t.info.name,
+                        dtype: t.info.dtype,
+                        shape: t.info.shape,
+                    };
+                    index.entry(id).or_default().push(Holder {
+                        path: node.path.clone(),
+                        rank,
+                        mtime_ns: node.mtime_ns,
+                        blocks: t.blocks,
+                    });
+                }
+            }
+        }
+        index
+    }
+}
+
+/// The last component of a path.
+fn file_name(path: &NodePath) -> &[u8] {
+    path.0.rsplit(|&b| b == b'/').next().unwrap_or(&path.0)
+}
+
+/// Named like a model file (see [`MODEL_EXTENSIONS`]).
+fn is_model_name(path: &NodePath) -> bool {
+    let name = file_name(path);
+    let Some(dot) = name.iter().rposition(|&b| b == b'.') else {
+        return false;
+    };
+    let ext = String::from_utf8_lossy(&name[dot + 1..]).to_ascii_lowercase();
+    MODEL_EXTENSIONS.contains(&ext.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_files_are_recognised_by_their_extension() {
+        let p = |s: &str| NodePath(s.as_bytes().to_vec());
+        assert!(is_model_name(&p("ckpt/checkpoint-500/model.safetensors")));
+        assert!(is_model_name(&p("m/model-00001-of-00003.SafeTensors")));
+        assert!(is_model_name(&p("llama.Q4_K.gguf")));
+        assert!(is_model_name(&p("optimizer.pt")));
+        assert!(!is_model_name(&p("ckpt/model.safetensors.index.json")));
+        assert!(!is_model_name(&p("README")));
+        assert_eq!(file_name(&p("a/b/c.bin")), b"c.bin");
+        assert_eq!(file_name(&p("c.bin")), b"c.bin");
+    }
+}
