@@ -196,3 +196,51 @@ fn the_base_is_the_same_file_name_then_the_newest() {
     snaps.push((text(&report, "id"), sources_manifest(&[&root])));
     restore_all(&env, &snaps);
 }
+
+#[test]
+fn show_tensors_of_a_new_folder_says_delta_or_unchanged_not_new() {
+    // `show --tensors` compares with the parent's file at the same path, which a new folder
+    // per step never has: its tensors are still reported by how they are stored.
+    let env = TestEnv::with_repo();
+    let root = env.root.join("src/checkpoints");
+    env.checkpoint(
+        "src/checkpoints/checkpoint-100",
+        Scenario::Finetune,
+        SIZE,
+        SEED,
+        0,
+    );
+    env.backup(&[&root], &[]);
+    fs::remove_dir_all(root.join("checkpoint-100")).unwrap();
+    env.checkpoint(
+        "src/checkpoints/checkpoint-200",
+        Scenario::Finetune,
+        SIZE,
+        SEED,
+        1,
+    );
+    let id = text(&env.backup(&[&root], &[]), "id");
+    let run = env
+        .tvault(["--json", "show", "--tensors", &id])
+        .expect_code(0);
+    let report = run.json();
+    let files = report["files"].as_array().unwrap();
+    let model = files
+        .iter()
+        .find(|f| text(f, "path").ends_with(".safetensors"))
+        .expect("a model file");
+    let statuses: BTreeMap<String, usize> =
+        model["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .fold(BTreeMap::new(), |mut m, t| {
+                *m.entry(text(t, "status")).or_default() += 1;
+                m
+            });
+    assert!(
+        statuses.get("delta").copied().unwrap_or(0) > 0,
+        "{statuses:?}\n{run}"
+    );
+    assert!(!statuses.contains_key("new"), "{statuses:?}\n{run}");
+}

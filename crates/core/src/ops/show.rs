@@ -144,7 +144,20 @@ pub fn run(repo: &mut Repository, snapshot: &str, tensors: bool) -> Result<ShowR
         let storage = classify(&mut node.chunks.iter());
         report.total = report.total.add(&storage);
         let tensors = if tensors {
-            tensor_storage(repo, parent_files.get(&node.path), node, &classify, &before)
+            // No file at this path in the parent (a new folder per step): compare with the
+            // parent's file of the same name, as backup looks for delta bases.
+            let name = |p: &[u8]| p.rsplit(|b| *b == b'/').next().map(<[u8]>::to_vec);
+            let earlier = parent_files.get(&node.path).or_else(|| {
+                let mine = name(&node.path.0);
+                let mut same: Vec<&Node> = parent_files
+                    .values()
+                    .filter(|p| name(&p.path.0) == mine)
+                    .collect();
+                // One answer whatever the map's order: the last path.
+                same.sort_by(|a, b| a.path.0.cmp(&b.path.0));
+                same.last().copied()
+            });
+            tensor_storage(repo, earlier, node, &classify, &before)
         } else {
             None
         };
@@ -178,10 +191,15 @@ fn tensor_storage(
             let storage = classify(&mut ids.iter());
             let changed = ids.iter().filter(|c| !before.contains(c)).count() as u64;
             let whole = storage.byte_planes + storage.zstd + storage.raw;
+            // A tensor new at this path may be one the parent holds elsewhere (a new folder
+            // per step, a renamed or re-sharded file): said by how it is stored.
             let status = match t.change {
                 TensorChange::Unchanged => "unchanged",
+                TensorChange::Added if !ids.is_empty() && changed == 0 => "unchanged",
+                TensorChange::Changed | TensorChange::Added if storage.delta > 0 && whole == 0 => {
+                    "delta"
+                }
                 TensorChange::Added => "new",
-                TensorChange::Changed if storage.delta > 0 && whole == 0 => "delta",
                 TensorChange::Changed => "changed",
             };
             TensorStorage {
