@@ -432,13 +432,32 @@ fn s3_prune_killed_mid_run_loses_nothing_and_the_next_prune_finishes() {
     s3.tvault(["forget", "--keep-last", "1"]).expect_code(0);
     let packs_before = s3.bucket().list("data").unwrap().len();
 
-    // A slow store, so the kill lands while prune reads, writes its index or deletes.
+    // A slow store; the kill lands once prune has stored its new index and begun deleting.
+    let log = s3.env.fresh_path("prune-calls.log");
     let mut cmd = s3.command(["prune", "--keep-last", "1"]);
-    cmd.env("TVAULT_TEST_FAULTS", "delay_ms=100")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    cmd.env(
+        "TVAULT_TEST_FAULTS",
+        format!("delay_ms=100,log={}", log.display()),
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
     let mut child = spawn(&mut cmd);
-    std::thread::sleep(Duration::from_millis(900));
+    let started = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("delete data/") || l.starts_with("delete index/"))
+    {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "prune ended before deleting"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "prune never deleted"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let _ = child.kill();
     assert!(!child.wait().unwrap().success(), "prune finished first");
     s3.verify_clean();
