@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod cache;
+pub mod crypto;
 pub mod faults;
 pub mod limit;
 pub mod location;
