@@ -12,7 +12,7 @@ use tvault_core::repo::location;
 pub(super) fn init(ctx: &Ctx) -> Result<u8> {
     let out = &ctx.out;
     let repo_path = &ctx.repo_path;
-    location::init(repo_path)?;
+    location::init(repo_path, None)?;
     out.line(&format!(
         "created tvault repository at {}",
         repo_path.display()

@@ -206,7 +206,7 @@ fn open(path: &Path, create_default: bool, out: &Out, access: Access) -> Result<
         } else {
             cache::default_root()
         };
-        location::open(path, cache.as_deref())?
+        location::open(path, cache.as_deref(), None)?
     };
     repo.set_lock_wait(access.lock_wait);
     if let Some(rate) = access.limit_upload {
