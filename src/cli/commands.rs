@@ -19,7 +19,8 @@ pub const EXIT_STATUS_HELP: &str = "Exit status:
   2  the command line is wrong (unknown option, missing argument)
   3  backup: the snapshot was written but is incomplete (some files could not be stored)
   4  verify: damage found; restore: finished, but some files could not be restored
-  5  snapshots --max-age: no complete snapshot matching the filters is recent enough";
+  5  snapshots --max-age: no complete snapshot matching the filters is recent enough
+  6  wrong password: no key of the encrypted repository opens with it (nothing was written)";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -53,14 +54,27 @@ pub struct Cli {
     /// Upload at most RATE bytes per second on average (e.g. 50MiB, 1.5GB; to the repository)
     #[arg(long, global = true, env = "TVAULT_LIMIT_UPLOAD", value_name = "RATE", value_parser = args::parse_rate)]
     pub limit_upload: Option<u64>,
+    /// Read the repository password from FILE (one trailing newline is ignored) [else
+    /// --password-command, else TVAULT_PASSWORD, else a prompt on a terminal]
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        conflicts_with = "password_command"
+    )]
+    pub password_file: Option<PathBuf>,
+    /// Run CMD (with sh -c) and use its standard output as the repository password, e.g. a
+    /// secret manager: `pass show tvault`
+    #[arg(long, global = true, value_name = "CMD")]
+    pub password_command: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Create a repository
-    Init,
+    /// Create a repository (encrypted unless --no-encryption)
+    Init(InitArgs),
     /// Back up files and directories into a new snapshot
     Backup(BackupArgs),
     /// List snapshots, oldest first; with --max-age, alarm when the newest is too old
@@ -102,6 +116,47 @@ pub enum Command {
     Repair(RepairArgs),
     /// Remove stale locks left by crashed tvault processes
     Unlock(UnlockArgs),
+    /// Manage the keys (passwords) of an encrypted repository: list, add, remove, passwd
+    Key(KeyArgs),
+}
+
+/// `tvault init`.
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Create a plaintext repository: only for one on a volume that is already encrypted
+    /// and never leaves it (anyone who can read the repository reads the data)
+    #[arg(long)]
+    pub no_encryption: bool,
+}
+
+/// `tvault key`.
+#[derive(Args, Debug)]
+pub struct KeyArgs {
+    #[command(subcommand)]
+    pub what: KeyCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// List the keys (the one this password opens is marked)
+    List,
+    /// Add a key with a new password (from --new-password-file, TVAULT_NEW_PASSWORD or a prompt)
+    Add {
+        /// Read the new password from FILE
+        #[arg(long, value_name = "FILE")]
+        new_password_file: Option<PathBuf>,
+    },
+    /// Remove a key (not the last one, nor the one this password opens)
+    Remove {
+        /// The key's ID (or a unique prefix of at least 4 hex digits), as `key list` shows it
+        id: String,
+    },
+    /// Change the password of the key this password opens
+    Passwd {
+        /// Read the new password from FILE
+        #[arg(long, value_name = "FILE")]
+        new_password_file: Option<PathBuf>,
+    },
 }
 
 /// `tvault backup`.

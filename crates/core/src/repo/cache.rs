@@ -1,8 +1,10 @@
 //! A local cache of what a remote repository holds that is small, immutable and read by every
 //! command: index files and snapshot manifests (objects named by the BLAKE3 of their bytes) and
 //! trees (blobs named by the BLAKE3 of their plain bytes). `snapshots`, an incremental backup,
-//! `diff` and `show` then download nothing they already have. Every entry is checked against its
-//! name each time it is used: a damaged or foreign entry is fetched again, never trusted.
+//! `diff` and `show` then download nothing they already have; key slots of an encrypted
+//! repository too (checked to parse; only a slot's password opens it). Every entry is checked
+//! against its name each time it is used: a damaged or foreign entry is fetched again, never
+//! trusted.
 //!
 //! One folder per repository ID below `$XDG_CACHE_HOME/tvault` (else `~/.cache/tvault`),
 //! private (0700 folders, 0600 files); deleting it is always safe. The cache of an encrypted
@@ -44,6 +46,10 @@ pub struct Cache {
 const INDEX: &str = "index";
 const SNAPSHOTS: &str = "snapshots";
 const TREES: &str = "trees";
+/// Key slots of an encrypted repository: plain JSON, each opened only by its password (a
+/// damaged one fails that), read at every open. Only slots the repository still lists are
+/// read, so a removed key is not used from the cache.
+const KEYS: &str = "keys";
 
 impl Cache {
     /// The cache of the repository `id` below `root`.
@@ -62,6 +68,10 @@ impl Cache {
 
     /// Whether `bytes` are a sound entry named `id` (for trees: their plain bytes, if so).
     fn check(&self, kind: &str, id: &Id, bytes: &[u8]) -> Option<Vec<u8>> {
+        if kind == KEYS {
+            let slot = super::crypto::KeySlot::from_bytes(KEYS, bytes);
+            return slot.is_ok().then(|| bytes.to_vec());
+        }
         let Some(c) = &self.crypto else {
             return (Id::of(bytes) == *id).then(|| bytes.to_vec());
         };
@@ -148,12 +158,13 @@ fn cached(key: &str) -> Option<(&'static str, Id)> {
     let kind = match folder {
         "index" => INDEX,
         "snapshots" => SNAPSHOTS,
+        "keys" => KEYS,
         _ => return None,
     };
     Some((kind, Id::from_hex(name)?))
 }
 
-/// A backend whose index files and snapshot manifests are read through a [`Cache`].
+/// A backend whose index files, snapshot manifests and key slots are read through a [`Cache`].
 pub struct Cached {
     inner: Arc<dyn Backend>,
     cache: Cache,

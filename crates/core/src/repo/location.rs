@@ -131,11 +131,17 @@ pub fn init(given: &Path, password: Option<&[u8]>) -> Result<Repository> {
                     url.display()
                 )));
             }
-            if !backend.list("")?.is_empty() {
+            let objects = backend.list("")?;
+            // An interrupted encrypted `init` leaves its key slots and no config: redone anew.
+            let leftover_keys = objects.iter().all(|(k, _)| k.starts_with("keys/"));
+            if !objects.is_empty() && !leftover_keys {
                 return Err(Error::NotARepository {
                     path: url,
                     reason: "the prefix holds objects; choose a new or empty prefix".into(),
                 });
+            }
+            for (key, _) in &objects {
+                backend.delete(key)?;
             }
             Repository::init_backend(backend, url, password)
         }

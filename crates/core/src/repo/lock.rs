@@ -325,8 +325,11 @@ fn check_others(
         if key == *own {
             continue;
         }
-        let Ok(bytes) = storage.get(&key) else {
-            continue; // released while we looked
+        let bytes = match storage.get(&key) {
+            Ok(b) => b,
+            // Sealed with another key, or damaged: as unreadable as bad JSON.
+            Err(Error::Corrupt { .. }) => Vec::new(),
+            Err(_) => continue, // released while we looked
         };
         let other: LockInfo = match serde_json::from_slice(&bytes) {
             Ok(info) => info,

@@ -233,7 +233,15 @@ impl Repository {
             )));
         }
         if path.exists() {
-            let (others, leftovers) = dir_entries(path)?;
+            let (mut others, mut leftovers) = dir_entries(path)?;
+            // An interrupted encrypted `init` leaves its key slot and no config: redone anew.
+            if let [keys] = &others[..] {
+                if let Some(slots) = init_leftover_keys(keys)? {
+                    leftovers.extend(slots);
+                    leftovers.push(keys.clone());
+                    others.clear();
+                }
+            }
             if !others.is_empty() {
                 return Err(Error::NotARepository {
                     path: path.to_path_buf(),
@@ -242,7 +250,11 @@ impl Repository {
             }
             // What an interrupted `init` left behind.
             for tmp in leftovers {
-                std::fs::remove_file(&tmp).at(&tmp)?;
+                if tmp.is_dir() {
+                    std::fs::remove_dir(&tmp).at(&tmp)?;
+                } else {
+                    std::fs::remove_file(&tmp).at(&tmp)?;
+                }
             }
         }
         if !path.exists() {
@@ -368,7 +380,15 @@ impl Repository {
             .map_err(|e| not_repo(format!("its config is damaged: {e}")))?;
         config.validate().map_err(not_repo)?;
         let master = if config.encrypted() {
-            Some(keys::unlock(&storage, &config, &location, password)?)
+            // Key slots are read through the cache too (a network repository).
+            let slots = match cache_root {
+                Some(root) => storage.with_backend(Arc::new(cache::Cached::new(
+                    storage.backend().clone(),
+                    cache::Cache::new(root, &config.id),
+                ))),
+                None => storage.clone(),
+            };
+            Some(keys::unlock(&slots, &config, &location, password)?)
         } else {
             // A plaintext config beside key slots was altered (a downgrade): writing plain
             // data into an encrypted repository is refused.
@@ -811,6 +831,22 @@ fn dir_entries(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
         }
     }
     Ok((others, leftovers))
+}
+
+/// The files of `dir` if it is the `keys` folder an interrupted `init` left (key slots and
+/// temporary files only, no config beside it); `None` for anything else.
+fn init_leftover_keys(dir: &Path) -> Result<Option<Vec<PathBuf>>> {
+    if dir.file_name() != Some(std::ffi::OsStr::new(ObjectKind::Key.folder())) || !dir.is_dir() {
+        return Ok(None);
+    }
+    let (slots, tmps) = dir_entries(dir)?;
+    let ours = slots.iter().all(|p| {
+        p.is_file()
+            && p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| Id::from_hex(n).is_some())
+    });
+    Ok(ours.then(|| slots.into_iter().chain(tmps).collect()))
 }
 
 /// The ID a content-addressed object is named by.
