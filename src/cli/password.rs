@@ -49,8 +49,8 @@ pub fn for_new_repository(repo: &Path) -> Result<Vec<u8>, Error> {
     }
     if !on_terminal() {
         return Err(Error::Invalid(format!(
-            "{} is to be created encrypted and no password was given: {HOW} (or pass \
-             --no-encryption for a plaintext repository)",
+            "{} is to be created encrypted and no password was given: {HOW} (or create a \
+             plaintext repository on purpose with `tvault init --no-encryption`)",
             repo.display()
         )));
     }
