@@ -22,7 +22,11 @@ const HOST: &str = "trainer-host-5b3e";
 /// An encrypted repository (the default) with two snapshots of a checkpoint and a notes file
 /// holding [`MARKER`]; the checkpoint's directory and the snapshot IDs.
 fn encrypted_repo() -> (TestEnv, PathBuf, Vec<String>) {
-    let env = TestEnv::with_repo();
+    encrypted_repo_in(TestEnv::with_repo())
+}
+
+/// [`encrypted_repo`] in `env`'s repository (e.g. one with small packs).
+fn encrypted_repo_in(env: TestEnv) -> (TestEnv, PathBuf, Vec<String>) {
     let ckpt = env.checkpoint(
         format!("src/{SECRET_DIR}/ckpt"),
         Scenario::Single,
@@ -422,4 +426,43 @@ fn no_encryption_makes_a_plaintext_version_2_repository_on_purpose() {
     env.tvault(["key", "list"])
         .expect_code(1)
         .stderr_has(&["not encrypted"]);
+}
+
+#[test]
+fn a_truncated_pack_and_two_swapped_packs_are_named_and_never_restored_wrong() {
+    let env = TestEnv::with_repo();
+    env.set_pack_size(64 << 10);
+    let (env, dir, snaps) = encrypted_repo_in(env);
+    let packs = objects(&env, "data");
+    assert!(packs.len() >= 2, "{packs:?}");
+    let (a, b) = (packs[0].clone(), packs[1].clone());
+    let (ba, bb) = (fs::read(&a).unwrap(), fs::read(&b).unwrap());
+    fs::write(&a, &bb).unwrap();
+    fs::write(&b, &ba).unwrap();
+    let found = problems(&env);
+    for p in [&a, &b] {
+        let key = key_of(&env, p);
+        assert!(
+            found.iter().any(|(_, f, _)| *f == key),
+            "{key} not named in {found:?}"
+        );
+    }
+    let target = env.fresh_path("restore");
+    let run = env.tvault(args!["restore", &snaps[1], &target]);
+    assert_ne!(run.code(), Some(0), "{run}");
+    restored_files_are_right(&target, &dir);
+    fs::write(&a, &ba).unwrap();
+    fs::write(&b, &bb).unwrap();
+    env.tvault(["verify", "--read-data"]).expect_code(0);
+
+    fs::write(&a, &ba[..ba.len() / 2]).unwrap();
+    let found = problems(&env);
+    let key = key_of(&env, &a);
+    assert!(
+        found.iter().any(|(_, f, _)| *f == key),
+        "{key} not named in {found:?}"
+    );
+    let target = env.fresh_path("restore");
+    env.tvault(args!["restore", &snaps[1], &target]);
+    restored_files_are_right(&target, &dir);
 }
