@@ -17,7 +17,7 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             cli::print_error(&err);
-            ExitCode::from(cli::exit::ERROR)
+            ExitCode::from(cli::exit_code(&err))
         }
     }
 }

@@ -17,6 +17,8 @@ mod crash;
 mod damage;
 #[path = "cli/delta.rs"]
 mod delta;
+#[path = "cli/encryption.rs"]
+mod encryption;
 #[path = "cli/forget.rs"]
 mod forget;
 #[path = "cli/format.rs"]

@@ -9,16 +9,30 @@ use super::{exit, measured, open, resolve, Ctx};
 use tvault_core::ops::{backup, import, tag};
 use tvault_core::repo::location;
 
-pub(super) fn init(ctx: &Ctx) -> Result<u8> {
+pub(super) fn init(ctx: &Ctx, args: InitArgs) -> Result<u8> {
     let out = &ctx.out;
     let repo_path = &ctx.repo_path;
-    location::init(repo_path)?;
-    out.line(&format!(
-        "created tvault repository at {}",
-        repo_path.display()
-    ));
+    let password = if args.no_encryption {
+        None
+    } else {
+        Some(super::password::for_new_repository(repo_path)?)
+    };
+    location::init(repo_path, password.as_deref())?;
+    if password.is_some() {
+        out.line(&format!(
+            "created encrypted tvault repository at {} (keep its password: without it nothing \
+             can be restored; `tvault key add` adds another)",
+            repo_path.display()
+        ));
+    } else {
+        out.line(&format!(
+            "created tvault repository at {} (not encrypted)",
+            repo_path.display()
+        ));
+    }
     out.json(&serde_json::to_value(super::output::InitJson {
         repository: repo_path,
+        encrypted: password.is_some(),
     })?);
     Ok(exit::SUCCESS)
 }

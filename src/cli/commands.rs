@@ -19,7 +19,8 @@ pub const EXIT_STATUS_HELP: &str = "Exit status:
   2  the command line is wrong (unknown option, missing argument)
   3  backup: the snapshot was written but is incomplete (some files could not be stored)
   4  verify: damage found; restore: finished, but some files could not be restored
-  5  snapshots --max-age: no complete snapshot matching the filters is recent enough";
+  5  snapshots --max-age: no complete snapshot matching the filters is recent enough
+  6  wrong password: no key of the encrypted repository opens with it (nothing was written)";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -57,14 +58,27 @@ pub struct Cli {
     /// core]; 1 keeps a backup to one core beside a training job
     #[arg(long, global = true, env = "TVAULT_THREADS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: Option<u16>,
+    /// Read the repository password from FILE (one trailing newline is ignored) [else
+    /// --password-command, else TVAULT_PASSWORD, else a prompt on a terminal]
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        conflicts_with = "password_command"
+    )]
+    pub password_file: Option<PathBuf>,
+    /// Run CMD (with sh -c) and use its standard output as the repository password, e.g. a
+    /// secret manager: `pass show tvault`
+    #[arg(long, global = true, value_name = "CMD")]
+    pub password_command: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Create a repository
-    Init,
+    /// Create a repository (encrypted unless --no-encryption)
+    Init(InitArgs),
     /// Back up files and directories into a new snapshot
     Backup(BackupArgs),
     /// List snapshots, oldest first; with --max-age, alarm when the newest is too old
@@ -106,6 +120,47 @@ pub enum Command {
     Repair(RepairArgs),
     /// Remove stale locks left by crashed tvault processes
     Unlock(UnlockArgs),
+    /// Manage the keys (passwords) of an encrypted repository: list, add, remove, passwd
+    Key(KeyArgs),
+}
+
+/// `tvault init`.
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Create a plaintext repository: only for one on a volume that is already encrypted
+    /// and never leaves it (anyone who can read the repository reads the data)
+    #[arg(long)]
+    pub no_encryption: bool,
+}
+
+/// `tvault key`.
+#[derive(Args, Debug)]
+pub struct KeyArgs {
+    #[command(subcommand)]
+    pub what: KeyCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// List the keys (the one this password opens is marked)
+    List,
+    /// Add a key with a new password (from --new-password-file, TVAULT_NEW_PASSWORD or a prompt)
+    Add {
+        /// Read the new password from FILE
+        #[arg(long, value_name = "FILE")]
+        new_password_file: Option<PathBuf>,
+    },
+    /// Remove a key (not the last one, nor the one this password opens)
+    Remove {
+        /// The key's ID (or a unique prefix of at least 4 hex digits), as `key list` shows it
+        id: String,
+    },
+    /// Change the password of the key this password opens
+    Passwd {
+        /// Read the new password from FILE
+        #[arg(long, value_name = "FILE")]
+        new_password_file: Option<PathBuf>,
+    },
 }
 
 /// `tvault backup`.

@@ -189,3 +189,61 @@ pub(super) fn unlock(ctx: &Ctx, args: UnlockArgs) -> Result<u8> {
     })?);
     Ok(exit::SUCCESS)
 }
+
+pub(super) fn key(ctx: &Ctx, args: KeyArgs) -> Result<u8> {
+    let out = &ctx.out;
+    let mut repo = open(&ctx.repo_path, false, out, ctx.access)?;
+    match args.what {
+        KeyCommand::List => {
+            let keys = repo.keys()?;
+            let mut json = Vec::new();
+            for k in &keys {
+                let mark = if k.current { "*" } else { " " };
+                out.line(&format!(
+                    "{mark} {}  created {}  argon2id m={} KiB t={} p={}",
+                    k.id.short(),
+                    k.created.format("%Y-%m-%d %H:%M:%S UTC"),
+                    k.params.m_cost,
+                    k.params.t_cost,
+                    k.params.p_cost
+                ));
+                json.push(super::output::KeyJson {
+                    id: k.id.to_hex(),
+                    created: k.created,
+                    current: k.current,
+                    m_cost: k.params.m_cost,
+                    t_cost: k.params.t_cost,
+                    p_cost: k.params.p_cost,
+                });
+            }
+            out.json(&serde_json::to_value(json)?);
+        }
+        KeyCommand::Add { new_password_file } => {
+            let password = super::password::new_key(new_password_file.as_deref())?;
+            let _lock = repo.lock(false, "key add")?;
+            let id = repo.add_key(&password)?;
+            out.line(&format!("added key {}", id.short()));
+            out.json(&serde_json::json!({ "added": id.to_hex() }));
+        }
+        KeyCommand::Remove { id } => {
+            let _lock = repo.lock(true, "key remove")?;
+            let id = repo.resolve_key(&id)?;
+            repo.remove_key(&id)?;
+            out.line(&format!("removed key {}", id.short()));
+            out.json(&serde_json::json!({ "removed": id.to_hex() }));
+        }
+        KeyCommand::Passwd { new_password_file } => {
+            let password = super::password::new_key(new_password_file.as_deref())?;
+            let old = repo.keys()?.into_iter().find(|k| k.current).map(|k| k.id);
+            let _lock = repo.lock(true, "key passwd")?;
+            let new = repo.change_password(&password)?;
+            let old = old.map(|o| o.short()).unwrap_or_default();
+            out.line(&format!(
+                "changed the password: key {old} replaced by key {}",
+                new.short()
+            ));
+            out.json(&serde_json::json!({ "removed": old, "added": new.to_hex() }));
+        }
+    }
+    Ok(exit::SUCCESS)
+}

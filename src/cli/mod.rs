@@ -11,6 +11,7 @@ mod docs;
 mod maintain;
 mod metrics;
 mod output;
+mod password;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -67,6 +68,24 @@ pub mod exit {
     pub const DAMAGE: u8 = 4;
     /// `snapshots --max-age`: no complete snapshot as recent as required.
     pub const STALE: u8 = 5;
+    /// A wrong password: no key of the encrypted repository opens with it.
+    pub const PASSWORD: u8 = 6;
+}
+
+/// The exit code of a failed run: [`exit::PASSWORD`] for a wrong password, else
+/// [`exit::ERROR`].
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    let wrong = err.chain().any(|e| {
+        matches!(
+            e.downcast_ref::<tvault_core::error::Error>(),
+            Some(tvault_core::error::Error::WrongPassword { .. })
+        )
+    });
+    if wrong {
+        exit::PASSWORD
+    } else {
+        exit::ERROR
+    }
 }
 
 /// Resolves snapshot arguments (`latest` among them) and says on stderr, before anything is
@@ -100,7 +119,7 @@ static JSON_MODE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool:
 /// Prints a failed run's error: on stderr, and under `--json` also as a JSON object on stdout.
 pub fn print_error(err: &anyhow::Error) {
     let json = JSON_MODE.load(std::sync::atomic::Ordering::SeqCst);
-    output::print_error(json, &format!("{err:#}"), exit::ERROR);
+    output::print_error(json, &format!("{err:#}"), exit_code(err));
 }
 
 /// Parses the command line, runs it, and returns the exit code.
@@ -138,6 +157,10 @@ pub fn run() -> Result<u8> {
         tvault_core::set_worker_threads(n.into())?;
     }
     let out = Out::new(cli.quiet, cli.json);
+    password::set(password::PasswordOpts {
+        file: cli.password_file.clone(),
+        command: cli.password_command.clone(),
+    });
     let explicit = cli.repo.clone();
     let access = Access {
         lock_wait: cli.lock_wait.unwrap_or_default(),
@@ -155,7 +178,7 @@ pub fn run() -> Result<u8> {
         access,
     };
     match cli.command {
-        Command::Init => backup::init(&ctx),
+        Command::Init(args) => backup::init(&ctx, args),
         Command::Backup(args) => backup::backup(&ctx, args),
         Command::Snapshots(args) => browse::snapshots(&ctx, args),
         Command::Restore(args) => browse::restore(&ctx, args),
@@ -171,6 +194,7 @@ pub fn run() -> Result<u8> {
         Command::Forget(args) => maintain::forget(&ctx, args),
         Command::Repair(args) => maintain::repair(&ctx, args),
         Command::Unlock(args) => maintain::unlock(&ctx, args),
+        Command::Key(args) => maintain::key(&ctx, args),
         Command::Completions(args) => docs::completions(args),
         Command::Man => docs::man(),
     }
@@ -204,12 +228,15 @@ fn measured(
     result.map(|(code, _)| code)
 }
 
-/// Opens the repository; the default location (and only that) is created on first backup.
+/// Opens the repository (asking for its password only if it is encrypted); the default
+/// location (and only that) is created, encrypted, on first backup.
 fn open(path: &Path, create_default: bool, out: &Out, access: Access) -> Result<Repository> {
     let mut repo = if create_default && !location::is_remote(path) && !path.exists() {
-        let repo = Repository::init(path)?;
+        let password = password::for_new_repository(path)?;
+        let repo = Repository::init_local(path, Some(&password))?;
         out.note(&format!(
-            "created a new tvault repository at {} (the default location)",
+            "created a new encrypted tvault repository at {} (the default location); keep its \
+             password: without it nothing can be restored",
             path.display()
         ));
         repo
@@ -219,7 +246,7 @@ fn open(path: &Path, create_default: bool, out: &Out, access: Access) -> Result<
         } else {
             cache::default_root()
         };
-        location::open(path, cache.as_deref())?
+        location::open(path, cache.as_deref(), Some(&|| password::current(path)))?
     };
     repo.set_lock_wait(access.lock_wait);
     if let Some(rate) = access.limit_upload {

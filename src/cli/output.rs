@@ -65,6 +65,19 @@ pub fn print_error(json: bool, message: &str, exit_code: u8) {
 #[derive(serde::Serialize)]
 pub struct InitJson<'a> {
     pub repository: &'a Path,
+    pub encrypted: bool,
+}
+
+/// `key list --json`: one entry per key slot.
+#[derive(serde::Serialize)]
+pub struct KeyJson {
+    pub id: String,
+    pub created: chrono::DateTime<chrono::Utc>,
+    pub current: bool,
+    /// Argon2id memory (KiB), passes and lanes.
+    pub m_cost: u32,
+    pub t_cost: u32,
+    pub p_cost: u32,
 }
 
 /// `unlock --json`.

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tvault_core::repo::Repository;
 use tvault_workload::Scenario;
 
 use crate::testenv::{
@@ -21,7 +20,15 @@ use crate::testenv::{
 
 /// A repository holding two snapshots of a small checkpoint tree, with what each must restore to.
 pub(crate) fn repo_with_snapshots() -> (TestEnv, Vec<(String, Manifest)>) {
-    let env = TestEnv::with_repo();
+    snapshots_in(TestEnv::with_repo())
+}
+
+/// [`repo_with_snapshots`] in a plaintext repository, for tests that forge or edit its files.
+pub(crate) fn plain_repo_with_snapshots() -> (TestEnv, Vec<(String, Manifest)>) {
+    snapshots_in(TestEnv::with_plain_repo())
+}
+
+fn snapshots_in(env: TestEnv) -> (TestEnv, Vec<(String, Manifest)>) {
     let ckpt = env.checkpoint("src/ckpt", Scenario::Single, 256 << 10, 31, 0);
     env.write("src/ckpt/notes.txt", b"step 1000\n");
     let mut snaps = Vec::new();
@@ -206,7 +213,7 @@ fn unsupported_format_version_is_refused_by_number() {
     let (env, snaps) = repo_with_snapshots();
     let mut config: Value =
         serde_json::from_slice(&fs::read(env.repo.join("config")).unwrap()).unwrap();
-    assert_eq!(config["version"], 2);
+    assert_eq!(config["version"], 3, "an encrypted repository");
     config["version"] = json!(99);
     let bytes = serde_json::to_vec_pretty(&config).unwrap();
     with_config(&env, &bytes, |run| {
@@ -300,7 +307,7 @@ fn ambiguous_prefix_lists_every_candidate() {
     )
     .unwrap();
 
-    let repo = Repository::open(&env.repo).unwrap();
+    let repo = env.open_repo();
     match repo.resolve_snapshot(prefix) {
         Err(tvault_core::error::Error::AmbiguousSnapshot { candidates, .. }) => {
             let mut c = candidates.clone();
@@ -605,7 +612,7 @@ fn default_repository_is_created_by_backup_only() {
     let run = env
         .tvault_default_repo(args!["--json", "backup", &ckpt])
         .expect_code(0);
-    run.stderr_has(&["created a new tvault repository", s(&default)]);
+    run.stderr_has(&["created a new encrypted tvault repository", s(&default)]);
     assert!(default.join("config").is_file());
     let id = text(&run.json(), "id");
     let listed = env

@@ -97,7 +97,7 @@ fn three_snapshots(env: &TestEnv) -> (PathBuf, [String; 3]) {
 
 #[test]
 fn latest_is_the_newest_complete_snapshot_matching_the_filters() {
-    let env = TestEnv::with_repo();
+    let env = TestEnv::with_plain_repo();
     let (_, ids) = three_snapshots(&env);
     let content = |dir: &Path| fs::read_to_string(dir.join("ckpt/weights.bin")).unwrap();
 
@@ -178,7 +178,7 @@ fn latest_is_the_newest_complete_snapshot_matching_the_filters() {
 
 #[test]
 fn keep_within_minutes_keeps_the_last_minutes_and_the_plan_says_so() {
-    let env = TestEnv::with_repo();
+    let env = TestEnv::with_plain_repo();
     let dir = env.src.join("ckpt");
     let now = chrono::Utc::now();
     let mut ids = Vec::new();

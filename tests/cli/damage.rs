@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 use tvault_core::id::Id;
-use tvault_core::repo::{pack_key, Repository};
+use tvault_core::repo::pack_key;
 use tvault_workload::Scenario;
 
-use crate::bad_input::{assert_undamaged, repo_with_snapshots, s};
+use crate::bad_input::{assert_undamaged, plain_repo_with_snapshots, s};
 use crate::testenv::{
     args, assert_manifest_eq, manifest, set_mode, sources_manifest, text, Manifest, TestEnv,
 };
@@ -18,7 +18,7 @@ use crate::testenv::{
 /// Snapshot 1 holds model_a; snapshot 2 adds model_b, whose chunks land in a pack of their own.
 /// Returns the env, both snapshots, and the pack file plus location of one of model_b's chunks.
 fn two_packs() -> (TestEnv, Vec<(String, Manifest)>, PathBuf, u64, u64) {
-    let env = TestEnv::with_repo();
+    let env = TestEnv::with_plain_repo();
     let ckpt = env.checkpoint("src/ckpt/model_a", Scenario::Single, 1 << 20, 41, 0);
     let ckpt = ckpt.parent().unwrap().to_path_buf();
     let s1 = text(&env.backup(&[&ckpt], &[]), "id");
@@ -27,7 +27,7 @@ fn two_packs() -> (TestEnv, Vec<(String, Manifest)>, PathBuf, u64, u64) {
     let s2 = text(&env.backup(&[&ckpt], &[]), "id");
     let m2 = sources_manifest(&[&ckpt]);
 
-    let repo = Repository::open(&env.repo).unwrap();
+    let repo = env.open_repo();
     let tree = repo
         .load_tree(
             &repo
@@ -189,7 +189,7 @@ fn io_error_message_does_not_repeat_the_os_error() {
 
 #[test]
 fn stale_lock_blocks_until_tvault_unlock() {
-    let (env, snaps) = repo_with_snapshots();
+    let (env, snaps) = plain_repo_with_snapshots();
     let lock = env.forge_lock(
         "ab",
         json!({"created": "2026-01-01T00:00:00Z", "refreshed": "2026-01-01T00:00:00Z"}),
@@ -220,7 +220,7 @@ fn stale_lock_blocks_until_tvault_unlock() {
 
 #[test]
 fn stale_lock_message_has_one_article() {
-    let (env, _) = repo_with_snapshots();
+    let (env, _) = plain_repo_with_snapshots();
     env.forge_lock(
         "ab",
         json!({"created": "2026-01-01T00:00:00Z", "refreshed": "2026-01-01T00:00:00Z"}),
@@ -234,7 +234,7 @@ fn stale_lock_message_has_one_article() {
 
 #[test]
 fn live_lock_is_kept_by_unlock_and_removed_by_unlock_all() {
-    let (env, snaps) = repo_with_snapshots();
+    let (env, snaps) = plain_repo_with_snapshots();
     // This test process is alive and the lock freshly refreshed, so it is not stale.
     let now = chrono::Utc::now().to_rfc3339();
     let lock = env.forge_lock(

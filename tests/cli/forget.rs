@@ -267,7 +267,7 @@ fn clone_repo(env: &TestEnv) -> TestEnv {
 /// Four snapshots whose pruning to the last one deletes some packs and repacks others: `d`
 /// alone; `a` and `b` (one pack); `c` alone; then `a` and `c`.
 fn delete_and_repack_fixture() -> TestEnv {
-    let env = TestEnv::with_repo();
+    let env = TestEnv::with_plain_repo();
     random_file(&env, "d.bin", 200 << 10, 1);
     snap(&env);
     fs::remove_file(env.src.join("ckpt/d.bin")).unwrap();

@@ -100,7 +100,7 @@ fn backups_into_a_v1_repository_write_only_v1_encodings() {
         config["version"], 1,
         "the config was not upgraded behind the user's back"
     );
-    let repo = tvault_core::repo::Repository::open(&env.repo).unwrap();
+    let repo = env.open_repo();
     let mut encodings = std::collections::BTreeSet::new();
     for file in repo.read_index_files().unwrap() {
         for (_, entries) in file.packs.unwrap() {

@@ -23,7 +23,7 @@ use crate::verify::assert_verifies_clean;
 
 /// A repository with one snapshot of `src/ckpt`; returns the checkpoint's path.
 fn repo_with_a_snapshot() -> (TestEnv, PathBuf) {
-    let env = TestEnv::with_repo();
+    let env = TestEnv::with_plain_repo();
     let ckpt = env.checkpoint("src/ckpt", Scenario::Single, 256 << 10, 71, 0);
     env.backup(&[&ckpt], &[]);
     (env, ckpt)

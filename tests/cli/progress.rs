@@ -50,6 +50,7 @@ fn progress_bar_counts_files_and_added_bytes_and_fits_a_narrow_terminal() {
     let out = Command::new("script")
         .args(["-qec", &inner, "/dev/null"])
         .env("HOME", env.path("home"))
+        .env("TVAULT_PASSWORD", crate::testenv::PASSWORD)
         .output()
         .expect("script (util-linux) runs");
     assert!(

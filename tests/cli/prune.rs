@@ -125,14 +125,7 @@ fn small_series(env: &TestEnv, tags: &[&[&str]]) -> Vec<(String, Manifest)> {
 /// manifest's name is the hash of its content, stored under its new ID (the old file deleted).
 /// Returns the new ID.
 fn retime(env: &TestEnv, id: &str, time: &str) -> String {
-    let dir = env.repo.join("snapshots");
-    let mut manifest: Value = serde_json::from_slice(&fs::read(dir.join(id)).unwrap()).unwrap();
-    manifest["time"] = json!(time);
-    let bytes = serde_json::to_vec_pretty(&manifest).unwrap();
-    let new = Id::of(&bytes).to_hex();
-    fs::write(dir.join(&new), &bytes).unwrap();
-    fs::remove_file(dir.join(id)).unwrap();
-    new
+    env.rewrite_snapshot(id, |m| m["time"] = json!(time))
 }
 
 /// `n` snapshots of `src/ckpt`. Step k writes `pairs` pairs of random files of `len` bytes,

@@ -53,6 +53,11 @@ impl Recipes {
             "data/checkpoints/step-1000.safetensors",
             b"being written right now",
         );
+        // The encrypted repository's password, as the recipes read it.
+        env.write(
+            "password",
+            format!("{}\n", crate::testenv::PASSWORD).as_bytes(),
+        );
         let textfiles = env.root.join("textfiles");
         fs::create_dir(&textfiles).unwrap();
         Recipes {
@@ -72,6 +77,10 @@ impl Recipes {
             .replace(
                 "/var/lib/node_exporter/textfile_collector",
                 &self.textfiles.display().to_string(),
+            )
+            .replace(
+                "/etc/tvault/password",
+                &self.env.root.join("password").display().to_string(),
             )
     }
 

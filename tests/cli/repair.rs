@@ -13,7 +13,7 @@ use serde_json::Value;
 use tvault_core::codec::Encoding;
 use tvault_core::id::Id;
 use tvault_core::pack::BlobKind;
-use tvault_core::repo::{pack_key, BlobWriter, Repository};
+use tvault_core::repo::{pack_key, BlobWriter};
 use tvault_core::tree::Tree;
 use tvault_workload::Scenario;
 
@@ -50,7 +50,7 @@ fn short(id: &str) -> String {
 
 /// The chunks of `path` in snapshot `snap`, and the pack of each.
 fn chunks_of(env: &TestEnv, snap: &str, path: &str) -> Vec<(Id, Id)> {
-    let repo = Repository::open(&env.repo).unwrap();
+    let repo = env.open_repo();
     let s = repo.load_snapshot(&Id::from_hex(snap).unwrap()).unwrap();
     let tree = repo.load_tree(&s.tree).unwrap();
     let node = tree
@@ -66,7 +66,7 @@ fn chunks_of(env: &TestEnv, snap: &str, path: &str) -> Vec<(Id, Id)> {
 
 /// Flips a bit in the middle of `chunk`'s stored bytes in its pack.
 fn damage_chunk(env: &TestEnv, chunk: &Id) {
-    let repo = Repository::open(&env.repo).unwrap();
+    let repo = env.open_repo();
     let loc = *repo.index().get(chunk).unwrap();
     let pack = env.repo.join(pack_key(&repo.index().pack_id(&loc)));
     flip_byte(&pack, u64::from(loc.offset) + u64::from(loc.stored_len) / 2);
@@ -78,7 +78,7 @@ fn damage_chunk(env: &TestEnv, chunk: &Id) {
 /// Rewrites snapshot `id` so that its tree records `path` as `delta` bytes larger than its
 /// chunks hold (a new tree blob, a new manifest; the old manifest is deleted). Returns the new ID.
 fn forge_size(env: &TestEnv, id: &str, path: &str, delta: u64) -> String {
-    let repo = Repository::open(&env.repo).unwrap();
+    let repo = env.open_repo();
     let old = Id::from_hex(id).unwrap();
     let mut snap = repo.load_snapshot(&old).unwrap();
     let mut tree = repo.load_tree(&snap.tree).unwrap();
@@ -103,7 +103,7 @@ fn forge_size(env: &TestEnv, id: &str, path: &str, delta: u64) -> String {
 
 #[test]
 fn every_reader_refuses_a_file_whose_size_disagrees_with_its_chunks() {
-    let env = TestEnv::with_repo();
+    let env = TestEnv::with_plain_repo();
     env.write("src/d/a.bin", &vec![7u8; 300 << 10]);
     env.write("src/d/b.txt", b"hello");
     let dir = env.src.join("d");
@@ -163,7 +163,7 @@ fn every_reader_refuses_a_file_whose_size_disagrees_with_its_chunks() {
 
 /// Two backups into 256 KiB packs: (env, snapshots with what they restore to).
 fn two_backups() -> (TestEnv, Vec<(String, Manifest)>) {
-    let env = TestEnv::with_repo();
+    let env = TestEnv::with_plain_repo();
     env.set_pack_size(256 << 10);
     let mut snaps = Vec::new();
     for seed in [1, 2] {
@@ -312,7 +312,7 @@ fn repair_index_stopped_at_any_write_step_is_finished_by_a_rerun() {
 
 #[test]
 fn repair_packs_then_a_backup_of_the_same_data_heals_the_damaged_snapshot() {
-    let env = TestEnv::with_repo();
+    let env = TestEnv::with_plain_repo();
     env.set_pack_size(256 << 10);
     let dir = env.checkpoint("src/ckpt", Scenario::Single, 1 << 20, 5, 0);
     let m = sources_manifest(&[&dir]);
@@ -402,7 +402,7 @@ fn repair_packs_stops_at_a_pack_it_cannot_read_and_deletes_nothing() {
 
 #[test]
 fn repair_packs_stopped_at_any_write_step_is_finished_by_a_rerun() {
-    let env = TestEnv::with_repo();
+    let env = TestEnv::with_plain_repo();
     env.set_pack_size(256 << 10);
     let dir = env.checkpoint("src/ckpt", Scenario::Single, 1 << 20, 6, 0);
     let m = sources_manifest(&[&dir]);
@@ -439,7 +439,7 @@ fn finetune_step(env: &TestEnv, step: u32) -> std::path::PathBuf {
 
 #[test]
 fn a_damaged_delta_base_drops_its_deltas_and_only_the_snapshot_whose_data_is_gone_stays_broken() {
-    let env = TestEnv::with_repo();
+    let env = TestEnv::with_plain_repo();
     env.set_pack_size(256 << 10);
     let d0 = finetune_step(&env, 0);
     let m0 = sources_manifest(&[&d0]);
@@ -450,7 +450,7 @@ fn a_damaged_delta_base_drops_its_deltas_and_only_the_snapshot_whose_data_is_gon
     assert!(num(&r1["stored"], "delta") > 0, "{r1:#}");
     let s1 = text(&r1, "id");
     // A keyframe of step 0 that a delta of step 1 uses as its base.
-    let repo = Repository::open(&env.repo).unwrap();
+    let repo = env.open_repo();
     let deltas: Vec<Id> = chunks_of(&env, &s1, "ckpt/model.safetensors")
         .iter()
         .map(|(c, _)| *c)
@@ -501,7 +501,7 @@ fn a_damaged_delta_base_drops_its_deltas_and_only_the_snapshot_whose_data_is_gon
 
 #[test]
 fn verify_never_calls_a_pack_of_live_delta_bases_reclaimable() {
-    let env = TestEnv::with_repo();
+    let env = TestEnv::with_plain_repo();
     env.set_pack_size(256 << 10);
     let d0 = finetune_step(&env, 0);
     let s0 = text(&env.backup(&[&d0], &[]), "id");
@@ -526,7 +526,7 @@ fn verify_never_calls_a_pack_of_live_delta_bases_reclaimable() {
 /// ran at once), `repair packs` dropped the delta too, and the snapshot that needed it broke.
 #[test]
 fn repair_packs_keeps_a_delta_whose_base_has_another_sound_copy() {
-    let env = TestEnv::with_repo();
+    let env = TestEnv::with_plain_repo();
     // Step 0 stored twice: once here, once in a copy of the repository (beside a notes file,
     // so its pack differs) whose new files are copied back, as a concurrent backup leaves them.
     let other = env.fresh_path("other-repo");
@@ -555,7 +555,7 @@ fn repair_packs_keeps_a_delta_whose_base_has_another_sound_copy() {
     snaps.push((text(&r1, "id"), sources_manifest(&[&d1])));
 
     // Damage the copy the index reads of a base of step 1's deltas.
-    let repo = Repository::open(&env.repo).unwrap();
+    let repo = env.open_repo();
     let delta = chunks_of(&env, &snaps[2].0, "ckpt/model.safetensors")
         .into_iter()
         .map(|(c, _)| c)

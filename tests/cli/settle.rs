@@ -163,8 +163,8 @@ fn a_settling_file_keeps_its_parent_version_until_it_settles() {
     assert_eq!(r["settling_details"], json!([]), "{r:#}");
     assert_eq!(num(&r, "files_changed"), 1, "{r:#}");
     env.assert_restores(&text(&r, "id"), &now);
-    let manifest = fs::read(env.repo.join("snapshots").join(text(&r, "id"))).unwrap();
-    let manifest: Value = serde_json::from_slice(&manifest).unwrap();
+    let id = tvault_core::id::Id::from_hex(&text(&r, "id")).unwrap();
+    let manifest = serde_json::to_value(env.open_repo().load_snapshot(&id).unwrap()).unwrap();
     assert!(
         manifest.get("deferred").is_none(),
         "no deferral left: {manifest:#}"

@@ -19,6 +19,9 @@ use std::time::{Duration, UNIX_EPOCH};
 use serde_json::Value;
 use tvault_workload::{self as workload, Scenario};
 
+/// The repository password every command gets (`TVAULT_PASSWORD`).
+pub const PASSWORD: &str = "test-password";
+
 /// The binary under test.
 pub const TVAULT: &str = env!("CARGO_BIN_EXE_tvault");
 
@@ -162,6 +165,9 @@ impl TestEnv {
 
     /// The binary with a clean environment: no `TVAULT_REPO`, no crash hook, `HOME`,
     /// `XDG_DATA_HOME` and `XDG_CACHE_HOME` inside the temp dir; run as the user `run_as` chose, if any.
+    /// Every command gets the password [`PASSWORD`] (`TVAULT_PASSWORD`) and cheap key slots
+    /// (`TVAULT_TEST_FAST_KDF=1`), so repositories are encrypted unless a test makes a
+    /// plaintext one on purpose ([`TestEnv::init_plain`]).
     pub fn command(&self) -> Command {
         let mut cmd = self.command_as_invoker();
         if let Some((uid, gid)) = self.user {
@@ -178,6 +184,9 @@ impl TestEnv {
             .env_remove("TVAULT_TEST_PAUSE")
             .env_remove("TVAULT_NO_CACHE")
             .env_remove("TVAULT_LIMIT_UPLOAD")
+            .env_remove("TVAULT_NEW_PASSWORD")
+            .env("TVAULT_PASSWORD", PASSWORD)
+            .env("TVAULT_TEST_FAST_KDF", "1")
             .env("HOME", self.root.join("home"))
             .env("XDG_DATA_HOME", self.root.join("xdg"))
             .env("XDG_CACHE_HOME", self.root.join("cache"))
@@ -228,6 +237,27 @@ impl TestEnv {
     pub fn init(&self) {
         self.tvault(["init"]).expect_code(0);
         assert!(self.repo.join("config").is_file());
+    }
+
+    /// A plaintext repository, on purpose: for tests that read or edit repository bytes at
+    /// known offsets (damage, repair, forged locks and manifests).
+    pub fn init_plain(&self) {
+        self.tvault(["init", "--no-encryption"]).expect_code(0);
+        assert!(self.repo.join("config").is_file());
+    }
+
+    /// The repository, opened by the engine (with [`PASSWORD`] if it is encrypted).
+    pub fn open_repo(&self) -> tvault_core::repo::Repository {
+        let password = || Ok(PASSWORD.as_bytes().to_vec());
+        tvault_core::repo::Repository::open_local(&self.repo, Some(&password))
+            .expect("open the repository")
+    }
+
+    /// A `TestEnv` with a plaintext repository ([`TestEnv::init_plain`]).
+    pub fn with_plain_repo() -> TestEnv {
+        let env = TestEnv::new();
+        env.init_plain();
+        env
     }
 
     /// `backup --json PATHS EXTRA`, which must exit 0; returns the report.
@@ -474,10 +504,16 @@ impl TestEnv {
         for (k, v) in fields.as_object().unwrap() {
             lock[k] = v.clone();
         }
-        let path = self.write(
-            Path::new("repo/locks").join(name.repeat(64 / name.len())),
-            &serde_json::to_vec(&lock).unwrap(),
-        );
+        // Through the engine, so that it is sealed in an encrypted repository.
+        use tvault_core::repo::{Handle, ObjectKind};
+        let hex = name.repeat(64 / name.len());
+        let id = tvault_core::id::Id::from_hex(&hex).expect("a lock name of hex digits");
+        let repo = self.open_repo();
+        let object = Handle::new(ObjectKind::Lock, &id);
+        repo.storage()
+            .put(&object, &serde_json::to_vec(&lock).unwrap())
+            .unwrap();
+        let path = self.repo.join(object.to_string());
         // The store's time of the lock (its mtime, which staleness goes by) is its refresh.
         if let Some(refreshed) = lock["refreshed"]
             .as_str()
@@ -534,18 +570,20 @@ pub fn flip_byte(path: &Path, offset: u64) {
 
 impl TestEnv {
     /// Rewrites snapshot `id`'s manifest with `edit` and stores it under its new ID (a manifest
-    /// is named by the BLAKE3 hash of its content; the old file is deleted). Returns the new ID.
+    /// is named by the hash of its content; the old one is deleted). Returns the new ID.
     pub fn rewrite_snapshot(&self, id: &str, edit: impl FnOnce(&mut Value)) -> String {
-        let dir = self.repo.join("snapshots");
-        let mut manifest: Value = serde_json::from_slice(&fs::read(dir.join(id)).unwrap()).unwrap();
+        // Through the engine, so that it is sealed and named by the keyed hash in an
+        // encrypted repository.
+        let repo = self.open_repo();
+        let old = tvault_core::id::Id::from_hex(id).expect("a full snapshot ID");
+        let mut manifest = serde_json::to_value(repo.load_snapshot(&old).unwrap()).unwrap();
         edit(&mut manifest);
-        let bytes = serde_json::to_vec_pretty(&manifest).unwrap();
-        let new = tvault_core::id::Id::of(&bytes).to_hex();
-        fs::write(dir.join(&new), &bytes).unwrap();
-        if new != id {
-            fs::remove_file(dir.join(id)).unwrap();
+        let snap: tvault_core::snapshot::Snapshot = serde_json::from_value(manifest).unwrap();
+        let new = repo.save_snapshot(&snap).unwrap();
+        if new != old {
+            repo.delete_snapshot(&old).unwrap();
         }
-        new
+        new.to_hex()
     }
 }
 

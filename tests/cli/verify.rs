@@ -12,7 +12,7 @@ use std::path::Path;
 use serde_json::{json, Value};
 use tvault_core::id::Id;
 use tvault_core::pack::{BlobKind, PackEntry};
-use tvault_core::repo::{pack_key, Repository};
+use tvault_core::repo::pack_key;
 use tvault_core::tree::NodeKind;
 use tvault_workload::Scenario;
 
@@ -134,7 +134,7 @@ pub(crate) struct Layout {
 impl Layout {
     #[track_caller]
     pub(crate) fn read(env: &TestEnv) -> Layout {
-        let repo = Repository::open(&env.repo).unwrap();
+        let repo = env.open_repo();
         let mut index_files = BTreeMap::new();
         let mut packs = BTreeMap::new();
         for file in repo.read_index_files().unwrap() {
@@ -239,7 +239,7 @@ pub(crate) struct Fixture {
 /// first ones hold the base's chunks, which both snapshots and both names use), then a last
 /// one that also holds its tree.
 pub(crate) fn two_snapshots() -> Fixture {
-    let env = TestEnv::with_repo();
+    let env = TestEnv::with_plain_repo();
     env.set_pack_size(1 << 20);
     let base = env.checkpoint("src/ckpt/base", Scenario::Single, 2 << 20, 72, 0);
     fs::copy(
@@ -708,7 +708,7 @@ fn verify_exits_1_when_it_cannot_check() {
         .stderr_has(&["no tvault repository", "tvault init"]);
 
     // A live exclusive lock (this test process's pid, just refreshed), as a running prune has.
-    env.init();
+    env.init_plain();
     let now = chrono::Utc::now().to_rfc3339();
     let lock = json!({
         "host": hostname(), "pid": std::process::id(), "exclusive": true,

@@ -52,6 +52,18 @@ pub enum Error {
     #[error("snapshot ID {prefix:?} is too short or not hex: give at least {min} hex digits")]
     BadSnapshotId { prefix: String, min: usize },
 
+    #[error(
+        "repository {path} is encrypted and no password was given: set TVAULT_PASSWORD, pass \
+         --password-file FILE or --password-command CMD, or run tvault on a terminal to be asked"
+    )]
+    PasswordNeeded { path: PathBuf },
+
+    #[error(
+        "wrong password: no key of repository {path} opens with it (nothing was read or \
+         written); `tvault key list` shows its keys"
+    )]
+    WrongPassword { path: PathBuf },
+
     #[error("{0}")]
     Locked(String),
 

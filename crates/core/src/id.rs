@@ -47,6 +47,42 @@ impl Id {
     }
 }
 
+/// How a repository names content (chunks, trees, snapshots): plain BLAKE3, or in an encrypted
+/// repository BLAKE3 keyed with its ID key, so that no name reveals what it names.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Ids(Option<[u8; 32]>);
+
+impl Ids {
+    /// Plain BLAKE3 ([`Id::of`]): repositories without encryption.
+    pub const PLAIN: Ids = Ids(None);
+
+    pub fn keyed(key: [u8; 32]) -> Ids {
+        Ids(Some(key))
+    }
+
+    /// The ID of `data` in this repository.
+    pub fn of(&self, data: &[u8]) -> Id {
+        match &self.0 {
+            None => Id::of(data),
+            Some(key) => Id(*blake3::keyed_hash(key, data).as_bytes()),
+        }
+    }
+
+    pub fn is_keyed(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+impl fmt::Debug for Ids {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.is_keyed() {
+            "Ids(keyed)"
+        } else {
+            "Ids(plain)"
+        })
+    }
+}
+
 impl From<blake3::Hash> for Id {
     fn from(h: blake3::Hash) -> Id {
         Id(*h.as_bytes())

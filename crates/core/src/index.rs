@@ -163,11 +163,29 @@ impl Index {
 
 /// A pack's index entries rebuilt from the pack alone (a pack describes itself): its trailer,
 /// and for each delta blob the base and depth its own header holds.
-pub fn entries_of_pack(name: &str, pack: &[u8]) -> Result<(Vec<PackEntry>, Deltas)> {
-    let entries = crate::pack::read_trailer(name, pack)?;
+/// In an encrypted repository (`crypto`) the trailer and each delta blob are opened.
+pub fn entries_of_pack(
+    name: &str,
+    pack: &[u8],
+    crypto: Option<&crate::repo::crypto::Crypto>,
+) -> Result<(Vec<PackEntry>, Deltas)> {
+    let entries = crate::pack::read_trailer(name, pack, crypto)?;
     let mut deltas = Deltas::default();
     for e in entries.iter().filter(|e| e.encoding == Encoding::Delta) {
-        let stored = &pack[e.offset as usize..(e.offset + e.stored_len) as usize];
+        let sealed = &pack[e.offset as usize..(e.offset + e.stored_len) as usize];
+        let opened;
+        let stored = match crypto {
+            Some(c) => {
+                opened = c.open(&crate::pack::blob_aad(&e.id), sealed).map_err(|_| {
+                    Error::corrupt(
+                        name,
+                        format!("delta blob {} does not authenticate", e.id.short()),
+                    )
+                })?;
+                &opened[..]
+            }
+            None => sealed,
+        };
         let h = crate::codec::delta_header(stored)
             .map_err(|err| Error::corrupt(name, format!("delta blob {}: {err}", e.id.short())))?;
         if h.depth == 0 {
@@ -210,10 +228,16 @@ pub fn encode_file(packs: &[(Id, Vec<PackEntry>, Deltas)]) -> Vec<u8> {
     out
 }
 
-/// Parses an index file, checking that its name is the hash of its content.
-pub fn decode_file(name: &str, expected: Id, bytes: &[u8]) -> Result<PackList> {
+/// Parses an index file, checking that its name is the hash of its content (`ids`: keyed in
+/// an encrypted repository).
+pub fn decode_file(
+    name: &str,
+    expected: Id,
+    bytes: &[u8],
+    ids: crate::id::Ids,
+) -> Result<PackList> {
     let bad = |reason: &str| Error::corrupt(name, reason.to_string());
-    if Id::of(bytes) != expected {
+    if ids.of(bytes) != expected {
         return Err(bad("content does not match its name (damaged)"));
     }
     if bytes.len() < 12 || &bytes[..8] != MAGIC {
@@ -321,13 +345,16 @@ mod tests {
         ];
         let bytes = encode_file(&packs);
         let id = Id::of(&bytes);
-        assert_eq!(decode_file("i", id, &bytes).unwrap(), packs);
+        assert_eq!(
+            decode_file("i", id, &bytes, crate::id::Ids::PLAIN).unwrap(),
+            packs
+        );
 
         let mut flipped = bytes.clone();
         flipped[40] ^= 1;
-        assert!(decode_file("i", id, &flipped).is_err());
+        assert!(decode_file("i", id, &flipped, crate::id::Ids::PLAIN).is_err());
         let cut = &bytes[..bytes.len() - 3];
-        assert!(decode_file("i", Id::of(cut), cut).is_err());
+        assert!(decode_file("i", Id::of(cut), cut, crate::id::Ids::PLAIN).is_err());
     }
 
     #[test]

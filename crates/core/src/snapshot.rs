@@ -118,8 +118,10 @@ impl Snapshot {
         serde_json::to_vec_pretty(self).expect("a snapshot always serialises")
     }
 
-    pub fn from_bytes(name: &str, id: Id, bytes: &[u8]) -> Result<Snapshot> {
-        if Id::of(bytes) != id {
+    /// Parses a manifest, checking that its name is the hash of its content (`ids`: keyed in
+    /// an encrypted repository).
+    pub fn from_bytes(name: &str, id: Id, bytes: &[u8], ids: crate::id::Ids) -> Result<Snapshot> {
+        if ids.of(bytes) != id {
             return Err(Error::corrupt(
                 name,
                 "content does not match its name (damaged)",

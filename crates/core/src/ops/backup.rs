@@ -375,7 +375,7 @@ pub(crate) fn commit(
     started: Instant,
 ) -> Result<(Id, Snapshot)> {
     let tree_bytes = Tree::new(nodes).to_bytes();
-    let tree_id = Id::of(&tree_bytes);
+    let tree_id = repo.ids().of(&tree_bytes);
     let (encoding, stored) = codec::encode(&tree_bytes, repo.config().zstd_level);
     writer.add(tree_id, BlobKind::Tree, encoding, &stored, tree_bytes.len())?;
     snapshot.tree = tree_id;

@@ -243,9 +243,10 @@ pub(crate) fn store_stream<R: Read + Send>(
                     out: spare.pop().unwrap_or_default(),
                 })
                 .collect();
+            let ids = w.repo().ids();
             encoded.par_iter_mut().for_each(|e| {
                 let plain = &data[e.range.clone()];
-                e.id = Id::of(plain);
+                e.id = ids.of(plain);
                 if !w.contains(&e.id) {
                     e.encoding = Some(encode_chunk(w, plain, e.base, e.width, &mut e.out));
                 }

@@ -228,7 +228,7 @@ pub fn packs(
             bad.entry(**pack).or_default().extend(all);
             continue;
         };
-        if size != Repository::expected_pack_size(entries) {
+        if size != repo.expected_pack_size(entries) {
             bad.entry(**pack).or_default();
         }
     }

@@ -242,7 +242,7 @@ pub fn run(
     pack_ids.sort();
     for pack in &pack_ids {
         let entries = &packs[*pack];
-        let expected = Repository::expected_pack_size(entries);
+        let expected = repo.expected_pack_size(entries);
         match on_disk.get(*pack) {
             None => {
                 let p = c.problem(

@@ -1,11 +1,16 @@
 //! A local cache of what a remote repository holds that is small, immutable and read by every
 //! command: index files and snapshot manifests (objects named by the BLAKE3 of their bytes) and
 //! trees (blobs named by the BLAKE3 of their plain bytes). `snapshots`, an incremental backup,
-//! `diff` and `show` then download nothing they already have. Every entry is checked against its
-//! name each time it is used: a damaged or foreign entry is fetched again, never trusted.
+//! `diff` and `show` then download nothing they already have; key slots of an encrypted
+//! repository too (checked to parse; only a slot's password opens it). Every entry is checked
+//! against its name each time it is used: a damaged or foreign entry is fetched again, never
+//! trusted.
 //!
 //! One folder per repository ID below `$XDG_CACHE_HOME/tvault` (else `~/.cache/tvault`),
-//! private (0700 folders, 0600 files); deleting it is always safe. Writing to the cache is best
+//! private (0700 folders, 0600 files); deleting it is always safe. The cache of an encrypted
+//! repository holds only sealed bytes: index files and manifests as the repository holds them,
+//! trees sealed with the repository's key; an entry is used only once it authenticates and
+//! re-hashes (keyed) to its name. Writing to the cache is best
 //! effort: a full or read-only cache disk never fails a command.
 
 use std::fs;
@@ -14,6 +19,8 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::crypto::Crypto;
+use super::storage::object_aad;
 use super::Backend;
 use crate::error::Result;
 use crate::id::Id;
@@ -28,22 +35,48 @@ pub fn default_root() -> Option<PathBuf> {
 }
 
 /// The cache of one repository.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Cache {
     dir: PathBuf,
+    /// Set for an encrypted repository: entries are sealed.
+    crypto: Option<Arc<Crypto>>,
 }
 
 /// What the cache holds: folder names below the repository's cache folder.
 const INDEX: &str = "index";
 const SNAPSHOTS: &str = "snapshots";
 const TREES: &str = "trees";
+/// Key slots of an encrypted repository: plain JSON, each opened only by its password (a
+/// damaged one fails that), read at every open. Only slots the repository still lists are
+/// read, so a removed key is not used from the cache.
+const KEYS: &str = "keys";
 
 impl Cache {
     /// The cache of the repository `id` below `root`.
     pub fn new(root: &Path, id: &Id) -> Cache {
         Cache {
             dir: root.join(id.to_hex()),
+            crypto: None,
         }
+    }
+
+    /// The cache of an encrypted repository: it keeps and accepts sealed entries only.
+    pub fn encrypted(mut self, crypto: Arc<Crypto>) -> Cache {
+        self.crypto = Some(crypto);
+        self
+    }
+
+    /// Whether `bytes` are a sound entry named `id` (for trees: their plain bytes, if so).
+    fn check(&self, kind: &str, id: &Id, bytes: &[u8]) -> Option<Vec<u8>> {
+        if kind == KEYS {
+            let slot = super::crypto::KeySlot::from_bytes(KEYS, bytes);
+            return slot.is_ok().then(|| bytes.to_vec());
+        }
+        let Some(c) = &self.crypto else {
+            return (Id::of(bytes) == *id).then(|| bytes.to_vec());
+        };
+        let plain = c.open(&entry_aad(kind, id), bytes).ok()?;
+        (c.ids().of(&plain) == *id).then_some(plain)
     }
 
     pub fn dir(&self) -> &Path {
@@ -59,16 +92,17 @@ impl Cache {
     fn get(&self, kind: &str, id: &Id) -> Option<Vec<u8>> {
         let path = self.path(kind, id);
         let bytes = fs::read(&path).ok()?;
-        if Id::of(&bytes) == *id {
+        if self.check(kind, id, &bytes).is_some() {
             return Some(bytes);
         }
         let _ = fs::remove_file(&path);
         None
     }
 
-    /// Keeps `bytes` under `id` (only when they hash to it). Best effort.
+    /// Keeps `bytes` under `id` (only when they are a sound entry: [`Cache::check`]). Best
+    /// effort.
     fn put(&self, kind: &str, id: &Id, bytes: &[u8]) {
-        if Id::of(bytes) != *id {
+        if self.check(kind, id, bytes).is_none() {
             return;
         }
         let path = self.path(kind, id);
@@ -97,11 +131,24 @@ impl Cache {
 
     /// A tree's plain bytes, if cached and sound.
     pub fn tree(&self, id: &Id) -> Option<Vec<u8>> {
-        self.get(TREES, id)
+        let bytes = self.get(TREES, id)?;
+        self.check(TREES, id, &bytes)
     }
 
     pub fn keep_tree(&self, id: &Id, plain: &[u8]) {
-        self.put(TREES, id, plain)
+        match &self.crypto {
+            Some(c) => self.put(TREES, id, &c.seal(&entry_aad(TREES, id), plain)),
+            None => self.put(TREES, id, plain),
+        }
+    }
+}
+
+/// Associated data of a sealed entry: that of the repository object it copies (index files,
+/// manifests), or for a tree its own.
+fn entry_aad(kind: &str, id: &Id) -> Vec<u8> {
+    match kind {
+        TREES => format!("tvault cached tree\0{id}").into_bytes(),
+        folder => object_aad(&format!("{folder}/{id}")),
     }
 }
 
@@ -111,12 +158,13 @@ fn cached(key: &str) -> Option<(&'static str, Id)> {
     let kind = match folder {
         "index" => INDEX,
         "snapshots" => SNAPSHOTS,
+        "keys" => KEYS,
         _ => return None,
     };
     Some((kind, Id::from_hex(name)?))
 }
 
-/// A backend whose index files and snapshot manifests are read through a [`Cache`].
+/// A backend whose index files, snapshot manifests and key slots are read through a [`Cache`].
 pub struct Cached {
     inner: Arc<dyn Backend>,
     cache: Cache,
@@ -237,18 +285,46 @@ mod tests {
     /// a damaged cache entry is fetched again, never used.
     #[test]
     fn a_second_look_at_the_snapshots_downloads_nothing_and_damage_is_refetched() {
+        second_look(None);
+    }
+
+    /// The same with encryption, and the cache holds no plain byte of what it caches.
+    #[test]
+    fn an_encrypted_repository_is_cached_sealed() {
+        std::env::set_var(crate::repo::crypto::FAST_KDF_ENV, "1");
+        let (cache, _root) = second_look(Some(b"pw"));
+        for entry in walkdir::WalkDir::new(cache.dir()) {
+            let entry = entry.unwrap();
+            if entry.file_type().is_file() {
+                let bytes = std::fs::read(entry.path()).unwrap();
+                for needle in [&b"layers"[..], b"config.json", b"weights.bin"] {
+                    let found = bytes.windows(needle.len()).any(|w| w == needle);
+                    assert!(!found, "{} holds {needle:?}", entry.path().display());
+                }
+            }
+        }
+    }
+
+    /// The cache, and its root (removed when dropped).
+    fn second_look(password: Option<&'static [u8]>) -> (Cache, tempfile::TempDir) {
         let src = tempfile::tempdir().unwrap();
         std::fs::write(src.path().join("config.json"), b"{\"layers\": 2}").unwrap();
         std::fs::write(src.path().join("weights.bin"), vec![7u8; 300_000]).unwrap();
         let cache_root = tempfile::tempdir().unwrap();
         let net = Arc::new(Counting::default());
-        let mut repo = Repository::init_with(net.clone(), "mem".into()).unwrap();
+        let mut repo = Repository::init_backend(net.clone(), "mem".into(), password).unwrap();
+        let pw = move || Ok(password.unwrap_or_default().to_vec());
         let opts = BackupOptions::new(vec![src.path().to_path_buf()]);
         backup::run(&mut repo, &opts, &NoProgress).unwrap();
 
         let look = || {
-            let repo = Repository::open_cached(net.clone(), "mem".into(), Some(cache_root.path()))
-                .unwrap();
+            let repo = Repository::open_cached(
+                net.clone(),
+                "mem".into(),
+                Some(cache_root.path()),
+                Some(&pw),
+            )
+            .unwrap();
             for (_, snap) in repo.snapshots().unwrap() {
                 repo.load_tree(&snap.tree).unwrap();
             }
@@ -279,5 +355,12 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&snapshots).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode & 0o077, 0, "{mode:o}");
+        let trees = cache.dir().join(TREES);
+        assert_eq!(
+            std::fs::read_dir(trees).unwrap().count(),
+            1,
+            "the tree is cached"
+        );
+        (cache, cache_root)
     }
 }

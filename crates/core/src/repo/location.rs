@@ -12,7 +12,7 @@ use std::time::Duration;
 use super::faults::{FaultPlan, Faults};
 use super::retry::{Retry, RetryPolicy};
 use super::s3::{S3Backend, S3Location};
-use super::{Backend, Repository, Storage};
+use super::{Backend, PasswordSource, Repository, Storage};
 use crate::error::{Error, Result};
 
 /// What `s3:` locations look like, for messages.
@@ -99,10 +99,14 @@ pub const REMOTE_READ_SLOTS: usize = 4;
 
 /// Opens the repository at `given` (a local path or an `s3:` location). A remote one keeps
 /// its indexes, manifests and trees in a cache below `cache_root` (none: no cache) and moves
-/// several packs at once.
-pub fn open(given: &Path, cache_root: Option<&Path>) -> Result<Repository> {
+/// several packs at once. `password` is asked for only when the repository is encrypted.
+pub fn open(
+    given: &Path,
+    cache_root: Option<&Path>,
+    password: Option<PasswordSource>,
+) -> Result<Repository> {
     match Location::parse(given)? {
-        Location::Local(path) => Repository::open(&path),
+        Location::Local(path) => Repository::open_local(&path, password),
         Location::S3(s3) => {
             let backend = s3_backend(&s3)?;
             let url = PathBuf::from(s3.url());
@@ -115,7 +119,7 @@ pub fn open(given: &Path, cache_root: Option<&Path>) -> Result<Repository> {
                 }
                 return Err(Error::NoRepository { path: url });
             }
-            let mut repo = Repository::open_cached(backend, url, cache_root)?;
+            let mut repo = Repository::open_cached(backend, url, cache_root, password)?;
             repo.set_upload_slots(REMOTE_UPLOAD_SLOTS);
             repo.set_read_slots(REMOTE_READ_SLOTS)?;
             Ok(repo)
@@ -124,10 +128,10 @@ pub fn open(given: &Path, cache_root: Option<&Path>) -> Result<Repository> {
 }
 
 /// Creates a repository at `given`: a missing or empty local directory, or an S3 prefix that
-/// holds no objects.
-pub fn init(given: &Path) -> Result<Repository> {
+/// holds no objects. Encrypted, with one key opened by `password`, when one is given.
+pub fn init(given: &Path, password: Option<&[u8]>) -> Result<Repository> {
     match Location::parse(given)? {
-        Location::Local(path) => Repository::init(&path),
+        Location::Local(path) => Repository::init_local(&path, password),
         Location::S3(s3) => {
             let backend = s3_backend(&s3)?;
             let url = PathBuf::from(s3.url());
@@ -137,13 +141,19 @@ pub fn init(given: &Path) -> Result<Repository> {
                     url.display()
                 )));
             }
-            if !backend.list("")?.is_empty() {
+            let objects = backend.list("")?;
+            // An interrupted encrypted `init` leaves its key slots and no config: redone anew.
+            let leftover_keys = objects.iter().all(|(k, _)| k.starts_with("keys/"));
+            if !objects.is_empty() && !leftover_keys {
                 return Err(Error::NotARepository {
                     path: url,
                     reason: "the prefix holds objects; choose a new or empty prefix".into(),
                 });
             }
-            Repository::init_with(backend, url)
+            for (key, _) in &objects {
+                backend.delete(key)?;
+            }
+            Repository::init_backend(backend, url, password)
         }
     }
 }

@@ -374,6 +374,8 @@ fn check_others(
         }
         let bytes = match storage.get(&key) {
             Ok(bytes) => bytes,
+            // Sealed with another key, or damaged: as unreadable as bad JSON (below).
+            Err(Error::Corrupt { .. }) => Vec::new(),
             Err(e) if e.is_not_found() => continue, // released while we looked
             // It may conflict: nobody goes ahead beside a lock it cannot read. Waiting may
             // help only when the error may pass.

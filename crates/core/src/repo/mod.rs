@@ -7,7 +7,9 @@
 
 pub mod backend;
 pub mod cache;
+pub mod crypto;
 pub mod faults;
+pub mod keys;
 pub mod limit;
 pub mod location;
 pub mod lock;
@@ -18,6 +20,7 @@ pub mod storage;
 pub mod testing;
 mod writer;
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -25,6 +28,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub use backend::{Backend, LocalBackend, MemBackend};
+pub use keys::{KeyInfo, PasswordSource};
 pub use packs::PackCheck;
 pub use storage::{pack_key, Handle, ObjectKind, Storage};
 pub use writer::{BlobWriter, PackSink, Written};
@@ -32,18 +36,20 @@ pub use writer::{BlobWriter, PackSink, Written};
 use crate::chunker::ChunkerParams;
 use crate::codec;
 use crate::error::{Error, IoContext, Result};
-use crate::id::{self, Id};
+use crate::id::{self, Id, Ids};
 use crate::index::{self, Index};
 use crate::pack::BlobKind;
 use crate::snapshot::Snapshot;
 use crate::tree::Tree;
 
-/// The repository format this build writes in new repositories. Version 2 adds model-aware
-/// chunking (`tensor_block`) and the byte-planes encoding; a version-1 repository is written as
-/// version 1 (see `FORMAT.md`, "Versions").
+/// The repository format this build writes in new plaintext repositories. Version 2 adds
+/// model-aware chunking (`tensor_block`) and the byte-planes encoding; a version-1 repository
+/// is written as version 1 (see `FORMAT.md`, "Versions").
 pub const FORMAT_VERSION: u32 = 2;
+/// The format of new encrypted repositories: version 2 plus encryption at rest.
+pub const ENCRYPTED_VERSION: u32 = 3;
 /// The repository formats this build opens.
-pub const SUPPORTED_VERSIONS: std::ops::RangeInclusive<u32> = 1..=2;
+pub const SUPPORTED_VERSIONS: std::ops::RangeInclusive<u32> = 1..=3;
 /// Fixed block size inside tensors in new repositories.
 pub const DEFAULT_TENSOR_BLOCK: u32 = 512 * 1024;
 const FORMAT_NAME: &str = "tvault-repository";
@@ -62,7 +68,7 @@ pub struct Config {
     pub zstd_level: i32,
     /// Packs are stored once they reach this many bytes.
     pub pack_size: u32,
-    /// `"none"`; room for encryption at rest.
+    /// `"none"`, or (version 3) `"xchacha20poly1305"`: encrypted at rest (`crypto`).
     pub encryption: String,
     /// Version 2: tensors of recognised model files are cut into blocks of this many bytes
     /// from each tensor's start. Absent in version 1 (every file chunked by content).
@@ -71,7 +77,7 @@ pub struct Config {
 }
 
 impl Config {
-    fn new() -> Config {
+    fn new(encrypted: bool) -> Config {
         let now = Utc::now();
         let seed = format!(
             "{}{}{:?}",
@@ -79,15 +85,24 @@ impl Config {
             now.to_rfc3339(),
             std::thread::current().id()
         );
+        let (version, encryption) = if encrypted {
+            (ENCRYPTED_VERSION, crypto::ALGORITHM)
+        } else {
+            (FORMAT_VERSION, "none")
+        };
         Config {
             format: FORMAT_NAME.to_string(),
-            version: FORMAT_VERSION,
-            id: Id::of(seed.as_bytes()),
+            version,
+            id: if encrypted {
+                Id(crypto::random_bytes())
+            } else {
+                Id::of(seed.as_bytes())
+            },
             created: now,
             chunker: ChunkerParams::default(),
             zstd_level: 1,
             pack_size: 32 * 1024 * 1024,
-            encryption: "none".to_string(),
+            encryption: encryption.to_string(),
             tensor_block: Some(DEFAULT_TENSOR_BLOCK),
         }
     }
@@ -97,9 +112,25 @@ impl Config {
         self.version >= 2
     }
 
+    /// True when the repository is encrypted at rest.
+    pub fn encrypted(&self) -> bool {
+        self.encryption != "none"
+    }
+
     /// Checks what every chunk ID depends on, so a bad config is an error and not a panic.
     fn validate(&self) -> std::result::Result<(), String> {
         self.chunker.validate()?;
+        match (self.version, self.encryption.as_str()) {
+            (_, "none") => {}
+            (3.., crypto::ALGORITHM) => {}
+            (_, other) => {
+                return Err(format!(
+                    "it uses encryption {other:?}, which this tvault does not support in a \
+                     version {} repository",
+                    self.version
+                ))
+            }
+        }
         if !PACK_SIZES.contains(&self.pack_size) {
             return Err(format!(
                 "unsupported pack_size {} (from {} to {} bytes)",
@@ -141,6 +172,8 @@ pub struct Repository {
     /// On a network repository: a pool with more threads than cores for reads that wait on
     /// the network (restore, verify); the global pool otherwise.
     read_pool: Option<Arc<rayon::ThreadPool>>,
+    /// In an encrypted repository: the master key and the key slot that opened it.
+    master: Option<(crypto::MasterKey, Id)>,
 }
 
 /// Plain bytes of recently read blobs, up to a byte budget, oldest dropped first: a chain of
@@ -185,8 +218,14 @@ pub struct IndexFile {
 }
 
 impl Repository {
-    /// Creates a repository in `path`, which must be missing or an empty directory.
+    /// Creates a plaintext repository in `path`, which must be missing or an empty directory.
     pub fn init(path: &Path) -> Result<Repository> {
+        Self::init_local(path, None)
+    }
+
+    /// Creates a repository in `path` (missing or an empty directory): encrypted, with one key
+    /// opened by `password`, when one is given; else plaintext.
+    pub fn init_local(path: &Path, password: Option<&[u8]>) -> Result<Repository> {
         if path.join(ObjectKind::Config.folder()).exists() {
             return Err(Error::Invalid(format!(
                 "{} is already a tvault repository",
@@ -194,7 +233,15 @@ impl Repository {
             )));
         }
         if path.exists() {
-            let (others, leftovers) = dir_entries(path)?;
+            let (mut others, mut leftovers) = dir_entries(path)?;
+            // An interrupted encrypted `init` leaves its key slot and no config: redone anew.
+            if let [keys] = &others[..] {
+                if let Some(slots) = init_leftover_keys(keys)? {
+                    leftovers.extend(slots);
+                    leftovers.push(keys.clone());
+                    others.clear();
+                }
+            }
             if !others.is_empty() {
                 return Err(Error::NotARepository {
                     path: path.to_path_buf(),
@@ -203,7 +250,11 @@ impl Repository {
             }
             // What an interrupted `init` left behind.
             for tmp in leftovers {
-                std::fs::remove_file(&tmp).at(&tmp)?;
+                if tmp.is_dir() {
+                    std::fs::remove_dir(&tmp).at(&tmp)?;
+                } else {
+                    std::fs::remove_file(&tmp).at(&tmp)?;
+                }
             }
         }
         if !path.exists() {
@@ -213,14 +264,34 @@ impl Repository {
             std::fs::create_dir_all(path).at(path)?;
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).at(path)?;
         }
-        Self::init_with(local_backend(path), path.to_path_buf())
+        Self::init_backend(local_backend(path), path.to_path_buf(), password)
     }
 
-    /// Creates a repository on any backend.
+    /// Creates a plaintext repository on any backend.
     pub fn init_with(backend: Arc<dyn Backend>, location: PathBuf) -> Result<Repository> {
-        let config = Config::new();
+        Self::init_backend(backend, location, None)
+    }
+
+    /// Creates a repository on any backend: encrypted (version 3) with one key opened by
+    /// `password` when one is given. The key slot is written before `config`, which is what
+    /// makes the location a repository.
+    pub fn init_backend(
+        backend: Arc<dyn Backend>,
+        location: PathBuf,
+        password: Option<&[u8]>,
+    ) -> Result<Repository> {
+        let config = Config::new(password.is_some());
         let bytes = serde_json::to_vec_pretty(&config).expect("config serialises");
-        let repo = Repository::with_config(backend, location, config);
+        let mut repo = Repository::with_config(backend, location, config);
+        if let Some(password) = password {
+            let key = crypto::MasterKey::random();
+            let slot = keys::write_slot(&repo.storage, &key, &repo.config.id, password)?;
+            repo.storage = repo
+                .storage
+                .clone()
+                .encrypted(Arc::new(crypto::Crypto::new(&key)));
+            repo.master = Some((key, slot));
+        }
         repo.storage.put_config(&bytes)?;
         Ok(repo)
     }
@@ -240,11 +311,19 @@ impl Repository {
             disk_cache: None,
             upload_slots: 1,
             read_pool: None,
+            master: None,
         }
     }
 
-    /// Opens an existing repository in a local directory and loads its index.
+    /// Opens an existing plaintext repository in a local directory and loads its index (an
+    /// encrypted one is [`Error::PasswordNeeded`]).
     pub fn open(path: &Path) -> Result<Repository> {
+        Self::open_local(path, None)
+    }
+
+    /// Opens an existing repository in a local directory and loads its index; `password` is
+    /// asked for only if it is encrypted.
+    pub fn open_local(path: &Path, password: Option<PasswordSource>) -> Result<Repository> {
         if !path.join(ObjectKind::Config.folder()).exists() {
             let has_files = path.is_dir() && !dir_entries(path)?.0.is_empty();
             if has_files {
@@ -257,19 +336,22 @@ impl Repository {
                 path: path.to_path_buf(),
             });
         }
-        Self::open_with(local_backend(path), path.to_path_buf())
+        Self::open_cached(local_backend(path), path.to_path_buf(), None, password)
     }
 
     pub fn open_with(backend: Arc<dyn Backend>, location: PathBuf) -> Result<Repository> {
-        Self::open_cached(backend, location, None)
+        Self::open_cached(backend, location, None, None)
     }
 
     /// Opens a repository whose index files, snapshot manifests and trees are read through a
     /// local cache below `cache_root` (see [`cache`]): for repositories on a network.
+    /// An encrypted repository is unlocked with `password` (see [`keys`]) before anything
+    /// else is read: a wrong one is [`Error::WrongPassword`], and nothing is written.
     pub fn open_cached(
         backend: Arc<dyn Backend>,
         location: PathBuf,
         cache_root: Option<&Path>,
+        password: Option<PasswordSource>,
     ) -> Result<Repository> {
         let storage = Storage::new(backend);
         let raw = storage.get_config()?;
@@ -296,19 +378,48 @@ impl Repository {
         }
         let config: Config = serde_json::from_value(value)
             .map_err(|e| not_repo(format!("its config is damaged: {e}")))?;
-        if config.encryption != "none" {
-            return Err(not_repo(format!(
-                "it uses encryption {:?}, which this tvault does not support",
-                config.encryption
-            )));
-        }
         config.validate().map_err(not_repo)?;
+        let master = if config.encrypted() {
+            // Key slots are read through the cache too (a network repository).
+            let slots = match cache_root {
+                Some(root) => storage.with_backend(Arc::new(cache::Cached::new(
+                    storage.backend().clone(),
+                    cache::Cache::new(root, &config.id),
+                ))),
+                None => storage.clone(),
+            };
+            Some(keys::unlock(&slots, &config, &location, password)?)
+        } else {
+            // A plaintext config beside key slots was altered (a downgrade): writing plain
+            // data into an encrypted repository is refused.
+            if !storage.list(ObjectKind::Key)?.is_empty() {
+                return Err(not_repo(
+                    "its config says it is not encrypted, yet it has key slots (keys/): the \
+                     config was altered; refusing to read or write it"
+                        .into(),
+                ));
+            }
+            None
+        };
         let mut backend = storage.backend().clone();
-        let disk_cache = cache_root.map(|root| cache::Cache::new(root, &config.id));
+        let crypto = master
+            .as_ref()
+            .map(|(key, _)| Arc::new(crypto::Crypto::new(key)));
+        let disk_cache = cache_root.map(|root| {
+            let c = cache::Cache::new(root, &config.id);
+            match &crypto {
+                Some(crypto) => c.encrypted(crypto.clone()),
+                None => c,
+            }
+        });
         if let Some(c) = &disk_cache {
             backend = Arc::new(cache::Cached::new(backend, c.clone()));
         }
         let mut repo = Repository::with_config(backend, location, config);
+        if let (Some(crypto), Some(master)) = (crypto, master) {
+            repo.storage = repo.storage.clone().encrypted(crypto);
+            repo.master = Some(master);
+        }
         repo.disk_cache = disk_cache;
         repo.load_index()?;
         Ok(repo)
@@ -318,7 +429,7 @@ impl Repository {
     /// held) carries over.
     pub fn limit_uploads(&mut self, bytes_per_sec: u64) {
         let limited = limit::UploadLimit::new(self.storage.backend().clone(), bytes_per_sec);
-        self.storage = self.storage.rewrapped(Arc::new(limited));
+        self.storage = self.storage.with_backend(Arc::new(limited));
     }
 
     /// How many packs a backup, prune or repair stores at once (default 1); each one in flight
@@ -376,6 +487,16 @@ impl Repository {
 
     pub fn index(&self) -> &Index {
         &self.index
+    }
+
+    /// How this repository names chunks, trees and snapshots (keyed BLAKE3 when encrypted).
+    pub fn ids(&self) -> Ids {
+        self.storage.ids()
+    }
+
+    /// True when the repository is encrypted at rest.
+    pub fn encrypted(&self) -> bool {
+        self.storage.crypto().is_some()
     }
 
     /// The in-memory index, to make it read other copies of some blobs (`repair packs`: only
@@ -438,7 +559,7 @@ impl Repository {
             let packs = key_id(&object)
                 .and_then(|id| {
                     let bytes = self.storage.get(&object)?;
-                    index::decode_file(&key, id, &bytes)
+                    index::decode_file(&key, id, &bytes, self.ids())
                 })
                 .map(|list| {
                     list.into_iter()
@@ -485,9 +606,39 @@ impl Repository {
         self.decode_blob(id, &pack, loc.encoding, &stored, loc.plain_len as usize)
     }
 
+    /// A blob's encoded bytes from its stored bytes: in an encrypted repository they are
+    /// opened, and a blob that does not authenticate (damaged, truncated, another blob's bytes,
+    /// another repository's) is [`Error::CorruptChunk`] naming it and its pack.
+    pub fn unseal<'a>(&self, id: &Id, pack: &Id, stored: &'a [u8]) -> Result<Cow<'a, [u8]>> {
+        match self.storage.crypto() {
+            None => Ok(Cow::Borrowed(stored)),
+            Some(c) => c
+                .open(&crate::pack::blob_aad(id), stored)
+                .map(Cow::Owned)
+                .map_err(|_| Error::CorruptChunk {
+                    id: id.to_hex(),
+                    pack: pack.to_hex(),
+                    reason: AUTH_FAILED.into(),
+                }),
+        }
+    }
+
     /// Decodes and re-hashes a blob's stored bytes (read from `pack`); a delta's bases come from
     /// the repository. A lost or damaged base makes the delta damaged, naming the base.
     pub fn decode_blob(
+        &self,
+        id: &Id,
+        pack: &Id,
+        encoding: codec::Encoding,
+        stored: &[u8],
+        plain_len: usize,
+    ) -> Result<Vec<u8>> {
+        let encoded = self.unseal(id, pack, stored)?;
+        self.decode_encoded(id, pack, encoding, &encoded, plain_len)
+    }
+
+    /// [`Repository::decode_blob`] of bytes already unsealed.
+    pub fn decode_encoded(
         &self,
         id: &Id,
         pack: &Id,
@@ -506,7 +657,7 @@ impl Repository {
         } else {
             codec::decode(encoding, stored, plain_len).map_err(|e| damaged(e.to_string()))?
         };
-        if Id::of(&plain) != *id {
+        if self.ids().of(&plain) != *id {
             return Err(damaged("content does not match its hash".into()));
         }
         Ok(plain)
@@ -542,10 +693,11 @@ impl Repository {
                 loc.offset as u64,
                 loc.stored_len as usize,
             )?;
+            let bstored = self.unseal(&base, &bpack, &bstored)?.into_owned();
             if loc.encoding != codec::Encoding::Delta {
                 let plain = codec::decode(loc.encoding, &bstored, loc.plain_len as usize)
                     .map_err(|e| Error::Invalid(format!("its base {}: {e}", base.short())))?;
-                if Id::of(&plain) != base {
+                if self.ids().of(&plain) != base {
                     return Err(Error::Invalid(format!(
                         "its base {} is damaged (content does not match its hash)",
                         base.short()
@@ -594,7 +746,12 @@ impl Repository {
 
     pub fn load_snapshot(&self, id: &Id) -> Result<Snapshot> {
         let object = Handle::new(ObjectKind::Snapshot, id);
-        Snapshot::from_bytes(&object.to_string(), *id, &self.storage.get(&object)?)
+        Snapshot::from_bytes(
+            &object.to_string(),
+            *id,
+            &self.storage.get(&object)?,
+            self.ids(),
+        )
     }
 
     /// All snapshots, oldest first.
@@ -652,6 +809,10 @@ impl Repository {
     }
 }
 
+/// Why a sealed blob is damaged.
+pub(crate) const AUTH_FAILED: &str =
+    "it does not authenticate (damaged, truncated, or not this repository's blob under this ID)";
+
 /// A directory's entries, split into temporary files of interrupted writes and the rest.
 fn dir_entries(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
     let mut others = Vec::new();
@@ -670,6 +831,22 @@ fn dir_entries(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
         }
     }
     Ok((others, leftovers))
+}
+
+/// The files of `dir` if it is the `keys` folder an interrupted `init` left (key slots and
+/// temporary files only, no config beside it); `None` for anything else.
+fn init_leftover_keys(dir: &Path) -> Result<Option<Vec<PathBuf>>> {
+    if dir.file_name() != Some(std::ffi::OsStr::new(ObjectKind::Key.folder())) || !dir.is_dir() {
+        return Ok(None);
+    }
+    let (slots, tmps) = dir_entries(dir)?;
+    let ours = slots.iter().all(|p| {
+        p.is_file()
+            && p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| Id::from_hex(n).is_some())
+    });
+    Ok(ours.then(|| slots.into_iter().chain(tmps).collect()))
 }
 
 /// The ID a content-addressed object is named by.

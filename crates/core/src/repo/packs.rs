@@ -32,8 +32,8 @@ impl Repository {
     }
 
     /// The size a pack has when it holds exactly `entries` (see FORMAT.md, "Packs").
-    pub fn expected_pack_size(entries: &[PackEntry]) -> u64 {
-        crate::pack::size_for(entries)
+    pub fn expected_pack_size(&self, entries: &[PackEntry]) -> u64 {
+        crate::pack::size_for(entries, self.encrypted())
     }
 
     /// The stored bytes of `entries` (blobs of `pack`), in their order, read with as few
@@ -158,8 +158,10 @@ impl Repository {
         let stored = self.read_blobs(pack, entries)?;
         let mut read = 0;
         for (e, bytes) in entries.iter().zip(&stored) {
-            self.decode_blob(&e.id, pack, e.encoding, bytes, e.plain_len as usize)?;
-            sink.add(e.id, e.kind, e.encoding, bytes, e.plain_len as usize)?;
+            // Opened once: checked, then sealed afresh into the new pack.
+            let encoded = self.unseal(&e.id, pack, bytes)?;
+            self.decode_encoded(&e.id, pack, e.encoding, &encoded, e.plain_len as usize)?;
+            sink.add(e.id, e.kind, e.encoding, &encoded, e.plain_len as usize)?;
             read += bytes.len() as u64;
         }
         Ok(read)
@@ -217,7 +219,8 @@ impl Repository {
     /// and depth from the blob's own header (`repair index`).
     pub fn pack_entries(&self, object: &Handle) -> Result<(Vec<PackEntry>, index::Deltas)> {
         let bytes = self.storage.get(object)?;
-        index::entries_of_pack(&object.to_string(), &bytes)
+        let crypto = self.storage.crypto().map(|c| &**c);
+        index::entries_of_pack(&object.to_string(), &bytes, crypto)
     }
 
     /// Deletes objects (packs, index files, snapshots) by their handles, in the order given.

@@ -4,6 +4,12 @@
 //! `FORMAT.md` specifies). Listings come with sizes; errors keep the backend's classification
 //! (not found, transient, permanent: [`crate::error::ErrorClass`]).
 //!
+//! In an encrypted repository this is also where objects are sealed and opened: index files,
+//! snapshot manifests, locks and repair records are sealed whole on `put` and opened on `get`,
+//! their associated data binding each to its key (kind and name), so an object moved or
+//! swapped under another name does not authenticate. Packs pass through sealed by the pack
+//! writer (blob by blob); `config` and key slots stay plain.
+//!
 //! Reads of several ranges of one object are planned here too ([`plan_reads`]): neighbouring
 //! ranges are merged into one ranged read, reading small gaps through, so that restore, prune
 //! and repair make one request per stretch of a pack rather than one per chunk.
@@ -14,14 +20,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::backend::Backend;
-use crate::error::Result;
-use crate::id::Id;
+use super::crypto::Crypto;
+use crate::error::{Error, Result};
+use crate::id::{Id, Ids};
 
 /// What an object is; each kind has a folder of its own (`config` is a single object).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ObjectKind {
     Config,
-    /// Reserved for encryption keys (`keys/`); nothing writes it yet.
+    /// Key slots of an encrypted repository (`keys/`).
     Key,
     Index,
     Snapshot,
@@ -43,6 +50,15 @@ impl ObjectKind {
             ObjectKind::Lock => "locks",
             ObjectKind::Repair => "repair",
         }
+    }
+
+    /// Whether objects of this kind are sealed whole in an encrypted repository (packs are
+    /// sealed blob by blob by the pack writer; config and key slots stay plain).
+    fn sealed_whole(self) -> bool {
+        !matches!(
+            self,
+            ObjectKind::Config | ObjectKind::Key | ObjectKind::Pack
+        )
     }
 
     /// The kind whose folder `key` is in.
@@ -127,6 +143,13 @@ pub fn pack_key(id: &Id) -> String {
 pub struct Storage {
     backend: Arc<dyn Backend>,
     lease: Arc<Lease>,
+    /// The master key's crypto, in an encrypted repository.
+    crypto: Option<Arc<Crypto>>,
+}
+
+/// Associated data of an object sealed whole: its key (kind and name).
+pub(crate) fn object_aad(key: &str) -> Vec<u8> {
+    format!("tvault object\0{key}").into_bytes()
 }
 
 /// Whether this process may still write. Lost when its lock could not be refreshed for so
@@ -296,36 +319,76 @@ impl Storage {
         Storage {
             backend,
             lease: Arc::default(),
+            crypto: None,
         }
+    }
+
+    /// This storage sealing and opening objects with `crypto`.
+    pub fn encrypted(mut self, crypto: Arc<Crypto>) -> Storage {
+        self.crypto = Some(crypto);
+        self
+    }
+
+    /// The same storage (encryption and lease) over another backend (a wrapper of this one).
+    pub fn with_backend(&self, backend: Arc<dyn Backend>) -> Storage {
+        Storage {
+            backend,
+            ..self.clone()
+        }
+    }
+
+    pub fn crypto(&self) -> Option<&Arc<Crypto>> {
+        self.crypto.as_ref()
+    }
+
+    /// How content is named: keyed BLAKE3 in an encrypted repository, else BLAKE3.
+    pub fn ids(&self) -> Ids {
+        self.crypto.as_ref().map_or(Ids::PLAIN, |c| c.ids())
     }
 
     /// The lease every clone of this storage checks before it writes.
-    /// The same storage seen through `backend` (a wrapper of this one's backend), sharing its
-    /// lease: a lock held or lost stays so.
-    pub fn rewrapped(&self, backend: Arc<dyn Backend>) -> Storage {
-        Storage {
-            backend,
-            lease: self.lease.clone(),
-        }
-    }
-
     pub fn lease(&self) -> Arc<Lease> {
         self.lease.clone()
     }
 
     pub fn put(&self, object: &Handle, data: &[u8]) -> Result<()> {
         self.lease.check(object)?;
-        self.backend.put(object.key(), data)
+        match &self.crypto {
+            Some(c) if object.kind.sealed_whole() => {
+                let sealed = c.seal(&object_aad(object.key()), data);
+                self.backend.put(object.key(), &sealed)
+            }
+            _ => self.backend.put(object.key(), data),
+        }
     }
 
-    /// [`Storage::put`] of bytes given away (see [`Backend::put_shared`]).
+    /// [`Storage::put`] of bytes given away (see [`Backend::put_shared`]); objects sealed whole
+    /// go through [`Storage::put`].
     pub fn put_shared(&self, object: &Handle, data: bytes::Bytes) -> Result<()> {
+        if self.crypto.is_some() && object.kind.sealed_whole() {
+            return self.put(object, &data);
+        }
         self.lease.check(object)?;
         self.backend.put_shared(object.key(), data)
     }
 
+    /// An object's (plain) bytes. In an encrypted repository an object that does not
+    /// authenticate (damaged, truncated, moved from another name, another repository's) is
+    /// [`Error::Corrupt`] naming it.
     pub fn get(&self, object: &Handle) -> Result<Vec<u8>> {
-        self.backend.get(object.key())
+        let bytes = self.backend.get(object.key())?;
+        match &self.crypto {
+            Some(c) if object.kind.sealed_whole() => {
+                c.open(&object_aad(object.key()), &bytes).map_err(|_| {
+                    Error::corrupt(
+                        object.key(),
+                        "it does not authenticate: damaged, truncated, or not this \
+                         repository's object under this name",
+                    )
+                })
+            }
+            _ => Ok(bytes),
+        }
     }
 
     pub fn get_range(&self, object: &Handle, offset: u64, len: usize) -> Result<Vec<u8>> {
@@ -369,9 +432,10 @@ impl Storage {
         self.put(&Handle::config(), data)
     }
 
-    /// Stores `data` under its own hash as an object of `kind`; its handle.
+    /// Stores `data` under its own hash (keyed in an encrypted repository: [`Storage::ids`])
+    /// as an object of `kind`; its handle.
     pub fn put_hashed(&self, kind: ObjectKind, data: &[u8]) -> Result<Handle> {
-        let object = Handle::new(kind, &Id::of(data));
+        let object = Handle::new(kind, &self.ids().of(data));
         self.put(&object, data)?;
         Ok(object)
     }

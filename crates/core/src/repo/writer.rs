@@ -57,7 +57,7 @@ impl PackSink {
         PackSink {
             storage: repo.storage().clone(),
             pack_size: repo.config().pack_size as usize,
-            pack: PackWriter::new(),
+            pack: PackWriter::sealed(repo.storage().crypto().cloned()),
             storing: Default::default(),
             uploads: repo.upload_slots(),
             stored: Vec::new(),
@@ -68,7 +68,8 @@ impl PackSink {
     }
 
     /// Adds an encoded blob (whatever is already stored: deduplicating is the caller's). A
-    /// delta's base and depth are taken from its header, for the index.
+    /// delta's base and depth are taken from its header, for the index. `stored` is the
+    /// encoded blob, never sealed: in an encrypted repository the pack writer seals it.
     pub fn add(
         &mut self,
         id: Id,
@@ -100,7 +101,8 @@ impl PackSink {
         while self.storing.len() >= self.uploads {
             self.wait_oldest()?;
         }
-        let pack = std::mem::take(&mut self.pack);
+        let next = PackWriter::sealed(self.storage.crypto().cloned());
+        let pack = std::mem::replace(&mut self.pack, next);
         if self.dry {
             self.bytes += pack.len() as u64;
             return Ok(());
