@@ -139,7 +139,7 @@ fn a_truncated_pack_names_the_chunk_past_its_end_not_the_first_of_the_read() {
         text(&env.backup(&[&ckpt], &[]), "id"),
         sources_manifest(&[&ckpt]),
     ));
-    let repo = Repository::open(&env.repo).unwrap();
+    let repo = env.open_repo();
     let snap = repo
         .load_snapshot(&Id::from_hex(&snaps[1].0).unwrap())
         .unwrap();

@@ -390,6 +390,8 @@ fn under_hidepid_another_users_live_process_keeps_its_lock() {
         "ab",
         json!({"pid": pid, "boot_id": boot, "pid_ns": ns, "pid_start": start_time(pid)}),
     );
+    // Written by root through the engine (0600): readable by nobody's tvault as its own.
+    std::os::unix::fs::chown(&lock, Some(65534), Some(65534)).unwrap();
     // The backup runs as nobody in a mount namespace whose /proc hides root's processes.
     let tvault = env.command_as_invoker();
     let mut cmd = Command::new("unshare");
