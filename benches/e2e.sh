@@ -18,12 +18,15 @@
 #   ONLY=series bash benches/e2e.sh                      # the series alone (with BEFORE: its
 #                                                        # new-folder series too)
 #   S3=1 bash benches/e2e.sh                             # S3 mode (below), then stop
+#   PLAIN=1 bash benches/e2e.sh                          # also a plaintext repository (the cost of encryption)
 #
 # S3 mode: a local Garage (scripts/s3-server.sh, state under $WORK) holds the repositories.
 # First backup, restore and `verify --read-data` of the `single` checkpoint: tvault into a
 # local directory, tvault into the bucket, and restic (when installed) into the same bucket,
 # each with its defaults (restic encrypts), in the same run.
 set -euo pipefail
+# Repositories are encrypted by default (as `init` makes them): the benches give the password.
+export TVAULT_PASSWORD=${TVAULT_PASSWORD:-bench}
 SIZE=${SIZE:-2GiB}
 WORK=${WORK:-/tmp/tvault-bench}
 ROUNDS=${ROUNDS:-1}
@@ -172,10 +175,10 @@ else
   echo "  borg: not installed, skipped"
 fi
 
-run_tvault() { # name, binary
+run_tvault() { # name, binary, init options
   local name=$1 bin=$2 repo=$WORK/repo-$1
-  echo "== $name ($bin)"
-  rm -rf "$repo"; $bin --repo "$repo" init -q
+  echo "== $name ($bin ${3:-})"
+  rm -rf "$repo"; $bin --repo "$repo" init -q ${3:-}
   measure "$name backup (single, first)" $bin --repo "$repo" --json backup "$CKPT"
   echo "  stored: $(json "['bytes_added']") bytes = $(share "$(json "['bytes_added']")") of the input"
   local id; id=$(json "['snapshot_id']")
@@ -194,6 +197,7 @@ run_tvault() { # name, binary
 for round in $(seq "$ROUNDS"); do
   [ -n "${BEFORE:-}" ] && run_tvault before "$BEFORE"
   run_tvault tvault "$B"
+  if [ -n "${PLAIN:-}" ]; then run_tvault tvault-plain "$B" --no-encryption; fi
 done
 
 echo "== frozen (about half the tensors change between checkpoints)"

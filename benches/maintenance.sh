@@ -6,6 +6,8 @@
 #   bash benches/maintenance.sh                        # 4 checkpoints of 2 GiB, in /tmp
 #   STEPS=3 SIZE=512MiB WORK=/dev/shm/tm bash benches/maintenance.sh
 set -euo pipefail
+# Repositories are encrypted by default (as `init` makes them): the benches give the password.
+export TVAULT_PASSWORD=${TVAULT_PASSWORD:-bench}
 SIZE=${SIZE:-2GiB}
 STEPS=${STEPS:-4}
 WORK=${WORK:-/tmp/tvault-maintenance}

@@ -9,6 +9,8 @@
 #   bash benches/scaling.sh                       # 1 GiB single on tmpfs (/dev/shm)
 #   SIZE=2GiB WORK=/tmp/scale bash benches/scaling.sh
 set -euo pipefail
+# Repositories are encrypted by default (as `init` makes them): the benches give the password.
+export TVAULT_PASSWORD=${TVAULT_PASSWORD:-bench}
 shopt -s inherit_errexit   # a failing run inside $(secs …) stops the bench, not times as fast
 SIZE=${SIZE:-1GiB}
 WORK=${WORK:-/dev/shm/tvault-scaling}
