@@ -15,6 +15,7 @@
 #   WORK=/dev/shm/tvault-bench bash benches/e2e.sh       # on tmpfs: the CPU cost alone
 #   SIZE=512MiB bash benches/e2e.sh                      # smaller checkpoints
 #   BEFORE=/path/to/old/tvault bash benches/e2e.sh       # also time another build, interleaved
+#   ONLY=single bash benches/e2e.sh                      # limits, baselines and the single checkpoint only
 #   ONLY=series bash benches/e2e.sh                      # the series alone (with BEFORE: its
 #                                                        # new-folder series too)
 #   S3=1 bash benches/e2e.sh                             # S3 mode (below), then stop
@@ -199,6 +200,10 @@ for round in $(seq "$ROUNDS"); do
   run_tvault tvault "$B"
   if [ -n "${PLAIN:-}" ]; then run_tvault tvault-plain "$B" --no-encryption; fi
 done
+if [ "${ONLY:-}" = single ]; then
+  rm -rf "$WORK"
+  exit 0
+fi
 
 echo "== frozen (about half the tensors change between checkpoints)"
 $B --repo "$WORK/frozen-repo" init -q
