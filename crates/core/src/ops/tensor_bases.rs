@@ -259,4 +259,16 @@ mod tests {
         assert_eq!(file_name(&p("a/b/c.bin")), b"c.bin");
         assert_eq!(file_name(&p("c.bin")), b"c.bin");
     }
+
+    #[test]
+    fn blocks_at_regular_offsets_take_evenly_spread_turns() {
+        // 33 x 32 blocks of 512 KiB: each of the 33 turns of a sparse chain gets about 32.
+        let period = u64::from(MAX_DELTA_DEPTH / SPARSE_DEPTH_COST) + 1;
+        let mut per_turn = vec![0u32; period as usize];
+        for k in 0..period * 32 {
+            per_turn[(turn(4096 + k * (512 << 10)) % period) as usize] += 1;
+        }
+        let (min, max) = (per_turn.iter().min(), per_turn.iter().max());
+        assert!(*min.unwrap() >= 16 && *max.unwrap() <= 48, "{per_turn:?}");
+    }
 }
