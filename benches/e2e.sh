@@ -18,6 +18,9 @@
 #   ONLY=single bash benches/e2e.sh                      # limits, baselines and the single checkpoint only
 #   ONLY=series bash benches/e2e.sh                      # the series alone (with BEFORE: its
 #                                                        # new-folder series too)
+#   ONLY=keyframes SIZE=256MiB bash benches/e2e.sh       # a STEPS-step (40) `finetune` series:
+#                                                        # each step's added share, max/mean
+#                                                        # (with BEFORE: that build's too)
 #   S3=1 bash benches/e2e.sh                             # S3 mode (below), then stop
 #   PLAIN=1 bash benches/e2e.sh                          # also a plaintext repository (the cost of encryption)
 #
@@ -42,7 +45,7 @@ TIME=/usr/bin/time
 
 rm -rf "$WORK"; mkdir -p "$WORK/data"
 $GEN single "$WORK/data/single/ckpt" --size "$SIZE" >/dev/null
-if [ "${ONLY:-}" != series ]; then
+if [ "${ONLY:-}" != series ] && [ "${ONLY:-}" != keyframes ]; then
   $GEN frozen "$WORK/data/frozen/ckpt" --size "$SIZE" --step 0 >/dev/null
   $GEN frozen "$WORK/data/frozen1/ckpt" --size "$SIZE" --step 1 >/dev/null
 fi
@@ -143,6 +146,38 @@ run_series() {
 }
 if [ "${ONLY:-}" = series ]; then
   run_series
+  rm -rf "$WORK"
+  exit 0
+fi
+# Staggered keyframes: a long `finetune` series in one path; what each step adds (as a share of
+# the checkpoint), and the largest step after the first against the mean of those steps (the
+# goal: at most 2). Chains end at their depth bound; without staggering, all in the same step.
+keyframes() { # name, binary
+  local name=$1 bin=$2 top="$WORK/data/keyframes" repo="$WORK/keyframes-repo" adds=()
+  echo "== $name: finetune, ${STEPS:-40} steps in one path"
+  rm -rf "$top" "$repo"; $bin --repo "$repo" init -q
+  for ((step = 0; step < ${STEPS:-40}; step++)); do
+    rm -rf "$top/ckpt"
+    $GEN finetune "$top/ckpt" --size "$SIZE" --step "$step" >/dev/null
+    local total; total=$(du -sb --apparent-size "$top/ckpt" | cut -f1)
+    $bin --repo "$repo" --json backup "$top/ckpt" >"$WORK/out"
+    local added; added=$(json "['bytes_added']")
+    adds+=("$added")
+    echo "  step $step added $(python3 -c "print(f'{$added / $total:.4f}')") of the checkpoint"
+  done
+  python3 -c "
+a = [int(x) for x in '${adds[*]}'.split()][1:]
+m = sum(a) / len(a)
+print(f'  steps 1..{len(a)}: mean {m / $total:.4f}, max {max(a) / $total:.4f} (step {a.index(max(a)) + 1}), max/mean {max(a) / m:.2f}')"
+  local id; id=$(json "['snapshot_id']")
+  $bin --repo "$repo" -q restore "$id" "$WORK/restored"
+  cmp -s "$WORK/restored/ckpt/model.safetensors" "$top/ckpt/model.safetensors" || { echo "e2e: keyframes restore differs" >&2; exit 1; }
+  $bin --repo "$repo" -q verify --read-data
+  rm -rf "$WORK/restored" "$repo" "$top"
+}
+if [ "${ONLY:-}" = keyframes ]; then
+  [ -n "${BEFORE:-}" ] && keyframes before "$BEFORE"
+  keyframes tvault "$B"
   rm -rf "$WORK"
   exit 0
 fi

@@ -24,17 +24,19 @@ fn delta_and_added(report: &Value) -> (u64, u64) {
     (num(&report["stored"], "delta"), num(report, "bytes_added"))
 }
 
-/// A step after the first: nearly all of the model is stored as deltas, and the step adds a
-/// few percent of its size (a keyframe of these weights takes about 0.67).
+/// A step after the first: most of the model is stored as deltas (a block may start a new
+/// chain instead: keyframes are staggered over the steps), and besides such keyframes the
+/// step adds a few percent of its size (a keyframe of these weights takes about 0.67).
 #[track_caller]
 fn assert_stored_as_deltas(report: &Value, what: &str) {
     let (delta, added) = delta_and_added(report);
     assert!(
-        delta > SIZE * 9 / 10,
+        delta > SIZE * 3 / 4,
         "{what}: too little as deltas: {report:#}"
     );
+    let keyframes = num(&report["stored"], "byte_planes_stored");
     assert!(
-        added * 100 <= SIZE * 4,
+        (added - keyframes) * 100 <= SIZE * 4,
         "{what} added {added} bytes, {:.3} of the checkpoint: {report:#}",
         added as f64 / SIZE as f64
     );

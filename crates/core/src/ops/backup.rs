@@ -87,22 +87,52 @@ pub(super) fn unchanged(parent: &Node, now: &Node) -> bool {
         && parent.inode == now.inode
 }
 
-/// The latest snapshot of the same host and paths, or the one the user named.
+/// The latest snapshot of the same host and paths, or the one the user named, and this
+/// backup's step in its series (see [`series_step`]).
 fn find_parent(
     repo: &Repository,
     opts: &BackupOptions,
     host: &str,
     paths: &[String],
-) -> Result<Option<(Id, Snapshot)>> {
+) -> Result<(Option<(Id, Snapshot)>, u64)> {
     if let Some(prefix) = &opts.parent {
         let id = repo.resolve_snapshot(prefix)?;
-        return Ok(Some((id, repo.load_snapshot(&id)?)));
+        let snap = repo.load_snapshot(&id)?;
+        let step = series_step(&snap, |id| repo.load_snapshot(id).ok().map(|s| s.parent));
+        return Ok((Some((id, snap)), step));
     }
-    Ok(repo
-        .snapshots()?
+    let all = repo.snapshots()?;
+    let parents: HashMap<Id, Option<Id>> = all.iter().map(|(id, s)| (*id, s.parent)).collect();
+    let parent = all
         .into_iter()
         .rev()
-        .find(|(_, s)| s.host == host && s.paths == paths))
+        .find(|(_, s)| s.host == host && s.paths == paths);
+    let step = parent.as_ref().map_or(0, |(_, snap)| {
+        series_step(snap, |id| parents.get(id).copied())
+    });
+    Ok((parent, step))
+}
+
+/// How many snapshots precede a backup whose parent is `parent`: the parent, its parent, and
+/// so on while `parent_of` finds them (a forgotten one ends the count). Keyframes are
+/// staggered by this step (see `tensor_bases.rs`); an off count only shifts them.
+fn series_step(parent: &Snapshot, parent_of: impl Fn(&Id) -> Option<Option<Id>>) -> u64 {
+    let mut step = 1;
+    let mut next = parent.parent;
+    while let Some(id) = next {
+        // IDs are content hashes, so the line has no cycle; the bound only guards damage.
+        if step > 1 << 24 {
+            break;
+        }
+        match parent_of(&id) {
+            Some(p) => {
+                step += 1;
+                next = p;
+            }
+            None => break,
+        }
+    }
+    step
 }
 
 pub fn run(
@@ -142,7 +172,7 @@ pub fn run(
 
     // Snapshots first, then the index: a parent another backup published after `lock` read
     // the index has its tree in the index read now.
-    let parent = find_parent(repo, opts, &host, &paths)?;
+    let (parent, step) = find_parent(repo, opts, &host, &paths)?;
     repo.refresh_index()?;
     let repo: &Repository = repo;
     let parent_files: HashMap<NodePath, Node> = match &parent {
@@ -193,7 +223,12 @@ pub fn run(
     let mut late = HashSet::new();
     let settled = decide(&late);
     // Delta bases by tensor identity, from the parent and recent snapshots.
-    let finder = BaseFinder::new(repo, parent.as_ref().map(|(id, _)| *id), &parent_files);
+    let finder = BaseFinder::new(
+        repo,
+        parent.as_ref().map(|(id, _)| *id),
+        &parent_files,
+        step,
+    );
 
     // A file stored as usual is read unless the parent's entry matches it (`reusable`).
     let reusable = |node: &Node| {

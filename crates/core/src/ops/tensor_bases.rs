@@ -15,11 +15,21 @@
 //! model files ([`MODEL_EXTENSIONS`]) are parsed this way, so a tree of many other files costs
 //! no reads; the same path is always tried, whatever its name. A base is a chunk ID in the
 //! repository's index, as for any delta: restore needs nothing new.
+//!
+//! Staggered keyframes: a chain of deltas ends at its depth bound (see `codec.rs`), and
+//! chains begun in the same backup would all end in the same later backup, which then stores
+//! nearly the whole checkpoint again. So each block also starts a new chain (gets no base)
+//! when the backup's step in its series (how many snapshots precede it through their
+//! `parent`) reaches the block's turn: one step in every chain-bound-plus-one, at an offset
+//! given by a hash of the tensor's name and the block's index in it. About one block in that many starts a new chain
+//! at each step, a block's first chain is cut short at its turn, and every later chain spans
+//! exactly the bound. Chains are never longer than before; the depth bound still holds.
 
 use std::cell::OnceCell;
 use std::cmp::Reverse;
 use std::collections::{HashMap, HashSet};
 
+use crate::codec::{MAX_DELTA_DEPTH, SPARSE_DEPTH_COST};
 use crate::format::{Region, MIN_TENSOR_REGION};
 use crate::id::Id;
 use crate::repo::Repository;
@@ -62,6 +72,8 @@ pub(crate) struct BaseFinder<'a> {
     repo: &'a Repository,
     parent: Option<Id>,
     parent_files: &'a HashMap<NodePath, Node>,
+    /// This backup's step in its series, which staggers keyframes (see the module doc).
+    step: u64,
     /// Every stored tensor of the searched files by identity, built on first need.
     index: OnceCell<HashMap<Identity, Vec<Holder>>>,
 }
@@ -71,18 +83,56 @@ impl<'a> BaseFinder<'a> {
         repo: &'a Repository,
         parent: Option<Id>,
         parent_files: &'a HashMap<NodePath, Node>,
+        step: u64,
     ) -> BaseFinder<'a> {
         BaseFinder {
             repo,
             parent,
             parent_files,
+            step,
             index: OnceCell::new(),
         }
     }
 
     /// The base of each tensor block of the file at `path` whose tensors are `regions` (see
-    /// [`Bases`]), cut into `block`-byte blocks.
+    /// [`Bases`]), cut into `block`-byte blocks; none for the blocks whose turn it is to start
+    /// a new chain.
     pub(crate) fn bases(&self, path: &NodePath, regions: &[Region], block: u32) -> Bases {
+        let mut bases = self.find(path, regions, block);
+        for r in regions {
+            let Some(info) = r.tensor() else { continue };
+            let mut offset = r.start;
+            for k in 0u64.. {
+                if offset >= r.end {
+                    break;
+                }
+                if let Some(base) = bases.get(&offset) {
+                    if self.keyframe_due(turn(&info.name, k), base) {
+                        bases.remove(&offset);
+                    }
+                }
+                offset += u64::from(block);
+            }
+        }
+        bases
+    }
+
+    /// Whether a block whose turn is `turn` and whose base is `base` starts a new chain at this
+    /// step. A chain of links of cost `c` spans at most `MAX_DELTA_DEPTH / c` links, so a block
+    /// takes its turn once in every that many plus one steps. The cost is the base's own
+    /// link's (sparse when the base is a keyframe: a dense chain also ends at its bound).
+    fn keyframe_due(&self, turn: u64, base: &Id) -> bool {
+        let index = self.repo.index();
+        let cost = index.delta(base).map_or(SPARSE_DEPTH_COST, |d| {
+            let below = index.delta(&d.base).map_or(0, |b| b.depth);
+            d.depth.saturating_sub(below).max(1)
+        });
+        let period = u64::from(MAX_DELTA_DEPTH / cost) + 1;
+        (self.step + turn % period) % period == 0
+    }
+
+    /// [`Self::bases`] before staggering.
+    fn find(&self, path: &NodePath, regions: &[Region], block: u32) -> Bases {
         let mut bases = match self.parent_files.get(path) {
             Some(p) => bases_for(self.repo, p, regions, block),
             None => Bases::new(),
@@ -183,6 +233,18 @@ impl<'a> BaseFinder<'a> {
     }
 }
 
+/// A block's turn to start a new chain, from its tensor's name and its index in the tensor (not
+/// its file offset, which moves when a header grows): FNV-1a, then a SplitMix64 finalizer.
+fn turn(name: &str, block: u64) -> u64 {
+    let mut z = 0xcbf2_9ce4_8422_2325u64;
+    for b in name.bytes().chain(block.to_le_bytes()) {
+        z = (z ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// The last component of a path.
 fn file_name(path: &NodePath) -> &[u8] {
     path.0.rsplit(|&b| b == b'/').next().unwrap_or(&path.0)
@@ -213,5 +275,19 @@ mod tests {
         assert!(!is_model_name(&p("README")));
         assert_eq!(file_name(&p("a/b/c.bin")), b"c.bin");
         assert_eq!(file_name(&p("c.bin")), b"c.bin");
+    }
+
+    #[test]
+    fn blocks_take_evenly_spread_turns() {
+        // 66 tensors of 16 blocks: each of the 33 turns of a sparse chain gets about 32.
+        let period = u64::from(MAX_DELTA_DEPTH / SPARSE_DEPTH_COST) + 1;
+        let mut per_turn = vec![0u32; period as usize];
+        for t in 0..66 {
+            for k in 0..16 {
+                per_turn[(turn(&format!("layers.{t}.mlp.weight"), k) % period) as usize] += 1;
+            }
+        }
+        let (min, max) = (per_turn.iter().min(), per_turn.iter().max());
+        assert!(*min.unwrap() >= 16 && *max.unwrap() <= 48, "{per_turn:?}");
     }
 }
