@@ -81,6 +81,22 @@ pub struct LockInfo {
 }
 
 impl LockInfo {
+    /// A lock of this process, created and refreshed `now`.
+    fn ours(exclusive: bool, command: &str, now: DateTime<Utc>) -> LockInfo {
+        let pid = std::process::id();
+        LockInfo {
+            host: hostname(),
+            pid,
+            exclusive,
+            command: command.to_string(),
+            created: now,
+            refreshed: now,
+            boot_id: boot_id().cloned(),
+            pid_ns: pid_namespace().cloned(),
+            pid_start: start_time(pid),
+        }
+    }
+
     /// Whether the lock is reported as stale (`tvault unlock` removes those): its holder is
     /// provably dead, or it was not refreshed for `STALE_AFTER`. Its PID is judged only when
     /// host, boot and PID namespace are this process's (see
@@ -242,18 +258,7 @@ impl LockGuard {
     ) -> Result<LockGuard> {
         let started = std::time::Instant::now();
         let now = Utc::now();
-        let pid = std::process::id();
-        let mut info = LockInfo {
-            host: hostname(),
-            pid,
-            exclusive,
-            command: command.to_string(),
-            created: now,
-            refreshed: now,
-            boot_id: boot_id().cloned(),
-            pid_ns: pid_namespace().cloned(),
-            pid_start: start_time(pid),
-        };
+        let mut info = LockInfo::ours(exclusive, command, now);
         let seed = format!("{}{}{:?}", info.pid, now.to_rfc3339(), started);
         let object = Handle::new(ObjectKind::Lock, &Id::of(seed.as_bytes()));
         let mut vanished = 0;
@@ -483,17 +488,7 @@ pub fn unlock(storage: &Storage, all: bool) -> Result<Vec<String>> {
     // The store's "now": the time it gives a lock object of ours, shared (so it conflicts with
     // nobody) and removed again at once.
     let now = Utc::now();
-    let probe_info = LockInfo {
-        host: hostname(),
-        pid: std::process::id(),
-        exclusive: false,
-        command: "unlock (reading the store's clock)".into(),
-        created: now,
-        refreshed: now,
-        boot_id: boot_id().cloned(),
-        pid_ns: pid_namespace().cloned(),
-        pid_start: start_time(std::process::id()),
-    };
+    let probe_info = LockInfo::ours(false, "unlock (reading the store's clock)", now);
     let probe = Handle::new(
         ObjectKind::Lock,
         &Id::of(format!("unlock {} {now:?}", std::process::id()).as_bytes()),

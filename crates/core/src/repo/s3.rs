@@ -210,6 +210,21 @@ impl S3Backend {
         }
     }
 
+    /// The objects below `prefix` by repository key, sorted by key.
+    fn listing(&self, prefix: &str) -> Result<Vec<(String, object_store::ObjectMeta)>> {
+        let path = self.path(prefix.trim_end_matches('/'));
+        let listed: Vec<object_store::ObjectMeta> = self
+            .runtime
+            .block_on(self.store.list(Some(&path)).try_collect())
+            .map_err(|e| self.error(prefix, e))?;
+        let mut keys: Vec<_> = listed
+            .into_iter()
+            .map(|m| (self.key_of(&m.location), m))
+            .collect();
+        keys.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(keys)
+    }
+
     fn error(&self, key: &str, e: object_store::Error) -> Error {
         let (class, message) = classify(&self.location, e);
         Error::storage(self.describe(key), class, message)
@@ -415,31 +430,20 @@ impl Backend for S3Backend {
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
-        let path = self.path(prefix.trim_end_matches('/'));
-        let listed: Vec<_> = self
-            .runtime
-            .block_on(self.store.list(Some(&path)).try_collect())
-            .map_err(|e| self.error(prefix, e))?;
-        let mut keys: Vec<(String, u64)> = listed
-            .iter()
-            .map(|m| (self.key_of(&m.location), m.size))
-            .collect();
-        keys.sort();
-        Ok(keys)
+        Ok(self
+            .listing(prefix)?
+            .into_iter()
+            .map(|(key, meta)| (key, meta.size))
+            .collect())
     }
 
     fn list_times(&self, prefix: &str) -> Result<Option<Vec<(String, SystemTime)>>> {
-        let path = self.path(prefix.trim_end_matches('/'));
-        let listed: Vec<_> = self
-            .runtime
-            .block_on(self.store.list(Some(&path)).try_collect())
-            .map_err(|e| self.error(prefix, e))?;
-        let mut keys: Vec<(String, SystemTime)> = listed
-            .iter()
-            .map(|m| (self.key_of(&m.location), SystemTime::from(m.last_modified)))
-            .collect();
-        keys.sort();
-        Ok(Some(keys))
+        Ok(Some(
+            self.listing(prefix)?
+                .into_iter()
+                .map(|(key, meta)| (key, SystemTime::from(meta.last_modified)))
+                .collect(),
+        ))
     }
 
     fn delete(&self, key: &str) -> Result<()> {
