@@ -20,7 +20,7 @@ use crate::error::Result;
 use crate::id::Id;
 use crate::pack::BlobKind;
 use crate::progress::Progress;
-use crate::repo::BlobWriter;
+use crate::repo::{BlobWriter, PackSink, Repository};
 
 use super::tensors::Bases;
 
@@ -183,9 +183,51 @@ fn spans_of(
     (spans, bases)
 }
 
+/// A block whose new chunks are decided (claimed) and wait to be copied into the pack while
+/// the next block encodes; it keeps its buffer, which also holds the next block's first bytes.
+struct Pending {
+    buf: Vec<u8>,
+    /// Where the block's data starts in `buf` (chunk ranges are relative to it).
+    start: usize,
+    /// The unfinished last chunk, carried into the next block.
+    tail: std::ops::Range<usize>,
+    /// The chunks to store (claimed, not yet in the pack).
+    new: Vec<Encoded>,
+}
+
+impl Pending {
+    /// Copies the claimed chunks into the pack (which stores each full pack).
+    fn store(&self, sink: &mut PackSink) -> Result<()> {
+        for e in &self.new {
+            let plain = &self.buf[self.start + e.range.start..self.start + e.range.end];
+            let encoding = e.encoding.expect("only encoded chunks are pending");
+            sink.add(
+                e.id,
+                BlobKind::Data,
+                encoding,
+                stored_bytes(encoding, plain, &e.out),
+                plain.len(),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn stored_bytes<'a>(encoding: Encoding, plain: &'a [u8], out: &'a [u8]) -> &'a [u8] {
+    match encoding {
+        Encoding::Raw => plain,
+        Encoding::Zstd | Encoding::Planes | Encoding::Delta => out,
+    }
+}
+
 /// Stores everything `reader` yields, chunked along `spans` (see [`cut_spans`]; empty: all by
 /// content): its chunk IDs and length. The outer `Err` is a repository failure, the inner one
 /// a failure to read the stream.
+///
+/// Three stages overlap: the reader thread fills block N+2 while block N+1's chunks are hashed
+/// and encoded on the pool and block N's new chunks are copied into the pack (whose flush may
+/// wait for a pack being stored). Which chunks are new is decided serially between blocks, so
+/// a chunk repeated in the next block is seen as stored.
 pub(crate) fn store_stream<R: Read + Send>(
     reader: R,
     spans: &[Span],
@@ -206,12 +248,11 @@ pub(crate) fn store_stream<R: Read + Send>(
     let mut bytes_read = 0u64;
     let read = std::thread::scope(|scope| -> Result<io::Result<()>> {
         // Rendezvous channels: the reader fills one block ahead, and spare buffers wait in
-        // `free`, so at most three blocks exist at once.
+        // `free`, so at most four blocks exist at once (reading, encoding, being stored, spare).
         let (full_tx, full_rx) = sync_channel(0);
         let (free_tx, free_rx) = sync_channel(1);
         scope.spawn(move || read_blocks(reader, head, BLOCK, full_tx, free_rx));
-        // The previous block and where its unfinished last chunk lies in it.
-        let mut prev: Option<(Vec<u8>, std::ops::Range<usize>)> = None;
+        let mut prev: Option<Pending> = None;
         let mut spare: Vec<Vec<u8>> = Vec::new();
         // The reader stops on its own at the end or an error; dropping `full_rx` on an early
         // return ends it too.
@@ -222,16 +263,14 @@ pub(crate) fn store_stream<R: Read + Send>(
             };
             bytes_read += len as u64;
             let mut start = head;
-            if let Some((old, tail)) = prev.take() {
-                start -= tail.len();
-                buf[start..head].copy_from_slice(&old[tail]);
-                let _ = free_tx.try_send(old);
+            if let Some(p) = &prev {
+                start -= p.tail.len();
+                buf[start..head].copy_from_slice(&p.buf[p.tail.clone()]);
             }
             let data = &buf[start..head + len];
             let data_at = base;
             let (ranges, tail) = cut_spans(&cutter, spans, data, base, eof);
             base += tail as u64;
-            let w: &BlobWriter = writer;
             let mut encoded: Vec<Encoded> = ranges
                 .into_iter()
                 .map(|(range, width)| Encoded {
@@ -243,32 +282,64 @@ pub(crate) fn store_stream<R: Read + Send>(
                     out: spare.pop().unwrap_or_default(),
                 })
                 .collect();
-            let ids = w.repo().ids();
-            encoded.par_iter_mut().for_each(|e| {
-                let plain = &data[e.range.clone()];
-                e.id = ids.of(plain);
-                if !w.contains(&e.id) {
-                    e.encoding = Some(encode_chunk(w, plain, e.base, e.width, &mut e.out));
-                }
-            });
+            let (lookup, sink) = writer.split();
+            let ids = lookup.repo.ids();
+            let mut encode = || {
+                encoded.par_iter_mut().for_each(|e| {
+                    let plain = &data[e.range.clone()];
+                    e.id = ids.of(plain);
+                    if !lookup.contains(&e.id) {
+                        e.encoding = Some(encode_chunk(
+                            lookup.repo,
+                            plain,
+                            e.base,
+                            e.width,
+                            &mut e.out,
+                        ));
+                    }
+                })
+            };
+            match &prev {
+                Some(p) => rayon::join(encode, || p.store(sink)).1?,
+                None => encode(),
+            }
+            if let Some(p) = prev.take() {
+                spare.extend(p.new.into_iter().map(|e| e.out));
+                let _ = free_tx.try_send(p.buf);
+            }
+            // Decide, in order, which chunks this block adds.
+            let mut new = Vec::new();
             let mut n = 0;
             for e in encoded {
-                let plain = &data[e.range.clone()];
-                if let Some(encoding) = e.encoding {
-                    let stored = match encoding {
-                        Encoding::Raw => plain,
-                        Encoding::Zstd | Encoding::Planes | Encoding::Delta => &e.out[..],
-                    };
-                    writer.add(e.id, BlobKind::Data, encoding, stored, plain.len())?;
-                } else {
-                    writer.stored_by.deduplicated += plain.len() as u64;
-                }
+                let plain_len = e.range.len();
                 chunks.push(e.id);
-                n += plain.len() as u64;
-                spare.push(e.out);
+                n += plain_len as u64;
+                let claimed = match e.encoding {
+                    Some(enc) => {
+                        let stored = stored_bytes(enc, &data[e.range.clone()], &e.out);
+                        writer.claim(e.id, enc, stored.len(), plain_len)
+                    }
+                    None => {
+                        writer.stored_by.deduplicated += plain_len as u64;
+                        false
+                    }
+                };
+                if claimed {
+                    new.push(e);
+                } else {
+                    spare.push(e.out);
+                }
             }
             progress.bytes(n);
-            prev = Some((buf, start + tail..head + len));
+            prev = Some(Pending {
+                buf,
+                start,
+                tail: start + tail..head + len,
+                new,
+            });
+        }
+        if let Some(p) = prev {
+            p.store(writer.split().1)?;
         }
         Ok(Ok(()))
     })?;
@@ -283,14 +354,13 @@ const CLEARLY_SMALLER: usize = 8;
 /// an earlier file) when that is smaller than the chunk's own encoding and the chain stays
 /// within its bound, else as [`codec::encode_typed`]. A base that cannot be read only costs the delta.
 fn encode_chunk(
-    w: &BlobWriter,
+    repo: &Repository,
     plain: &[u8],
     base: Option<Id>,
     width: u8,
     out: &mut Vec<u8>,
 ) -> Encoding {
-    let level = w.config().zstd_level;
-    let repo = w.repo();
+    let level = repo.config().zstd_level;
     let delta = base.filter(|b| {
         let depth = repo.index().delta(b).map_or(0, |d| d.depth);
         repo.index().get(b).map(|l| l.plain_len as usize) == Some(plain.len())
@@ -319,4 +389,54 @@ fn encode_chunk(
         }
     }
     codec::encode_typed(plain, width, level, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::progress::NoProgress;
+    use crate::repo::MemBackend;
+
+    /// A pattern repeated across many read blocks is stored once, even where a repeat's chunks
+    /// are in the very next block while the previous block's are still on their way into the
+    /// pack; and the chunks read back as the stream.
+    #[test]
+    fn repeats_in_the_next_block_are_stored_once_and_read_back_whole() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let pattern: Vec<u8> = (0..(1 << 20) + 12_345)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        let stream: Vec<u8> = pattern.repeat(40); // ~40 MiB: five read blocks
+        let mut repo =
+            Repository::init_with(Arc::new(MemBackend::default()), "mem".into()).unwrap();
+        let mut writer = BlobWriter::new(&repo);
+        let (chunks, len) = store_stream(&stream[..], &[], &Bases::new(), &mut writer, &NoProgress)
+            .unwrap()
+            .unwrap();
+        assert_eq!(len, stream.len() as u64);
+        let dedup = writer.stored_by.deduplicated;
+        let stored = writer.finish().unwrap();
+        assert!(
+            stored < 3 * pattern.len() as u64,
+            "stored {stored} bytes of a {} byte pattern repeated 40 times",
+            pattern.len()
+        );
+        assert!(dedup > 35 * pattern.len() as u64, "deduplicated {dedup}");
+        repo.load_index().unwrap();
+        let mut back = Vec::new();
+        for id in &chunks {
+            back.extend_from_slice(&repo.read_blob(id).unwrap());
+        }
+        assert!(
+            back == stream,
+            "the chunks read back differ from the stream"
+        );
+    }
 }

@@ -221,6 +221,38 @@ impl<'r> BlobWriter<'r> {
         self.repo.index().contains(id) || self.added.contains(id)
     }
 
+    /// Claims a blob for this session: false when it is already stored (counted as
+    /// deduplicated), else it is counted as added and the caller must hand its bytes to the
+    /// sink from [`BlobWriter::split`]. Lets backup decide serially what to store while the
+    /// copying into the pack overlaps the next block's encoding.
+    pub(crate) fn claim(
+        &mut self,
+        id: Id,
+        encoding: Encoding,
+        stored_len: usize,
+        plain_len: usize,
+    ) -> bool {
+        if self.contains(&id) {
+            self.stored_by.deduplicated += plain_len as u64;
+            return false;
+        }
+        self.stored_by
+            .add(encoding, plain_len as u64, stored_len as u64);
+        self.added.insert(id);
+        self.blobs_added += 1;
+        true
+    }
+
+    /// What encoding may look at (the repository and the blobs claimed so far) beside the
+    /// sink that claimed blobs go into, borrowed apart so both can be used at once.
+    pub(crate) fn split(&mut self) -> (Lookup<'_>, &mut PackSink) {
+        let lookup = Lookup {
+            repo: self.repo,
+            added: &self.added,
+        };
+        (lookup, &mut self.sink)
+    }
+
     /// Adds an encoded blob unless it is already stored.
     pub fn add(
         &mut self,
@@ -265,6 +297,19 @@ impl<'r> BlobWriter<'r> {
 
     pub fn repo(&self) -> &'r Repository {
         self.repo
+    }
+}
+
+/// Read-only view of a [`BlobWriter`]: whether a blob is stored or claimed.
+#[derive(Clone, Copy)]
+pub(crate) struct Lookup<'a> {
+    pub repo: &'a Repository,
+    added: &'a IdSet,
+}
+
+impl Lookup<'_> {
+    pub fn contains(&self, id: &Id) -> bool {
+        self.repo.index().contains(id) || self.added.contains(id)
     }
 }
 
