@@ -676,6 +676,14 @@ impl Out {
             HumanBytes(r.bytes_freed),
             HumanBytes(r.bytes_before),
         ));
+        if r.chunks_rewritten > 0 || r.bytes_kept_as_bases > 0 {
+            let rewritten = if r.dry_run { "would store" } else { "stored" };
+            self.line(&format!(
+                "{rewritten} {} again as keyframes so that bases only removed snapshots used could go; {} kept only as bases of deltas",
+                plural(r.chunks_rewritten, "delta chunk"),
+                HumanBytes(r.bytes_kept_as_bases),
+            ));
+        }
         if r.dry_run {
             self.line("dry run: nothing was changed");
         }

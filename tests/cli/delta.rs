@@ -172,6 +172,57 @@ fn prune_keeps_the_bases_that_live_deltas_need() {
     env.tvault(["verify", "--read-data"]).expect_code(0);
 }
 
+/// Pack bytes of the repository (`stats --json`).
+fn pack_bytes(env: &TestEnv) -> u64 {
+    num(
+        &env.tvault(["--json", "stats"]).expect_code(0).json(),
+        "pack_bytes",
+    )
+}
+
+#[test]
+fn prune_rewrites_deltas_whose_bases_only_forgotten_steps_used_as_keyframes() {
+    let env = TestEnv::with_repo();
+    env.set_pack_size(256 << 10);
+    let mut last = None;
+    for s in 0..5 {
+        let dir = step(&env, Scenario::Finetune, SIZE, s);
+        last = Some((text(&env.backup(&[&dir], &[]), "id"), manifest_of(&dir)));
+    }
+    let (id, expected) = last.unwrap();
+    let fresh = TestEnv::with_repo();
+    fresh.set_pack_size(256 << 10);
+    fresh.backup(&[&env.root.join("src/ckpt")], &[]);
+    let fresh_bytes = pack_bytes(&fresh);
+
+    let report = env
+        .tvault(args!["--json", "prune", "--keep-last", "1"])
+        .expect_code(0)
+        .json();
+    let after = pack_bytes(&env);
+    assert!(
+        after * 100 <= fresh_bytes * 105,
+        "after prune --keep-last 1 the repository holds {after} pack bytes, a fresh backup of \
+         the kept step {fresh_bytes}: {report:#}"
+    );
+    assert!(num(&report, "chunks_rewritten") > 0, "{report:#}");
+    assert_eq!(num(&report, "bytes_kept_as_bases"), 0, "{report:#}");
+    env.assert_restores(&id, &expected);
+    env.tvault(["verify", "--read-data"]).expect_code(0);
+
+    // Two steps kept, the older one a chain on forgotten bases: its blocks become keyframes,
+    // the newer step's deltas stay deltas on them.
+    let dir = step(&env, Scenario::Finetune, SIZE, 5);
+    let report = env.backup(&[&dir], &[]);
+    assert!(stored(&report, "delta") > 0, "{report:#}");
+    let newest = (text(&report, "id"), manifest_of(&dir));
+    env.tvault(args!["prune", "--keep-last", "2"])
+        .expect_code(0);
+    env.assert_restores(&id, &expected);
+    env.assert_restores(&newest.0, &newest.1);
+    env.tvault(["verify", "--read-data"]).expect_code(0);
+}
+
 #[test]
 fn verify_names_the_files_whose_deltas_lost_their_base() {
     let env = TestEnv::with_repo();

@@ -84,10 +84,12 @@ fn decisions(r: &Value) -> Vec<(String, bool, Vec<String>)> {
         .collect()
 }
 
-const PACK_FIELDS: [&str; 6] = [
+const PACK_FIELDS: [&str; 8] = [
     "packs_deleted",
     "packs_repacked",
     "packs_written",
+    "chunks_rewritten",
+    "bytes_kept_as_bases",
     "leftovers_deleted",
     "bytes_before",
     "bytes_freed",
@@ -112,6 +114,8 @@ fn forget_by_policy_removes_only_manifests_and_leaves_the_data_to_prune() {
             "packs_deleted",
             "packs_repacked",
             "packs_written",
+            "chunks_rewritten",
+            "bytes_kept_as_bases",
             "leftovers_deleted",
             "bytes_before",
             "bytes_freed",
@@ -302,6 +306,8 @@ fn forget_prune_is_prune() {
         "packs_deleted",
         "packs_repacked",
         "packs_written",
+        "chunks_rewritten",
+        "bytes_kept_as_bases",
     ] {
         assert_eq!(f[field], p[field], "{field}: {f:#}\n{p:#}");
     }

@@ -248,6 +248,8 @@ fn keep_last_leaves_about_what_a_fresh_backup_of_the_last_version_needs() {
             "packs_deleted",
             "packs_repacked",
             "packs_written",
+            "chunks_rewritten",
+            "bytes_kept_as_bases",
             "leftovers_deleted",
             "bytes_before",
             "bytes_freed",
@@ -385,6 +387,8 @@ fn partly_dead_packs_are_repacked_above_max_unused() {
         "packs_deleted",
         "packs_repacked",
         "packs_written",
+        "chunks_rewritten",
+        "bytes_kept_as_bases",
         "bytes_freed",
     ] {
         assert_eq!(num(&again, field), 0, "{field}: {again:#}");

@@ -330,7 +330,7 @@ pub fn run(
 
     // Snapshots and their trees: what is referenced, and what is lost for whom.
     let mut referenced = check_snapshots(&mut c, &mut report, snapshot_keys)?;
-    mark_bases(repo.index(), &mut referenced);
+    mark_bases(repo.index(), &mut referenced, &IdSet::default());
     for pack in &pack_ids {
         if let Some(size) = on_disk.get(*pack) {
             if !packs[*pack]

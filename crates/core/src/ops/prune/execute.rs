@@ -9,6 +9,7 @@ use std::collections::HashSet;
 
 use super::plan::PrunePlan;
 use super::{PackFate, PruneReport};
+use crate::codec;
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::index;
@@ -51,10 +52,17 @@ pub fn execute(repo: &Repository, plan: PrunePlan, progress: &dyn Progress) -> R
                         })
                         .copied()
                         .collect();
+                    let (rewrite, copy): (Vec<PackEntry>, Vec<PackEntry>) = live
+                        .into_iter()
+                        .partition(|e| plan.rebase.rewrite.contains(&e.id));
                     let read = repo
-                        .copy_blobs(&mut sink, pack, &live)
+                        .copy_blobs(&mut sink, pack, &copy)
                         .map_err(|e| stopped(pack, e))?;
                     progress.bytes(read);
+                    for e in &rewrite {
+                        let read = as_keyframe(repo, &mut sink, e).map_err(|e| stopped(pack, e))?;
+                        progress.bytes(read);
+                    }
                 }
             }
         }
@@ -95,6 +103,46 @@ pub fn execute(repo: &Repository, plan: PrunePlan, progress: &dyn Progress) -> R
     }
     report.duration_ms = plan.started.elapsed().as_millis() as u64;
     Ok(report)
+}
+
+/// Stores a delta blob again as a keyframe (its chain resolved and checked), encoded as backup
+/// encodes new chunks, with the element width of the keyframe its chain ends in; the bytes of
+/// the blob read.
+fn as_keyframe(repo: &Repository, sink: &mut PackSink, e: &PackEntry) -> Result<u64> {
+    let plain = repo.read_blob(&e.id)?;
+    let width = keyframe_width(repo, &e.id)?;
+    let mut out = Vec::new();
+    let encoding = codec::encode_typed(&plain, width, repo.config().zstd_level, &mut out);
+    let stored = if encoding == codec::Encoding::Raw {
+        &plain
+    } else {
+        &out
+    };
+    sink.add(e.id, e.kind, encoding, stored, plain.len())?;
+    Ok(e.stored_len as u64)
+}
+
+/// The float width the chain's keyframe was stored with (byte planes record it first), or 0.
+fn keyframe_width(repo: &Repository, id: &Id) -> Result<u8> {
+    let key = super::rebase::keyframe_of(repo.index(), id);
+    let Some(loc) = repo.index().get(&key).copied() else {
+        return Ok(0);
+    };
+    if loc.encoding != codec::Encoding::Planes {
+        return Ok(0);
+    }
+    let pack = repo.index().pack_id(&loc);
+    let stored = repo.storage().get_range(
+        &Handle::pack(&pack),
+        loc.offset as u64,
+        loc.stored_len as usize,
+    )?;
+    let encoded = repo.unseal(&key, &pack, &stored)?;
+    Ok(encoded
+        .first()
+        .copied()
+        .filter(|w| matches!(w, 2 | 4 | 8))
+        .unwrap_or(0))
 }
 
 /// Bytes of packs and index files now.

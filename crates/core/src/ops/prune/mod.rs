@@ -2,7 +2,8 @@
 //! prune then collects garbage: packs without a live chunk are deleted, packs with more than
 //! `max_unused` percent dead bytes are repacked, and so are packs holding a delta whose base
 //! prune does not keep (a dead chunk, or another copy of a live one): after prune, every blob
-//! the index lists can be decoded.
+//! the index lists can be decoded. A kept delta whose bases only forgotten snapshots used is
+//! stored again as a keyframe when that frees more than it costs (`rebase.rs`).
 //!
 //! Each is a plan ([`plan()`], [`plan_forget`]: which snapshots stay and why, what
 //! the kept ones need, the fate of every pack; it writes nothing but its lock), which
@@ -13,6 +14,7 @@
 
 mod execute;
 mod plan;
+mod rebase;
 
 use std::collections::BTreeMap;
 
@@ -81,6 +83,11 @@ pub struct PruneReport {
     pub packs_deleted: u64,
     pub packs_repacked: u64,
     pub packs_written: u64,
+    /// Kept deltas stored again as keyframes, so that the bases only forgotten snapshots used
+    /// could go.
+    pub chunks_rewritten: u64,
+    /// Stored bytes kept only as bases of kept deltas (where rewriting would cost more).
+    pub bytes_kept_as_bases: u64,
     /// Packs no index lists and temporary files: leftovers of interrupted runs.
     pub leftovers_deleted: u64,
     /// Pack and index bytes before, and what this run frees (or would free, with --dry-run).
@@ -146,10 +153,12 @@ pub(crate) fn mark_tree(live: &mut IdSet, tree_id: Id, tree: &Tree) {
     }
 }
 
-/// Adds the bases of every delta in `live`, transitively (the index names each delta's base).
-pub(crate) fn mark_bases(index: &index::Index, live: &mut IdSet) {
+/// Adds the bases of every delta in `live`, transitively (the index names each delta's base),
+/// but not of the deltas in `rewritten` (stored again as keyframes by this prune).
+pub(crate) fn mark_bases(index: &index::Index, live: &mut IdSet, rewritten: &IdSet) {
     let mut todo: Vec<Id> = live
         .iter()
+        .filter(|id| !rewritten.contains(*id))
         .filter_map(|id| index.delta(id).map(|d| d.base))
         .collect();
     while let Some(base) = todo.pop() {

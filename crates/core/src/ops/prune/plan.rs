@@ -41,6 +41,8 @@ pub struct PrunePlan {
     pub(super) refused: Option<String>,
     /// What the kept snapshots need: their trees, chunks and the bases of deltas among them.
     pub(super) live: IdSet,
+    /// Kept deltas to store as keyframes, and the bytes left as bases (see `rebase`).
+    pub(super) rebase: super::rebase::Rebase,
     pub(super) packs: BTreeMap<Id, PlannedPack>,
     /// Packs no index lists: leftovers of interrupted runs.
     pub(super) unindexed: Vec<Handle>,
@@ -92,6 +94,8 @@ impl PrunePlan {
             packs_deleted: count(PackFate::Delete),
             packs_repacked: count(PackFate::Repack),
             packs_written: 0,
+            chunks_rewritten: self.rebase.rewrite.len() as u64,
+            bytes_kept_as_bases: self.rebase.kept_as_bases,
             leftovers_deleted: (self.temporaries.len() + self.unindexed.len()) as u64,
             bytes_before: self.bytes_before,
             bytes_freed: self.bytes_to_free,
@@ -128,7 +132,8 @@ pub fn plan(
         })?;
         mark_tree(&mut plan.live, *tree_id, &tree);
     }
-    mark_bases(repo.index(), &mut plan.live);
+    plan.rebase = super::rebase::choose(repo.index(), &plan.live);
+    mark_bases(repo.index(), &mut plan.live, &plan.rebase.rewrite);
     let unindexed = plan
         .live
         .iter()
@@ -185,6 +190,10 @@ pub fn plan(
                 .get(&e.id)
                 .is_some_and(|d| !plan.live.contains(&d.base))
         });
+        // A delta stored again as a keyframe leaves its pack with the new copy.
+        let rewrites = entries
+            .iter()
+            .any(|e| plan.rebase.rewrite.contains(&e.id) && is_live(&e));
         let size = on_disk.get(&pack).copied();
         let fate = match size {
             None if live_bytes > 0 => {
@@ -201,6 +210,7 @@ pub fn plan(
             }
             Some(_)
                 if orphan
+                    || rewrites
                     || (total - live_bytes) as f64 > total as f64 * opts.max_unused / 100.0 =>
             {
                 plan.bytes_to_free += total - live_bytes;
@@ -270,6 +280,7 @@ fn plan_snapshots(
             .collect(),
         refused,
         live: IdSet::default(),
+        rebase: Default::default(),
         packs: BTreeMap::new(),
         unindexed: Vec::new(),
         temporaries: Vec::new(),
