@@ -298,7 +298,7 @@ pub const MAX_READ_CHAIN: usize = 64;
 /// Bytes before a delta's payload: base ID, depth, method.
 pub const DELTA_HEADER: usize = 34;
 /// Delta payload method: runs of the XOR's non-zero bytes, one zstd frame.
-const SPARSE: u8 = 3;
+pub(crate) const SPARSE: u8 = 3;
 
 /// What a delta blob's first [`DELTA_HEADER`] bytes say.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -341,7 +341,10 @@ thread_local! {
 /// chain depth `base_depth`) into `out`: the header, then the XOR stored sparse (runs of its
 /// non-zero bytes, zstd) when it is mostly zeros, else as [`encode_typed`] stores a chunk.
 /// `None` when the chain would grow past [`MAX_DELTA_DEPTH`] or the lengths differ: store a
-/// keyframe. The caller compares the size with a plain encoding.
+/// keyframe; and when the XOR is dense and the base is itself a delta: a dense link sits only
+/// directly on a keyframe (the caller may try the chain's keyframe as the base), so that
+/// reading any chunk costs at most one dense decode beyond its keyframe, the sparse links
+/// above it being cheap. The caller compares the size with a plain encoding.
 pub fn encode_delta(
     plain: &[u8],
     base: &[u8],
@@ -360,8 +363,10 @@ pub fn encode_delta(
         xor.extend(plain.iter().zip(base).map(|(a, b)| a ^ b));
         let (method, cost) = if sparse_runs(xor, plain.len() / 8, runs) {
             (SPARSE, SPARSE_DEPTH_COST)
-        } else {
+        } else if base_depth == 0 {
             (u8::MAX, DENSE_DEPTH_COST)
+        } else {
+            return None;
         };
         let depth = base_depth
             .checked_add(cost)

@@ -106,6 +106,19 @@ impl Index {
         self.deltas.get(id).copied()
     }
 
+    /// The keyframe a delta's chain ends in (the blob itself when it is no delta). Bounded like
+    /// decoding, so a damaged index with a cycle cannot loop forever.
+    pub fn keyframe_of(&self, id: &Id) -> Id {
+        let mut at = *id;
+        for _ in 0..=crate::codec::MAX_READ_CHAIN {
+            match self.delta(&at) {
+                Some(d) => at = d.base,
+                None => break,
+            }
+        }
+        at
+    }
+
     /// Every delta blob and its base.
     pub fn deltas(&self) -> impl Iterator<Item = (&Id, &DeltaRef)> {
         self.deltas.iter()

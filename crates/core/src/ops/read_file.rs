@@ -352,7 +352,9 @@ const CLEARLY_SMALLER: usize = 8;
 
 /// Encodes a new chunk into `out`: as an XOR with `base` (the same block of the same tensor in
 /// an earlier file) when that is smaller than the chunk's own encoding and the chain stays
-/// within its bound, else as [`codec::encode_typed`]. A base that cannot be read only costs the delta.
+/// within its bound, else as [`codec::encode_typed`]. A dense XOR on a base that is itself a
+/// delta is taken with the chain's keyframe instead (see [`codec::encode_delta`]). A base that
+/// cannot be read only costs the delta.
 fn encode_chunk(
     repo: &Repository,
     plain: &[u8],
@@ -368,24 +370,34 @@ fn encode_chunk(
     });
     if let Some(b) = delta {
         let depth = repo.index().delta(&b).map_or(0, |d| d.depth);
-        if let Ok(base_plain) = repo.read_blob(&b) {
-            if codec::encode_delta(plain, &base_plain, &b, depth, width, level, out).is_some() {
-                if out.len() * CLEARLY_SMALLER <= plain.len() {
-                    return Encoding::Delta;
-                }
-                let mut own = Vec::new();
-                let enc = codec::encode_typed(plain, width, level, &mut own);
-                let own_len = if enc == Encoding::Raw {
-                    plain.len()
-                } else {
-                    own.len()
-                };
-                if out.len() < own_len {
-                    return Encoding::Delta;
-                }
-                *out = own;
-                return enc;
+        let base_plain = repo.read_blob(&b);
+        let mut encoded = base_plain.as_ref().is_ok_and(|base_plain| {
+            codec::encode_delta(plain, base_plain, &b, depth, width, level, out).is_some()
+        });
+        if !encoded && depth > 0 && base_plain.is_ok() {
+            // A dense XOR goes against the chain's keyframe, never on top of another delta.
+            let key = repo.index().keyframe_of(&b);
+            if let Ok(key_plain) = repo.read_blob(&key) {
+                encoded =
+                    codec::encode_delta(plain, &key_plain, &key, 0, width, level, out).is_some();
             }
+        }
+        if encoded {
+            if out.len() * CLEARLY_SMALLER <= plain.len() {
+                return Encoding::Delta;
+            }
+            let mut own = Vec::new();
+            let enc = codec::encode_typed(plain, width, level, &mut own);
+            let own_len = if enc == Encoding::Raw {
+                plain.len()
+            } else {
+                own.len()
+            };
+            if out.len() < own_len {
+                return Encoding::Delta;
+            }
+            *out = own;
+            return enc;
         }
     }
     codec::encode_typed(plain, width, level, out)
@@ -438,5 +450,50 @@ mod tests {
             back == stream,
             "the chunks read back differ from the stream"
         );
+    }
+
+    /// In a series where every value changes (dense XORs), each dense delta is based directly
+    /// on a keyframe, so reading any chunk costs at most one dense decode beyond its keyframe;
+    /// and every delta still decodes.
+    #[test]
+    fn dense_deltas_sit_directly_on_keyframes() {
+        use crate::ops::backup::{self, BackupOptions};
+        let src = tempfile::tempdir().unwrap();
+        let dir = src.path().join("ckpt");
+        let backend = Arc::new(MemBackend::default());
+        let mut repo = Repository::init_with(backend, "mem".into()).unwrap();
+        for step in 0..5 {
+            let _ = std::fs::remove_dir_all(&dir);
+            tvault_workload::generate(tvault_workload::Scenario::Fulltrain, &dir, 2 << 20, 3, step)
+                .unwrap();
+            backup::run(
+                &mut repo,
+                &BackupOptions::new(vec![dir.clone()]),
+                &NoProgress,
+            )
+            .unwrap();
+        }
+        repo.load_index().unwrap();
+        let index = repo.index();
+        let (mut dense, mut on_deltas) = (0, 0);
+        for (id, d) in index.deltas() {
+            let loc = index.get(id).unwrap();
+            let stored = repo
+                .storage()
+                .get_range(
+                    &crate::repo::Handle::pack(&index.pack_id(loc)),
+                    loc.offset as u64,
+                    loc.stored_len as usize,
+                )
+                .unwrap();
+            let encoded = repo.unseal(id, &index.pack_id(loc), &stored).unwrap();
+            if codec::delta_header(&encoded).unwrap().method != codec::SPARSE {
+                dense += 1;
+                on_deltas += usize::from(index.delta(&d.base).is_some());
+            }
+            repo.read_blob(id).unwrap();
+        }
+        assert!(dense > 10, "the series should store dense deltas ({dense})");
+        assert_eq!(on_deltas, 0, "dense deltas on other deltas, of {dense}");
     }
 }

@@ -124,7 +124,7 @@ fn as_keyframe(repo: &Repository, sink: &mut PackSink, e: &PackEntry) -> Result<
 
 /// The float width the chain's keyframe was stored with (byte planes record it first), or 0.
 fn keyframe_width(repo: &Repository, id: &Id) -> Result<u8> {
-    let key = super::rebase::keyframe_of(repo.index(), id);
+    let key = repo.index().keyframe_of(id);
     let Some(loc) = repo.index().get(&key).copied() else {
         return Ok(0);
     };

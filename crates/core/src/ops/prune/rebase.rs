@@ -68,7 +68,7 @@ pub(super) fn choose(index: &Index, in_trees: &IdSet) -> Rebase {
     }
     let mut cost: HashMap<usize, u64> = HashMap::new();
     for (cut, &g) in cuts.iter().zip(&cut_group) {
-        let keyframe = stored(&keyframe_of(index, cut));
+        let keyframe = stored(&index.keyframe_of(cut));
         *cost.entry(root(&mut parent, g)).or_default() += keyframe.saturating_sub(stored(cut));
     }
     let mut out = Rebase::default();
@@ -85,17 +85,4 @@ pub(super) fn choose(index: &Index, in_trees: &IdSet) -> Rebase {
         }
     }
     out
-}
-
-/// The keyframe a delta's chain ends in (the chunk itself when it is no delta). Bounded like
-/// decoding, so a damaged index with a cycle cannot hang prune.
-pub(super) fn keyframe_of(index: &Index, id: &Id) -> Id {
-    let mut at = *id;
-    for _ in 0..=crate::codec::MAX_READ_CHAIN {
-        match index.delta(&at) {
-            Some(d) => at = d.base,
-            None => break,
-        }
-    }
-    at
 }
