@@ -49,6 +49,8 @@ mod settle;
 mod tar;
 #[path = "cli/tensor_bases.rs"]
 mod tensor_bases;
+#[path = "cli/torchzip.rs"]
+mod torchzip;
 #[path = "cli/unattended.rs"]
 mod unattended;
 #[path = "cli/verify.rs"]

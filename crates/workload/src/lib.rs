@@ -70,6 +70,7 @@ mod dtype;
 mod rng;
 mod scenarios;
 mod tensors;
+mod torchzip;
 mod values;
 
 pub use dtype::*;

@@ -17,6 +17,7 @@ pub enum Scenario {
     Resave,
     Shifted,
     Smallfiles,
+    Torchzip,
 }
 
 impl Scenario {
@@ -30,6 +31,7 @@ impl Scenario {
             Scenario::Resave,
             Scenario::Shifted,
             Scenario::Smallfiles,
+            Scenario::Torchzip,
         ]
     }
 
@@ -43,6 +45,7 @@ impl Scenario {
             Scenario::Resave => "resave",
             Scenario::Shifted => "shifted",
             Scenario::Smallfiles => "smallfiles",
+            Scenario::Torchzip => "torchzip",
         }
     }
 
@@ -65,6 +68,7 @@ impl Scenario {
             Scenario::Resave => "bf16; same tensors, other order and metadata from step 1",
             Scenario::Shifted => "opaque blob; step k inserts k*4099 bytes near the start",
             Scenario::Smallfiles => "2000 small files + 3 bf16 shards; a few small files change",
+            Scenario::Torchzip => "the single bf16 model as torch.save writes it (step ignored)",
         }
     }
 }
@@ -96,6 +100,7 @@ pub fn generate(
         Scenario::Resave => gen_resave(dir, size, seed, step),
         Scenario::Shifted => gen_shifted(dir, size, seed, step),
         Scenario::Smallfiles => gen_smallfiles(dir, size, seed, step),
+        Scenario::Torchzip => super::torchzip::gen_torchzip(dir, size, seed),
     }
 }
 

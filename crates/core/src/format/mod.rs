@@ -8,6 +8,7 @@
 //! unknown data).
 
 pub mod gguf;
+pub mod pickle;
 pub mod ptzip;
 pub mod safetensors;
 

@@ -2,8 +2,10 @@
 //! `<archive>/data/<key>` are the tensor storages, stored uncompressed, beside `data.pkl` (the
 //! pickle that says which storage is which tensor). tvault never unpickles: it reads only the
 //! zip structure (end of central directory, zip64 records, central directory, local headers)
-//! and makes each stored storage a region. Its dtype and shape live in the pickle, so they are
-//! left unknown (the storage is chunked as a tensor, encoded as plain data).
+//! and makes each stored storage a region. Its dtype comes from a walk over the pickle's opcodes
+//! that never unpickles ([`super::pickle`]), so float storages get byte planes and deltas like
+//! safetensors tensors; where the walk finds none, the storage is chunked as a tensor and
+//! encoded as plain data. Shapes are left unknown.
 
 use super::{read_vec, Region, RegionKind, Source, TensorInfo, MAX_HEADER};
 
@@ -132,6 +134,34 @@ fn entries(cd: &[u8], count: u64) -> Result<Vec<Entry>, String> {
     Ok(out)
 }
 
+/// The pickle's size at most: a few hundred bytes per tensor.
+const MAX_PICKLE: u64 = 64 << 20;
+
+/// Storage key → dtype from the archive's `data.pkl` (stored, not compressed, as `torch.save`
+/// writes it); empty when there is none or it cannot be read.
+fn storage_dtypes(
+    src: &dyn Source,
+    entries: &[Entry],
+) -> std::collections::HashMap<String, String> {
+    let pkl = entries.iter().find(|e| {
+        e.method == 0
+            && e.compressed <= MAX_PICKLE
+            && e.name.matches('/').count() == 1
+            && e.name.ends_with("/data.pkl")
+    });
+    let read = |e: &Entry| -> Result<Vec<u8>, String> {
+        let local = read_vec(src, e.local, 30)?;
+        if &local[..4] != LOCAL_MAGIC {
+            return Err("no local header".into());
+        }
+        let start = e.local + 30 + u16_at(&local, 26) + u16_at(&local, 28);
+        read_vec(src, start, e.compressed)
+    };
+    pkl.and_then(|e| read(e).ok())
+        .map(|bytes| super::pickle::storage_dtypes(&bytes))
+        .unwrap_or_default()
+}
+
 /// True for `<archive>/data/<digits>`: a tensor storage.
 fn is_storage(name: &str) -> bool {
     let mut parts = name.rsplitn(3, '/');
@@ -146,8 +176,10 @@ fn is_storage(name: &str) -> bool {
 pub fn parse(src: &dyn Source) -> Result<Vec<Region>, String> {
     let (offset, size, count) = central_directory(src)?;
     let cd = read_vec(src, offset, size)?;
+    let entries = entries(&cd, count)?;
+    let dtypes = storage_dtypes(src, &entries);
     let mut regions = Vec::new();
-    for e in entries(&cd, count)? {
+    for e in entries {
         if !is_storage(&e.name) || e.method != 0 {
             continue;
         }
@@ -164,8 +196,11 @@ pub fn parse(src: &dyn Source) -> Result<Vec<Region>, String> {
             start,
             end,
             kind: RegionKind::Tensor(TensorInfo {
+                dtype: dtypes
+                    .get(e.name.rsplit('/').next().unwrap_or_default())
+                    .cloned()
+                    .unwrap_or_default(),
                 name: e.name,
-                dtype: String::new(),
                 shape: Vec::new(),
             }),
         });
@@ -185,8 +220,12 @@ mod tests {
     /// A minimal stored zip in torch.save's layout: `archive/data.pkl`, then storages, each
     /// data start padded to 64 bytes with an extra field as PyTorch does.
     pub(crate) fn build(storages: &[Vec<u8>]) -> Vec<u8> {
-        let mut files: Vec<(String, Vec<u8>)> =
-            vec![("archive/data.pkl".into(), b"\x80\x02}q\x00.".to_vec())];
+        build_with(b"\x80\x02}q\x00.", storages)
+    }
+
+    /// [`build`] with the given `data.pkl`.
+    pub(crate) fn build_with(pkl: &[u8], storages: &[Vec<u8>]) -> Vec<u8> {
+        let mut files: Vec<(String, Vec<u8>)> = vec![("archive/data.pkl".into(), pkl.to_vec())];
         for (i, s) in storages.iter().enumerate() {
             files.push((format!("archive/data/{i}"), s.clone()));
         }
@@ -250,6 +289,22 @@ mod tests {
         let l = super::super::layout(&z);
         assert_eq!(l.format, "pytorch-zip");
         assert_eq!(l.regions.iter().filter(|r| r.tensor().is_some()).count(), 2);
+    }
+
+    #[test]
+    fn storages_take_their_dtype_from_the_pickle() {
+        let pkl = crate::format::pickle::tests::torch_pickle(&[
+            ("w", "BFloat16Storage", 20_000),
+            ("n", "FloatStorage", 10),
+            ("step", "LongStorage", 1),
+        ]);
+        let z = build_with(&pkl, &[vec![1u8; 40_000], vec![2u8; 40], vec![3u8; 8]]);
+        let regions = parse(&z).unwrap();
+        let widths: Vec<u8> = regions
+            .iter()
+            .map(|r| r.tensor().unwrap().float_width())
+            .collect();
+        assert_eq!(widths, [2, 4, 0]);
     }
 
     #[test]
