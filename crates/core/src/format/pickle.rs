@@ -184,7 +184,7 @@ fn walk(pkl: &[u8], found: &mut HashMap<String, String>) -> Option<()> {
                 let items = pop_mark(&mut stack)?;
                 stack.push(Value::Tuple(items))
             }
-            0x85 | 0x86 | 0x87 => {
+            0x85..=0x87 => {
                 let items = pop_n(&mut stack, usize::from(op - 0x84))?;
                 stack.push(Value::Tuple(items))
             }
