@@ -15,8 +15,8 @@ use tvault_core::repo::{cache, location, Repository};
 /// `tvault copy`.
 #[derive(clap::Args, Debug)]
 pub struct CopyArgs {
-    /// Snapshots to copy (IDs, unique prefixes or `latest`) [default: every snapshot that
-    /// matches the filters]
+    /// Snapshots to copy (IDs, unique prefixes or `latest`; the filters apply to them too)
+    /// [default: every snapshot that matches the filters]
     #[arg(value_name = "ID")]
     pub ids: Vec<String>,
     /// The destination repository: a directory or s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX]; it

@@ -177,12 +177,13 @@ pub fn destination(
         return non_empty(v.into_encoded_bytes(), "TVAULT_TO_PASSWORD");
     }
     if !on_terminal() {
-        return Err(Error::Invalid(format!(
-            "the destination repository {} is encrypted and no password was given for it: set \
-             TVAULT_TO_PASSWORD, pass --to-password-file FILE or --to-password-command CMD, or \
-             run tvault on a terminal to be asked",
-            repo.display()
-        )));
+        // The caller names the destination.
+        return Err(Error::Invalid(
+            "it is encrypted and no password was given for it: set TVAULT_TO_PASSWORD, pass \
+             --to-password-file FILE or --to-password-command CMD, or run tvault on a terminal \
+             to be asked"
+                .into(),
+        ));
     }
     prompt(&format!(
         "password for the destination {}: ",
