@@ -11,6 +11,8 @@ mod testenv;
 mod bad_input;
 #[path = "cli/browse.rs"]
 mod browse;
+#[path = "cli/copy.rs"]
+mod copy;
 #[path = "cli/crash.rs"]
 mod crash;
 #[path = "cli/damage.rs"]

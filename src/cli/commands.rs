@@ -122,6 +122,9 @@ pub enum Command {
     Unlock(UnlockArgs),
     /// Manage the keys (passwords) of an encrypted repository: list, add, remove, passwd
     Key(KeyArgs),
+    /// Copy snapshots into another repository (--to REPO2), sending only what it lacks; a
+    /// second run copies nothing
+    Copy(super::copy::CopyArgs),
 }
 
 /// `tvault init`.

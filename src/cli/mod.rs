@@ -7,6 +7,7 @@ mod args;
 mod backup;
 mod browse;
 mod commands;
+mod copy;
 mod docs;
 mod maintain;
 mod metrics;
@@ -195,6 +196,7 @@ pub fn run() -> Result<u8> {
         Command::Repair(args) => maintain::repair(&ctx, args),
         Command::Unlock(args) => maintain::unlock(&ctx, args),
         Command::Key(args) => maintain::key(&ctx, args),
+        Command::Copy(args) => copy::copy(&ctx, args),
         Command::Completions(args) => docs::completions(args),
         Command::Man => docs::man(),
     }

@@ -123,6 +123,9 @@ struct SnapshotJson<'a> {
     total_bytes: u64,
     bytes_added: u64,
     files: u64,
+    /// A copy's source snapshot (`copy`); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    copied_from: Option<String>,
 }
 
 pub struct Out {
@@ -359,6 +362,7 @@ impl Out {
                 total_bytes: s.summary.total_bytes,
                 bytes_added: s.summary.bytes_added,
                 files: s.summary.files,
+                copied_from: s.copied_from.map(|c| c.to_hex()),
             })
             .collect();
         self.json(&serde_json::to_value(list).expect("report serialises"));

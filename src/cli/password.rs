@@ -3,7 +3,8 @@
 //! else a prompt on a terminal (not echoed). A new key's password (`key add`, `key passwd`):
 //! `--new-password-file FILE`, else `TVAULT_NEW_PASSWORD`, else a prompt (asked twice). Without
 //! any of them and no terminal, the error says the ways to give one. One trailing newline of a
-//! file or a command's output is not part of the password.
+//! file or a command's output is not part of the password. The destination of `copy`:
+//! `--to-password-file`, `--to-password-command`, `TVAULT_TO_PASSWORD`, a prompt (`destination`).
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -156,4 +157,36 @@ fn prompt_twice(text: &str) -> Result<Vec<u8>, Error> {
         ));
     }
     Ok(first)
+}
+
+/// The password of `copy`'s destination repository `repo` (asked for only when it is
+/// encrypted): `--to-password-file FILE`, else `--to-password-command CMD`, else
+/// `TVAULT_TO_PASSWORD`, else a prompt on a terminal naming the destination.
+pub fn destination(
+    repo: &Path,
+    file: Option<&Path>,
+    command: Option<&str>,
+) -> Result<Vec<u8>, Error> {
+    if let Some(f) = file {
+        return from_file(f);
+    }
+    if let Some(cmd) = command {
+        return from_command(cmd);
+    }
+    if let Some(v) = std::env::var_os("TVAULT_TO_PASSWORD") {
+        return non_empty(v.into_encoded_bytes(), "TVAULT_TO_PASSWORD");
+    }
+    if !on_terminal() {
+        // The caller names the destination.
+        return Err(Error::Invalid(
+            "it is encrypted and no password was given for it: set TVAULT_TO_PASSWORD, pass \
+             --to-password-file FILE or --to-password-command CMD, or run tvault on a terminal \
+             to be asked"
+                .into(),
+        ));
+    }
+    prompt(&format!(
+        "password for the destination {}: ",
+        repo.display()
+    ))
 }

@@ -69,15 +69,16 @@ impl Server {
     }
 }
 
-/// A test's repository: a fresh prefix in the server's bucket, and a `TestEnv` for sources.
-struct S3Env {
-    env: TestEnv,
+/// A test's repository: a fresh prefix in the server's bucket, and a `TestEnv` for sources
+/// (also used by `copy.rs`).
+pub(crate) struct S3Env {
+    pub(crate) env: TestEnv,
     server: Server,
     prefix: String,
 }
 
 impl S3Env {
-    fn new(test: &str) -> Option<S3Env> {
+    pub(crate) fn new(test: &str) -> Option<S3Env> {
         let server = Server::find()?;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -91,7 +92,7 @@ impl S3Env {
         })
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         self.url_of(&self.server.var("TVAULT_TEST_S3_BUCKET"), &self.prefix)
     }
 
@@ -101,7 +102,11 @@ impl S3Env {
     }
 
     /// `tvault --repo URL ARGS…` with the server's credentials, not yet run.
-    fn command_at<S: AsRef<OsStr>>(&self, url: &str, a: impl IntoIterator<Item = S>) -> Command {
+    pub(crate) fn command_at<S: AsRef<OsStr>>(
+        &self,
+        url: &str,
+        a: impl IntoIterator<Item = S>,
+    ) -> Command {
         let mut cmd = self.env.command_at(Path::new(url), a);
         for k in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"] {
             cmd.env(k, self.server.var(k));
@@ -116,7 +121,7 @@ impl S3Env {
         self.command_at(&self.url(), a)
     }
 
-    fn tvault<S: AsRef<OsStr>>(&self, a: impl IntoIterator<Item = S>) -> Run {
+    pub(crate) fn tvault<S: AsRef<OsStr>>(&self, a: impl IntoIterator<Item = S>) -> Run {
         self.env.run_command(self.command(a))
     }
 
@@ -150,7 +155,7 @@ impl S3Env {
     }
 
     /// A few files of random bytes below `src/`, the biggest `size` bytes.
-    fn sources(&self, size: usize, seed: u64) -> PathBuf {
+    pub(crate) fn sources(&self, size: usize, seed: u64) -> PathBuf {
         self.env
             .write("src/data/weights.bin", &random_bytes(size, seed));
         self.env
@@ -164,13 +169,13 @@ impl S3Env {
         text(&run.json(), "id")
     }
 
-    fn snapshot_count(&self) -> usize {
+    pub(crate) fn snapshot_count(&self) -> usize {
         let run = self.tvault(["--json", "snapshots"]).expect_code(0);
         run.json().as_array().expect("an array").len()
     }
 
     /// Restores `id` and checks the copy is byte-identical to `src`.
-    fn assert_restores(&self, id: &str, src: &Path) {
+    pub(crate) fn assert_restores(&self, id: &str, src: &Path) {
         let target = self.env.fresh_path("restore");
         self.tvault(args!["restore", id, &target]).expect_code(0);
         assert_manifest_eq(
@@ -180,7 +185,7 @@ impl S3Env {
         );
     }
 
-    fn verify_clean(&self) {
+    pub(crate) fn verify_clean(&self) {
         let run = self
             .tvault(["--json", "verify", "--read-data"])
             .expect_code(0);

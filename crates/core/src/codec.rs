@@ -311,6 +311,18 @@ pub struct DeltaHeader {
     pub method: u8,
 }
 
+impl DeltaHeader {
+    /// What this delta adds to its base's chain depth ([`SPARSE_DEPTH_COST`] or
+    /// [`DENSE_DEPTH_COST`]).
+    pub fn cost(&self) -> u8 {
+        if self.method == SPARSE {
+            SPARSE_DEPTH_COST
+        } else {
+            DENSE_DEPTH_COST
+        }
+    }
+}
+
 /// Parses a delta blob's header.
 pub fn delta_header(stored: &[u8]) -> Result<DeltaHeader> {
     let bad = |m: &str| Error::Invalid(format!("xor-delta: {m}"));

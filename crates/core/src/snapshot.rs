@@ -98,6 +98,10 @@ pub struct Snapshot {
     /// how long a file has been deferred. Absent (empty) in most snapshots and in older ones.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deferred: Vec<Deferral>,
+    /// Set by `copy`: the ID of the snapshot this one is a copy of, in the repository it was
+    /// copied from. Absent in snapshots taken by backup and in older ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copied_from: Option<Id>,
 }
 
 /// A file left at an older version, or out, by `--settle`, and since when.

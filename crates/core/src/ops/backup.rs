@@ -354,6 +354,7 @@ pub fn run(
         summary,
         problems,
         deferred: settled.deferred,
+        copied_from: None,
     };
     progress.phase("writing the last pack, the tree, the index and the snapshot");
     let (snapshot_id, snapshot) = commit(repo, writer, nodes, snapshot, started)?;

@@ -396,6 +396,7 @@ pub fn run(
         summary,
         problems: Vec::new(),
         deferred: Vec::new(),
+        copied_from: None,
     };
     let (snapshot_id, snapshot) = commit(repo, writer, nodes, snapshot, started)?;
     progress.finish();

@@ -5,6 +5,8 @@
 
 pub mod backup;
 mod content;
+pub mod copy;
+mod copy_blobs;
 pub mod diff;
 pub mod dump;
 pub mod export;

@@ -1,5 +1,6 @@
 //! Reading packs, for the commands that work pack by pack: planned reads of many blobs (one
-//! ranged read per stretch of neighbouring blobs of a pack, see `storage::plan_reads`), the
+//! ranged read per stretch of neighbouring blobs of a pack, see `storage::plan_reads`; plain,
+//! or encoded as well for `copy`), the
 //! whole-pack check of `verify --read-data` and `repair packs`, the checked copy of blobs into
 //! new packs (prune's repack, `repair packs`), and a pack's entries rebuilt from the pack
 //! itself (`repair index`). The pack layout stays in `pack.rs`; callers get entries and bytes.
@@ -70,8 +71,35 @@ impl Repository {
                 })
                 .push(i);
         }
+        self.read_stored_planned(&unique, |id, pack, loc, stored| {
+            let plain = self.decode_blob(id, pack, loc.encoding, stored, loc.plain_len as usize)?;
+            each(&positions[id], &plain)
+        })
+    }
+
+    /// Like [`Repository::read_blobs_planned`] for distinct `ids`, handing `each` a blob's
+    /// encoding, its encoded bytes (unsealed, as a [`PackSink`] takes them) and its plain
+    /// bytes, decoded and re-hashed (`copy`, which re-seals blobs for another repository).
+    pub fn read_blobs_encoded<F>(&self, ids: &[Id], each: F) -> Result<()>
+    where
+        F: Fn(&Id, crate::codec::Encoding, &[u8], Vec<u8>) -> Result<()> + Sync,
+    {
+        self.read_stored_planned(ids, |id, pack, loc, stored| {
+            let encoded = self.unseal(id, pack, stored)?;
+            let plain =
+                self.decode_encoded(id, pack, loc.encoding, &encoded, loc.plain_len as usize)?;
+            each(id, loc.encoding, &encoded, plain)
+        })
+    }
+
+    /// The planned, parallel reads of distinct blobs `ids`: `each` gets a blob's ID, pack,
+    /// location and stored bytes.
+    fn read_stored_planned<F>(&self, unique: &[Id], each: F) -> Result<()>
+    where
+        F: Fn(&Id, &Id, &index::Location, &[u8]) -> Result<()> + Sync,
+    {
         let mut by_pack: IdMap<Vec<(Id, index::Location)>> = IdMap::default();
-        for id in &unique {
+        for id in unique {
             let loc = *self
                 .index
                 .get(id)
@@ -100,14 +128,7 @@ impl Repository {
                 let bytes = self.read_span(pack, read, |i| blobs[i].0)?;
                 for (i, r) in &read.parts {
                     let (id, loc) = &blobs[*i];
-                    let plain = self.decode_blob(
-                        id,
-                        pack,
-                        loc.encoding,
-                        &bytes[r.clone()],
-                        loc.plain_len as usize,
-                    )?;
-                    each(&positions[id], &plain)?;
+                    each(id, pack, loc, &bytes[r.clone()])?;
                 }
                 Ok(())
             })

@@ -113,6 +113,8 @@ impl<B: StagedPut> Backend for CrashAfter<B> {
 /// - `backup-open`: backup, about to open a file it reads (with `--settle`, its metadata just
 ///   checked against the walk's);
 /// - `backup-opened`: backup, a file opened and its metadata taken, before its content is read.
+/// - `copy-indexed`: copy, the first index file written while a snapshot's blobs are still
+///   being sent (packs stored and named; more in flight).
 ///
 /// Without the variable (every real run) it costs one cached comparison.
 pub fn pause(point: &str) {

@@ -1,9 +1,10 @@
 //! Writes blobs into packs, and packs into the repository. [`PackSink`] is the one pack
 //! writer: backup (through [`BlobWriter`]), prune's repack and `repair packs` all add blobs to
 //! one, which fills a pack, stores each full one, and hands back what it stored so that the
-//! caller writes the index file naming those packs (`Repository::save_index`). Nothing refers
-//! to a pack before its index is durable, and nothing refers to the index before the snapshot
-//! that needs it is written.
+//! caller writes the index file naming those packs (`Repository::save_index`): backup one at
+//! its end, `copy` one as packs complete (`BlobWriter::save_index_so_far`), so that a crash
+//! loses only the packs in flight. Nothing refers to a pack before its index is durable, and
+//! nothing refers to the index before the snapshot that needs it is written.
 //!
 //! A full pack is finished (trailer, hash) and stored on a background thread while the next one
 //! fills, so the pack's hashing and its upload or fsync overlap the reading and compressing. At
@@ -144,21 +145,35 @@ impl PackSink {
         self.bytes
     }
 
-    /// Stores the last pack; what was stored.
-    pub fn finish(mut self) -> Result<Written> {
+    /// Stores the open pack and waits until every pack is stored.
+    pub fn sync(&mut self) -> Result<()> {
         self.flush()?;
-        self.wait()?;
-        let deltas = std::mem::take(&mut self.deltas);
-        let packs = std::mem::take(&mut self.stored)
+        self.wait()
+    }
+
+    /// The packs stored (durable) since the last call, oldest first, with their blobs and
+    /// deltas: what an index file naming them lists. Packs still being stored are not among
+    /// them (those whose store has finished are collected first).
+    pub fn take_stored(&mut self) -> Result<index::PackList> {
+        while self.storing.front().is_some_and(|h| h.is_finished()) {
+            self.wait_oldest()?;
+        }
+        Ok(std::mem::take(&mut self.stored)
             .into_iter()
             .map(|(pack, entries)| {
                 let d = entries
                     .iter()
-                    .filter_map(|e| Some((e.id, *deltas.get(&e.id)?)))
+                    .filter_map(|e| Some((e.id, self.deltas.remove(&e.id)?)))
                     .collect();
                 (pack, entries, d)
             })
-            .collect();
+            .collect())
+    }
+
+    /// Stores the last pack; what was stored (since the last [`PackSink::take_stored`]).
+    pub fn finish(mut self) -> Result<Written> {
+        self.sync()?;
+        let packs = self.take_stored()?;
         Ok(Written {
             packs,
             bytes: self.bytes,
@@ -186,6 +201,8 @@ pub struct BlobWriter<'r> {
     pub blobs_added: u64,
     /// File content offered to this writer, by how it was stored.
     pub stored_by: crate::snapshot::StoredBy,
+    /// Bytes of the index files [`BlobWriter::save_index_so_far`] wrote.
+    index_bytes: u64,
 }
 
 impl<'r> BlobWriter<'r> {
@@ -196,6 +213,7 @@ impl<'r> BlobWriter<'r> {
             added: IdSet::default(),
             blobs_added: 0,
             stored_by: Default::default(),
+            index_bytes: 0,
         }
     }
 
@@ -211,9 +229,9 @@ impl<'r> BlobWriter<'r> {
         self.sink.dry
     }
 
-    /// Bytes of the packs stored so far.
+    /// Bytes of the packs stored so far, and of the index files written.
     pub fn bytes_added(&self) -> u64 {
-        self.sink.bytes_written()
+        self.sink.bytes_written() + self.index_bytes
     }
 
     /// True when the blob is already in the repository or in this session.
@@ -278,13 +296,35 @@ impl<'r> BlobWriter<'r> {
         Ok(())
     }
 
-    /// Stores the last pack and the index file for every pack of this session; the bytes
-    /// added (packs and index).
+    /// Writes an index file naming the packs stored since the last one (with `all`, after
+    /// storing the open pack and waiting for every pack): what a writer that must not lose
+    /// its progress to a crash calls as packs complete (`copy`). Then only the packs in flight
+    /// are lost. Returns the bytes of the index file, 0 when there was nothing to name.
+    pub fn save_index_so_far(&mut self, all: bool) -> Result<u64> {
+        if all {
+            self.sink.sync()?;
+        }
+        let packs = self.sink.take_stored()?;
+        if self.sink.dry || packs.is_empty() {
+            return Ok(0);
+        }
+        let bytes = self.repo.save_index(&packs)?.1;
+        self.index_bytes += bytes;
+        Ok(bytes)
+    }
+
+    /// Stores the last pack and the index file for every pack of this session not yet named
+    /// by one; the bytes added (packs and index files).
     pub fn finish(self) -> Result<u64> {
-        let BlobWriter { repo, sink, .. } = self;
+        let BlobWriter {
+            repo,
+            sink,
+            index_bytes,
+            ..
+        } = self;
         let dry = sink.dry;
         let written = sink.finish()?;
-        let mut bytes = written.bytes;
+        let mut bytes = written.bytes + index_bytes;
         if !dry && !written.packs.is_empty() {
             bytes += repo.save_index(&written.packs)?.1;
         }
@@ -353,5 +393,42 @@ mod tests {
             ids.sort();
             assert_eq!(indexed, ids, "slots {slots}");
         }
+    }
+
+    /// Index files written as packs complete name every pack once, each as soon as it is
+    /// stored, and the last one (at `finish`) only what was left.
+    #[test]
+    fn index_files_written_as_packs_complete_name_every_pack_once() {
+        let backend = Arc::new(MemBackend::default());
+        let mut repo = Repository::init_with(backend.clone(), "mem".into()).unwrap();
+        repo.set_upload_slots(2);
+        let mut w = BlobWriter::new(&repo);
+        w.sink.pack_size = 64 << 10;
+        let mut saved = 0;
+        for i in 0u32..30 {
+            let blob = vec![i as u8; 20_000];
+            w.add(
+                Id::of(&blob),
+                BlobKind::Data,
+                Encoding::Raw,
+                &blob,
+                blob.len(),
+            )
+            .unwrap();
+            if w.save_index_so_far(false).unwrap() > 0 {
+                saved += 1;
+            }
+        }
+        assert!(saved >= 2, "only {saved} index files while adding");
+        w.finish().unwrap();
+        let mut named = Vec::new();
+        for file in repo.read_index_files().unwrap() {
+            named.extend(file.packs.unwrap().into_iter().map(|(pack, _)| pack));
+        }
+        let on_disk = backend.list("data").unwrap();
+        assert_eq!(named.len(), on_disk.len(), "every pack named once");
+        named.sort();
+        named.dedup();
+        assert_eq!(named.len(), on_disk.len(), "no pack named twice");
     }
 }
