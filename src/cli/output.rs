@@ -437,6 +437,13 @@ impl Out {
             HumanBytes(r.bytes_written),
             secs(r.duration_ms),
         ));
+        if r.files_kept > 0 {
+            self.line(&format!(
+                "kept {} ({}) already in place and identical (checked chunk by chunk)",
+                plural(r.files_kept, "file"),
+                HumanBytes(r.bytes_kept),
+            ));
+        }
         self.failed_files(&r.failed, "could not be restored")
     }
 

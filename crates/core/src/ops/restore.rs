@@ -1,20 +1,26 @@
 //! `restore ID TARGET`: recreate a snapshot's files byte for byte, re-hashing every chunk
 //! before it is written. A file whose chunks fail is reported and not left behind looking
 //! complete: files are written into a staging folder in TARGET and renamed into place only
-//! when whole, so a killed restore leaves partial files only there.
+//! when whole, so a killed restore leaves partial files only there (the next restore of the
+//! snapshot clears it). Run again with `--overwrite`, a restore keeps the files already in
+//! place whose bytes hash, chunk by chunk, to the snapshot's chunk IDs, and restores the rest.
+//!
+//! The pipeline ([`execute`]) is shared with `drill`: what happens to the checked chunks is a
+//! [`Sink`]'s business ([`Disk`] here; a hashing sink for a drill without a target).
 
 use std::fs::{self, File, FileTimes};
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use rayon::prelude::*;
 use serde::Serialize;
 
 use super::content::Content;
 use crate::error::{Error, IoContext, Result};
-use crate::id::Id;
+use crate::id::{Id, Ids};
 use crate::progress::Progress;
-use crate::repo::Repository;
+use crate::repo::{testing, Repository};
 use crate::tree::{Node, NodeKind, NodePath};
 
 #[derive(Clone, Debug, Default)]
@@ -41,10 +47,15 @@ impl RestoreOptions {
 pub struct RestoreReport {
     /// The snapshot restored (JSON: also under its deprecated name `snapshot_id`).
     pub id: String,
+    /// Files written by this run and their bytes (the kept ones not counted).
     pub files: u64,
     pub dirs: u64,
     pub symlinks: u64,
     pub bytes_written: u64,
+    /// Files already in place and identical to the snapshot's (checked chunk by chunk against
+    /// its chunk IDs), kept as they were; only their metadata was applied.
+    pub files_kept: u64,
+    pub bytes_kept: u64,
     /// Files that could not be restored, each with the reason.
     pub failed: Vec<String>,
     pub duration_ms: u64,
@@ -124,138 +135,336 @@ pub fn run(
     opts: &RestoreOptions,
     progress: &dyn Progress,
 ) -> Result<RestoreReport> {
+    run_to_disk(repo, opts, progress).map(|(report, _)| report)
+}
+
+/// [`run`], also returning each failed file's path and error (in the order of `failed`).
+pub(crate) fn run_to_disk(
+    repo: &mut Repository,
+    opts: &RestoreOptions,
+    progress: &dyn Progress,
+) -> Result<(RestoreReport, Vec<(String, Error)>)> {
     let started = Instant::now();
     let id = repo.resolve_snapshot(&opts.snapshot)?;
     let _lock = repo.lock(false, "restore")?;
     let repo: &Repository = repo;
-    let snapshot = repo.load_snapshot(&id)?;
-    let tree = repo.load_tree(&snapshot.tree)?;
-    let nodes = select(tree.nodes, &opts.include, &id.short())?;
+    let nodes = load_nodes(repo, &id, &opts.include)?;
     check_target(&opts.target, opts.overwrite)?;
     let staging = staging_dir(&opts.target, &id, &nodes)?;
+    let disk = Disk {
+        ids: repo.ids(),
+        target: &opts.target,
+        staging: &staging,
+    };
+    let result = execute(repo, &id, &nodes, &disk, progress);
+    // Also when the restore stopped: nothing is left in the staging folder.
+    let cleaned = fs::remove_dir_all(&staging).at(&staging);
+    let (mut report, errors) = result?;
+    cleaned?;
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    Ok((report, errors))
+}
 
+/// The snapshot's tree entries that a restore of `include` (everything when empty) recreates.
+pub(crate) fn load_nodes(repo: &Repository, id: &Id, include: &[String]) -> Result<Vec<Node>> {
+    let snapshot = repo.load_snapshot(id)?;
+    let tree = repo.load_tree(&snapshot.tree)?;
+    select(tree.nodes, include, &id.short())
+}
+
+/// Where the restore pipeline puts what it reads: [`Disk`] recreates the files in the target
+/// directory; `drill` without a target passes a sink that only re-hashes each chunk (no disk
+/// writes). The pipeline ([`execute`]) reads, decodes and re-hashes the chunks and hands each
+/// checked chunk to the sink; the sink decides where its bytes go.
+pub(crate) trait Sink: Sync {
+    /// One file being restored.
+    type File: Sync;
+    /// A directory of the snapshot, before anything below it (parents first).
+    fn dir(&self, node: &Node) -> Result<()>;
+    /// Starts file number `index` of the snapshot, whose chunk `i` begins at `starts[i]`;
+    /// `None` when it is already in place and whole (kept: nothing is read for it).
+    fn open(&self, node: &Node, index: usize, starts: &[u64]) -> Result<Option<Self::File>>;
+    /// A checked chunk's plain bytes, filling the chunk positions `positions` of the file.
+    fn write(
+        &self,
+        file: &Self::File,
+        positions: &[usize],
+        starts: &[u64],
+        plain: &[u8],
+    ) -> Result<()>;
+    /// Every chunk of the file is written: make it whole (size, metadata, final name).
+    fn finish(&self, node: &Node, file: Self::File) -> Result<()>;
+    /// The file failed: drop what was written of it.
+    fn abandon(&self, file: Self::File);
+    fn symlink(&self, node: &Node) -> Result<()>;
+    /// Everything is in place: directory metadata (`dirs` deepest first).
+    fn close(&self, dirs: &[&Node]) -> Result<()>;
+}
+
+/// The restore pipeline: directories, then each file's chunks read per pack (neighbouring
+/// chunks of a pack in one ranged read, see `Repository::read_blobs_planned`), decoded and
+/// re-hashed in parallel, each handed to `sink` as soon as it is checked (a chunk the file
+/// repeats is read once), so memory holds only the reads in flight; then symlinks and
+/// directory metadata. A file that fails is reported in `failed` and the restore goes on; the
+/// paths and errors are also returned as they were, in the same order, for callers that tell
+/// damage from other failures.
+pub(crate) fn execute<S: Sink>(
+    repo: &Repository,
+    id: &Id,
+    nodes: &[Node],
+    sink: &S,
+    progress: &dyn Progress,
+) -> Result<(RestoreReport, Vec<(String, Error)>)> {
+    let started = Instant::now();
     let mut report = RestoreReport {
         id: id.to_hex(),
         ..RestoreReport::default()
     };
+    let mut errors = Vec::new();
     let files: Vec<&Node> = nodes.iter().filter(|n| n.kind == NodeKind::File).collect();
     progress.start(files.len() as u64, files.iter().map(|n| n.size).sum());
 
     for dir in nodes.iter().filter(|n| n.kind == NodeKind::Dir) {
-        make_dir(&opts.target.join(dir.path.to_path_buf()))?;
+        sink.dir(dir)?;
         report.dirs += 1;
     }
     for (i, file) in files.into_iter().enumerate() {
         progress.file(&file.path.display());
-        let dest = opts.target.join(file.path.to_path_buf());
-        match restore_file(repo, file, &dest, &staging.join(i.to_string()), progress) {
-            Ok(()) => {
+        match restore_file(repo, file, i, sink, progress) {
+            Ok(true) => {
                 report.files += 1;
                 report.bytes_written += file.size;
+            }
+            Ok(false) => {
+                report.files_kept += 1;
+                report.bytes_kept += file.size;
             }
             Err(e) => {
                 let msg = format!("{}: {e}", file.path.display());
                 progress.warn(&format!("failed to restore {msg}"));
                 report.failed.push(msg);
+                errors.push((file.path.display(), e));
             }
         }
+        testing::pause("restore-file");
     }
-    fs::remove_dir_all(&staging).at(&staging)?;
     for link in nodes.iter().filter(|n| n.kind == NodeKind::Symlink) {
-        let dest = opts.target.join(link.path.to_path_buf());
-        if fs::symlink_metadata(&dest).is_ok() {
-            fs::remove_file(&dest).at(&dest)?;
-        }
-        let target = link.target.as_ref().expect("validated tree").to_path_buf();
-        std::os::unix::fs::symlink(target, &dest).at(&dest)?;
+        sink.symlink(link)?;
         report.symlinks += 1;
     }
-    // Directory metadata last, deepest first: writing inside a directory changes its mtime,
-    // and a read-only mode would stop the writes.
-    for dir in nodes.iter().rev().filter(|n| n.kind == NodeKind::Dir) {
-        let path = opts.target.join(dir.path.to_path_buf());
-        // Times first: a mode without read permission would stop the open.
-        let times = FileTimes::new().set_modified(to_system_time(dir.mtime_ns));
-        File::open(&path)
-            .and_then(|f| f.set_times(times))
-            .at(&path)?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(dir.mode)).at(&path)?;
-    }
+    let dirs: Vec<&Node> = nodes
+        .iter()
+        .rev()
+        .filter(|n| n.kind == NodeKind::Dir)
+        .collect();
+    sink.close(&dirs)?;
     progress.finish();
     report.duration_ms = started.elapsed().as_millis() as u64;
-    Ok(report)
+    Ok((report, errors))
+}
+
+/// Restores one file through `sink`: true when written, false when kept as it was.
+fn restore_file<S: Sink>(
+    repo: &Repository,
+    node: &Node,
+    index: usize,
+    sink: &S,
+    progress: &dyn Progress,
+) -> Result<bool> {
+    // Sizes are checked before anything is read or written (the same check as every reader).
+    let content = Content::of_file(repo, node)?;
+    let starts = content.chunk_starts();
+    let Some(file) = sink.open(node, index, starts)? else {
+        progress.bytes(node.size);
+        return Ok(false);
+    };
+    let written = repo.read_blobs_planned(&node.chunks, |positions, plain| {
+        sink.write(&file, positions, starts, plain)?;
+        progress.bytes((plain.len() * positions.len()) as u64);
+        Ok(())
+    });
+    match written {
+        Ok(()) => sink.finish(node, file).map(|()| true),
+        Err(e) => {
+            sink.abandon(file);
+            Err(e)
+        }
+    }
 }
 
 /// The staging folder for this snapshot's files: `TARGET/.tvault-restore-<ID>`, a name no
-/// top-level entry of the snapshot has. A leftover from a killed restore is cleared first.
+/// top-level entry of the snapshot has. Leftovers of killed restores (of this snapshot or
+/// another: `.tvault-restore-` and 8 hex digits, not an entry of the snapshot) are cleared
+/// first.
 fn staging_dir(target: &Path, id: &Id, nodes: &[Node]) -> Result<PathBuf> {
     let taken = |name: &str| nodes.iter().any(|n| n.path.0 == name.as_bytes());
+    for entry in fs::read_dir(target).at(target)? {
+        let entry = entry.at(target)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if is_staging_name(&name) && !taken(&name) {
+            let path = entry.path();
+            match fs::symlink_metadata(&path) {
+                Ok(m) if m.is_dir() => fs::remove_dir_all(&path).at(&path)?,
+                _ => fs::remove_file(&path).at(&path)?,
+            }
+        }
+    }
     let mut name = format!(".tvault-restore-{}", id.short());
     while taken(&name) {
         name.push('_');
     }
     let dir = target.join(name);
-    if fs::symlink_metadata(&dir).is_ok() {
-        fs::remove_dir_all(&dir).at(&dir)?;
-    }
     fs::create_dir(&dir).at(&dir)?;
     Ok(dir)
 }
 
-fn restore_file(
-    repo: &Repository,
-    node: &Node,
-    dest: &Path,
-    tmp: &Path,
-    progress: &dyn Progress,
-) -> Result<()> {
-    if fs::symlink_metadata(dest)
-        .map(|m| m.is_dir())
-        .unwrap_or(false)
-    {
-        return Err(Error::Invalid(format!(
-            "{} is a directory in the target; not replacing it with a file",
-            dest.display()
-        )));
-    }
-    if let Err(e) = write_content(repo, node, tmp, progress) {
-        let _ = fs::remove_file(tmp);
-        return Err(e);
-    }
-    fs::rename(tmp, dest).at(dest)
+/// `.tvault-restore-` and 8 hex digits, then any underscores: a staging folder's name.
+fn is_staging_name(name: &str) -> bool {
+    name.strip_prefix(".tvault-restore-").is_some_and(|rest| {
+        let hex = rest.trim_end_matches('_');
+        hex.len() == crate::id::SHORT_LEN && hex.bytes().all(|b| b.is_ascii_hexdigit())
+    })
 }
 
-/// Writes a file's content into the new file `tmp`: chunks are read per pack (neighbouring
-/// chunks of a pack in one ranged read, see `Repository::read_blobs_planned`), decoded and
-/// re-hashed in parallel, and each is written at its own offsets (a chunk the file repeats is
-/// read once) as soon as it is checked, so memory holds only the reads in flight. All-zero chunks are not written: the file is new, so they stay
-/// holes (sparse) and read back as zeros.
-fn write_content(
-    repo: &Repository,
-    node: &Node,
-    tmp: &Path,
-    progress: &dyn Progress,
-) -> Result<()> {
-    // Sizes are checked before anything is read or written (the same check as every reader).
-    let content = Content::of_file(repo, node)?;
-    let starts = content.chunk_starts();
-    let out = File::create(tmp).at(tmp)?;
-    repo.read_blobs_planned(&node.chunks, |positions, plain| {
-        if !is_zero(plain) {
-            for &i in positions {
-                out.write_all_at(plain, starts[i]).at(tmp)?;
+/// The sink of `restore ID TARGET`: each file is written into the staging folder and renamed
+/// into place when whole. A file already in place whose content matches the snapshot chunk for
+/// chunk is kept (only its metadata is applied), so a restore run again with `--overwrite`
+/// after an interruption restores only the rest.
+pub(crate) struct Disk<'a> {
+    pub ids: Ids,
+    pub target: &'a Path,
+    pub staging: &'a Path,
+}
+
+pub(crate) struct DiskFile {
+    out: File,
+    tmp: PathBuf,
+    dest: PathBuf,
+}
+
+impl Sink for Disk<'_> {
+    type File = DiskFile;
+
+    fn dir(&self, node: &Node) -> Result<()> {
+        make_dir(&self.target.join(node.path.to_path_buf()))
+    }
+
+    fn open(&self, node: &Node, index: usize, starts: &[u64]) -> Result<Option<DiskFile>> {
+        let dest = self.target.join(node.path.to_path_buf());
+        if let Ok(m) = fs::symlink_metadata(&dest) {
+            if m.is_dir() {
+                return Err(Error::Invalid(format!(
+                    "{} is a directory in the target; not replacing it with a file",
+                    dest.display()
+                )));
+            }
+            // Only a plain file of its own (not a hard link to a file elsewhere, whose
+            // metadata would change) is worth reading; anything else is replaced.
+            if m.is_file()
+                && m.len() == node.size
+                && m.nlink() == 1
+                && self.keep(&dest, node, starts)
+            {
+                return Ok(None);
             }
         }
-        progress.bytes((plain.len() * positions.len()) as u64);
+        let tmp = self.staging.join(index.to_string());
+        let out = File::create(&tmp).at(&tmp)?;
+        Ok(Some(DiskFile { out, tmp, dest }))
+    }
+
+    /// All-zero chunks are not written: the file is new, so they stay holes (sparse) and read
+    /// back as zeros.
+    fn write(&self, f: &DiskFile, positions: &[usize], starts: &[u64], plain: &[u8]) -> Result<()> {
+        if !is_zero(plain) {
+            for &i in positions {
+                f.out.write_all_at(plain, starts[i]).at(&f.tmp)?;
+            }
+        }
         Ok(())
-    })?;
-    // The size, including any hole at the end.
-    out.set_len(node.size).at(tmp)?;
-    out.set_permissions(fs::Permissions::from_mode(node.mode))
-        .at(tmp)?;
-    out.set_times(FileTimes::new().set_modified(to_system_time(node.mtime_ns)))
-        .at(tmp)?;
-    Ok(())
+    }
+
+    fn finish(&self, node: &Node, f: DiskFile) -> Result<()> {
+        let done = (|| {
+            // The size, including any hole at the end.
+            f.out.set_len(node.size).at(&f.tmp)?;
+            f.out
+                .set_permissions(fs::Permissions::from_mode(node.mode))
+                .at(&f.tmp)?;
+            f.out
+                .set_times(FileTimes::new().set_modified(to_system_time(node.mtime_ns)))
+                .at(&f.tmp)?;
+            fs::rename(&f.tmp, &f.dest).at(&f.dest)
+        })();
+        if done.is_err() {
+            let _ = fs::remove_file(&f.tmp);
+        }
+        done
+    }
+
+    fn abandon(&self, f: DiskFile) {
+        let _ = fs::remove_file(&f.tmp);
+    }
+
+    fn symlink(&self, link: &Node) -> Result<()> {
+        let dest = self.target.join(link.path.to_path_buf());
+        if fs::symlink_metadata(&dest).is_ok() {
+            fs::remove_file(&dest).at(&dest)?;
+        }
+        let target = link.target.as_ref().expect("validated tree").to_path_buf();
+        std::os::unix::fs::symlink(target, &dest).at(&dest)
+    }
+
+    /// Directory metadata last, deepest first: writing inside a directory changes its mtime,
+    /// and a read-only mode would stop the writes.
+    fn close(&self, dirs: &[&Node]) -> Result<()> {
+        for dir in dirs {
+            let path = self.target.join(dir.path.to_path_buf());
+            // Times first: a mode without read permission would stop the open.
+            let times = FileTimes::new().set_modified(to_system_time(dir.mtime_ns));
+            File::open(&path)
+                .and_then(|f| f.set_times(times))
+                .at(&path)?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(dir.mode)).at(&path)?;
+        }
+        Ok(())
+    }
+}
+
+impl Disk<'_> {
+    /// Whether the file at `dest` holds exactly the snapshot's chunks; if so it is kept and
+    /// gets the snapshot's mtime and mode. Anything that stops the check (a file it may not
+    /// read) means it is restored anew.
+    fn keep(&self, dest: &Path, node: &Node, starts: &[u64]) -> bool {
+        let Ok(f) = File::open(dest) else {
+            return false;
+        };
+        if first_mismatch(&f, self.ids, &node.chunks, starts, node.size).is_some() {
+            return false;
+        }
+        let times = FileTimes::new().set_modified(to_system_time(node.mtime_ns));
+        f.set_times(times).is_ok()
+            && f.set_permissions(fs::Permissions::from_mode(node.mode))
+                .is_ok()
+    }
+}
+
+/// The first chunk of `file` (as `chunks` and their `starts` cut a file of `size` bytes) whose
+/// bytes do not hash to its ID in this repository (`ids`: keyed in an encrypted one), or that
+/// cannot be read; `None` when every chunk matches. Chunks are read and hashed in parallel, one
+/// chunk's bytes in memory per worker; the first mismatch stops the rest.
+pub(crate) fn first_mismatch(
+    file: &File,
+    ids: Ids,
+    chunks: &[Id],
+    starts: &[u64],
+    size: u64,
+) -> Option<usize> {
+    (0..chunks.len()).into_par_iter().find_first(|&i| {
+        let end = starts.get(i + 1).copied().unwrap_or(size);
+        let mut buf = vec![0u8; (end - starts[i]) as usize];
+        file.read_exact_at(&mut buf, starts[i]).is_err() || ids.of(&buf) != chunks[i]
+    })
 }
 
 /// True when every byte is zero (a vectorisable OR, then one test per 4 KiB).

@@ -113,6 +113,8 @@ impl<B: StagedPut> Backend for CrashAfter<B> {
 /// - `backup-open`: backup, about to open a file it reads (with `--settle`, its metadata just
 ///   checked against the walk's);
 /// - `backup-opened`: backup, a file opened and its metadata taken, before its content is read.
+/// - `restore-file`: restore (and drill), the first file done (in place, kept or failed),
+///   before the next one starts.
 ///
 /// Without the variable (every real run) it costs one cached comparison.
 pub fn pause(point: &str) {
