@@ -6,8 +6,10 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
+use serde_json::{json, Value};
 use tvault_workload::Scenario;
 
+use crate::damage::two_packs;
 use crate::locks::{spawn_paused, wait_paused};
 use crate::testenv::{
     args, assert_manifest_eq, flip_byte, manifest, num, set_mode, set_mtime, sources_manifest,
@@ -45,6 +47,213 @@ fn counts(ckpt: &Path) -> (u64, u64) {
         .filter(|e| matches!(e, Entry::Dir { .. }))
         .count();
     (files as u64, dirs as u64)
+}
+
+/// `name{labels} value` of a metrics file, as a number.
+fn gauge(text: &str, name: &str) -> f64 {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&format!("{name}{{")))
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn drill_restores_the_newest_complete_snapshot_into_a_hashing_sink_and_reports_rto_and_rpo() {
+    let (env, ckpt, first) = one_snapshot(TestEnv::with_repo());
+    let size = bytes_below(&ckpt);
+    let (files, dirs) = counts(&ckpt);
+    // A newer snapshot that is incomplete is not the one drilled, nor the RPO's.
+    let newer = text(&env.backup(&[&ckpt], &[]), "id");
+    env.rewrite_snapshot(&newer, |m| {
+        m["problems"] = json!(["cannot read /x/ckpt/optimizer.pt: Permission denied"])
+    });
+
+    let metrics = env.path("drill.prom");
+    let run = env
+        .tvault(args!["--json", "drill", "--metrics-file", &metrics])
+        .expect_code(0);
+    let r = run.json();
+    assert_eq!(text(&r, "id"), first, "{run}");
+    assert_eq!(r["latest"]["id"], json!(first));
+    assert_eq!(r["disk_writes"], false);
+    assert_eq!(r["scratch"], Value::Null);
+    assert_eq!(num(&r, "files"), files, "{r:#}");
+    assert_eq!(num(&r, "dirs"), dirs, "{r:#}");
+    assert_eq!(num(&r, "bytes"), size);
+    assert_eq!(num(&r, "files_checked"), files);
+    assert_eq!(num(&r, "bytes_checked"), size);
+    assert!(r["restore_seconds"].as_f64().unwrap() > 0.0, "{r:#}");
+    let throughput = r["throughput_bytes_per_second"].as_f64().unwrap();
+    let expected = size as f64 / r["restore_seconds"].as_f64().unwrap();
+    assert!((throughput - expected).abs() < 1.0, "{r:#}");
+    assert_eq!(r["rpo"]["id"], json!(first));
+    let age = r["rpo"]["age_seconds"].as_f64().unwrap();
+    assert!((0.0..120.0).contains(&age), "{r:#}");
+    assert_eq!(r["damaged"], json!([]));
+    assert_eq!(r["errors"], json!([]));
+    assert_eq!(r["rto_exceeded"], false);
+    assert_eq!(r["rpo_exceeded"], false);
+
+    let m = fs::read_to_string(&metrics).unwrap();
+    assert!(m.contains("# TYPE tvault_drill_rto_seconds gauge\n"), "{m}");
+    assert!(
+        m.contains("tvault_drill_success{command=\"drill\",repository="),
+        "{m}"
+    );
+    assert_eq!(gauge(&m, "tvault_drill_success"), 1.0);
+    assert_eq!(gauge(&m, "tvault_last_run_success"), 1.0);
+    assert_eq!(gauge(&m, "tvault_drill_disk_writes"), 0.0);
+    assert_eq!(gauge(&m, "tvault_drill_bytes_checked"), size as f64);
+    assert!(gauge(&m, "tvault_drill_rto_seconds") > 0.0);
+    assert!(gauge(&m, "tvault_drill_throughput_bytes_per_second") > 0.0);
+    let rpo = gauge(&m, "tvault_drill_rpo_seconds");
+    assert!((0.0..120.0).contains(&rpo), "{m}");
+    assert!(gauge(&m, "tvault_last_run_timestamp_seconds") > 1.7e9);
+
+    // The human report says what the time leaves out.
+    let run = env.tvault(["drill"]).expect_code(0);
+    assert!(run.stdout.contains("hashing sink"), "{run}");
+    assert!(run.stdout.contains("leaves them out"), "{run}");
+    assert!(run.stdout.contains("RTO "), "{run}");
+    assert!(run.stdout.contains("RPO "), "{run}");
+    assert!(run.stdout.contains(&first[..8]), "{run}");
+    // Quiet prints nothing on success (cron mails what is printed).
+    let run = env.tvault(["--quiet", "drill"]).expect_code(0);
+    assert_eq!(run.stdout, "", "{run}");
+    assert_eq!(run.stderr, "", "{run}");
+}
+
+#[test]
+fn drill_with_target_restores_to_disk_reads_back_and_removes_its_scratch_folder() {
+    let (env, ckpt, id) = one_snapshot(TestEnv::with_repo());
+    let size = bytes_below(&ckpt);
+    // A read-only directory in the snapshot must not keep the scratch folder from going.
+    set_mode(&ckpt.join("shard"), 0o555);
+    let id2 = text(&env.backup(&[&ckpt], &[]), "id");
+    set_mode(&ckpt.join("shard"), 0o755);
+
+    let dir = env.path("drills");
+    fs::create_dir(&dir).unwrap();
+    fs::write(dir.join("unrelated.txt"), b"stays").unwrap();
+    let run = env
+        .tvault(args!["--json", "drill", &id2[..10], "--target", &dir])
+        .expect_code(0);
+    let r = run.json();
+    assert_eq!(text(&r, "id"), id2);
+    assert_eq!(r["disk_writes"], true);
+    let scratch = text(&r, "scratch");
+    assert!(Path::new(&scratch).starts_with(&dir), "{r:#}");
+    assert_eq!(num(&r, "files_checked"), counts(&ckpt).0, "{r:#}");
+    assert_eq!(num(&r, "bytes_checked"), size);
+    assert!(r["restore_seconds"].as_f64().unwrap() > 0.0);
+    assert!(r["check_seconds"].as_f64().is_some());
+    assert_eq!(
+        crate::testenv::names_in(&dir),
+        vec!["unrelated.txt".to_string()],
+        "the scratch folder is removed, nothing else"
+    );
+
+    let run = env
+        .tvault(args!["drill", &id[..8], "--target", &dir])
+        .expect_code(0);
+    assert!(run.stdout.contains("to disk in"), "{run}");
+    assert!(!run.stdout.contains("hashing sink"), "{run}");
+    assert_eq!(crate::testenv::names_in(&dir).len(), 1);
+
+    env.tvault(args!["drill", "--target", env.path("nowhere")])
+        .expect_code(1)
+        .stderr_has(&["nowhere"]);
+}
+
+#[test]
+fn drill_on_a_damaged_pack_exits_4_naming_the_file_chunk_and_pack() {
+    let (env, snaps, pack, offset, len) = two_packs();
+    flip_byte(&pack, offset + len / 2);
+    let pack_name = pack.file_name().unwrap().to_string_lossy().to_string();
+    let damaged = "ckpt/model_b/model.safetensors";
+
+    let run = env.tvault(args!["--json", "drill"]).expect_code(4);
+    run.stderr_has(&["DAMAGE", damaged, &pack_name]);
+    let r = run.json();
+    let list = r["damaged"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{r:#}");
+    let msg = list[0].as_str().unwrap();
+    assert!(msg.starts_with(damaged) && msg.contains("chunk"), "{msg}");
+    assert_eq!(num(&r, "files_checked"), num(&r, "files"));
+
+    // Restoring to disk: the same, and the scratch folder is gone.
+    let dir = env.path("drills");
+    fs::create_dir(&dir).unwrap();
+    let metrics = env.path("drill.prom");
+    env.tvault(args!["drill", "--target", &dir, "--metrics-file", &metrics])
+        .expect_code(4)
+        .stderr_has(&["DAMAGE", damaged, &pack_name]);
+    assert!(crate::testenv::names_in(&dir).is_empty());
+    let m = fs::read_to_string(&metrics).unwrap();
+    assert_eq!(gauge(&m, "tvault_drill_success"), 0.0);
+    assert_eq!(gauge(&m, "tvault_drill_damaged_files"), 1.0);
+
+    // The first snapshot does not need the damaged pack.
+    env.tvault(args!["drill", &snaps[0].0]).expect_code(0);
+}
+
+#[test]
+fn drill_max_rpo_exits_5_when_the_newest_complete_snapshot_is_too_old() {
+    let (env, _, id) = one_snapshot(TestEnv::with_repo());
+    let thirty_hours_ago = (chrono::Utc::now() - chrono::Duration::hours(30)).to_rfc3339();
+    let old = env.rewrite_snapshot(&id, |m| m["time"] = json!(thirty_hours_ago));
+    let metrics = env.path("drill.prom");
+    let run = env
+        .tvault(args![
+            "--json",
+            "drill",
+            "--max-rpo",
+            "26h",
+            "--metrics-file",
+            &metrics
+        ])
+        .expect_code(5);
+    run.stderr_has(&[
+        "STALE",
+        "RPO exceeded",
+        &old[..8],
+        "1 day 6 hours",
+        "limit 1 day 2 hours",
+    ]);
+    let r = run.json();
+    assert_eq!(r["rpo_exceeded"], true);
+    assert_eq!(r["max_rpo_seconds"], json!(26.0 * 3600.0));
+    let age = r["rpo"]["age_seconds"].as_f64().unwrap();
+    assert!(age >= 30.0 * 3600.0, "{r:#}");
+    let m = fs::read_to_string(&metrics).unwrap();
+    assert_eq!(gauge(&m, "tvault_drill_success"), 0.0);
+    assert!(gauge(&m, "tvault_drill_rpo_seconds") >= 30.0 * 3600.0);
+
+    env.tvault(["drill", "--max-rpo", "2d"]).expect_code(0);
+    // A fresh snapshot meets it again.
+    env.backup(&[&env.src.join("ckpt")], &[]);
+    env.tvault(["drill", "--max-rpo", "26h"]).expect_code(0);
+}
+
+#[test]
+fn drill_max_rto_exits_5_when_the_restore_takes_longer() {
+    let (env, _, _) = one_snapshot(TestEnv::with_repo());
+    let run = env
+        .tvault(["--json", "drill", "--max-rto", "0s"])
+        .expect_code(5);
+    run.stderr_has(&["RTO EXCEEDED", "limit 0 seconds", "without disk writes"]);
+    assert_eq!(run.json()["rto_exceeded"], true);
+    env.tvault(["drill", "--max-rto", "1h", "--max-rpo", "1h"])
+        .expect_code(0);
+}
+
+#[test]
+fn drill_of_an_empty_repository_says_there_is_nothing_to_drill() {
+    let env = TestEnv::with_repo();
+    env.tvault(["drill"])
+        .expect_code(1)
+        .stderr_has(&["no snapshots", "tvault backup"]);
 }
 
 // ---------------------------------------------------------------------------------------------

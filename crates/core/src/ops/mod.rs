@@ -6,6 +6,7 @@
 pub mod backup;
 mod content;
 pub mod diff;
+pub mod drill;
 pub mod dump;
 pub mod export;
 pub mod find;
