@@ -437,6 +437,13 @@ impl Out {
             HumanBytes(r.bytes_written),
             secs(r.duration_ms),
         ));
+        if r.bytes_resumed > 0 {
+            self.line(&format!(
+                "of which {} were already written by an interrupted restore (checked chunk by \
+                 chunk, not read again)",
+                HumanBytes(r.bytes_resumed),
+            ));
+        }
         if r.files_kept > 0 {
             self.line(&format!(
                 "kept {} ({}) already in place and identical (checked chunk by chunk)",

@@ -12,8 +12,8 @@ use tvault_workload::Scenario;
 use crate::damage::two_packs;
 use crate::locks::{spawn_paused, wait_paused};
 use crate::testenv::{
-    args, assert_manifest_eq, flip_byte, manifest, num, set_mode, set_mtime, sources_manifest,
-    text, Entry, TestEnv,
+    args, assert_manifest_eq, flip_byte, manifest, num, random_bytes, set_mode, set_mtime,
+    sources_manifest, text, Entry, TestEnv,
 };
 
 /// A repository with one snapshot of `src/ckpt` (a model, a shard and a small JSON file);
@@ -379,4 +379,80 @@ fn a_killed_restore_run_again_restores_only_the_files_it_had_not_finished() {
     );
     // Byte-identical, metadata included, and no staging leftovers.
     assert_manifest_eq(&expected, &manifest(&target), "resumed restore");
+}
+
+/// A snapshot of one file of random bytes with an all-zero stretch in the middle (holes when
+/// restored); returns the env, the folder backed up and the snapshot ID.
+fn one_big_file() -> (TestEnv, std::path::PathBuf, String) {
+    let env = TestEnv::with_repo();
+    let mut data = random_bytes(2 << 20, 91);
+    // Longer than the largest chunk: some chunks are all zeros.
+    data.splice(1 << 20..1 << 20, vec![0u8; 6 << 20]);
+    let file = env.write("src/big/weights.bin", &data);
+    let dir = file.parent().unwrap().to_path_buf();
+    let id = text(&env.backup(&[&dir], &[]), "id");
+    (env, dir, id)
+}
+
+#[test]
+fn a_restore_killed_inside_a_file_resumes_it_from_the_chunks_already_written() {
+    let (env, dir, id) = one_big_file();
+    let expected = sources_manifest(&[&dir]);
+    let size = bytes_below(&dir);
+    let target = env.fresh_path("restore");
+
+    // Killed after its first chunk is written: the file is only in the staging folder.
+    let mut child = spawn_paused(&env, "restore-chunk", args!["restore", &id, &target]);
+    wait_paused(&env, "restore-chunk", &mut child);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!target.join("big/weights.bin").exists());
+
+    let run = env
+        .tvault(args!["--json", "restore", &id, &target, "--overwrite"])
+        .expect_code(0);
+    let r = run.json();
+    assert_eq!(num(&r, "files"), 1, "{r:#}");
+    assert_eq!(num(&r, "bytes_written"), size, "{r:#}");
+    let resumed = num(&r, "bytes_resumed");
+    assert!(resumed > 0 && resumed < size, "{r:#}");
+    assert_manifest_eq(&expected, &manifest(&target), "resumed file");
+    assert!(
+        !target
+            .join(format!(".tvault-restore-{}", &id[..8]))
+            .exists(),
+        "the staging folder is removed"
+    );
+    let human = env
+        .tvault(args!["restore", &id, &target, "--overwrite"])
+        .expect_code(0);
+    assert!(human.stdout.contains("kept 1 file"), "{human}");
+}
+
+#[test]
+fn a_leftover_in_the_staging_folder_is_trusted_only_where_it_hashes_right_zeros_included() {
+    let (env, dir, id) = one_big_file();
+    let expected = sources_manifest(&[&dir]);
+    let size = bytes_below(&dir);
+    // A leftover with the right bytes except where the file has its zeros (a restore with other
+    // --include paths or a power cut could leave that): those chunks are read and their zeros
+    // written, not left as holes over the wrong bytes.
+    let mut leftover = fs::read(dir.join("weights.bin")).unwrap();
+    leftover[1 << 20..7 << 20].copy_from_slice(&random_bytes(6 << 20, 92));
+    let target = env.fresh_path("restore");
+    let staging = target.join(format!(".tvault-restore-{}", &id[..8]));
+    fs::create_dir_all(&staging).unwrap();
+    fs::write(staging.join("0"), &leftover).unwrap();
+
+    let run = env
+        .tvault(args!["--json", "restore", &id, &target, "--overwrite"])
+        .expect_code(0);
+    let r = run.json();
+    let resumed = num(&r, "bytes_resumed");
+    assert!(resumed > 0 && resumed <= size - (6 << 20), "{r:#}");
+    assert_manifest_eq(
+        &expected,
+        &manifest(&target),
+        "restore over a wrong leftover",
+    );
 }

@@ -20,7 +20,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::content::Content;
-use super::restore::{self, first_mismatch, RestoreOptions, RestoreReport, Sink};
+use super::restore::{self, first_mismatch, Opened, RestoreOptions, RestoreReport, Sink};
 use super::select::{self, SnapshotFilter};
 use crate::error::{Error, IoContext, Result};
 use crate::id::{Id, Ids};
@@ -306,12 +306,16 @@ impl Sink for HashSink {
         Ok(())
     }
 
-    fn open(&self, node: &Node, _index: usize, _starts: &[u64]) -> Result<Option<HashFile>> {
-        Ok(Some(HashFile {
+    fn open(&self, node: &Node, _index: usize, _starts: &[u64]) -> Result<Opened<HashFile>> {
+        let file = HashFile {
             path: node.path.display(),
             chunks: node.chunks.clone(),
             filled: node.chunks.iter().map(|_| AtomicBool::new(false)).collect(),
-        }))
+        };
+        Ok(Opened::Write {
+            file,
+            have: Vec::new(),
+        })
     }
 
     fn write(&self, f: &HashFile, positions: &[usize], starts: &[u64], plain: &[u8]) -> Result<()> {

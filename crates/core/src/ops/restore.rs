@@ -1,9 +1,12 @@
 //! `restore ID TARGET`: recreate a snapshot's files byte for byte, re-hashing every chunk
 //! before it is written. A file whose chunks fail is reported and not left behind looking
 //! complete: files are written into a staging folder in TARGET and renamed into place only
-//! when whole, so a killed restore leaves partial files only there (the next restore of the
-//! snapshot clears it). Run again with `--overwrite`, a restore keeps the files already in
-//! place whose bytes hash, chunk by chunk, to the snapshot's chunk IDs, and restores the rest.
+//! when whole, so a killed restore leaves partial files only there. Run again with
+//! `--overwrite`, a restore keeps the files already in place whose bytes hash, chunk by chunk,
+//! to the snapshot's chunk IDs, and restores the rest; a file the killed run had partly
+//! written in its staging folder is completed there, reading only the chunks it lacks.
+//! Nothing is trusted without its hash: a chunk on disk that does not hash to its ID is read
+//! from the repository again.
 //!
 //! The pipeline ([`execute`]) is shared with `drill`: what happens to the checked chunks is a
 //! [`Sink`]'s business ([`Disk`] here; a hashing sink for a drill without a target).
@@ -56,6 +59,9 @@ pub struct RestoreReport {
     /// its chunk IDs), kept as they were; only their metadata was applied.
     pub files_kept: u64,
     pub bytes_kept: u64,
+    /// Of `bytes_written`: bytes a killed restore had already written into the staging folder
+    /// that hashed right (chunk by chunk) and were not read again.
+    pub bytes_resumed: u64,
     /// Files that could not be restored, each with the reason.
     pub failed: Vec<String>,
     pub duration_ms: u64,
@@ -181,9 +187,8 @@ pub(crate) trait Sink: Sync {
     type File: Sync;
     /// A directory of the snapshot, before anything below it (parents first).
     fn dir(&self, node: &Node) -> Result<()>;
-    /// Starts file number `index` of the snapshot, whose chunk `i` begins at `starts[i]`;
-    /// `None` when it is already in place and whole (kept: nothing is read for it).
-    fn open(&self, node: &Node, index: usize, starts: &[u64]) -> Result<Option<Self::File>>;
+    /// Starts file number `index` of the snapshot, whose chunk `i` begins at `starts[i]`.
+    fn open(&self, node: &Node, index: usize, starts: &[u64]) -> Result<Opened<Self::File>>;
     /// A checked chunk's plain bytes, filling the chunk positions `positions` of the file.
     fn write(
         &self,
@@ -199,6 +204,15 @@ pub(crate) trait Sink: Sync {
     fn symlink(&self, node: &Node) -> Result<()>;
     /// Everything is in place: directory metadata (`dirs` deepest first).
     fn close(&self, dirs: &[&Node]) -> Result<()>;
+}
+
+/// What [`Sink::open`] found.
+pub(crate) enum Opened<F> {
+    /// Already in place and whole: nothing is read for it.
+    Kept,
+    /// To be written; `have[i]` is true where chunk `i` is already written and checked (a
+    /// file resumed), and those chunks are not read (empty: none is).
+    Write { file: F, have: Vec<bool> },
 }
 
 /// The restore pipeline: directories, then each file's chunks read per pack (neighbouring
@@ -231,11 +245,12 @@ pub(crate) fn execute<S: Sink>(
     for (i, file) in files.into_iter().enumerate() {
         progress.file(&file.path.display());
         match restore_file(repo, file, i, sink, progress) {
-            Ok(true) => {
+            Ok(Some(resumed)) => {
                 report.files += 1;
                 report.bytes_written += file.size;
+                report.bytes_resumed += resumed;
             }
-            Ok(false) => {
+            Ok(None) => {
                 report.files_kept += 1;
                 report.bytes_kept += file.size;
             }
@@ -263,28 +278,46 @@ pub(crate) fn execute<S: Sink>(
     Ok((report, errors))
 }
 
-/// Restores one file through `sink`: true when written, false when kept as it was.
+/// Restores one file through `sink`: `Some(bytes it already had)` when written, `None` when
+/// kept as it was.
 fn restore_file<S: Sink>(
     repo: &Repository,
     node: &Node,
     index: usize,
     sink: &S,
     progress: &dyn Progress,
-) -> Result<bool> {
+) -> Result<Option<u64>> {
     // Sizes are checked before anything is read or written (the same check as every reader).
     let content = Content::of_file(repo, node)?;
     let starts = content.chunk_starts();
-    let Some(file) = sink.open(node, index, starts)? else {
-        progress.bytes(node.size);
-        return Ok(false);
+    let (file, have) = match sink.open(node, index, starts)? {
+        Opened::Kept => {
+            progress.bytes(node.size);
+            return Ok(None);
+        }
+        Opened::Write { file, have } => (file, have),
     };
-    let written = repo.read_blobs_planned(&node.chunks, |positions, plain| {
-        sink.write(&file, positions, starts, plain)?;
+    // The chunks still to read, and where each sits in the file.
+    let (mut wanted, mut at) = (Vec::new(), Vec::new());
+    let mut resumed = 0;
+    for (i, id) in node.chunks.iter().enumerate() {
+        if have.get(i).copied().unwrap_or(false) {
+            resumed += chunk_end(starts, i, node.size) - starts[i];
+        } else {
+            wanted.push(*id);
+            at.push(i);
+        }
+    }
+    progress.bytes(resumed);
+    let written = repo.read_blobs_planned(&wanted, |positions, plain| {
+        let positions: Vec<usize> = positions.iter().map(|&p| at[p]).collect();
+        sink.write(&file, &positions, starts, plain)?;
         progress.bytes((plain.len() * positions.len()) as u64);
+        testing::pause("restore-chunk");
         Ok(())
     });
     match written {
-        Ok(()) => sink.finish(node, file).map(|()| true),
+        Ok(()) => sink.finish(node, file).map(|()| Some(resumed)),
         Err(e) => {
             sink.abandon(file);
             Err(e)
@@ -293,28 +326,36 @@ fn restore_file<S: Sink>(
 }
 
 /// The staging folder for this snapshot's files: `TARGET/.tvault-restore-<ID>`, a name no
-/// top-level entry of the snapshot has. Leftovers of killed restores (of this snapshot or
-/// another: `.tvault-restore-` and 8 hex digits, not an entry of the snapshot) are cleared
-/// first.
+/// top-level entry of the snapshot has. A killed restore of this snapshot left its partly
+/// written files there: the folder is kept for [`Disk::open`] to resume them (it is removed
+/// at the end). Leftovers of other snapshots' restores (`.tvault-restore-` and 8 hex digits,
+/// not an entry of the snapshot) are removed.
 fn staging_dir(target: &Path, id: &Id, nodes: &[Node]) -> Result<PathBuf> {
     let taken = |name: &str| nodes.iter().any(|n| n.path.0 == name.as_bytes());
+    let mut ours = format!(".tvault-restore-{}", id.short());
+    while taken(&ours) {
+        ours.push('_');
+    }
     for entry in fs::read_dir(target).at(target)? {
         let entry = entry.at(target)?;
         let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        let is_dir = fs::symlink_metadata(&path).at(&path)?.is_dir();
+        if name == ours && is_dir {
+            continue;
+        }
         if is_staging_name(&name) && !taken(&name) {
-            let path = entry.path();
-            match fs::symlink_metadata(&path) {
-                Ok(m) if m.is_dir() => fs::remove_dir_all(&path).at(&path)?,
-                _ => fs::remove_file(&path).at(&path)?,
+            if is_dir {
+                fs::remove_dir_all(&path).at(&path)?
+            } else {
+                fs::remove_file(&path).at(&path)?
             }
         }
     }
-    let mut name = format!(".tvault-restore-{}", id.short());
-    while taken(&name) {
-        name.push('_');
+    let dir = target.join(ours);
+    if !dir.is_dir() {
+        fs::create_dir(&dir).at(&dir)?;
     }
-    let dir = target.join(name);
-    fs::create_dir(&dir).at(&dir)?;
     Ok(dir)
 }
 
@@ -340,6 +381,9 @@ pub(crate) struct DiskFile {
     out: File,
     tmp: PathBuf,
     dest: PathBuf,
+    /// Created empty by this run: an all-zero chunk can stay a hole. A resumed file may hold
+    /// other bytes there, so its zeros are written.
+    fresh: bool,
 }
 
 impl Sink for Disk<'_> {
@@ -349,7 +393,7 @@ impl Sink for Disk<'_> {
         make_dir(&self.target.join(node.path.to_path_buf()))
     }
 
-    fn open(&self, node: &Node, index: usize, starts: &[u64]) -> Result<Option<DiskFile>> {
+    fn open(&self, node: &Node, index: usize, starts: &[u64]) -> Result<Opened<DiskFile>> {
         let dest = self.target.join(node.path.to_path_buf());
         if let Ok(m) = fs::symlink_metadata(&dest) {
             if m.is_dir() {
@@ -365,18 +409,36 @@ impl Sink for Disk<'_> {
                 && m.nlink() == 1
                 && self.keep(&dest, node, starts)
             {
-                return Ok(None);
+                return Ok(Opened::Kept);
             }
         }
         let tmp = self.staging.join(index.to_string());
-        let out = File::create(&tmp).at(&tmp)?;
-        Ok(Some(DiskFile { out, tmp, dest }))
+        let have = self.resumable(&tmp, node, starts);
+        let resumed = match have.iter().any(|&h| h) {
+            true => fs::OpenOptions::new().write(true).open(&tmp).ok(),
+            false => None,
+        };
+        let (out, fresh, have) = match resumed {
+            Some(out) => (out, false, have),
+            None => {
+                // A leftover of no use (or that may not be written: its mode already set).
+                let _ = fs::remove_file(&tmp);
+                (File::create(&tmp).at(&tmp)?, true, Vec::new())
+            }
+        };
+        let file = DiskFile {
+            out,
+            tmp,
+            dest,
+            fresh,
+        };
+        Ok(Opened::Write { file, have })
     }
 
-    /// All-zero chunks are not written: the file is new, so they stay holes (sparse) and read
+    /// All-zero chunks are not written into a new file: they stay holes (sparse) and read
     /// back as zeros.
     fn write(&self, f: &DiskFile, positions: &[usize], starts: &[u64], plain: &[u8]) -> Result<()> {
-        if !is_zero(plain) {
+        if !(f.fresh && is_zero(plain)) {
             for &i in positions {
                 f.out.write_all_at(plain, starts[i]).at(&f.tmp)?;
             }
@@ -449,6 +511,43 @@ impl Disk<'_> {
     }
 }
 
+impl Disk<'_> {
+    /// Which chunks a file partly written by a killed restore (`tmp`, in the staging folder)
+    /// already holds: those whose bytes hash to their IDs (empty when there is no such file).
+    fn resumable(&self, tmp: &Path, node: &Node, starts: &[u64]) -> Vec<bool> {
+        let plain_file = fs::symlink_metadata(tmp).is_ok_and(|m| m.is_file());
+        let Some(f) = plain_file.then(|| File::open(tmp).ok()).flatten() else {
+            return Vec::new();
+        };
+        let len = f.metadata().map_or(0, |m| m.len());
+        (0..node.chunks.len())
+            .into_par_iter()
+            .map(|i| {
+                chunk_end(starts, i, node.size) <= len
+                    && chunk_matches(&f, self.ids, &node.chunks, starts, node.size, i)
+            })
+            .collect()
+    }
+}
+
+/// Where chunk `i` of a file of `size` bytes ends.
+fn chunk_end(starts: &[u64], i: usize, size: u64) -> u64 {
+    starts.get(i + 1).copied().unwrap_or(size)
+}
+
+/// Whether chunk `i` of `file` can be read and hashes to its ID.
+fn chunk_matches(
+    file: &File,
+    ids: Ids,
+    chunks: &[Id],
+    starts: &[u64],
+    size: u64,
+    i: usize,
+) -> bool {
+    let mut buf = vec![0u8; (chunk_end(starts, i, size) - starts[i]) as usize];
+    file.read_exact_at(&mut buf, starts[i]).is_ok() && ids.of(&buf) == chunks[i]
+}
+
 /// The first chunk of `file` (as `chunks` and their `starts` cut a file of `size` bytes) whose
 /// bytes do not hash to its ID in this repository (`ids`: keyed in an encrypted one), or that
 /// cannot be read; `None` when every chunk matches. Chunks are read and hashed in parallel, one
@@ -460,11 +559,9 @@ pub(crate) fn first_mismatch(
     starts: &[u64],
     size: u64,
 ) -> Option<usize> {
-    (0..chunks.len()).into_par_iter().find_first(|&i| {
-        let end = starts.get(i + 1).copied().unwrap_or(size);
-        let mut buf = vec![0u8; (end - starts[i]) as usize];
-        file.read_exact_at(&mut buf, starts[i]).is_err() || ids.of(&buf) != chunks[i]
-    })
+    (0..chunks.len())
+        .into_par_iter()
+        .find_first(|&i| !chunk_matches(file, ids, chunks, starts, size, i))
 }
 
 /// True when every byte is zero (a vectorisable OR, then one test per 4 KiB).

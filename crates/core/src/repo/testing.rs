@@ -114,7 +114,8 @@ impl<B: StagedPut> Backend for CrashAfter<B> {
 ///   checked against the walk's);
 /// - `backup-opened`: backup, a file opened and its metadata taken, before its content is read.
 /// - `restore-file`: restore (and drill), the first file done (in place, kept or failed),
-///   before the next one starts.
+///   before the next one starts;
+/// - `restore-chunk`: restore (and drill), the first chunk written into its file.
 ///
 /// Without the variable (every real run) it costs one cached comparison.
 pub fn pause(point: &str) {
