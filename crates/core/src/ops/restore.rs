@@ -339,12 +339,12 @@ fn staging_dir(target: &Path, id: &Id, nodes: &[Node]) -> Result<PathBuf> {
     for entry in fs::read_dir(target).at(target)? {
         let entry = entry.at(target)?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        let path = entry.path();
-        let is_dir = fs::symlink_metadata(&path).at(&path)?.is_dir();
-        if name == ours && is_dir {
+        if !is_staging_name(&name) || taken(&name) {
             continue;
         }
-        if is_staging_name(&name) && !taken(&name) {
+        let path = entry.path();
+        let is_dir = fs::symlink_metadata(&path).at(&path)?.is_dir();
+        if name != ours || !is_dir {
             if is_dir {
                 fs::remove_dir_all(&path).at(&path)?
             } else {
