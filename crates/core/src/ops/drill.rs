@@ -206,7 +206,6 @@ fn to_disk(
     let failed: HashSet<&str> = errors.iter().map(|(p, _)| p.as_str()).collect();
     let nodes = restore::load_nodes(repo, &id, &[])?;
 
-    progress.phase("reading the restored files back");
     let checking = Instant::now();
     let ids = repo.ids();
     for node in nodes.iter().filter(|n| n.kind == NodeKind::File) {
