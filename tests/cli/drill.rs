@@ -199,6 +199,27 @@ fn drill_on_a_damaged_pack_exits_4_naming_the_file_chunk_and_pack() {
 }
 
 #[test]
+fn drill_of_a_snapshot_whose_tree_pack_is_lost_exits_4_naming_the_pack() {
+    let (env, snaps, pack, _, _) = two_packs();
+    // The second snapshot's tree and model_b are in this pack.
+    fs::remove_file(&pack).unwrap();
+    let pack_name = pack.file_name().unwrap().to_string_lossy().to_string();
+    let dir = env.path("drills");
+    fs::create_dir(&dir).unwrap();
+    for target in [None, Some(&dir)] {
+        let mut a = args!["--json", "drill", &snaps[1].0];
+        if let Some(d) = target {
+            a.extend(args!["--target", d]);
+        }
+        let run = env.tvault(a).expect_code(4);
+        run.stderr_has(&["DAMAGE", &snaps[1].0[..8], &pack_name]);
+        assert_eq!(run.json()["damaged"].as_array().unwrap().len(), 1, "{run}");
+    }
+    assert!(crate::testenv::names_in(&dir).is_empty());
+    env.tvault(args!["drill", &snaps[0].0]).expect_code(0);
+}
+
+#[test]
 fn drill_max_rpo_exits_5_when_the_newest_complete_snapshot_is_too_old() {
     let (env, _, id) = one_snapshot(TestEnv::with_repo());
     let thirty_hours_ago = (chrono::Utc::now() - chrono::Duration::hours(30)).to_rfc3339();
