@@ -19,6 +19,8 @@ mod crash;
 mod damage;
 #[path = "cli/delta.rs"]
 mod delta;
+#[path = "cli/drill.rs"]
+mod drill;
 #[path = "cli/encryption.rs"]
 mod encryption;
 #[path = "cli/forget.rs"]

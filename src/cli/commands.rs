@@ -18,8 +18,9 @@ pub const EXIT_STATUS_HELP: &str = "Exit status:
      I/O error, disk full)
   2  the command line is wrong (unknown option, missing argument)
   3  backup: the snapshot was written but is incomplete (some files could not be stored)
-  4  verify: damage found; restore: finished, but some files could not be restored
-  5  snapshots --max-age: no complete snapshot matching the filters is recent enough
+  4  verify, drill: damage found; restore: finished, but some files could not be restored
+  5  snapshots --max-age: no complete snapshot matching the filters is recent enough;
+     drill: --max-rpo or --max-rto exceeded
   6  wrong password: no key of the encrypted repository opens with it (nothing was written)";
 
 #[derive(Parser, Debug)]
@@ -108,6 +109,11 @@ pub enum Command {
     /// `check` is restic's name for it
     #[command(visible_alias = "check")]
     Verify(VerifyArgs),
+    /// Rehearse a restore and measure it: restore a snapshot (default: the newest complete
+    /// one) through the restore pipeline, check every chunk, report its restore time (RTO)
+    /// and the newest snapshot's age (RPO) (exit 0 fine, 4 damage, 5 objective missed, 1
+    /// could not check)
+    Drill(DrillArgs),
     /// Add or remove a snapshot's tags (its ID changes: the ID is the hash of the manifest)
     Tag(TagArgs),
     /// Remove snapshots by a retention policy, then the data only they used
@@ -357,6 +363,30 @@ pub struct VerifyArgs {
     /// Write Prometheus textfile metrics of this run to FILE (atomically), also on failure
     #[arg(long, value_name = "FILE")]
     pub metrics_file: Option<PathBuf>,
+}
+
+/// `tvault drill`.
+#[derive(Args, Debug)]
+pub struct DrillArgs {
+    /// Snapshot ID, a unique prefix of it (at least 4 hex digits), or `latest` [default:
+    /// latest, the newest complete snapshot]
+    pub id: Option<String>,
+    /// Restore to disk, into a scratch folder made inside DIR and removed afterwards, and read
+    /// it back [default: through the restore pipeline into a hashing sink: no disk writes, so
+    /// the measured time leaves them out]
+    #[arg(long, value_name = "DIR")]
+    pub target: Option<PathBuf>,
+    /// Exit with code 5 when the measured restore time exceeds DURATION (e.g. 30m; m = minutes)
+    #[arg(long, value_name = "DURATION", value_parser = args::parse_duration)]
+    pub max_rto: Option<Duration>,
+    /// Exit with code 5 unless the newest complete snapshot is younger than DURATION (e.g. 26h)
+    #[arg(long, value_name = "DURATION", value_parser = args::parse_duration)]
+    pub max_rpo: Option<Duration>,
+    /// Write Prometheus textfile metrics of this run to FILE (atomically), also on failure
+    #[arg(long, value_name = "FILE")]
+    pub metrics_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub latest: LatestFilter,
 }
 
 /// The retention policy of `prune` and `forget`.

@@ -1,4 +1,4 @@
-//! `--metrics-file`: Prometheus textfile-collector metrics for backup, verify and prune,
+//! `--metrics-file`: Prometheus textfile-collector metrics for backup, verify, prune and drill,
 //! written atomically (temporary file, fsync, rename) so the collector never reads half a file.
 //! Metric names are documented in the README and are a stable interface.
 

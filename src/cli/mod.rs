@@ -1,5 +1,5 @@
 //! The command line: `commands` holds the clap definitions; `run` parses them and hands each
-//! command to its handler (`backup`, `browse`, `maintain`, `docs`), which converts its arguments
+//! command to its handler (`backup`, `browse`, `maintain`, `drill`, `docs`), which converts its arguments
 //! once into the engine's option structs and prints the engine's report through `output`.
 //! Nothing below this module knows clap or indicatif.
 
@@ -9,6 +9,7 @@ mod browse;
 mod commands;
 mod copy;
 mod docs;
+mod drill;
 mod maintain;
 mod metrics;
 mod output;
@@ -65,9 +66,10 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     /// `backup` wrote a snapshot, but some files could not be stored in it.
     pub const INCOMPLETE: u8 = 3;
-    /// `verify` found damage; `restore` finished but some files failed (damaged data).
+    /// `verify` or `drill` found damage; `restore` finished but some files failed (damaged data).
     pub const DAMAGE: u8 = 4;
-    /// `snapshots --max-age`: no complete snapshot as recent as required.
+    /// `snapshots --max-age`: no complete snapshot as recent as required; `drill --max-rpo`
+    /// and `--max-rto`: an objective missed.
     pub const STALE: u8 = 5;
     /// A wrong password: no key of the encrypted repository opens with it.
     pub const PASSWORD: u8 = 6;
@@ -190,6 +192,7 @@ pub fn run() -> Result<u8> {
         Command::Find(args) => browse::find(&ctx, args),
         Command::Stats(args) => browse::stats(&ctx, args),
         Command::Verify(args) => maintain::verify(&ctx, args),
+        Command::Drill(args) => drill::drill(&ctx, args),
         Command::Tag(args) => backup::tag(&ctx, args),
         Command::Prune(args) => maintain::prune(&ctx, args),
         Command::Forget(args) => maintain::forget(&ctx, args),

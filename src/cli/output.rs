@@ -441,6 +441,20 @@ impl Out {
             HumanBytes(r.bytes_written),
             secs(r.duration_ms),
         ));
+        if r.bytes_resumed > 0 {
+            self.line(&format!(
+                "of which {} were already written by an interrupted restore (checked chunk by \
+                 chunk, not read again)",
+                HumanBytes(r.bytes_resumed),
+            ));
+        }
+        if r.files_kept > 0 {
+            self.line(&format!(
+                "kept {} ({}) already in place and identical (checked chunk by chunk)",
+                plural(r.files_kept, "file"),
+                HumanBytes(r.bytes_kept),
+            ));
+        }
         self.failed_files(&r.failed, "could not be restored")
     }
 

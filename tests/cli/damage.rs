@@ -17,7 +17,7 @@ use crate::testenv::{
 
 /// Snapshot 1 holds model_a; snapshot 2 adds model_b, whose chunks land in a pack of their own.
 /// Returns the env, both snapshots, and the pack file plus location of one of model_b's chunks.
-fn two_packs() -> (TestEnv, Vec<(String, Manifest)>, PathBuf, u64, u64) {
+pub(crate) fn two_packs() -> (TestEnv, Vec<(String, Manifest)>, PathBuf, u64, u64) {
     let env = TestEnv::with_plain_repo();
     let ckpt = env.checkpoint("src/ckpt/model_a", Scenario::Single, 1 << 20, 41, 0);
     let ckpt = ckpt.parent().unwrap().to_path_buf();

@@ -82,6 +82,7 @@ impl Recipes {
                 "/etc/tvault/password",
                 &self.env.root.join("password").display().to_string(),
             )
+            .replace("/var/tmp", &self.env.root.join("tmp").display().to_string())
     }
 
     /// Runs a shell script as cron or CI would: no terminal, a minimal environment.
@@ -122,7 +123,7 @@ fn cron_command(line: &str) -> &str {
 fn readme_cron_lines_back_up_finished_checkpoints_and_prune() {
     let r = Recipes::new();
     let cron = blocks("cron");
-    assert_eq!(cron.len(), 1, "one crontab block");
+    assert_eq!(cron.len(), 2, "the backup crontab block, then the drill's");
     let lines: Vec<&str> = cron[0].lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 2, "a backup line and a prune line");
 
@@ -160,6 +161,50 @@ fn readme_cron_lines_back_up_finished_checkpoints_and_prune() {
     assert!(r
         .metrics("tvault-prune.prom")
         .contains("tvault_prune_bytes_freed{"));
+}
+
+#[test]
+fn readme_weekly_drill_restores_the_newest_hourly_snapshot_and_writes_its_metrics() {
+    let r = Recipes::new();
+    let cron = blocks("cron");
+    let lines: Vec<&str> = cron[1].lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one drill line");
+    let drill = cron_command(lines[0]);
+    let scratch = r.env.root.join("tmp");
+    fs::create_dir(&scratch).unwrap();
+
+    // Nothing backed up yet: the drill fails, so cron mails it.
+    let (code, _, err) = r.sh(drill);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no snapshots"), "{err}");
+
+    let ckpt = r.checkpoints.display().to_string();
+    r.env
+        .tvault(crate::testenv::args![
+            "backup",
+            "--tag",
+            "hourly",
+            "--exclude",
+            "*.tmp",
+            &ckpt
+        ])
+        .expect_code(0);
+    let (code, out, err) = r.sh(drill);
+    assert_eq!(code, 0, "drill recipe failed:\n{out}\n{err}");
+    assert_eq!(out, "", "a quiet cron job prints nothing on stdout");
+    let m = r.metrics("tvault-drill.prom");
+    let success = format!(
+        "tvault_drill_success{{command=\"drill\",repository=\"{}\"}} 1\n",
+        r.env.repo.display()
+    );
+    assert!(m.contains(&success), "{m}");
+    assert!(m.contains("tvault_drill_disk_writes{"), "{m}");
+    assert!(m.contains("tvault_drill_rto_seconds{"), "{m}");
+    assert!(m.contains("tvault_drill_rpo_seconds{"), "{m}");
+    assert!(
+        fs::read_dir(&scratch).unwrap().next().is_none(),
+        "the scratch folder is removed"
+    );
 }
 
 #[test]

@@ -8,6 +8,7 @@ mod content;
 pub mod copy;
 mod copy_blobs;
 pub mod diff;
+pub mod drill;
 pub mod dump;
 pub mod export;
 pub mod find;

@@ -1,20 +1,29 @@
 //! `restore ID TARGET`: recreate a snapshot's files byte for byte, re-hashing every chunk
 //! before it is written. A file whose chunks fail is reported and not left behind looking
 //! complete: files are written into a staging folder in TARGET and renamed into place only
-//! when whole, so a killed restore leaves partial files only there.
+//! when whole, so a killed restore leaves partial files only there. Run again with
+//! `--overwrite`, a restore keeps the files already in place whose bytes hash, chunk by chunk,
+//! to the snapshot's chunk IDs, and restores the rest; a file the killed run had partly
+//! written in its staging folder is completed there, reading only the chunks it lacks.
+//! Nothing is trusted without its hash: a chunk on disk that does not hash to its ID is read
+//! from the repository again.
+//!
+//! The pipeline ([`execute`]) is shared with `drill`: what happens to the checked chunks is a
+//! [`Sink`]'s business ([`Disk`] here; a hashing sink for a drill without a target).
 
 use std::fs::{self, File, FileTimes};
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use rayon::prelude::*;
 use serde::Serialize;
 
 use super::content::Content;
 use crate::error::{Error, IoContext, Result};
-use crate::id::Id;
+use crate::id::{Id, Ids};
 use crate::progress::Progress;
-use crate::repo::Repository;
+use crate::repo::{testing, Repository};
 use crate::tree::{Node, NodeKind, NodePath};
 
 #[derive(Clone, Debug, Default)]
@@ -41,10 +50,18 @@ impl RestoreOptions {
 pub struct RestoreReport {
     /// The snapshot restored (JSON: also under its deprecated name `snapshot_id`).
     pub id: String,
+    /// Files written by this run and their bytes (the kept ones not counted).
     pub files: u64,
     pub dirs: u64,
     pub symlinks: u64,
     pub bytes_written: u64,
+    /// Files already in place and identical to the snapshot's (checked chunk by chunk against
+    /// its chunk IDs), kept as they were; only their metadata was applied.
+    pub files_kept: u64,
+    pub bytes_kept: u64,
+    /// Of `bytes_written`: bytes a killed restore had already written into the staging folder
+    /// that hashed right (chunk by chunk) and were not read again.
+    pub bytes_resumed: u64,
     /// Files that could not be restored, each with the reason.
     pub failed: Vec<String>,
     pub duration_ms: u64,
@@ -124,138 +141,427 @@ pub fn run(
     opts: &RestoreOptions,
     progress: &dyn Progress,
 ) -> Result<RestoreReport> {
+    run_to_disk(repo, opts, progress).map(|(report, _)| report)
+}
+
+/// [`run`], also returning each failed file's path and error (in the order of `failed`).
+pub(crate) fn run_to_disk(
+    repo: &mut Repository,
+    opts: &RestoreOptions,
+    progress: &dyn Progress,
+) -> Result<(RestoreReport, Vec<(String, Error)>)> {
     let started = Instant::now();
     let id = repo.resolve_snapshot(&opts.snapshot)?;
     let _lock = repo.lock(false, "restore")?;
     let repo: &Repository = repo;
-    let snapshot = repo.load_snapshot(&id)?;
-    let tree = repo.load_tree(&snapshot.tree)?;
-    let nodes = select(tree.nodes, &opts.include, &id.short())?;
+    let nodes = load_nodes(repo, &id, &opts.include)?;
     check_target(&opts.target, opts.overwrite)?;
     let staging = staging_dir(&opts.target, &id, &nodes)?;
+    let disk = Disk {
+        ids: repo.ids(),
+        target: &opts.target,
+        staging: &staging,
+    };
+    let result = execute(repo, &id, &nodes, &disk, progress);
+    // Also when the restore stopped: nothing is left in the staging folder.
+    let cleaned = fs::remove_dir_all(&staging).at(&staging);
+    let (mut report, errors) = result?;
+    cleaned?;
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    Ok((report, errors))
+}
 
+/// The snapshot's tree entries that a restore of `include` (everything when empty) recreates.
+pub(crate) fn load_nodes(repo: &Repository, id: &Id, include: &[String]) -> Result<Vec<Node>> {
+    let snapshot = repo.load_snapshot(id)?;
+    let tree = repo.load_tree(&snapshot.tree)?;
+    select(tree.nodes, include, &id.short())
+}
+
+/// Where the restore pipeline puts what it reads: [`Disk`] recreates the files in the target
+/// directory; `drill` without a target passes a sink that only re-hashes each chunk (no disk
+/// writes). The pipeline ([`execute`]) reads, decodes and re-hashes the chunks and hands each
+/// checked chunk to the sink; the sink decides where its bytes go.
+pub(crate) trait Sink: Sync {
+    /// One file being restored.
+    type File: Sync;
+    /// A directory of the snapshot, before anything below it (parents first).
+    fn dir(&self, node: &Node) -> Result<()>;
+    /// Starts file number `index` of the snapshot, whose chunk `i` begins at `starts[i]`.
+    fn open(&self, node: &Node, index: usize, starts: &[u64]) -> Result<Opened<Self::File>>;
+    /// A checked chunk's plain bytes, filling the chunk positions `positions` of the file.
+    fn write(
+        &self,
+        file: &Self::File,
+        positions: &[usize],
+        starts: &[u64],
+        plain: &[u8],
+    ) -> Result<()>;
+    /// Every chunk of the file is written: make it whole (size, metadata, final name).
+    fn finish(&self, node: &Node, file: Self::File) -> Result<()>;
+    /// The file failed: drop what was written of it.
+    fn abandon(&self, file: Self::File);
+    fn symlink(&self, node: &Node) -> Result<()>;
+    /// Everything is in place: directory metadata (`dirs` deepest first).
+    fn close(&self, dirs: &[&Node]) -> Result<()>;
+}
+
+/// What [`Sink::open`] found.
+pub(crate) enum Opened<F> {
+    /// Already in place and whole: nothing is read for it.
+    Kept,
+    /// To be written; `have[i]` is true where chunk `i` is already written and checked (a
+    /// file resumed), and those chunks are not read (empty: none is).
+    Write { file: F, have: Vec<bool> },
+}
+
+/// The restore pipeline: directories, then each file's chunks read per pack (neighbouring
+/// chunks of a pack in one ranged read, see `Repository::read_blobs_planned`), decoded and
+/// re-hashed in parallel, each handed to `sink` as soon as it is checked (a chunk the file
+/// repeats is read once), so memory holds only the reads in flight; then symlinks and
+/// directory metadata. A file that fails is reported in `failed` and the restore goes on; the
+/// paths and errors are also returned as they were, in the same order, for callers that tell
+/// damage from other failures.
+pub(crate) fn execute<S: Sink>(
+    repo: &Repository,
+    id: &Id,
+    nodes: &[Node],
+    sink: &S,
+    progress: &dyn Progress,
+) -> Result<(RestoreReport, Vec<(String, Error)>)> {
+    let started = Instant::now();
     let mut report = RestoreReport {
         id: id.to_hex(),
         ..RestoreReport::default()
     };
+    let mut errors = Vec::new();
     let files: Vec<&Node> = nodes.iter().filter(|n| n.kind == NodeKind::File).collect();
     progress.start(files.len() as u64, files.iter().map(|n| n.size).sum());
 
     for dir in nodes.iter().filter(|n| n.kind == NodeKind::Dir) {
-        make_dir(&opts.target.join(dir.path.to_path_buf()))?;
+        sink.dir(dir)?;
         report.dirs += 1;
     }
     for (i, file) in files.into_iter().enumerate() {
         progress.file(&file.path.display());
-        let dest = opts.target.join(file.path.to_path_buf());
-        match restore_file(repo, file, &dest, &staging.join(i.to_string()), progress) {
-            Ok(()) => {
+        match restore_file(repo, file, i, sink, progress) {
+            Ok(Some(resumed)) => {
                 report.files += 1;
                 report.bytes_written += file.size;
+                report.bytes_resumed += resumed;
+            }
+            Ok(None) => {
+                report.files_kept += 1;
+                report.bytes_kept += file.size;
             }
             Err(e) => {
                 let msg = format!("{}: {e}", file.path.display());
                 progress.warn(&format!("failed to restore {msg}"));
                 report.failed.push(msg);
+                errors.push((file.path.display(), e));
+            }
+        }
+        testing::pause("restore-file");
+    }
+    for link in nodes.iter().filter(|n| n.kind == NodeKind::Symlink) {
+        sink.symlink(link)?;
+        report.symlinks += 1;
+    }
+    let dirs: Vec<&Node> = nodes
+        .iter()
+        .rev()
+        .filter(|n| n.kind == NodeKind::Dir)
+        .collect();
+    sink.close(&dirs)?;
+    progress.finish();
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    Ok((report, errors))
+}
+
+/// Restores one file through `sink`: `Some(bytes it already had)` when written, `None` when
+/// kept as it was.
+fn restore_file<S: Sink>(
+    repo: &Repository,
+    node: &Node,
+    index: usize,
+    sink: &S,
+    progress: &dyn Progress,
+) -> Result<Option<u64>> {
+    // Sizes are checked before anything is read or written (the same check as every reader).
+    let content = Content::of_file(repo, node)?;
+    let starts = content.chunk_starts();
+    let (file, have) = match sink.open(node, index, starts)? {
+        Opened::Kept => {
+            progress.bytes(node.size);
+            return Ok(None);
+        }
+        Opened::Write { file, have } => (file, have),
+    };
+    // The chunks still to read, and where each sits in the file.
+    let (mut wanted, mut at) = (Vec::new(), Vec::new());
+    let mut resumed = 0;
+    for (i, id) in node.chunks.iter().enumerate() {
+        if have.get(i).copied().unwrap_or(false) {
+            resumed += chunk_end(starts, i, node.size) - starts[i];
+        } else {
+            wanted.push(*id);
+            at.push(i);
+        }
+    }
+    progress.bytes(resumed);
+    let written = repo.read_blobs_planned(&wanted, |positions, plain| {
+        let positions: Vec<usize> = positions.iter().map(|&p| at[p]).collect();
+        sink.write(&file, &positions, starts, plain)?;
+        progress.bytes((plain.len() * positions.len()) as u64);
+        testing::pause("restore-chunk");
+        Ok(())
+    });
+    match written {
+        Ok(()) => sink.finish(node, file).map(|()| Some(resumed)),
+        Err(e) => {
+            sink.abandon(file);
+            Err(e)
+        }
+    }
+}
+
+/// The staging folder for this snapshot's files: `TARGET/.tvault-restore-<ID>`, a name no
+/// top-level entry of the snapshot has. A killed restore of this snapshot left its partly
+/// written files there: the folder is kept for [`Disk::open`] to resume them (it is removed
+/// at the end). Leftovers of other snapshots' restores (`.tvault-restore-` and 8 hex digits,
+/// not an entry of the snapshot) are removed.
+fn staging_dir(target: &Path, id: &Id, nodes: &[Node]) -> Result<PathBuf> {
+    let taken = |name: &str| nodes.iter().any(|n| n.path.0 == name.as_bytes());
+    let mut ours = format!(".tvault-restore-{}", id.short());
+    while taken(&ours) {
+        ours.push('_');
+    }
+    for entry in fs::read_dir(target).at(target)? {
+        let entry = entry.at(target)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !is_staging_name(&name) || taken(&name) {
+            continue;
+        }
+        let path = entry.path();
+        let is_dir = fs::symlink_metadata(&path).at(&path)?.is_dir();
+        if name != ours || !is_dir {
+            if is_dir {
+                fs::remove_dir_all(&path).at(&path)?
+            } else {
+                fs::remove_file(&path).at(&path)?
             }
         }
     }
-    fs::remove_dir_all(&staging).at(&staging)?;
-    for link in nodes.iter().filter(|n| n.kind == NodeKind::Symlink) {
-        let dest = opts.target.join(link.path.to_path_buf());
+    let dir = target.join(ours);
+    if !dir.is_dir() {
+        fs::create_dir(&dir).at(&dir)?;
+    }
+    Ok(dir)
+}
+
+/// `.tvault-restore-` and 8 hex digits, then any underscores: a staging folder's name.
+fn is_staging_name(name: &str) -> bool {
+    name.strip_prefix(".tvault-restore-").is_some_and(|rest| {
+        let hex = rest.trim_end_matches('_');
+        hex.len() == crate::id::SHORT_LEN && hex.bytes().all(|b| b.is_ascii_hexdigit())
+    })
+}
+
+/// The sink of `restore ID TARGET`: each file is written into the staging folder and renamed
+/// into place when whole. A file already in place whose content matches the snapshot chunk for
+/// chunk is kept (only its metadata is applied), so a restore run again with `--overwrite`
+/// after an interruption restores only the rest.
+pub(crate) struct Disk<'a> {
+    pub ids: Ids,
+    pub target: &'a Path,
+    pub staging: &'a Path,
+}
+
+pub(crate) struct DiskFile {
+    out: File,
+    tmp: PathBuf,
+    dest: PathBuf,
+    /// Created empty by this run: an all-zero chunk can stay a hole. A resumed file may hold
+    /// other bytes there, so its zeros are written.
+    fresh: bool,
+}
+
+impl Sink for Disk<'_> {
+    type File = DiskFile;
+
+    fn dir(&self, node: &Node) -> Result<()> {
+        make_dir(&self.target.join(node.path.to_path_buf()))
+    }
+
+    fn open(&self, node: &Node, index: usize, starts: &[u64]) -> Result<Opened<DiskFile>> {
+        let dest = self.target.join(node.path.to_path_buf());
+        if let Ok(m) = fs::symlink_metadata(&dest) {
+            if m.is_dir() {
+                return Err(Error::Invalid(format!(
+                    "{} is a directory in the target; not replacing it with a file",
+                    dest.display()
+                )));
+            }
+            // Only a plain file of its own (not a hard link to a file elsewhere, whose
+            // metadata would change) is worth reading; anything else is replaced.
+            if m.is_file()
+                && m.len() == node.size
+                && m.nlink() == 1
+                && self.keep(&dest, node, starts)
+            {
+                return Ok(Opened::Kept);
+            }
+        }
+        let tmp = self.staging.join(index.to_string());
+        let have = self.resumable(&tmp, node, starts);
+        let resumed = match have.iter().any(|&h| h) {
+            true => fs::OpenOptions::new().write(true).open(&tmp).ok(),
+            false => None,
+        };
+        let (out, fresh, have) = match resumed {
+            Some(out) => (out, false, have),
+            None => {
+                // A leftover of no use (or that may not be written: its mode already set).
+                let _ = fs::remove_file(&tmp);
+                (File::create(&tmp).at(&tmp)?, true, Vec::new())
+            }
+        };
+        let file = DiskFile {
+            out,
+            tmp,
+            dest,
+            fresh,
+        };
+        Ok(Opened::Write { file, have })
+    }
+
+    /// All-zero chunks are not written into a new file: they stay holes (sparse) and read
+    /// back as zeros.
+    fn write(&self, f: &DiskFile, positions: &[usize], starts: &[u64], plain: &[u8]) -> Result<()> {
+        if !(f.fresh && is_zero(plain)) {
+            for &i in positions {
+                f.out.write_all_at(plain, starts[i]).at(&f.tmp)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&self, node: &Node, f: DiskFile) -> Result<()> {
+        let done = (|| {
+            // The size, including any hole at the end.
+            f.out.set_len(node.size).at(&f.tmp)?;
+            f.out
+                .set_permissions(fs::Permissions::from_mode(node.mode))
+                .at(&f.tmp)?;
+            f.out
+                .set_times(FileTimes::new().set_modified(to_system_time(node.mtime_ns)))
+                .at(&f.tmp)?;
+            fs::rename(&f.tmp, &f.dest).at(&f.dest)
+        })();
+        if done.is_err() {
+            let _ = fs::remove_file(&f.tmp);
+        }
+        done
+    }
+
+    fn abandon(&self, f: DiskFile) {
+        let _ = fs::remove_file(&f.tmp);
+    }
+
+    fn symlink(&self, link: &Node) -> Result<()> {
+        let dest = self.target.join(link.path.to_path_buf());
         if fs::symlink_metadata(&dest).is_ok() {
             fs::remove_file(&dest).at(&dest)?;
         }
         let target = link.target.as_ref().expect("validated tree").to_path_buf();
-        std::os::unix::fs::symlink(target, &dest).at(&dest)?;
-        report.symlinks += 1;
+        std::os::unix::fs::symlink(target, &dest).at(&dest)
     }
-    // Directory metadata last, deepest first: writing inside a directory changes its mtime,
-    // and a read-only mode would stop the writes.
-    for dir in nodes.iter().rev().filter(|n| n.kind == NodeKind::Dir) {
-        let path = opts.target.join(dir.path.to_path_buf());
-        // Times first: a mode without read permission would stop the open.
-        let times = FileTimes::new().set_modified(to_system_time(dir.mtime_ns));
-        File::open(&path)
-            .and_then(|f| f.set_times(times))
-            .at(&path)?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(dir.mode)).at(&path)?;
-    }
-    progress.finish();
-    report.duration_ms = started.elapsed().as_millis() as u64;
-    Ok(report)
-}
 
-/// The staging folder for this snapshot's files: `TARGET/.tvault-restore-<ID>`, a name no
-/// top-level entry of the snapshot has. A leftover from a killed restore is cleared first.
-fn staging_dir(target: &Path, id: &Id, nodes: &[Node]) -> Result<PathBuf> {
-    let taken = |name: &str| nodes.iter().any(|n| n.path.0 == name.as_bytes());
-    let mut name = format!(".tvault-restore-{}", id.short());
-    while taken(&name) {
-        name.push('_');
-    }
-    let dir = target.join(name);
-    if fs::symlink_metadata(&dir).is_ok() {
-        fs::remove_dir_all(&dir).at(&dir)?;
-    }
-    fs::create_dir(&dir).at(&dir)?;
-    Ok(dir)
-}
-
-fn restore_file(
-    repo: &Repository,
-    node: &Node,
-    dest: &Path,
-    tmp: &Path,
-    progress: &dyn Progress,
-) -> Result<()> {
-    if fs::symlink_metadata(dest)
-        .map(|m| m.is_dir())
-        .unwrap_or(false)
-    {
-        return Err(Error::Invalid(format!(
-            "{} is a directory in the target; not replacing it with a file",
-            dest.display()
-        )));
-    }
-    if let Err(e) = write_content(repo, node, tmp, progress) {
-        let _ = fs::remove_file(tmp);
-        return Err(e);
-    }
-    fs::rename(tmp, dest).at(dest)
-}
-
-/// Writes a file's content into the new file `tmp`: chunks are read per pack (neighbouring
-/// chunks of a pack in one ranged read, see `Repository::read_blobs_planned`), decoded and
-/// re-hashed in parallel, and each is written at its own offsets (a chunk the file repeats is
-/// read once) as soon as it is checked, so memory holds only the reads in flight. All-zero chunks are not written: the file is new, so they stay
-/// holes (sparse) and read back as zeros.
-fn write_content(
-    repo: &Repository,
-    node: &Node,
-    tmp: &Path,
-    progress: &dyn Progress,
-) -> Result<()> {
-    // Sizes are checked before anything is read or written (the same check as every reader).
-    let content = Content::of_file(repo, node)?;
-    let starts = content.chunk_starts();
-    let out = File::create(tmp).at(tmp)?;
-    repo.read_blobs_planned(&node.chunks, |positions, plain| {
-        if !is_zero(plain) {
-            for &i in positions {
-                out.write_all_at(plain, starts[i]).at(tmp)?;
-            }
+    /// Directory metadata last, deepest first: writing inside a directory changes its mtime,
+    /// and a read-only mode would stop the writes.
+    fn close(&self, dirs: &[&Node]) -> Result<()> {
+        for dir in dirs {
+            let path = self.target.join(dir.path.to_path_buf());
+            // Times first: a mode without read permission would stop the open.
+            let times = FileTimes::new().set_modified(to_system_time(dir.mtime_ns));
+            File::open(&path)
+                .and_then(|f| f.set_times(times))
+                .at(&path)?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(dir.mode)).at(&path)?;
         }
-        progress.bytes((plain.len() * positions.len()) as u64);
         Ok(())
-    })?;
-    // The size, including any hole at the end.
-    out.set_len(node.size).at(tmp)?;
-    out.set_permissions(fs::Permissions::from_mode(node.mode))
-        .at(tmp)?;
-    out.set_times(FileTimes::new().set_modified(to_system_time(node.mtime_ns)))
-        .at(tmp)?;
-    Ok(())
+    }
+}
+
+impl Disk<'_> {
+    /// Whether the file at `dest` holds exactly the snapshot's chunks; if so it is kept and
+    /// gets the snapshot's mtime and mode. Anything that stops the check (a file it may not
+    /// read) means it is restored anew.
+    fn keep(&self, dest: &Path, node: &Node, starts: &[u64]) -> bool {
+        let Ok(f) = File::open(dest) else {
+            return false;
+        };
+        if first_mismatch(&f, self.ids, &node.chunks, starts, node.size).is_some() {
+            return false;
+        }
+        let times = FileTimes::new().set_modified(to_system_time(node.mtime_ns));
+        f.set_times(times).is_ok()
+            && f.set_permissions(fs::Permissions::from_mode(node.mode))
+                .is_ok()
+    }
+}
+
+impl Disk<'_> {
+    /// Which chunks a file partly written by a killed restore (`tmp`, in the staging folder)
+    /// already holds: those whose bytes hash to their IDs (empty when there is no such file).
+    fn resumable(&self, tmp: &Path, node: &Node, starts: &[u64]) -> Vec<bool> {
+        let plain_file = fs::symlink_metadata(tmp).is_ok_and(|m| m.is_file());
+        let Some(f) = plain_file.then(|| File::open(tmp).ok()).flatten() else {
+            return Vec::new();
+        };
+        let len = f.metadata().map_or(0, |m| m.len());
+        (0..node.chunks.len())
+            .into_par_iter()
+            .map(|i| {
+                chunk_end(starts, i, node.size) <= len
+                    && chunk_matches(&f, self.ids, &node.chunks, starts, node.size, i)
+            })
+            .collect()
+    }
+}
+
+/// Where chunk `i` of a file of `size` bytes ends.
+fn chunk_end(starts: &[u64], i: usize, size: u64) -> u64 {
+    starts.get(i + 1).copied().unwrap_or(size)
+}
+
+/// Whether chunk `i` of `file` can be read and hashes to its ID.
+fn chunk_matches(
+    file: &File,
+    ids: Ids,
+    chunks: &[Id],
+    starts: &[u64],
+    size: u64,
+    i: usize,
+) -> bool {
+    let mut buf = vec![0u8; (chunk_end(starts, i, size) - starts[i]) as usize];
+    file.read_exact_at(&mut buf, starts[i]).is_ok() && ids.of(&buf) == chunks[i]
+}
+
+/// The first chunk of `file` (as `chunks` and their `starts` cut a file of `size` bytes) whose
+/// bytes do not hash to its ID in this repository (`ids`: keyed in an encrypted one), or that
+/// cannot be read; `None` when every chunk matches. Chunks are read and hashed in parallel, one
+/// chunk's bytes in memory per worker; the first mismatch stops the rest.
+pub(crate) fn first_mismatch(
+    file: &File,
+    ids: Ids,
+    chunks: &[Id],
+    starts: &[u64],
+    size: u64,
+) -> Option<usize> {
+    (0..chunks.len())
+        .into_par_iter()
+        .find_first(|&i| !chunk_matches(file, ids, chunks, starts, size, i))
 }
 
 /// True when every byte is zero (a vectorisable OR, then one test per 4 KiB).

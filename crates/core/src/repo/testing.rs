@@ -114,7 +114,10 @@ impl<B: StagedPut> Backend for CrashAfter<B> {
 ///   checked against the walk's);
 /// - `backup-opened`: backup, a file opened and its metadata taken, before its content is read.
 /// - `copy-indexed`: copy, the first index file written while a snapshot's blobs are still
-///   being sent (packs stored and named; more in flight).
+///   being sent (packs stored and named; more in flight);
+/// - `restore-file`: restore (and drill), the first file done (in place, kept or failed),
+///   before the next one starts;
+/// - `restore-chunk`: restore (and drill), the first chunk written into its file.
 ///
 /// Without the variable (every real run) it costs one cached comparison.
 pub fn pause(point: &str) {
