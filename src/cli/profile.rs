@@ -278,10 +278,28 @@ pub fn apply(cli: &mut Cli, m: &ArgMatches) -> Result<Vec<String>> {
     let from_env = |id: &str| source(id) == Some(ValueSource::EnvVariable);
 
     // Global options.
-    fill(&mut cli.repo, p.repository.take(), unset("repo"));
-    if from_env("repo") && cli.repo.is_some() {
-        note_env("repository", "TVAULT_REPO");
+    let by_env = [
+        ("repo", "repository", "TVAULT_REPO", p.repository.is_some()),
+        (
+            "limit_upload",
+            "limit-upload",
+            "TVAULT_LIMIT_UPLOAD",
+            p.limit_upload.is_some(),
+        ),
+        ("threads", "threads", "TVAULT_THREADS", p.threads.is_some()),
+        (
+            "no_cache",
+            "no-cache",
+            "TVAULT_NO_CACHE",
+            p.no_cache.is_some(),
+        ),
+    ];
+    for (id, key, var, in_profile) in by_env {
+        if in_profile && from_env(id) {
+            note_env(key, var);
+        }
     }
+    fill(&mut cli.repo, p.repository.take(), unset("repo"));
     fill(
         &mut cli.lock_wait,
         p.lock_wait.map(|d| d.0),
