@@ -33,6 +33,8 @@ mod incremental;
 mod locks;
 #[path = "cli/private.rs"]
 mod private;
+#[path = "cli/profile.rs"]
+mod profile;
 #[path = "cli/progress.rs"]
 mod progress;
 #[path = "cli/prune.rs"]

@@ -72,6 +72,8 @@ pub struct Cli {
     /// secret manager: `pass show tvault`
     #[arg(long, global = true, value_name = "CMD")]
     pub password_command: Option<String>,
+    #[command(flatten)]
+    pub profile: super::profile::ProfileArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -175,8 +177,9 @@ pub enum KeyCommand {
 /// `tvault backup`.
 #[derive(Args, Debug)]
 pub struct BackupArgs {
-    /// Files or directories; each is stored under its own name
-    #[arg(required_unless_present = "from_tar", conflicts_with = "from_tar")]
+    /// Files or directories; each is stored under its own name [default: `paths` of the
+    /// profile; required without one]
+    #[arg(conflicts_with = "from_tar")]
     pub paths: Vec<PathBuf>,
     /// Import a tar or tar.gz archive (`-`: standard input) as the snapshot, keeping names,
     /// modes and mtimes

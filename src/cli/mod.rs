@@ -14,12 +14,13 @@ mod maintain;
 mod metrics;
 mod output;
 mod password;
+mod profile;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Result;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 use commands::{Cli, Command, LatestFilter};
 use metrics::{MetricsFile, Sample};
@@ -125,41 +126,50 @@ pub fn print_error(err: &anyhow::Error) {
     output::print_error(json, &format!("{err:#}"), exit_code(err));
 }
 
-/// Parses the command line, runs it, and returns the exit code.
+/// A wrong command line: clap's message and exit code 2 (under `--json` also a JSON error).
+fn usage_error(e: clap::Error) -> ! {
+    // Under --json, a wrong command line is a JSON error too (help and --version are not
+    // errors and print as usual).
+    let json = std::env::args_os().any(|a| a == "--json");
+    if json
+        && e.use_stderr()
+        && e.kind() != clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    {
+        let text = e.render().to_string();
+        let message = text
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches("error: ");
+        let value = output::ErrorJson {
+            error: message,
+            exit_code: exit::USAGE,
+        };
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).expect("serialises")
+        );
+    }
+    e.exit()
+}
+
+/// Parses the command line, fills what it leaves unset from the profile, runs it, and returns
+/// the exit code.
 pub fn run() -> Result<u8> {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) => {
-            // Under --json, a wrong command line is a JSON error too (help and --version are
-            // not errors and print as usual).
-            let json = std::env::args_os().any(|a| a == "--json");
-            if json
-                && e.use_stderr()
-                && e.kind() != clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-            {
-                let text = e.render().to_string();
-                let message = text
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
-                    .trim_start_matches("error: ");
-                let value = output::ErrorJson {
-                    error: message,
-                    exit_code: exit::USAGE,
-                };
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&value).expect("serialises")
-                );
-            }
-            e.exit()
-        }
-    };
+    let matches = Cli::command()
+        .try_get_matches()
+        .unwrap_or_else(|e| usage_error(e));
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| usage_error(e));
     JSON_MODE.store(cli.json, std::sync::atomic::Ordering::SeqCst);
+    let notes = profile::apply(&mut cli, &matches)?;
+    if let Some(e) = profile::missing_paths(&cli) {
+        usage_error(e);
+    }
     if let Some(n) = cli.threads {
         tvault_core::set_worker_threads(n.into())?;
     }
     let out = Out::new(cli.quiet, cli.json);
+    notes.iter().for_each(|n| out.note(n));
     password::set(password::PasswordOpts {
         file: cli.password_file.clone(),
         command: cli.password_command.clone(),

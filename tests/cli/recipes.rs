@@ -1,5 +1,6 @@
-//! The README's recipes run as written: the cron lines, the systemd service, the nightly CI
-//! job and the Prometheus alert rules. Only the example paths are replaced by temporary ones,
+//! The README's recipes run as written: the profile they share, the cron lines, the systemd
+//! service, the nightly CI job and the Prometheus alert rules; and the Profiles section's
+//! example is a valid config file. Only the example paths are replaced by temporary ones,
 //! so a recipe that drifts from the CLI (a renamed flag, a changed exit code, a metric that is
 //! no longer written) fails here.
 
@@ -31,6 +32,14 @@ fn blocks(lang: &str) -> Vec<String> {
     out
 }
 
+/// The README's config file example that holds `table`.
+fn profile_block(table: &str) -> String {
+    blocks("toml")
+        .into_iter()
+        .find(|b| b.contains(table))
+        .unwrap_or_else(|| panic!("a toml block with {table}"))
+}
+
 struct Recipes {
     env: TestEnv,
     checkpoints: PathBuf,
@@ -60,11 +69,18 @@ impl Recipes {
         );
         let textfiles = env.root.join("textfiles");
         fs::create_dir(&textfiles).unwrap();
-        Recipes {
+        let r = Recipes {
             env,
             checkpoints,
             textfiles,
-        }
+        };
+        // The recipes' profile, in the config file of the user who runs them.
+        let config = profile_block("[profile.trainer]");
+        r.env.write(
+            "home/.config/tvault/config.toml",
+            r.substitute(&config).as_bytes(),
+        );
+        r
     }
 
     fn substitute(&self, text: &str) -> String {
@@ -321,4 +337,21 @@ fn readme_alert_rules_use_metrics_that_tvault_writes() {
         }
     }
     assert!(checked >= 3, "the alert rules reference tvault metrics");
+}
+
+#[test]
+fn readme_profiles_example_is_a_valid_config_file() {
+    let env = TestEnv::new();
+    let config = env.write("config.toml", profile_block("[profile.cloud]").as_bytes());
+    // A profile that is not there is named with those the file has, once the whole file has
+    // been read: every key known, every value of its type and syntax.
+    env.tvault_default_repo(crate::testenv::args![
+        "--config",
+        &config,
+        "--profile",
+        "none",
+        "snapshots"
+    ])
+    .expect_code(1)
+    .stderr_has(&["no profile \"none\"", "its profiles: cloud"]);
 }

@@ -163,8 +163,9 @@ impl TestEnv {
         self.root.join(format!("{stem}-{}", self.fresh.get()))
     }
 
-    /// The binary with a clean environment: no `TVAULT_REPO`, no crash hook, `HOME`,
-    /// `XDG_DATA_HOME` and `XDG_CACHE_HOME` inside the temp dir; run as the user `run_as` chose, if any.
+    /// The binary with a clean environment: no `TVAULT_REPO`, no crash hook, no
+    /// `TVAULT_CONFIG`/`TVAULT_PROFILE`, `HOME`, `XDG_DATA_HOME`, `XDG_CACHE_HOME` and
+    /// `XDG_CONFIG_HOME` (the config file's folder) inside the temp dir; run as the user `run_as` chose, if any.
     /// Every command gets the password [`PASSWORD`] (`TVAULT_PASSWORD`) and cheap key slots
     /// (`TVAULT_TEST_FAST_KDF=1`), so repositories are encrypted unless a test makes a
     /// plaintext one on purpose ([`TestEnv::init_plain`]).
@@ -185,11 +186,14 @@ impl TestEnv {
             .env_remove("TVAULT_NO_CACHE")
             .env_remove("TVAULT_LIMIT_UPLOAD")
             .env_remove("TVAULT_NEW_PASSWORD")
+            .env_remove("TVAULT_CONFIG")
+            .env_remove("TVAULT_PROFILE")
             .env("TVAULT_PASSWORD", PASSWORD)
             .env("TVAULT_TEST_FAST_KDF", "1")
             .env("HOME", self.root.join("home"))
             .env("XDG_DATA_HOME", self.root.join("xdg"))
             .env("XDG_CACHE_HOME", self.root.join("cache"))
+            .env("XDG_CONFIG_HOME", self.root.join("config"))
             .current_dir(&self.root)
             .stdin(Stdio::null());
         cmd
