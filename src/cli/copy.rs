@@ -42,12 +42,26 @@ pub struct CopyArgs {
     /// Run CMD (with sh -c) and use its standard output as the destination's password
     #[arg(long, value_name = "CMD")]
     pub to_password_command: Option<String>,
+    /// Allow copying from an encrypted repository into a plaintext one (whoever can read the
+    /// destination then reads the data)
+    #[arg(long)]
+    pub allow_plaintext_destination: bool,
 }
 
 pub(super) fn copy(ctx: &Ctx, args: CopyArgs) -> Result<u8> {
     let out = &ctx.out;
     let mut src = open(&ctx.repo_path, false, out, ctx.access)?;
     let mut dst = open_destination(ctx, &args)?;
+    if src.encrypted() && !dst.encrypted() && !args.allow_plaintext_destination {
+        anyhow::bail!(
+            "the source {} is encrypted and the destination {} is not: the copies would be \
+             readable by whoever can read the destination; copy into an encrypted repository \
+             (`tvault init --repo REPO2`), or add --allow-plaintext-destination if that is what \
+             you want",
+            src.location().display(),
+            dst.location().display()
+        );
+    }
     let opts = copy::CopyOptions {
         snapshots: args.ids,
         filter: SnapshotFilter::new(args.tags, args.host, args.path),

@@ -169,12 +169,58 @@ fn copy_from_plaintext_into_encrypted_and_back_skips_what_came_from_there() {
         assert!(!bytes.windows(marker.len()).any(|w| w == marker), "{f:?}");
     }
 
-    // Back into the plaintext source: the copy records where it came from, so it is skipped.
+    // Back into the plaintext source: refused unless asked for (the data would leave the
+    // encryption); asked for, the copy records where it came from, so it is skipped.
+    let before = src.repo_state();
     let mut cmd = dst.repo_command(args!["--json", "copy", "--to", &src.repo]);
+    cmd.env("TVAULT_PASSWORD", TO_PASSWORD);
+    let run = dst.run_command(cmd).expect_code(1);
+    run.stderr_has(&[
+        "is encrypted and the destination",
+        &src.repo.display().to_string(),
+        "--allow-plaintext-destination",
+    ]);
+    assert_eq!(
+        src.repo_state(),
+        before,
+        "a refused copy wrote into the destination"
+    );
+    let mut cmd = dst.repo_command(args![
+        "--json",
+        "copy",
+        "--to",
+        &src.repo,
+        "--allow-plaintext-destination"
+    ]);
     cmd.env("TVAULT_PASSWORD", TO_PASSWORD);
     let r = dst.run_command(cmd).expect_code(0).json();
     assert_eq!(statuses(&r), ["skipped"], "{r:#}");
     assert_eq!(src.snapshots().len(), 1);
+}
+
+#[test]
+fn copy_names_the_locked_destination_and_refuses_an_id_the_filters_exclude() {
+    // Plaintext on both sides, so the test can forge a lock in the destination.
+    let src = TestEnv::with_plain_repo();
+    let dir = checkpoint_step(&src, 0);
+    let id = text(&src.backup(&[&dir], &["--tag", "nightly"]), "id");
+    let dst = TestEnv::with_plain_repo();
+    let run = src
+        .run_command(copy_cmd(&src, &dst.repo, &[&id, "--tag", "weekly"]))
+        .expect_code(1);
+    run.stderr_has(&["does not match --tag/--host/--path", &id[..8]]);
+
+    // An exclusive lock (a prune) in the destination: the error says which repository.
+    dst.forge_lock("ab", serde_json::json!({}));
+    let run = src
+        .run_command(copy_cmd(&src, &dst.repo, &[]))
+        .expect_code(1);
+    run.stderr_has(&[
+        "destination repository",
+        &dst.repo.display().to_string(),
+        "unlock",
+    ]);
+    assert!(dst.snapshots().is_empty());
 }
 
 #[test]

@@ -104,11 +104,25 @@ pub fn run(
             dst.location().display()
         )));
     }
-    let _src_lock = src.lock(false, "copy")?;
+    // Which of the two repositories is locked, and how to unlock it.
+    let named = |which: &str, repo: &Repository, e: Error| match e {
+        Error::Locked(why) => Error::Locked(format!(
+            "the {which} repository {} (`tvault --repo {} unlock` once its holder is gone): {why}",
+            repo.location().display(),
+            repo.location().display()
+        )),
+        other => other,
+    };
+    let _src_lock = src
+        .lock(false, "copy")
+        .map_err(|e| named("source", src, e))?;
     // A dry run writes nothing to the destination, not even a lock.
     let _dst_lock = match opts.dry_run {
         true => None,
-        false => Some(dst.lock(false, "copy")?),
+        false => Some(
+            dst.lock(false, "copy")
+                .map_err(|e| named("destination", dst, e))?,
+        ),
     };
     let (src, dst): (&Repository, &Repository) = (src, dst);
     let chosen = choose(src, opts)?;
@@ -130,11 +144,13 @@ pub fn run(
     };
 
     let mut copier = Copier::new(src, dst, opts.dry_run, progress);
-    copier.map_earlier_copies(&dst_snaps)?;
     let todo: Vec<&(Id, Snapshot)> = chosen
         .iter()
         .filter(|(id, s)| copy_of(&copies, id, s).is_none())
         .collect();
+    if !todo.is_empty() {
+        copier.map_earlier_copies(&dst_snaps)?;
+    }
     copier.start(&todo)?;
 
     let mut report = CopyReport {
@@ -208,6 +224,12 @@ fn choose(src: &Repository, opts: &CopyOptions) -> Result<Vec<(Id, Snapshot)>> {
         } else {
             src.resolve_snapshot(spec)?
         });
+    }
+    if let Some(id) = wanted.iter().find(|id| !all.iter().any(|(a, _)| a == *id)) {
+        return Err(Error::Invalid(format!(
+            "snapshot {} does not match --tag/--host/--path; drop the filters or the ID",
+            id.short()
+        )));
     }
     Ok(all
         .into_iter()

@@ -92,11 +92,15 @@ impl<'a> Copier<'a> {
             return Ok(());
         }
         let in_source: IdSet = self.src.snapshot_ids()?.into_iter().collect();
+        let mut conflicts = IdSet::default();
         for (_, copy) in dst_snaps {
             let Some(from) = copy.copied_from.filter(|f| in_source.contains(f)) else {
                 continue;
             };
-            let original = self.src.load_snapshot(&from)?;
+            // An unreadable earlier pair only costs reading its chunks again.
+            let Ok(original) = self.src.load_snapshot(&from) else {
+                continue;
+            };
             let (Ok(a), Ok(b)) = (
                 self.src.load_tree(&original.tree),
                 self.dst.load_tree(&copy.tree),
@@ -110,11 +114,23 @@ impl<'a> Copier<'a> {
             if !lined_up {
                 continue;
             }
+            // Each pair must also agree on its length in both indexes; a chunk two copies
+            // map differently is dropped (read again), never trusted.
+            let plain = |r: &Repository, id: &Id| r.index().get(id).map(|l| l.plain_len);
             for (x, y) in a.nodes.iter().zip(&b.nodes) {
                 for (c, d) in x.chunks.iter().zip(&y.chunks) {
-                    self.map.insert(*c, *d);
+                    if plain(self.src, c).is_none() || plain(self.src, c) != plain(self.dst, d) {
+                        conflicts.insert(*c);
+                        continue;
+                    }
+                    if self.map.insert(*c, *d).is_some_and(|old| old != *d) {
+                        conflicts.insert(*c);
+                    }
                 }
             }
+        }
+        for c in &conflicts {
+            self.map.remove(c);
         }
         Ok(())
     }
@@ -268,7 +284,10 @@ impl<'a> Copier<'a> {
                             self.dst.index().delta(&base).map_or(0, |d| d.depth)
                         });
                     let depth = base_depth.saturating_add(h.cost());
-                    if depth <= codec::MAX_DELTA_DEPTH {
+                    // A dense link only directly on a keyframe (FORMAT.md, "Encoding 3"): at
+                    // most one dense decode beyond it, in the destination as in backups.
+                    let dense_on_delta = h.cost() == codec::DENSE_DEPTH_COST && base_depth > 0;
+                    if depth <= codec::MAX_DELTA_DEPTH && !dense_on_delta {
                         let mut out = encoded.to_vec();
                         out[..32].copy_from_slice(&base.0);
                         out[32] = depth;
@@ -280,8 +299,17 @@ impl<'a> Copier<'a> {
             Encoding::Delta | Encoding::Planes if !model_aware => {}
             _ => return Ok((encoding, Cow::Borrowed(encoded))),
         }
-        let (encoding, stored) = codec::encode(plain, self.dst.config().zstd_level);
-        Ok((encoding, Cow::Owned(stored)))
+        let level = self.dst.config().zstd_level;
+        if !model_aware {
+            let (encoding, stored) = codec::encode(plain, level);
+            return Ok((encoding, Cow::Owned(stored)));
+        }
+        let mut out = Vec::new();
+        let encoding = codec::encode_typed(plain, float_width(encoding, encoded), level, &mut out);
+        if encoding == Encoding::Raw {
+            out = plain.to_vec();
+        }
+        Ok((encoding, Cow::Owned(out)))
     }
 
     /// Stores the last pack and index (nothing is left by then); the bytes written to the
@@ -289,6 +317,24 @@ impl<'a> Copier<'a> {
     pub fn finish(self) -> Result<u64> {
         self.writer.finish()
     }
+}
+
+/// The float width a blob's encoding records (byte planes, or a dense delta stored as planes
+/// start with it), so a block stored whole again keeps its byte planes; 0 when unknown.
+fn float_width(encoding: Encoding, encoded: &[u8]) -> u8 {
+    let at = match encoding {
+        Encoding::Planes => 0,
+        Encoding::Delta => match codec::delta_header(encoded) {
+            Ok(h) if h.method == Encoding::Planes as u8 => codec::DELTA_HEADER,
+            _ => return 0,
+        },
+        _ => return 0,
+    };
+    encoded
+        .get(at)
+        .copied()
+        .filter(|w| matches!(w, 2 | 4 | 8))
+        .unwrap_or(0)
 }
 
 /// `order` cut into runs of about [`BATCH_BYTES`] plain bytes.
