@@ -211,6 +211,8 @@ pub struct BackupArgs {
     /// backup would, but nothing is stored and no snapshot is written
     #[arg(long, conflicts_with_all = ["from_tar", "metrics_file"])]
     pub dry_run: bool,
+    #[command(flatten)]
+    pub hooks: super::hooks::HookArgs,
 }
 
 /// `tvault snapshots`.

@@ -8,6 +8,7 @@ mod backup;
 mod browse;
 mod commands;
 mod docs;
+mod hooks;
 mod maintain;
 mod metrics;
 mod output;
