@@ -23,6 +23,8 @@ mod encryption;
 mod forget;
 #[path = "cli/format.rs"]
 mod format;
+#[path = "cli/hooks.rs"]
+mod hooks;
 #[path = "cli/incremental.rs"]
 mod incremental;
 #[path = "cli/locks.rs"]
@@ -53,3 +55,5 @@ mod tensor_bases;
 mod unattended;
 #[path = "cli/verify.rs"]
 mod verify;
+#[path = "cli/watch.rs"]
+mod watch;

@@ -74,6 +74,7 @@ pub(super) fn backup(ctx: &Ctx, args: BackupArgs) -> Result<u8> {
         settle_max,
         read_limit,
         dry_run,
+        skip_if_unchanged: false,
     };
     let mut outcome = Outcome::default();
     let result = measured(metrics_file, "backup", repo_path, || {

@@ -13,6 +13,7 @@ mod maintain;
 mod metrics;
 mod output;
 mod password;
+mod watch;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -181,6 +182,7 @@ pub fn run() -> Result<u8> {
     match cli.command {
         Command::Init(args) => backup::init(&ctx, args),
         Command::Backup(args) => backup::backup(&ctx, args),
+        Command::Watch(args) => watch::watch(&ctx, args),
         Command::Snapshots(args) => browse::snapshots(&ctx, args),
         Command::Restore(args) => browse::restore(&ctx, args),
         Command::Diff(args) => browse::diff(&ctx, args),

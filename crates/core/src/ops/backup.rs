@@ -49,6 +49,9 @@ pub struct BackupOptions {
     pub read_limit: Option<u64>,
     /// Read, chunk and encode what a backup would, but store nothing and write no snapshot.
     pub dry_run: bool,
+    /// Write no snapshot when it would hold exactly what the parent holds (same tree, tags,
+    /// problems and deferrals): the report says `unchanged` and names the parent (`watch`).
+    pub skip_if_unchanged: bool,
 }
 
 impl BackupOptions {
@@ -76,6 +79,9 @@ pub struct BackupReport {
     pub settling_details: Vec<SettlingFile>,
     /// Files and directories left out by `--exclude` patterns.
     pub excluded: u64,
+    /// `skip_if_unchanged`: nothing changed, no snapshot was written; `snapshot_id` and
+    /// `snapshot` are the parent's.
+    pub unchanged: bool,
 }
 
 /// Same content as the parent's entry, judged from metadata only (no read).
@@ -252,6 +258,9 @@ pub fn run(
     // Each file read: its entry, or the problem that leaves it out.
     let mut read: HashMap<usize, std::result::Result<Node, String>> = HashMap::new();
     for i in to_read {
+        if progress.abandoned() {
+            return Err(Error::Abandoned);
+        }
         let w = &walked[i];
         progress.file(&w.node.path.display());
         let find_bases =
@@ -355,6 +364,30 @@ pub fn run(
         problems,
         deferred: settled.deferred,
     };
+    if progress.abandoned() {
+        return Err(Error::Abandoned);
+    }
+    if opts.skip_if_unchanged && !opts.dry_run && writer.blobs_added == 0 {
+        if let Some((parent_id, p)) = &parent {
+            let tree = Tree::new(nodes.clone()).to_bytes();
+            let same = repo.ids().of(&tree) == p.tree
+                && (&snapshot.tags, &snapshot.problems, &snapshot.deferred)
+                    == (&p.tags, &p.problems, &p.deferred);
+            if same {
+                progress.finish();
+                return Ok(BackupReport {
+                    dry_run: false,
+                    snapshot_id: *parent_id,
+                    snapshot: p.clone(),
+                    warnings,
+                    settling: settled.files.iter().map(|f| f.path.clone()).collect(),
+                    settling_details: settled.files,
+                    excluded,
+                    unchanged: true,
+                });
+            }
+        }
+    }
     progress.phase("writing the last pack, the tree, the index and the snapshot");
     let (snapshot_id, snapshot) = commit(repo, writer, nodes, snapshot, started)?;
     progress.finish();
@@ -366,6 +399,7 @@ pub fn run(
         settling: settled.files.iter().map(|f| f.path.clone()).collect(),
         settling_details: settled.files,
         excluded,
+        unchanged: false,
     })
 }
 
