@@ -1,6 +1,7 @@
 //! `tvault watch DIR...`: continuous backup. A cycle is an incremental backup with `--settle`
-//! (see `ops/settle.rs`: a file modified less than the settle time ago keeps its version from
-//! the previous snapshot, and so does its whole checkpoint folder) that writes no snapshot when nothing changed. The first cycle runs at
+//! (see `ops/settle.rs`: a file modified less than the settle time ago, or a model file not
+//! complete yet, keeps its version from the previous snapshot, and so does its whole
+//! checkpoint folder) that writes no snapshot when nothing changed. The first cycle runs at
 //! start (it picks up what changed while watch was down); then watch sleeps on one channel fed
 //! by the file system watcher (`notify`: inotify on Linux, recursive) and the signal thread:
 //!
@@ -8,7 +9,8 @@
 //!   settle time, or at the latest [`max_wait`] after the first change (so a file written
 //!   without pause, a log, does not hold snapshots back forever);
 //! - when a cycle deferred files, another runs when the last of them has settled (its mtime
-//!   plus the settle time), so each checkpoint lands within settle + backup time;
+//!   plus the settle time), so each checkpoint lands within settle + backup time; a model file
+//!   deferred only for being incomplete waits for its next write event;
 //! - events of the repository itself (a repository inside a watched folder) and pure reads
 //!   (our own backup's among them) are ignored;
 //! - SIGTERM or SIGINT: idle, watch exits at once; during a cycle it finishes the snapshot
@@ -47,8 +49,9 @@ pub struct WatchArgs {
     /// Directories (or files) to back up and watch; each is stored under its own name
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
-    /// A file is settled once unmodified for DURATION; until then it (and a checkpoint folder
-    /// holding it) keeps its version from the previous snapshot (e.g. 30s, 2m; m = minutes)
+    /// A file is settled once unmodified for DURATION and, for safetensors, GGUF and zip
+    /// files, complete; until then it (and a checkpoint folder holding it) keeps its version
+    /// from the previous snapshot (e.g. 30s, 2m; m = minutes)
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
     pub settle: Duration,
     /// A file or checkpoint folder deferred for longer than DURATION makes the snapshot
@@ -495,7 +498,8 @@ impl Cycles<'_> {
 }
 
 /// When to look again at the files a cycle deferred: once the last of them to settle by its
-/// mtime has (a little after). `None` when none waits for its mtime.
+/// mtime has (a little after). `None` when none waits for its mtime (a model file deferred
+/// only for being incomplete waits for its next write).
 fn retry_after(r: &BackupReport, settle: Duration) -> Option<Duration> {
     let now = SystemTime::now();
     r.settling_details

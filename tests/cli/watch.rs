@@ -1,7 +1,8 @@
 //! `tvault watch`: one cycle with `--once`; a training run that saves a checkpoint folder per
 //! step (shards, then the index JSON) and rewrites a file in place while `watch` runs as a
 //! child process, every snapshot holding whole checkpoints only and each checkpoint landing
-//! soon after its last write; SIGTERM mid-snapshot (held there by the `TVAULT_TEST_PAUSE` hook) finishing it, a
+//! soon after its last write; a half-written safetensors file never snapshotted before it is
+//! complete; SIGTERM mid-snapshot (held there by the `TVAULT_TEST_PAUSE` hook) finishing it, a
 //! second one abandoning it, no lock left and exit 0 either way; retention after a snapshot
 //! limited to the watched paths of this host.
 
@@ -11,6 +12,8 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
+
+use serde_json::Value;
 
 use crate::locks::{resume, spawn_paused, wait_paused};
 use crate::testenv::{args, finish, manifest, set_mtime, spawn_piped, text, TestEnv};
@@ -115,6 +118,51 @@ fn watch_once_snapshots_a_directory_and_logs_the_snapshot() {
     assert_eq!(snapshot_ids(&env), ids);
 }
 
+#[test]
+fn a_half_written_safetensors_file_is_not_snapshotted_before_it_is_complete() {
+    let env = TestEnv::with_repo();
+    let full = safetensors(60_000, 7);
+    set_mtime(&env.write("src/a.txt", b"alpha"), ago(60), 0);
+    // The header promises 60 000 bytes of data; a third of them are there, written a minute
+    // ago (a writer that stalled longer than --settle).
+    let model = env.write("src/model.safetensors", &full[..full.len() / 3]);
+    set_mtime(&model, ago(60), 0);
+    let run = env
+        .tvault(args![
+            "--json", "watch", &env.src, "--once", "--settle", "1s"
+        ])
+        .expect_code(0);
+    let report = run.json();
+    let deferred: Vec<String> = report["settling"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(deferred, [model.display().to_string()], "{run}");
+    let first = text(&report, "id");
+    let files = files_of(&env, &first);
+    assert!(!files.contains_key("src/model.safetensors"), "{files:?}");
+    assert!(files.contains_key("src/a.txt"));
+
+    // Complete, it is taken.
+    fs::write(&model, &full).unwrap();
+    set_mtime(&model, ago(60), 0);
+    let report = env
+        .tvault(args![
+            "--json", "watch", &env.src, "--once", "--settle", "1s"
+        ])
+        .expect_code(0)
+        .json();
+    assert_eq!(report["settling"], Value::Array(vec![]));
+    let files = files_of(&env, &text(&report, "id"));
+    assert_eq!(files["src/model.safetensors"], full.len() as u64);
+    env.assert_restores(
+        &text(&report, "id"),
+        &crate::testenv::sources_manifest(&[&env.src]),
+    );
+}
+
 /// One training step: `run/checkpoint-N/` with two shards written piece by piece (with
 /// `stall`, the writer stops for that long half-way through the second one), the index JSON
 /// last, then `run/state.bin` rewritten in place (every byte `N`).
@@ -151,7 +199,10 @@ fn each_snapshot_of_a_training_run_holds_whole_checkpoints_only() {
     let watch = spawn_piped(env.repo_command(args!["watch", &env.src, "--settle", "1s"]));
     let shard_len = safetensors(30_000, 0).len() as u64;
     for step in 1..=3u8 {
-        save_step(&run_dir, step, None);
+        // Step 2's writer stalls longer than --settle half-way through a shard: the cycle
+        // that runs meanwhile must leave the folder out (the shard is not complete).
+        let stall = (step == 2).then_some(Duration::from_millis(2500));
+        save_step(&run_dir, step, stall);
         let written = Instant::now();
         // The checkpoint lands within settle + backup time (a generous bound for a busy CI).
         let ckpt = format!("src/run/checkpoint-{step}/model.safetensors.index.json");
@@ -172,6 +223,13 @@ fn each_snapshot_of_a_training_run_holds_whole_checkpoints_only() {
     signal(&watch, "-TERM");
     let run = finish(watch, "watch").expect_code(0);
     assert!(env.lock_files().is_empty(), "a lock is left: {run}");
+    // The stall was seen: a cycle deferred the unfinished checkpoint folder.
+    assert!(
+        run.stderr
+            .lines()
+            .any(|l| l.contains(" deferred") && !l.contains(" 0 deferred")),
+        "no cycle ran during the stall: {run}"
+    );
 
     // Every snapshot: each checkpoint folder whole (both shards complete and the index) or
     // absent, and state.bin one step's version, never two.

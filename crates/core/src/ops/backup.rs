@@ -2,8 +2,9 @@
 //! metadata has not changed, read and store the rest, then write the tree, the index and,
 //! last, the snapshot manifest (the commit point). With `--settle`, files still being written
 //! keep the parent's entry (see `settle.rs`): those the walk finds modified within the settle
-//! time, and those found changed since the walk when opened or once read (what was read of
-//! them is not stored; the decision is then taken again with them).
+//! time, changed model files not complete yet, and those found changed since the walk when
+//! opened or once read (what was read of them is not stored; the decision is then taken again
+//! with them).
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -211,6 +212,10 @@ pub fn run(
     let parent_deferred = parent.as_ref().map_or(&[][..], |(_, s)| &s.deferred);
     // What the snapshot holds for files still being written, decided again when reading finds
     // more of them (`late`).
+    let incomplete = match opts.settle {
+        Some(_) => settle::incomplete_files(&walked, &parent_files),
+        None => HashMap::new(),
+    };
     let decide = |late: &HashSet<NodePath>| match (opts.settle, settle_max) {
         (Some(settle), Some(max)) => settle::resolve(
             &walked,
@@ -222,6 +227,7 @@ pub fn run(
                 parent_deferred,
                 restorable: &restorable,
                 late,
+                incomplete: &incomplete,
             },
         ),
         _ => Settled::none(walked.len()),
