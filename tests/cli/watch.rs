@@ -164,9 +164,9 @@ fn a_half_written_safetensors_file_is_not_snapshotted_before_it_is_complete() {
 }
 
 /// One training step: `run/checkpoint-N/` with two shards written piece by piece (with
-/// `stall`, the writer stops for that long half-way through the second one), the index JSON
-/// last, then `run/state.bin` rewritten in place (every byte `N`).
-fn save_step(run: &Path, step: u8, stall: Option<Duration>) {
+/// `stall`, the writer stops half-way through the second one until `stall()` returns), the
+/// index JSON last, then `run/state.bin` rewritten in place (every byte `N`).
+fn save_step(run: &Path, step: u8, stall: Option<&dyn Fn()>) {
     let dir = run.join(format!("checkpoint-{step}"));
     fs::create_dir_all(&dir).unwrap();
     let pause = Duration::from_millis(40);
@@ -178,7 +178,7 @@ fn save_step(run: &Path, step: u8, stall: Option<Duration>) {
         Some(stall) => {
             let half = shard.len() / 2;
             write_slowly(&second, &shard[..half], pause);
-            std::thread::sleep(stall);
+            stall();
             let mut f = File::options().append(true).open(&second).unwrap();
             f.write_all(&shard[half..]).unwrap();
         }
@@ -199,12 +199,23 @@ fn each_snapshot_of_a_training_run_holds_whole_checkpoints_only() {
     let watch = spawn_piped(env.repo_command(args!["watch", &env.src, "--settle", "1s"]));
     let shard_len = safetensors(30_000, 0).len() as u64;
     for step in 1..=3u8 {
-        // Step 2's writer stalls longer than --settle half-way through a shard: the cycle
-        // that runs meanwhile must leave the folder out (the shard is not complete).
-        let stall = (step == 2).then_some(Duration::from_millis(2500));
+        // Step 2's writer stalls longer than --settle half-way through a shard, until a cycle
+        // has run: that snapshot must leave the folder out (the shard is not complete).
+        let before = snapshot_ids(&env).len();
+        let stalled = Instant::now();
+        let until_a_cycle = || {
+            while snapshot_ids(&env).len() == before {
+                assert!(
+                    stalled.elapsed() < Duration::from_secs(30),
+                    "no cycle ran while the writer stalled"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        };
+        let stall = (step == 2).then_some(&until_a_cycle as &dyn Fn());
         save_step(&run_dir, step, stall);
         let written = Instant::now();
-        // The checkpoint lands within settle + backup time (a generous bound for a busy CI).
+        // The checkpoint lands within settle + backup time (30 s: a generous bound for a busy CI).
         let ckpt = format!("src/run/checkpoint-{step}/model.safetensors.index.json");
         loop {
             let ids = snapshot_ids(&env);
@@ -214,8 +225,8 @@ fn each_snapshot_of_a_training_run_holds_whole_checkpoints_only() {
                 }
             }
             assert!(
-                written.elapsed() < Duration::from_secs(15),
-                "checkpoint {step} not snapshotted 15 s after its last write"
+                written.elapsed() < Duration::from_secs(30),
+                "checkpoint {step} not snapshotted 30 s after its last write"
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -223,12 +234,12 @@ fn each_snapshot_of_a_training_run_holds_whole_checkpoints_only() {
     signal(&watch, "-TERM");
     let run = finish(watch, "watch").expect_code(0);
     assert!(env.lock_files().is_empty(), "a lock is left: {run}");
-    // The stall was seen: a cycle deferred the unfinished checkpoint folder.
+    // The cycle during the stall deferred the unfinished checkpoint folder.
     assert!(
         run.stderr
             .lines()
             .any(|l| l.contains(" deferred") && !l.contains(" 0 deferred")),
-        "no cycle ran during the stall: {run}"
+        "{run}"
     );
 
     // Every snapshot: each checkpoint folder whole (both shards complete and the index) or
