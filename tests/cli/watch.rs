@@ -9,14 +9,14 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::Write;
-use std::path::Path;
-use std::process::{Child, Command};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::locks::{resume, spawn_paused, wait_paused};
-use crate::testenv::{args, finish, manifest, set_mtime, spawn_piped, text, TestEnv};
+use crate::locks::{resume, wait_paused};
+use crate::testenv::{args, finish, manifest, set_mtime, spawn, spawn_piped, text, TestEnv};
 
 /// A safetensors file of one U8 tensor of `n` bytes, each `fill`.
 fn safetensors(n: usize, fill: u8) -> Vec<u8> {
@@ -288,26 +288,53 @@ fn each_snapshot_of_a_training_run_holds_whole_checkpoints_only() {
     );
 }
 
+/// `watch ARGS…` held at the `backup-open` pause point (see `locks.rs`), its stderr going to
+/// a file that [`wait_for_stderr`] reads while it runs.
+fn spawn_watch_paused(env: &TestEnv, a: Vec<std::ffi::OsString>) -> (Child, PathBuf) {
+    let hooks = env.path("hooks");
+    fs::create_dir_all(&hooks).unwrap();
+    let log = env.path("watch.stderr");
+    let mut cmd = env.repo_command(a);
+    cmd.env(
+        "TVAULT_TEST_PAUSE",
+        format!("backup-open:{}", hooks.display()),
+    )
+    .stdout(Stdio::null())
+    .stderr(File::create(&log).unwrap());
+    (spawn(&mut cmd), log)
+}
+
+/// Waits until `watch` has written `needle` to its stderr `log`.
+#[track_caller]
+fn wait_for_stderr(log: &Path, needle: &str) {
+    let started = Instant::now();
+    while !fs::read_to_string(log).unwrap().contains(needle) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "watch never said {needle:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn sigterm_mid_snapshot_finishes_it_and_exits_0_without_a_lock() {
     let env = TestEnv::with_repo();
     set_mtime(&env.write("src/a.bin", &[1u8; 50_000]), ago(60), 0);
     set_mtime(&env.write("src/b.bin", &[2u8; 50_000]), ago(60), 0);
-    let mut watch = spawn_paused(
-        &env,
-        "backup-open",
-        args!["watch", &env.src, "--settle", "1s"],
-    );
+    let (mut watch, log) = spawn_watch_paused(&env, args!["watch", &env.src, "--settle", "1s"]);
     wait_paused(&env, "backup-open", &mut watch);
     signal(&watch, "-TERM");
-    std::thread::sleep(Duration::from_millis(200));
+    wait_for_stderr(&log, "stopping");
     resume(&env, "backup-open");
-    let run = finish(watch, "watch").expect_code(0);
-    run.stderr_has(&["stopping", "saved"]);
+    let status = watch.wait().unwrap();
+    let stderr = fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("saved"), "{stderr}");
     let ids = snapshot_ids(&env);
-    assert_eq!(ids.len(), 1, "{run}");
+    assert_eq!(ids.len(), 1, "{stderr}");
     env.assert_restores(&ids[0], &crate::testenv::sources_manifest(&[&env.src]));
-    assert!(env.lock_files().is_empty(), "a lock is left: {run}");
+    assert!(env.lock_files().is_empty(), "a lock is left: {stderr}");
 }
 
 #[test]
@@ -315,21 +342,19 @@ fn a_second_signal_abandons_the_snapshot_cleanly_and_exits_0() {
     let env = TestEnv::with_repo();
     set_mtime(&env.write("src/a.bin", &[1u8; 50_000]), ago(60), 0);
     set_mtime(&env.write("src/b.bin", &[2u8; 50_000]), ago(60), 0);
-    let mut watch = spawn_paused(
-        &env,
-        "backup-open",
-        args!["watch", &env.src, "--settle", "1s"],
-    );
+    let (mut watch, log) = spawn_watch_paused(&env, args!["watch", &env.src, "--settle", "1s"]);
     wait_paused(&env, "backup-open", &mut watch);
     signal(&watch, "-TERM");
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for_stderr(&log, "stopping");
     signal(&watch, "-INT");
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for_stderr(&log, "abandoning");
     resume(&env, "backup-open");
-    let run = finish(watch, "watch").expect_code(0);
-    run.stderr_has(&["abandon"]);
-    assert!(snapshot_ids(&env).is_empty(), "{run}");
-    assert!(env.lock_files().is_empty(), "a lock is left: {run}");
+    let status = watch.wait().unwrap();
+    let stderr = fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("backup abandoned"), "{stderr}");
+    assert!(snapshot_ids(&env).is_empty(), "{stderr}");
+    assert!(env.lock_files().is_empty(), "a lock is left: {stderr}");
     // The repository is sound, and the next run stores everything.
     env.tvault(["verify"]).expect_code(0);
     env.tvault(args!["watch", &env.src, "--once", "--settle", "1s"])
