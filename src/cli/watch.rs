@@ -89,28 +89,30 @@ pub struct WatchArgs {
 /// same host and paths only.
 #[derive(clap::Args, Debug)]
 pub struct KeepArgs {
-    /// After each snapshot, keep the N newest snapshots of these paths on this host
+    /// After each snapshot, keep the N newest snapshots of these paths on this host (every
+    /// --keep-* rule applies to those only; other snapshots are left alone)
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub keep_last: u32,
-    /// ... and the newest of each of the last N hours that have one (UTC)
+    /// Keep the newest snapshot of each of the last N hours that have one (UTC)
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub keep_hourly: u32,
-    /// ... and the newest of each of the last N days that have one (UTC)
+    /// Keep the newest snapshot of each of the last N days that have one (UTC)
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub keep_daily: u32,
-    /// ... and the newest of each of the last N ISO weeks that have one
+    /// Keep the newest snapshot of each of the last N ISO weeks that have one
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub keep_weekly: u32,
-    /// ... and the newest of each of the last N months that have one
+    /// Keep the newest snapshot of each of the last N months that have one
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub keep_monthly: u32,
-    /// ... and the newest of each of the last N years that have one
+    /// Keep the newest snapshot of each of the last N years that have one
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub keep_yearly: u32,
-    /// ... and those newer than DURATION before the newest (e.g. 36h, 7d; m = months)
+    /// Keep snapshots newer than DURATION before the newest one (e.g. 36h, 7d, 90min; m =
+    /// months, as in restic; min = minutes)
     #[arg(long, value_name = "DURATION", value_parser = retention::Within::parse)]
     pub keep_within: Option<retention::Within>,
-    /// ... and those with this tag (repeatable)
+    /// Keep snapshots with this tag (repeatable)
     #[arg(long, value_name = "TAG")]
     pub keep_tag: Vec<String>,
 }
