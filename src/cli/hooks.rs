@@ -184,11 +184,15 @@ fn run(name: &str, cmd: &str, env: &[(&str, String)], timeout: Duration) -> Resu
             Err(e) => return Err(format!("{name} `{cmd}`: waiting for it failed: {e}")),
         }
     };
-    // Its output, to the end; a process it left running in the background may hold the
-    // streams open: not waited for beyond the time limit.
+    // Its output, to the end. A process it left running in the background (`cmd &`) may
+    // hold the streams open: waited for a second at most, then its lines go on being copied
+    // while tvault runs.
+    let grace = Instant::now() + Duration::from_secs(1);
     for _ in 0..2 {
-        let left = timeout.saturating_sub(started.elapsed());
-        if ended.recv_timeout(left).is_err() {
+        if ended
+            .recv_timeout(grace.saturating_duration_since(Instant::now()))
+            .is_err()
+        {
             break;
         }
     }

@@ -182,3 +182,24 @@ fn the_post_hook_runs_after_a_failed_backup_and_its_failure_is_a_warning() {
         .stderr_has(&["warning: post-hook `exit 9` failed with exit code 9"]);
     assert_eq!(env.snapshots().len(), 1);
 }
+
+#[test]
+fn a_hook_that_leaves_a_process_in_the_background_does_not_hold_the_backup() {
+    let env = TestEnv::with_repo();
+    env.write("src/a.txt", b"a");
+    let pid_file = env.path("bg.pid");
+    // The background sleep keeps the hook's stdout open long after the hook exited.
+    let hook = format!(
+        "echo started; sleep 20 & echo $! > '{}'",
+        pid_file.display()
+    );
+    let started = Instant::now();
+    let run = env
+        .tvault(args!["backup", &env.src, "--post-hook", hook])
+        .expect_code(0);
+    let took = started.elapsed();
+    let pid = fs::read_to_string(&pid_file).unwrap().trim().to_string();
+    let _ = std::process::Command::new("kill").arg(&pid).status();
+    assert!(took < Duration::from_secs(10), "took {took:?}: {run}");
+    run.stderr_has(&["[post-hook] started"]);
+}
