@@ -27,6 +27,8 @@ mod encryption;
 mod forget;
 #[path = "cli/format.rs"]
 mod format;
+#[path = "cli/hooks.rs"]
+mod hooks;
 #[path = "cli/incremental.rs"]
 mod incremental;
 #[path = "cli/locks.rs"]
@@ -61,3 +63,5 @@ mod torchzip;
 mod unattended;
 #[path = "cli/verify.rs"]
 mod verify;
+#[path = "cli/watch.rs"]
+mod watch;

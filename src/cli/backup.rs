@@ -1,9 +1,10 @@
 //! The commands that write snapshots: `init`, `backup` (also `--from-tar` and `--dry-run`,
-//! with backup's metrics) and `tag`.
+//! with backup's metrics and hooks) and `tag`; `watch` is in `watch.rs`.
 
 use anyhow::Result;
 
 use super::commands::*;
+use super::hooks::Outcome;
 use super::metrics::sample;
 use super::{exit, measured, open, resolve, Ctx};
 use tvault_core::ops::{backup, import, tag};
@@ -56,7 +57,9 @@ pub(super) fn backup(ctx: &Ctx, args: BackupArgs) -> Result<u8> {
         read_limit,
         metrics_file,
         dry_run,
+        hooks,
     } = args;
+    let hooks = hooks.hooks(repo_path);
     for file in &exclude_file {
         exclude.extend(tvault_core::ops::Excludes::read_file(file)?);
     }
@@ -71,8 +74,11 @@ pub(super) fn backup(ctx: &Ctx, args: BackupArgs) -> Result<u8> {
         settle_max,
         read_limit,
         dry_run,
+        skip_if_unchanged: false,
     };
-    measured(metrics_file, "backup", repo_path, || {
+    let mut outcome = Outcome::default();
+    let result = measured(metrics_file, "backup", repo_path, || {
+        hooks.pre()?;
         // A dry run never creates the default repository.
         let create = explicit.is_none() && !dry_run;
         let mut repo = open(repo_path, create, out, access)?;
@@ -90,6 +96,10 @@ pub(super) fn backup(ctx: &Ctx, args: BackupArgs) -> Result<u8> {
         };
         drop(progress);
         let m = &r.snapshot.summary;
+        outcome = Outcome {
+            snapshot_id: (!r.dry_run).then(|| r.snapshot_id.to_hex()),
+            bytes_added: m.bytes_added,
+        };
         let samples = vec![
             sample(
                 "tvault_backup_bytes_read",
@@ -132,7 +142,9 @@ pub(super) fn backup(ctx: &Ctx, args: BackupArgs) -> Result<u8> {
             ),
         ];
         Ok((out.backup(&r, opts.settle), samples))
-    })
+    });
+    hooks.post(&result, &outcome);
+    result
 }
 
 pub(super) fn tag(ctx: &Ctx, args: TagArgs) -> Result<u8> {

@@ -84,6 +84,9 @@ pub enum Command {
     Init(InitArgs),
     /// Back up files and directories into a new snapshot
     Backup(BackupArgs),
+    /// Back up directories continuously: a snapshot at start, then one each time changes
+    /// have settled (a checkpoint is snapshotted whole or not at all)
+    Watch(super::watch::WatchArgs),
     /// List snapshots, oldest first; with --max-age, alarm when the newest is too old
     Snapshots(SnapshotsArgs),
     /// Restore a snapshot into a directory, or as a tar archive with --tar
@@ -223,6 +226,8 @@ pub struct BackupArgs {
     /// backup would, but nothing is stored and no snapshot is written
     #[arg(long, conflicts_with_all = ["from_tar", "metrics_file"])]
     pub dry_run: bool,
+    #[command(flatten)]
+    pub hooks: super::hooks::HookArgs,
 }
 
 /// `tvault snapshots`.

@@ -10,11 +10,13 @@ mod commands;
 mod copy;
 mod docs;
 mod drill;
+mod hooks;
 mod maintain;
 mod metrics;
 mod output;
 mod password;
 mod profile;
+mod watch;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -193,6 +195,7 @@ pub fn run() -> Result<u8> {
     match cli.command {
         Command::Init(args) => backup::init(&ctx, args),
         Command::Backup(args) => backup::backup(&ctx, args),
+        Command::Watch(args) => watch::watch(&ctx, args),
         Command::Snapshots(args) => browse::snapshots(&ctx, args),
         Command::Restore(args) => browse::restore(&ctx, args),
         Command::Diff(args) => browse::diff(&ctx, args),

@@ -355,3 +355,33 @@ fn readme_profiles_example_is_a_valid_config_file() {
     .expect_code(1)
     .stderr_has(&["no profile \"none\"", "its profiles: cloud"]);
 }
+
+#[test]
+fn readme_watch_unit_runs_one_cycle_of_the_same_watch() {
+    let r = Recipes::new();
+    let units = blocks("systemd");
+    assert_eq!(units.len(), 1, "the tvault-watch service");
+    let unit = &units[0];
+    let field = |key: &str| -> Vec<String> {
+        unit.lines()
+            .filter_map(|l| l.strip_prefix(&format!("{key}=")))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(field("Type"), ["simple"]);
+    assert_eq!(field("Restart"), ["on-failure"]);
+    assert_eq!(field("KillSignal"), ["SIGTERM"]);
+    assert_eq!(field("TimeoutStopSec").len(), 1);
+    let exec = field("ExecStart");
+    assert_eq!(exec.len(), 1);
+    assert!(exec[0].contains(" watch "), "{}", exec[0]);
+    // One cycle of it: the finished checkpoints are stored, the file being written is not.
+    let once = exec[0].replacen(" watch ", " watch --once ", 1);
+    let env = field("Environment").join(" ");
+    let (code, out, err) = r.sh(&format!("{env} {once}"));
+    assert_eq!(code, 0, "service ExecStart --once failed:\n{out}\n{err}");
+    assert!(err.contains("tvault: watch: "), "{err}");
+    let snaps = r.env.snapshots();
+    assert_eq!(snaps.len(), 1);
+    assert_eq!(snaps[0]["tags"][0], "watch");
+}

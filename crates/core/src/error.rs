@@ -85,6 +85,13 @@ pub enum Error {
 
     #[error("{0}")]
     Invalid(String),
+
+    /// The caller asked a backup to stop ([`crate::progress::Progress::abandoned`]).
+    #[error(
+        "backup abandoned before its snapshot was written: no snapshot of it is visible; what \
+         it stored is unreferenced until the next prune"
+    )]
+    Abandoned,
 }
 
 /// What a storage failure means for whoever retries: the object is not there, trying again may

@@ -17,6 +17,12 @@ pub trait Progress: Sync {
     /// A non-fatal problem, reported as it happens (it also ends up in the final report).
     fn warn(&self, _message: &str) {}
     fn finish(&self) {}
+    /// Whether the caller wants the run given up (a second stop signal to `watch`): backup
+    /// asks between files and before its commit, and then fails with `Error::Abandoned`,
+    /// having written no snapshot.
+    fn abandoned(&self) -> bool {
+        false
+    }
 }
 
 /// Reports nothing.

@@ -228,6 +228,55 @@ pub fn layout(src: &dyn Source) -> Layout {
     }
 }
 
+/// Why a model file is not complete yet, or `None` when it is (or is no model file). The
+/// format is recognised by the file's first bytes, as [`layout`] does: a safetensors header
+/// length followed by `{`, GGUF's magic, a zip's local header (a PyTorch checkpoint among
+/// others). A safetensors header, or tensors, that reach past the end of the file, a GGUF
+/// header or tensor that does, a zip without its central directory (written last): that is
+/// what a file still being written looks like. `backup --settle` (and so `watch`) waits for
+/// such files (see `ops/settle.rs`); one that never parses is waited for until `--settle-max`
+/// calls it a problem. Files shorter than 9 bytes are not judged (their mtime is).
+pub fn incomplete(src: &dyn Source) -> Option<String> {
+    let mut head = [0u8; 9];
+    if src.len() < head.len() as u64 || src.read_at(&mut head, 0).is_err() {
+        return None;
+    }
+    if &head[..4] == gguf::MAGIC {
+        return gguf::parse(src).err();
+    }
+    if &head[..4] == ptzip::LOCAL_MAGIC {
+        return ptzip::parse(src).err();
+    }
+    let n = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
+    if head[8] == b'{' && (2..=safetensors::MAX_HEADER).contains(&n) {
+        return safetensors_incomplete(src, n);
+    }
+    None
+}
+
+/// [`incomplete`] for a safetensors file whose header is `n` bytes long: the whole header,
+/// and every tensor the header places within the file.
+fn safetensors_incomplete(src: &dyn Source, n: u64) -> Option<String> {
+    let len = src.len();
+    if 8 + n > len {
+        return Some(format!(
+            "its header promises {} bytes of header, the file has {len}",
+            8 + n
+        ));
+    }
+    let json = match read_vec(src, 8, n) {
+        Ok(j) => j,
+        Err(e) => return Some(e),
+    };
+    match safetensors::parse(&json, u64::MAX) {
+        Err(e) => Some(e),
+        Ok(tensors) => {
+            let end = tensors.iter().map(|t| t.end).max().unwrap_or(8 + n);
+            (end > len).then(|| format!("its header promises {end} bytes, the file has {len}"))
+        }
+    }
+}
+
 fn safetensors_regions(src: &dyn Source) -> Result<Vec<Region>, String> {
     let n = safetensors::header_len(&read_vec(src, 0, 8)?, src.len())
         .ok_or("header length out of range")?;
@@ -397,6 +446,26 @@ mod tests {
         let l = layout(&f);
         assert_eq!(l.regions.len(), 1);
         assert!(l.warning.unwrap().contains("outside the file"));
+    }
+
+    #[test]
+    fn model_files_still_being_written_are_incomplete() {
+        let h = br#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,800]}}"#;
+        let mut f = (h.len() as u64).to_le_bytes().to_vec();
+        f.extend_from_slice(h);
+        f.extend_from_slice(&[0; 100]);
+        let why = incomplete(&f).unwrap();
+        assert!(why.contains("promises"), "{why}");
+        // Cut inside the header.
+        assert!(incomplete(&f[..20].to_vec()).unwrap().contains("header"));
+        f.extend_from_slice(&[0; 700]);
+        assert_eq!(incomplete(&f), None);
+        // A zip before its central directory is written; a GGUF file cut in its header.
+        assert!(incomplete(&b"PK\x03\x04 and no central directory".to_vec()).is_some());
+        assert!(incomplete(&b"GGUF\x03\0\0\0\x01".to_vec()).is_some());
+        // Anything else is complete as far as formats go.
+        assert_eq!(incomplete(&b"hello, world".to_vec()), None);
+        assert_eq!(incomplete(&b"abcdefgh{not a header}".to_vec()), None);
     }
 
     proptest! {

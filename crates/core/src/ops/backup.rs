@@ -2,8 +2,9 @@
 //! metadata has not changed, read and store the rest, then write the tree, the index and,
 //! last, the snapshot manifest (the commit point). With `--settle`, files still being written
 //! keep the parent's entry (see `settle.rs`): those the walk finds modified within the settle
-//! time, and those found changed since the walk when opened or once read (what was read of
-//! them is not stored; the decision is then taken again with them).
+//! time, changed model files not complete yet, and those found changed since the walk when
+//! opened or once read (what was read of them is not stored; the decision is then taken again
+//! with them).
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -49,6 +50,9 @@ pub struct BackupOptions {
     pub read_limit: Option<u64>,
     /// Read, chunk and encode what a backup would, but store nothing and write no snapshot.
     pub dry_run: bool,
+    /// Write no snapshot when it would hold exactly what the parent holds (same tree, tags,
+    /// problems and deferrals): the report says `unchanged` and names the parent (`watch`).
+    pub skip_if_unchanged: bool,
 }
 
 impl BackupOptions {
@@ -76,6 +80,9 @@ pub struct BackupReport {
     pub settling_details: Vec<SettlingFile>,
     /// Files and directories left out by `--exclude` patterns.
     pub excluded: u64,
+    /// `skip_if_unchanged`: nothing changed, no snapshot was written; `snapshot_id` and
+    /// `snapshot` are the parent's.
+    pub unchanged: bool,
 }
 
 /// Same content as the parent's entry, judged from metadata only (no read).
@@ -205,6 +212,10 @@ pub fn run(
     let parent_deferred = parent.as_ref().map_or(&[][..], |(_, s)| &s.deferred);
     // What the snapshot holds for files still being written, decided again when reading finds
     // more of them (`late`).
+    let incomplete = match opts.settle {
+        Some(_) => settle::incomplete_files(&walked, &parent_files),
+        None => HashMap::new(),
+    };
     let decide = |late: &HashSet<NodePath>| match (opts.settle, settle_max) {
         (Some(settle), Some(max)) => settle::resolve(
             &walked,
@@ -216,6 +227,7 @@ pub fn run(
                 parent_deferred,
                 restorable: &restorable,
                 late,
+                incomplete: &incomplete,
             },
         ),
         _ => Settled::none(walked.len()),
@@ -252,6 +264,9 @@ pub fn run(
     // Each file read: its entry, or the problem that leaves it out.
     let mut read: HashMap<usize, std::result::Result<Node, String>> = HashMap::new();
     for i in to_read {
+        if progress.abandoned() {
+            return Err(Error::Abandoned);
+        }
         let w = &walked[i];
         progress.file(&w.node.path.display());
         let find_bases =
@@ -356,6 +371,30 @@ pub fn run(
         deferred: settled.deferred,
         copied_from: None,
     };
+    if progress.abandoned() {
+        return Err(Error::Abandoned);
+    }
+    if opts.skip_if_unchanged && !opts.dry_run && writer.blobs_added == 0 {
+        if let Some((parent_id, p)) = &parent {
+            let tree = Tree::new(nodes.clone()).to_bytes();
+            let same = repo.ids().of(&tree) == p.tree
+                && (&snapshot.tags, &snapshot.problems, &snapshot.deferred)
+                    == (&p.tags, &p.problems, &p.deferred);
+            if same {
+                progress.finish();
+                return Ok(BackupReport {
+                    dry_run: false,
+                    snapshot_id: *parent_id,
+                    snapshot: p.clone(),
+                    warnings,
+                    settling: settled.files.iter().map(|f| f.path.clone()).collect(),
+                    settling_details: settled.files,
+                    excluded,
+                    unchanged: true,
+                });
+            }
+        }
+    }
     progress.phase("writing the last pack, the tree, the index and the snapshot");
     let (snapshot_id, snapshot) = commit(repo, writer, nodes, snapshot, started)?;
     progress.finish();
@@ -367,6 +406,7 @@ pub fn run(
         settling: settled.files.iter().map(|f| f.path.clone()).collect(),
         settling_details: settled.files,
         excluded,
+        unchanged: false,
     })
 }
 

@@ -408,6 +408,7 @@ pub fn run(
         settling: Vec::new(),
         settling_details: Vec::new(),
         excluded: 0,
+        unchanged: false,
     })
 }
 

@@ -13,6 +13,10 @@
 //! keeps the parent's version of every file directly in it that changed, appeared or went away
 //! since, so no snapshot mixes two training steps. Other files are decided one by one.
 //!
+//! A model file (safetensors, GGUF, zip) that changed since the parent snapshot settles only
+//! once it is also complete and parses ([`incomplete_files`]): a header that promises more
+//! bytes than the file has is a file still being written, however old its mtime.
+//!
 //! A deferral longer than `--settle-max` is a problem: the snapshot is incomplete (exit 3).
 
 use std::collections::{HashMap, HashSet};
@@ -58,6 +62,8 @@ pub(crate) struct Rules<'a> {
     /// Files the backup found being written when it opened or read them, after the walk found
     /// them settled: settling, whatever their metadata says now.
     pub late: &'a HashSet<NodePath>,
+    /// Model files that are not complete yet, and why (see [`incomplete_files`]): settling.
+    pub incomplete: &'a HashMap<NodePath, String>,
 }
 
 /// The walk, settled.
@@ -119,6 +125,40 @@ pub fn is_checkpoint_marker(name: &str) -> bool {
         || name.ends_with("_model_states.pt")
 }
 
+/// The walked model files that changed since the parent snapshot (or are new), are not
+/// already settling by their mtime, and are not complete yet (see [`crate::format::incomplete`]),
+/// with why. Unchanged files are not opened: this reads a header per changed model file.
+pub(crate) fn incomplete_files(
+    walked: &[Walked],
+    parent_files: &HashMap<NodePath, Node>,
+) -> HashMap<NodePath, String> {
+    let mut out = HashMap::new();
+    for w in walked {
+        if w.node.kind != NodeKind::File || w.settling {
+            continue;
+        }
+        if parent_files
+            .get(&w.node.path)
+            .is_some_and(|p| unchanged(p, &w.node))
+        {
+            continue;
+        }
+        // A file that cannot be opened now is left to the read, which reports it.
+        let Ok(file) = fs::File::open(&w.abs) else {
+            continue;
+        };
+        let Ok(meta) = file.metadata() else { continue };
+        let src = crate::format::FileSource {
+            file: &file,
+            len: meta.len(),
+        };
+        if let Some(why) = crate::format::incomplete(&src) {
+            out.insert(w.node.path.clone(), why);
+        }
+    }
+    out
+}
+
 /// A number of seconds in words (`1 hour 5 minutes`): never `40m`, which could be months.
 pub(crate) fn human(secs: u64) -> String {
     super::describe_duration(Duration::from_secs(secs))
@@ -144,6 +184,8 @@ struct Held {
     settling: Vec<String>,
     /// One of them changed during this backup (see [`Rules::late`]).
     late: bool,
+    /// One of them is a model file not complete yet (see [`Rules::incomplete`]).
+    incomplete: bool,
     /// Its files listed, and their oldest deferral.
     listed: usize,
     oldest: u64,
@@ -184,9 +226,12 @@ impl Deferrer<'_> {
                 Some(_) => "this snapshot keeps its version from the parent snapshot",
                 None => "not in this snapshot (no earlier version)",
             };
-            let why = match rules.late.contains(path) {
-                true => "changed during this backup".to_string(),
-                false => format!("modified less than {} ago", human(rules.settle.as_secs())),
+            let why = match (rules.late.contains(path), rules.incomplete.get(path)) {
+                (true, _) => "changed during this backup".to_string(),
+                (false, Some(what)) => format!("not complete yet: {what}"),
+                (false, None) => {
+                    format!("modified less than {} ago", human(rules.settle.as_secs()))
+                }
             };
             self.out.warnings.push(format!(
                 "{abs}: {why} (--settle); {what}{}; a later backup takes it once it settles",
@@ -198,9 +243,12 @@ impl Deferrer<'_> {
                     None => "no version of it",
                 };
                 self.out.problems.push(format!(
-                    "{abs} is still being written after {} (modified within --settle {} at every backup since {}), longer than --settle-max {}; this snapshot holds {holds}: check the job that writes it",
+                    "{abs} is still being written after {} ({} at every backup since {}), longer than --settle-max {}; this snapshot holds {holds}: check the job that writes it",
                     human(secs),
-                    human(rules.settle.as_secs()),
+                    match rules.incomplete.get(path) {
+                        Some(what) => format!("not complete: {what}"),
+                        None => format!("modified within --settle {}", human(rules.settle.as_secs())),
+                    },
                     started.format("%Y-%m-%d %H:%M:%S UTC"),
                     human(rules.max.as_secs())
                 ));
@@ -226,7 +274,11 @@ impl Deferrer<'_> {
 /// doc); everything else is stored as usual. It reports nothing itself (the warnings are in
 /// the result): a backup that finds more files settling while it reads decides again.
 pub(crate) fn resolve(walked: &[Walked], rules: &Rules) -> Settled {
-    let settling = |w: &Walked| w.settling || rules.late.contains(&w.node.path);
+    let settling = |w: &Walked| {
+        w.settling
+            || rules.late.contains(&w.node.path)
+            || rules.incomplete.contains_key(&w.node.path)
+    };
     // The folders that directly hold a checkpoint marker, on disk or in the parent snapshot
     // (a marker being rewritten may be missing from the disk right now).
     let mut checkpoints: HashSet<NodePath> = rules
@@ -263,12 +315,14 @@ pub(crate) fn resolve(walked: &[Walked], rules: &Rules) -> Settled {
             abs: abs.clone(),
             settling: Vec::new(),
             late: false,
+            incomplete: false,
             listed: 0,
             oldest: 0,
             since: None,
         });
         h.settling.push(name_of(&w.node.path));
         h.late |= rules.late.contains(&w.node.path);
+        h.incomplete |= rules.incomplete.contains_key(&w.node.path);
     }
 
     let mut d = Deferrer {
@@ -321,9 +375,10 @@ pub(crate) fn resolve(walked: &[Walked], rules: &Rules) -> Settled {
     for h in folders {
         let abs = h.abs.display();
         let settling = h.settling.join(", ");
-        let or_late = match h.late {
-            true => " or changed during this backup",
-            false => "",
+        let or_late = match (h.late, h.incomplete) {
+            (true, _) => " or changed during this backup",
+            (false, true) => " or not complete yet",
+            (false, false) => "",
         };
         out.warnings.push(format!(
             "checkpoint folder {abs}: {settling} modified less than {} ago{or_late} (--settle); this snapshot keeps the parent snapshot's version of the whole folder ({} file(s) changed, added or removed since){}, so it never mixes two steps; a later backup takes the folder once it settles",

@@ -54,6 +54,9 @@ impl Progress for Throttled<'_> {
     fn finish(&self) {
         self.inner.finish();
     }
+    fn abandoned(&self) -> bool {
+        self.inner.abandoned()
+    }
 }
 
 #[cfg(test)]
