@@ -73,6 +73,9 @@ struct Profile {
     settle_max: Option<Dur>,
     read_limit: Option<Rate>,
     metrics_file: Option<PathBuf>,
+    pre_hook: Option<String>,
+    post_hook: Option<String>,
+    hook_timeout: Option<Dur>,
     retention: Option<Retention>,
 }
 
@@ -376,7 +379,16 @@ pub fn apply(cli: &mut Cli, m: &ArgMatches) -> Result<Vec<String>> {
             if !a.dry_run {
                 fill(&mut a.metrics_file, metrics("backup"), true);
             }
+            hooks(&mut a.hooks, &mut p, m.subcommand_matches("backup"));
             backup(a, &mut p);
+        }
+        Command::Watch(a) => {
+            hooks(&mut a.hooks, &mut p, m.subcommand_matches("watch"));
+            fill_list(&mut a.tags, p.tags.take());
+            fill(&mut a.host, p.host.take(), true);
+            fill_list(&mut a.exclude, p.exclude.take());
+            fill_list(&mut a.exclude_file, p.exclude_file.take());
+            fill(&mut a.read_limit, p.read_limit.map(|r| r.0), true);
         }
         Command::Verify(a) => fill(&mut a.metrics_file, metrics("verify"), true),
         Command::Prune(a) => {
@@ -412,6 +424,16 @@ fn fill<T>(slot: &mut Option<T>, value: Option<T>, unset: bool) {
 fn fill_list<T>(slot: &mut Vec<T>, value: Option<Vec<T>>) {
     if slot.is_empty() {
         *slot = value.unwrap_or_default();
+    }
+}
+
+/// The hooks of backup and watch (`hook-timeout` unless given on the command line).
+fn hooks(a: &mut super::hooks::HookArgs, p: &mut Profile, m: Option<&ArgMatches>) {
+    fill(&mut a.pre_hook, p.pre_hook.take(), true);
+    fill(&mut a.post_hook, p.post_hook.take(), true);
+    let given = m.and_then(|m| m.value_source("hook_timeout")) == Some(ValueSource::CommandLine);
+    if let (false, Some(t)) = (given, p.hook_timeout.take()) {
+        a.hook_timeout = t.0;
     }
 }
 

@@ -328,3 +328,28 @@ fn a_profiles_s3_settings_reach_the_s3_backend() {
             "TVAULT_RETRY_ATTEMPTS is set: it overrides retry-attempts of profile \"bucket\"",
         ]);
 }
+
+#[test]
+fn a_profiles_hooks_run_around_backup_and_the_command_line_overrides_them() {
+    let env = TestEnv::with_repo();
+    env.write("src/model.bin", b"weights");
+    let log = env.path("hooks.log");
+    trainer(
+        &env,
+        &format!(
+            "pre-hook = 'echo pre >> {0}'\npost-hook = 'echo \"post $TVAULT_STATUS\" >> {0}'\nhook-timeout = '1s'",
+            log.display()
+        ),
+    );
+    run(&env, &["--profile", "trainer", "backup"]).expect_code(0);
+    assert_eq!(fs::read_to_string(&log).unwrap(), "pre\npost success\n");
+    // The profile's time limit applies: a hanging pre-hook is killed after 1 s.
+    let started = std::time::Instant::now();
+    run(
+        &env,
+        &["--profile", "trainer", "backup", "--pre-hook", "sleep 30"],
+    )
+    .expect_code(1)
+    .stderr_has(&["timed out"]);
+    assert!(started.elapsed().as_secs() < 20, "{:?}", started.elapsed());
+}
