@@ -789,3 +789,82 @@ fn from_tar_warns_about_duplicate_entries_and_imports_the_last() {
         b"second version\n"
     );
 }
+
+/// Bytes of the model in the checkpoints of the model-aware import tests.
+const MODEL: u64 = 2 << 20;
+
+/// Writes step `step` of a fine-tuning checkpoint into `src/ckpt` and returns it with an
+/// archive of it made by the `tar` crate (entries under `ckpt/`) and what a restore of the
+/// imported archive must give.
+fn finetune_step_archive(env: &TestEnv, scenario: Scenario, step: u32) -> (Vec<u8>, Manifest) {
+    let dir = env.root.join("src/ckpt");
+    if dir.exists() {
+        fs::remove_dir_all(&dir).unwrap();
+    }
+    env.checkpoint("src/ckpt", scenario, MODEL, 7, step);
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_dir_all("ckpt", &dir).unwrap();
+    let expected = mtimes_in_seconds(&sources_manifest(&[&dir]));
+    (b.into_inner().unwrap(), expected)
+}
+
+/// Regression (issue 14.5): `--from-tar` stored every entry chunked by content alone, so the
+/// tensors of a checkpoint in an archive got neither byte planes nor deltas. The tensors of a
+/// safetensors file are now found from the head of its entry: byte planes for the first
+/// step, and deltas against it (by tensor identity) for the next step's archive, plain or
+/// gzipped, from a file or standard input.
+#[test]
+fn from_tar_stores_checkpoint_tensors_as_byte_planes_and_later_steps_as_deltas() {
+    for (first_gz, second_gz) in [(false, true), (true, false)] {
+        let env = TestEnv::with_repo();
+        let (bytes, first) = finetune_step_archive(&env, Scenario::Finetune, 0);
+        let file = env.write("step0.tar", &if first_gz { gzip(&bytes) } else { bytes });
+        let run = env
+            .tvault(args!["--json", "backup", "--from-tar", &file])
+            .expect_code(0);
+        let r = run.json();
+        let planes = num(&r["stored"], "byte_planes");
+        assert!(
+            planes * 10 >= MODEL * 9,
+            "the model's tensors should be stored as byte planes (gzip {first_gz}): {run}"
+        );
+        let first_id = text(&r, "id");
+
+        let (bytes, second) = finetune_step_archive(&env, Scenario::Finetune, 1);
+        let input = if second_gz { gzip(&bytes) } else { bytes };
+        let run = env
+            .tvault_with_stdin(["--json", "backup", "--from-tar", "-"], &input)
+            .expect_code(0);
+        let r = run.json();
+        let (delta, added) = (num(&r["stored"], "delta"), num(&r, "bytes_added"));
+        let keyframes = num(&r["stored"], "byte_planes_stored");
+        assert!(
+            delta > MODEL * 3 / 4,
+            "the next step should be stored as deltas (gzip {second_gz}): {run}"
+        );
+        assert!(
+            (added - keyframes) * 100 <= MODEL * 4,
+            "the next step added {added} bytes: {run}"
+        );
+        env.assert_restores(&first_id, &first);
+        env.assert_restores(&text(&r, "id"), &second);
+    }
+}
+
+/// A PyTorch zip has its directory at its end, so its tensors cannot be found from the head of
+/// its entry; an entry small enough to hold in memory is read whole first and gets byte planes.
+#[test]
+fn from_tar_finds_the_tensors_of_a_small_pytorch_zip() {
+    let env = TestEnv::with_repo();
+    let (bytes, expected) = finetune_step_archive(&env, Scenario::Torchzip, 0);
+    let file = env.write("torch.tar", &bytes);
+    let run = env
+        .tvault(args!["--json", "backup", "--from-tar", &file])
+        .expect_code(0);
+    let r = run.json();
+    assert!(
+        num(&r["stored"], "byte_planes") * 10 >= MODEL * 9,
+        "the storages of a torch.save checkpoint should be stored as byte planes: {run}"
+    );
+    env.assert_restores(&text(&r, "id"), &expected);
+}

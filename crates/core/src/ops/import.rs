@@ -1,12 +1,17 @@
 //! `backup --from-tar FILE` (or `-` for standard input): imports a tar or tar.gz archive as a
 //! snapshot, keeping names, modes and mtimes, so old tarball backups can move into the
-//! repository. Content goes through the same chunking, dedup and compression as any backup.
+//! repository. Content goes through the same chunking, dedup and compression as any backup,
+//! model files included: the tensors of a safetensors or GGUF entry are found from the head of
+//! its content (a PyTorch zip only when the entry is small enough to hold, see
+//! `stream_layout.rs`), so they get byte planes, and deltas against the same tensors in the
+//! repository's recent snapshots (by tensor identity, as a backup finds them), so the archive
+//! of the next training step stores mostly deltas.
 //! An entry with an absolute path or a `..` component, or a damaged archive, stops the import
 //! with an error before any snapshot is written (packs already stored stay unreferenced until
 //! the next prune).
 
-use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader, Cursor, Read};
 use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::time::Instant;
@@ -14,7 +19,10 @@ use std::time::Instant;
 use chrono::Utc;
 
 use super::backup::{commit, BackupReport};
-use super::read_file::store_stream;
+use super::read_file::{spans, store_stream};
+use super::stream_layout::layout_of_stream;
+use super::tensor_bases::BaseFinder;
+use super::tensors::Bases;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::repo::{lock, BlobWriter, Repository};
@@ -134,6 +142,8 @@ enum Msg {
         raw_path: Vec<u8>,
         header: Box<tar::Header>,
         link: Option<Vec<u8>>,
+        /// The content's length (a pax record's when there is one).
+        size: u64,
     },
     Data(Vec<u8>),
     End,
@@ -162,6 +172,7 @@ fn spawn_reader(reader: Box<dyn Read + Send>) -> Receiver<Msg> {
                 raw_path: entry.path_bytes().into_owned(),
                 header: Box::new(entry.header().clone()),
                 link: entry.link_name_bytes().map(|l| l.into_owned()),
+                size: entry.size(),
             };
             if tx.send(msg).is_err() {
                 return;
@@ -225,6 +236,19 @@ impl Read for EntryContent<'_> {
     }
 }
 
+/// This import's step in the series of imports: how many snapshots the repository holds that
+/// were imported from archives. It staggers keyframes as a backup's step in its series does
+/// (see `tensor_bases.rs`); an off count only shifts them.
+fn import_step(repo: &Repository) -> Result<u64> {
+    let imported =
+        |s: &Snapshot| !s.paths.is_empty() && s.paths.iter().all(|p| p.starts_with("tar:"));
+    Ok(repo
+        .snapshots()?
+        .iter()
+        .filter(|(_, s)| imported(s))
+        .count() as u64)
+}
+
 pub fn run(
     repo: &mut Repository,
     opts: &ImportOptions,
@@ -236,6 +260,11 @@ pub fn run(
     let _lock = repo.lock(false, "backup --from-tar")?;
     let repo: &Repository = repo;
 
+    // Delta bases by tensor identity from the newest snapshots (an import has no parent).
+    let no_parent = HashMap::new();
+    let finder = BaseFinder::new(repo, None, &no_parent, import_step(repo)?);
+    let tensor_block = repo.config().tensor_block;
+
     let mut rx = spawn_reader(reader);
     let mut nodes: BTreeMap<NodePath, Node> = BTreeMap::new();
     let mut warnings = Vec::new();
@@ -243,14 +272,15 @@ pub fn run(
     let mut summary = Summary::default();
     let mut entries = 0u64;
     loop {
-        let (raw, header, link) = match rx.recv() {
+        let (raw, header, link, size) = match rx.recv() {
             Ok(Msg::Entry {
                 raw_path,
                 header,
                 link,
+                size,
             }) => {
                 entries += 1;
-                (raw_path, header, link)
+                (raw_path, header, link, size)
             }
             Ok(Msg::Failed(e)) => return Err(damaged(archive_path, e)),
             Ok(Msg::Data(_) | Msg::End) => {
@@ -296,15 +326,36 @@ pub fn run(
             _ if regular => {
                 progress.file(&path.display());
                 let mut n = node(path, NodeKind::File, &header);
-                let content = EntryContent {
+                let mut content = EntryContent {
                     rx: &mut rx,
                     buf: Vec::new(),
                     pos: 0,
                     done: false,
                 };
-                let (chunks, len) =
-                    store_stream(content, &[], &Default::default(), &mut writer, progress)?
-                        .map_err(|e| damaged(archive_path, e))?;
+                let in_entry = |e: std::io::Error| {
+                    damaged(archive_path, format!("entry {:?}: {e}", n.path.display()))
+                };
+                // As a backup cuts a file (`read_file::spans_of`), from the head of the entry.
+                let (head, spans, bases) = match tensor_block {
+                    Some(block) => {
+                        let (layout, head) =
+                            layout_of_stream(&mut content, size).map_err(in_entry)?;
+                        if let Some(w) = &layout.warning {
+                            progress.warn(&format!("{}: {w}", n.path.display()));
+                        }
+                        let bases = finder.bases(&n.path, &layout.regions, block);
+                        (head, spans(&layout.regions, block), bases)
+                    }
+                    None => (Vec::new(), Vec::new(), Bases::new()),
+                };
+                let reader = Cursor::new(head).chain(content);
+                let (chunks, len) = store_stream(reader, &spans, &bases, &mut writer, progress)?
+                    .map_err(in_entry)?;
+                if len != size {
+                    return Err(in_entry(std::io::Error::other(format!(
+                        "it holds {len} of its {size} bytes"
+                    ))));
+                }
                 n.size = len;
                 n.chunks = chunks;
                 summary.bytes_read += len;

@@ -23,6 +23,7 @@ pub mod select;
 pub mod settle;
 pub mod show;
 pub mod stats;
+mod stream_layout;
 pub mod tag;
 mod tensor_bases;
 mod tensors;

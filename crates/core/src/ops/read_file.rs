@@ -167,8 +167,13 @@ fn spans_of(
         progress.warn(&format!("{}: {w}", path.display()));
     }
     let bases = find_bases(&layout.regions, block);
-    let spans = layout
-        .regions
+    (spans(&layout.regions, block), bases)
+}
+
+/// How a file whose layout is `regions` is cut: its tensors in `block`-byte blocks from their
+/// start (split into byte planes by their float width), the rest by content.
+pub(crate) fn spans(regions: &[crate::format::Region], block: u32) -> Vec<Span> {
+    regions
         .iter()
         .map(|r| {
             let tensor = r.tensor();
@@ -179,8 +184,7 @@ fn spans_of(
                 width: tensor.map_or(0, |t| t.float_width()),
             }
         })
-        .collect();
-    (spans, bases)
+        .collect()
 }
 
 /// A block whose new chunks are decided (claimed) and wait to be copied into the pack while
