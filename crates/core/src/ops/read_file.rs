@@ -372,8 +372,20 @@ fn encode_chunk(
         repo.index().get(b).map(|l| l.plain_len as usize) == Some(plain.len())
             && depth + codec::SPARSE_DEPTH_COST <= codec::MAX_DELTA_DEPTH
     });
-    if let Some(b) = delta {
-        let depth = repo.index().delta(&b).map_or(0, |d| d.depth);
+    if let Some(parent) = delta {
+        // A base that is itself a dense delta would only be refused: its successor is dense
+        // too (every value changes each step), so go to the chain's keyframe directly.
+        let index = repo.index();
+        let dense_link = index.delta(&parent).is_some_and(|d| {
+            let below = index.delta(&d.base).map_or(0, |b| b.depth);
+            d.depth.saturating_sub(below) >= codec::DENSE_DEPTH_COST
+        });
+        let b = if dense_link {
+            index.keyframe_of(&parent)
+        } else {
+            parent
+        };
+        let depth = index.delta(&b).map_or(0, |d| d.depth);
         let base_plain = repo.read_blob(&b);
         let mut encoded = base_plain.as_ref().is_ok_and(|base_plain| {
             codec::encode_delta(plain, base_plain, &b, depth, width, level, out).is_some()
