@@ -17,7 +17,7 @@ pub const EXIT_STATUS_HELP: &str = "Exit status:
   1  error: nothing was done, or the command stopped (bad input, no repository, lock held,
      I/O error, disk full)
   2  the command line is wrong (unknown option, missing argument)
-  3  backup: the snapshot was written but is incomplete (some files could not be stored)
+  3  backup (and watch --once): the snapshot was written but is incomplete (some files could not be stored)
   4  verify, drill: damage found; restore: finished, but some files could not be restored
   5  snapshots --max-age: no complete snapshot matching the filters is recent enough;
      drill: --max-rpo or --max-rto exceeded
