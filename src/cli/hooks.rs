@@ -130,6 +130,11 @@ fn run(name: &str, cmd: &str, env: &[(&str, String)], timeout: Duration) -> Resu
         .arg("-c")
         .arg(cmd)
         .envs(env.iter().map(|(k, v)| (k, v)))
+        // A hook is the user's script, but it has no use for the repository's passwords, and
+        // an `env` dumped while debugging it must not leak them.
+        .env_remove("TVAULT_PASSWORD")
+        .env_remove("TVAULT_TO_PASSWORD")
+        .env_remove("TVAULT_NEW_PASSWORD")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

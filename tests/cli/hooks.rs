@@ -61,6 +61,21 @@ fn hooks_see_the_run_in_their_environment() {
 }
 
 #[test]
+fn hooks_do_not_see_the_repository_password() {
+    let env = TestEnv::with_repo();
+    env.write("src/weights.bin", &vec![7u8; 1000]);
+    let seen = env.path("seen.env");
+    let dump = format!("env > '{}'", seen.display());
+    env.backup(&[&env.src], &["--pre-hook", &dump, "--post-hook", &dump]);
+    let text = fs::read_to_string(&seen).unwrap();
+    assert!(text.contains("TVAULT_HOOK=post"), "{text}");
+    assert!(
+        !text.contains("PASSWORD"),
+        "a hook saw a password variable:\n{text}"
+    );
+}
+
+#[test]
 fn a_failing_pre_hook_stops_the_backup_before_anything_is_written() {
     let env = TestEnv::with_repo();
     env.write("src/weights.bin", &vec![7u8; 100_000]);
