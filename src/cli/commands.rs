@@ -397,9 +397,9 @@ pub struct DrillArgs {
     pub latest: LatestFilter,
 }
 
-/// The retention policy of `prune` and `forget`.
+/// The `--keep-*` rules of a retention policy (`prune`, `forget`, `watch`).
 #[derive(Args, Debug)]
-pub struct PolicyArgs {
+pub struct KeepArgs {
     /// Keep the N newest snapshots
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub keep_last: u32,
@@ -425,6 +425,28 @@ pub struct PolicyArgs {
     /// Keep snapshots with this tag (repeatable)
     #[arg(long, value_name = "TAG")]
     pub keep_tag: Vec<String>,
+}
+
+impl KeepArgs {
+    pub fn policy(self) -> retention::KeepPolicy {
+        retention::KeepPolicy {
+            last: self.keep_last,
+            hourly: self.keep_hourly,
+            daily: self.keep_daily,
+            weekly: self.keep_weekly,
+            monthly: self.keep_monthly,
+            yearly: self.keep_yearly,
+            within: self.keep_within,
+            tags: self.keep_tag,
+        }
+    }
+}
+
+/// The retention policy of `prune` and `forget`.
+#[derive(Args, Debug)]
+pub struct PolicyArgs {
+    #[command(flatten)]
+    pub keep: KeepArgs,
     /// Apply the policy only to snapshots with this tag (repeatable); others are kept
     #[arg(long = "tag", value_name = "TAG")]
     pub only_tags: Vec<String>,

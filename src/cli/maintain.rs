@@ -6,7 +6,7 @@ use anyhow::Result;
 use super::commands::*;
 use super::metrics::sample;
 use super::{exit, measured, open, Ctx};
-use tvault_core::ops::{prune, repair, retention, verify};
+use tvault_core::ops::{prune, repair, verify};
 
 pub(super) fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<u8> {
     let out = &ctx.out;
@@ -102,16 +102,7 @@ pub(super) fn forget(ctx: &Ctx, args: ForgetArgs) -> Result<u8> {
 
 fn prune_options(policy: PolicyArgs, forget: Vec<String>, max_unused: f64) -> prune::PruneOptions {
     prune::PruneOptions {
-        policy: retention::KeepPolicy {
-            last: policy.keep_last,
-            hourly: policy.keep_hourly,
-            daily: policy.keep_daily,
-            weekly: policy.keep_weekly,
-            monthly: policy.keep_monthly,
-            yearly: policy.keep_yearly,
-            within: policy.keep_within,
-            tags: policy.keep_tag,
-        },
+        policy: policy.keep.policy(),
         only_tags: policy.only_tags,
         forget,
         dry_run: policy.dry_run,

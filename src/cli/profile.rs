@@ -473,14 +473,14 @@ fn retain(policy: &mut PolicyArgs, retention: Option<Retention>, m: Option<&ArgM
     let Some(r) = retention.filter(|_| !given) else {
         return;
     };
-    policy.keep_last = r.keep_last;
-    policy.keep_hourly = r.keep_hourly;
-    policy.keep_daily = r.keep_daily;
-    policy.keep_weekly = r.keep_weekly;
-    policy.keep_monthly = r.keep_monthly;
-    policy.keep_yearly = r.keep_yearly;
-    policy.keep_within = r.keep_within.map(|w| w.0);
-    policy.keep_tag = r.keep_tag;
+    policy.keep.keep_last = r.keep_last;
+    policy.keep.keep_hourly = r.keep_hourly;
+    policy.keep.keep_daily = r.keep_daily;
+    policy.keep.keep_weekly = r.keep_weekly;
+    policy.keep.keep_monthly = r.keep_monthly;
+    policy.keep.keep_yearly = r.keep_yearly;
+    policy.keep.keep_within = r.keep_within.map(|w| w.0);
+    policy.keep.keep_tag = r.keep_tag;
 }
 
 /// backup without paths (from the command line or the profile) and without `--from-tar`: the

@@ -77,59 +77,12 @@ pub struct WatchArgs {
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     pub read_limit: Option<u64>,
     #[command(flatten)]
-    pub keep: KeepArgs,
+    pub keep: super::commands::KeepArgs,
     /// After a cycle whose --keep-* policy forgot snapshots, also prune (collect their data)
     #[arg(long)]
     pub prune: bool,
     #[command(flatten)]
     pub hooks: HookArgs,
-}
-
-/// The retention policy applied after each snapshot (as `forget`'s), to the snapshots of the
-/// same host and paths only.
-#[derive(clap::Args, Debug)]
-pub struct KeepArgs {
-    /// After each snapshot, keep the N newest snapshots of these paths on this host (every
-    /// --keep-* rule applies to those only; other snapshots are left alone)
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    pub keep_last: u32,
-    /// Keep the newest snapshot of each of the last N hours that have one (UTC)
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    pub keep_hourly: u32,
-    /// Keep the newest snapshot of each of the last N days that have one (UTC)
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    pub keep_daily: u32,
-    /// Keep the newest snapshot of each of the last N ISO weeks that have one
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    pub keep_weekly: u32,
-    /// Keep the newest snapshot of each of the last N months that have one
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    pub keep_monthly: u32,
-    /// Keep the newest snapshot of each of the last N years that have one
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    pub keep_yearly: u32,
-    /// Keep snapshots newer than DURATION before the newest one (e.g. 36h, 7d, 90min; m =
-    /// months, as in restic; min = minutes)
-    #[arg(long, value_name = "DURATION", value_parser = retention::Within::parse)]
-    pub keep_within: Option<retention::Within>,
-    /// Keep snapshots with this tag (repeatable)
-    #[arg(long, value_name = "TAG")]
-    pub keep_tag: Vec<String>,
-}
-
-impl KeepArgs {
-    fn policy(self) -> KeepPolicy {
-        KeepPolicy {
-            last: self.keep_last,
-            hourly: self.keep_hourly,
-            daily: self.keep_daily,
-            weekly: self.keep_weekly,
-            monthly: self.keep_monthly,
-            yearly: self.keep_yearly,
-            within: self.keep_within,
-            tags: self.keep_tag,
-        }
-    }
 }
 
 /// Stop signals received (SIGTERM, SIGINT): 1 = finish the current cycle and stop, 2 or more =

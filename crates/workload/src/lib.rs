@@ -77,6 +77,7 @@ pub use dtype::*;
 pub use rng::*;
 pub use scenarios::*;
 pub use tensors::*;
+pub use torchzip::stored_zip;
 pub use values::*;
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ pub(crate) fn gen_torchzip(dir: &Path, size: u64, seed: u64) -> io::Result<Vec<P
     files.push(("archive/version".into(), b"3\n".to_vec()));
     fs::create_dir_all(dir)?;
     let path = dir.join("pytorch_model.bin");
-    let bytes = zip(&files);
+    let bytes = stored_zip(&files);
     if fs::read(&path).ok().as_deref() != Some(&bytes[..]) {
         fs::File::create(&path)?.write_all(&bytes)?;
     }
@@ -98,7 +98,7 @@ fn pickle(specs: &[TensorSpec]) -> Vec<u8> {
 
 /// A zip of stored entries, each data start padded to 64 bytes with an extra field as PyTorch
 /// does (zip64 is not needed for the sizes the benches use; refused past 4 GiB).
-fn zip(files: &[(String, Vec<u8>)]) -> Vec<u8> {
+pub fn stored_zip(files: &[(String, Vec<u8>)]) -> Vec<u8> {
     let mut z = Vec::new();
     let mut central = Vec::new();
     let u32_of = |n: usize| u32::try_from(n).expect("torchzip: under 4 GiB");

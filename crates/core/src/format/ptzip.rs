@@ -149,17 +149,18 @@ fn storage_dtypes(
             && e.name.matches('/').count() == 1
             && e.name.ends_with("/data.pkl")
     });
-    let read = |e: &Entry| -> Result<Vec<u8>, String> {
-        let local = read_vec(src, e.local, 30)?;
-        if &local[..4] != LOCAL_MAGIC {
-            return Err("no local header".into());
-        }
-        let start = e.local + 30 + u16_at(&local, 26) + u16_at(&local, 28);
-        read_vec(src, start, e.compressed)
-    };
-    pkl.and_then(|e| read(e).ok())
+    pkl.and_then(|e| read_vec(src, data_start(src, e).ok()?, e.compressed).ok())
         .map(|bytes| super::pickle::storage_dtypes(&bytes))
         .unwrap_or_default()
+}
+
+/// Where an entry's data starts: after its local header, name and extra field.
+fn data_start(src: &dyn Source, e: &Entry) -> Result<u64, String> {
+    let local = read_vec(src, e.local, 30)?;
+    if &local[..4] != LOCAL_MAGIC {
+        return Err(format!("entry {:?}: no local header", e.name));
+    }
+    Ok(e.local + 30 + u16_at(&local, 26) + u16_at(&local, 28))
 }
 
 /// True for `<archive>/data/<digits>`: a tensor storage.
@@ -183,11 +184,7 @@ pub fn parse(src: &dyn Source) -> Result<Vec<Region>, String> {
         if !is_storage(&e.name) || e.method != 0 {
             continue;
         }
-        let local = read_vec(src, e.local, 30)?;
-        if &local[..4] != LOCAL_MAGIC {
-            return Err(format!("entry {:?}: no local header", e.name));
-        }
-        let start = e.local + 30 + u16_at(&local, 26) + u16_at(&local, 28);
+        let start = data_start(src, &e)?;
         let end = start
             .checked_add(e.compressed)
             .filter(|&end| end <= offset)
@@ -223,50 +220,15 @@ mod tests {
         build_with(b"\x80\x02}q\x00.", storages)
     }
 
-    /// [`build`] with the given `data.pkl`.
+    /// [`build`] with the given `data.pkl` (the workload generator's zip writer: stored
+    /// entries, each data start padded to 64 bytes as PyTorch does).
     pub(crate) fn build_with(pkl: &[u8], storages: &[Vec<u8>]) -> Vec<u8> {
         let mut files: Vec<(String, Vec<u8>)> = vec![("archive/data.pkl".into(), pkl.to_vec())];
         for (i, s) in storages.iter().enumerate() {
             files.push((format!("archive/data/{i}"), s.clone()));
         }
         files.push(("archive/version".into(), b"3\n".to_vec()));
-        let mut z = Vec::new();
-        let mut central = Vec::new();
-        for (name, data) in &files {
-            let local = z.len() as u32;
-            let pad = (64 - (z.len() + 30 + name.len() + 4) % 64) % 64;
-            z.extend_from_slice(LOCAL_MAGIC);
-            z.extend_from_slice(&[20, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-            z.extend_from_slice(&0u32.to_le_bytes()); // crc (not checked by tvault)
-            z.extend_from_slice(&(data.len() as u32).to_le_bytes());
-            z.extend_from_slice(&(data.len() as u32).to_le_bytes());
-            z.extend_from_slice(&(name.len() as u16).to_le_bytes());
-            z.extend_from_slice(&((pad + 4) as u16).to_le_bytes());
-            z.extend_from_slice(name.as_bytes());
-            z.extend_from_slice(&0xFB1Eu16.to_le_bytes());
-            z.extend_from_slice(&(pad as u16).to_le_bytes());
-            z.extend(std::iter::repeat_n(b'Z', pad));
-            z.extend_from_slice(data);
-            central.extend_from_slice(CENTRAL_MAGIC);
-            central.extend_from_slice(&[20, 0, 20, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-            central.extend_from_slice(&0u32.to_le_bytes());
-            central.extend_from_slice(&(data.len() as u32).to_le_bytes());
-            central.extend_from_slice(&(data.len() as u32).to_le_bytes());
-            central.extend_from_slice(&(name.len() as u16).to_le_bytes());
-            central.extend_from_slice(&[0; 12]);
-            central.extend_from_slice(&local.to_le_bytes());
-            central.extend_from_slice(name.as_bytes());
-        }
-        let cd_offset = z.len() as u32;
-        z.extend_from_slice(&central);
-        z.extend_from_slice(EOCD_MAGIC);
-        z.extend_from_slice(&[0; 4]);
-        z.extend_from_slice(&(files.len() as u16).to_le_bytes());
-        z.extend_from_slice(&(files.len() as u16).to_le_bytes());
-        z.extend_from_slice(&(central.len() as u32).to_le_bytes());
-        z.extend_from_slice(&cd_offset.to_le_bytes());
-        z.extend_from_slice(&[0, 0]);
-        z
+        tvault_workload::stored_zip(&files)
     }
 
     #[test]
