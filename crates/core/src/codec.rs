@@ -73,6 +73,35 @@ thread_local! {
         const { RefCell::new(None) };
     /// Scratch for splitting planes and trying zstd on one, reused per thread.
     static SCRATCH: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// One decoded plane, reused per thread.
+    static PLANE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// A plain buffer handed back by [`recycle`], for the next decode on this thread: a fresh
+    /// block-sized allocation per chunk made glibc map and zero new pages (a restore of a
+    /// fine-tune chain spent more time in page faults than applying its deltas).
+    static SPARE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Largest buffer [`recycle`] keeps (a chunk is at most 2 MiB by default).
+const SPARE_MAX: usize = 8 << 20;
+
+/// A buffer of `len` bytes for a decoder that overwrites all of them: this thread's spare
+/// (stale bytes left in place, only growth is zeroed), else a new one.
+pub(crate) fn plain_buffer(len: usize) -> Vec<u8> {
+    let mut buf = SPARE.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    buf.resize(len, 0);
+    buf
+}
+
+/// Hands a decoded blob's buffer back once its bytes are used, for this thread's next decode.
+pub fn recycle(buf: Vec<u8>) {
+    if buf.capacity() <= SPARE_MAX {
+        SPARE.with(|s| {
+            let mut s = s.borrow_mut();
+            if buf.capacity() > s.capacity() {
+                *s = buf;
+            }
+        });
+    }
 }
 
 /// zstd-compresses `plain` into `out` (cleared) with this thread's context; its length.
@@ -229,7 +258,16 @@ fn split_planes(elems: &[u8], w: usize, planes: &mut Vec<u8>) {
 
 /// Decodes an [`Encoding::Planes`] blob into `plain_len` bytes.
 fn decode_planes(stored: &[u8], plain_len: usize) -> Result<Vec<u8>> {
+    let mut out = plain_buffer(plain_len);
+    planes_into(stored, &mut out, false)?;
+    Ok(out)
+}
+
+/// Decodes an [`Encoding::Planes`] blob of `out.len()` bytes into `out`, or XORs it onto `out`
+/// (a dense delta applied plane by plane: no buffer of the whole XOR).
+fn planes_into(stored: &[u8], out: &mut [u8], xor: bool) -> Result<()> {
     let bad = |m: &str| Error::Invalid(format!("byte planes: {m}"));
+    let plain_len = out.len();
     let w = *stored.first().ok_or_else(|| bad("empty"))? as usize;
     if !matches!(w, 2 | 4 | 8) {
         return Err(bad(&format!("unknown element width {w}")));
@@ -238,38 +276,47 @@ fn decode_planes(stored: &[u8], plain_len: usize) -> Result<Vec<u8>> {
     let tail = plain_len % w;
     let table = stored.get(1..1 + 5 * w).ok_or_else(|| bad("truncated"))?;
     let mut at = 1 + 5 * w;
-    let mut out = vec![0u8; plain_len];
-    let mut plane = vec![0u8; n];
-    for p in 0..w {
-        let method = table[5 * p];
-        let len = u32::from_le_bytes(table[5 * p + 1..][..4].try_into().expect("4")) as usize;
-        let data = at
-            .checked_add(len)
-            .and_then(|end| stored.get(at..end))
-            .ok_or_else(|| bad("plane lengths exceed the blob"))?;
-        at += len;
-        match method {
-            0 if data.len() == n => plane.copy_from_slice(data),
-            0 => return Err(bad("raw plane of the wrong length")),
-            1 => {
-                let k =
-                    unzstd_into(data, &mut plane[..]).map_err(|e| bad(&format!("zstd: {e}")))?;
-                if k != n {
-                    return Err(bad("zstd plane of the wrong length"));
+    PLANE.with(|cell| {
+        let mut plane = cell.borrow_mut();
+        plane.resize(n, 0);
+        for p in 0..w {
+            let method = table[5 * p];
+            let len = u32::from_le_bytes(table[5 * p + 1..][..4].try_into().expect("4")) as usize;
+            let data = at
+                .checked_add(len)
+                .and_then(|end| stored.get(at..end))
+                .ok_or_else(|| bad("plane lengths exceed the blob"))?;
+            at += len;
+            match method {
+                0 if data.len() == n => plane.copy_from_slice(data),
+                0 => return Err(bad("raw plane of the wrong length")),
+                1 => {
+                    let k = unzstd_into(data, &mut plane[..])
+                        .map_err(|e| bad(&format!("zstd: {e}")))?;
+                    if k != n {
+                        return Err(bad("zstd plane of the wrong length"));
+                    }
                 }
+                2 => huffman::decode(data, &mut plane).map_err(|e| bad(&e))?,
+                m => return Err(bad(&format!("unknown plane method {m}"))),
             }
-            2 => huffman::decode(data, &mut plane).map_err(|e| bad(&e))?,
-            m => return Err(bad(&format!("unknown plane method {m}"))),
+            let elems = out.chunks_exact_mut(w).zip(plane.iter());
+            if xor {
+                elems.for_each(|(e, &b)| e[p] ^= b);
+            } else {
+                elems.for_each(|(e, &b)| e[p] = b);
+            }
         }
-        for (e, &b) in out.chunks_exact_mut(w).zip(&plane) {
-            e[p] = b;
-        }
+        Ok(())
+    })?;
+    let rest = stored
+        .get(at..)
+        .filter(|rest| rest.len() == tail)
+        .ok_or_else(|| bad("length does not match the planes"))?;
+    for (o, &b) in out[n * w..].iter_mut().zip(rest) {
+        *o = if xor { *o ^ b } else { b };
     }
-    if stored.len() != at + tail {
-        return Err(bad("length does not match the planes"));
-    }
-    out[n * w..].copy_from_slice(&stored[at..]);
-    Ok(out)
+    Ok(())
 }
 
 /// Encodes `plain` into `out` (cleared first) with this thread's reused zstd context. For
@@ -302,12 +349,12 @@ pub fn decode(encoding: Encoding, stored: &[u8], plain_len: usize) -> Result<Vec
             "a delta blob needs its base (read it through the repository)".into(),
         )),
         Encoding::Zstd => {
-            let out =
-                unzstd(stored, plain_len).map_err(|e| Error::Invalid(format!("zstd: {e}")))?;
-            if out.len() != plain_len {
+            let mut out = plain_buffer(plain_len);
+            let n =
+                unzstd_into(stored, &mut out).map_err(|e| Error::Invalid(format!("zstd: {e}")))?;
+            if n != plain_len {
                 return Err(Error::Invalid(format!(
-                    "decoded {} bytes, expected {plain_len}",
-                    out.len()
+                    "decoded {n} bytes, expected {plain_len}"
                 )));
             }
             Ok(out)
@@ -523,20 +570,23 @@ pub fn apply_delta(stored: &[u8], base: &mut [u8], plain_len: usize) -> Result<(
         return Ok(());
     }
     let enc = Encoding::from_u8(h.method).ok_or_else(|| bad("bad method".into()))?;
-    let xor;
-    let xor_bytes = if enc == Encoding::Raw {
-        if payload.len() != plain_len {
-            return Err(bad("raw XOR of the wrong length".into()));
+    let xor_onto = |base: &mut [u8], xor: &[u8]| {
+        if xor.len() != plain_len {
+            return Err(bad("XOR of the wrong length".into()));
         }
-        payload
-    } else {
-        xor = decode(enc, payload, plain_len)?;
-        &xor[..]
+        base.iter_mut().zip(xor).for_each(|(b, x)| *b ^= x);
+        Ok(())
     };
-    for (b, x) in base.iter_mut().zip(xor_bytes) {
-        *b ^= x;
+    match enc {
+        Encoding::Raw => xor_onto(base, payload),
+        Encoding::Planes => planes_into(payload, base, true),
+        _ => {
+            let xor = decode(enc, payload, plain_len)?;
+            xor_onto(base, &xor)?;
+            recycle(xor);
+            Ok(())
+        }
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -724,6 +774,36 @@ mod tests {
         let mut plain = base.clone();
         assert!(apply_delta(&out[..out.len() - 3], &mut plain, new.len()).is_err());
         assert!(apply_delta(&out, &mut plain[..100], new.len()).is_err());
+    }
+
+    #[test]
+    fn decoding_into_a_recycled_buffer_overwrites_every_stale_byte() {
+        use tvault_workload::{fill_weights, Dtype, Rng};
+        // Odd length: a tail after the planes' whole elements.
+        let mut weights = vec![0u8; 300_001];
+        fill_weights(&mut Rng::new(3), Dtype::BF16, &mut weights[..300_000]);
+        let text = b"tokenizer ".repeat(30_000);
+        let mut out = Vec::new();
+        for (plain, width) in [(&weights[..], 2), (&text[..], 1)] {
+            let enc = encode_typed(plain, width, 1, &mut out);
+            assert!(matches!(enc, Encoding::Planes | Encoding::Zstd), "{enc:?}");
+            // A spare of another blob's stale bytes, longer than this one.
+            recycle(vec![0xee; plain.len() + 4096]);
+            assert_eq!(decode(enc, &out, plain.len()).unwrap(), plain, "{enc:?}");
+            recycle(vec![0xee; plain.len() - 1000]);
+            assert_eq!(decode(enc, &out, plain.len()).unwrap(), plain, "{enc:?}");
+        }
+        // A dense delta is XORed onto its base plane by plane, tail included.
+        let mut next = weights.clone();
+        fill_weights(&mut Rng::new(4), Dtype::BF16, &mut next[..300_000]);
+        next[300_000] ^= 0x81;
+        let id = crate::id::Id::of(&weights);
+        encode_delta(&next, &weights, &id, 0, 2, 1, &mut out).unwrap();
+        assert_eq!(delta_header(&out).unwrap().method, Encoding::Planes as u8);
+        recycle(vec![0xee; next.len()]);
+        let mut plain = weights.clone();
+        apply_delta(&out, &mut plain, next.len()).unwrap();
+        assert_eq!(plain, next);
     }
 
     proptest! {

@@ -679,7 +679,9 @@ impl Repository {
             }
             let base = header.base;
             if let Some(hit) = self.cache.lock().expect("cache").blobs.get(&base) {
-                break hit.as_ref().clone();
+                let mut plain = codec::plain_buffer(hit.len());
+                plain.copy_from_slice(hit);
+                break plain;
             }
             let Some(loc) = self.index.get(&base).copied() else {
                 return Err(Error::Invalid(format!(

@@ -73,7 +73,9 @@ impl Repository {
         }
         self.read_stored_planned(&unique, |id, pack, loc, stored| {
             let plain = self.decode_blob(id, pack, loc.encoding, stored, loc.plain_len as usize)?;
-            each(&positions[id], &plain)
+            each(&positions[id], &plain)?;
+            crate::codec::recycle(plain);
+            Ok(())
         })
     }
 
