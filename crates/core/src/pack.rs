@@ -77,13 +77,21 @@ impl PackWriter {
 
     /// A writer whose blobs and trailer are sealed with `crypto` (if any).
     pub fn sealed(crypto: Option<Arc<Crypto>>) -> PackWriter {
+        PackWriter::sealed_into(crypto, Vec::new())
+    }
+
+    /// Like [`PackWriter::sealed`], filling `buf` (cleared first): a finished pack's buffer
+    /// reused, its pages already mapped.
+    pub fn sealed_into(crypto: Option<Arc<Crypto>>, mut buf: Vec<u8>) -> PackWriter {
         let magic = if crypto.is_some() {
             SEALED_MAGIC
         } else {
             MAGIC
         };
+        buf.clear();
+        buf.extend_from_slice(magic);
         PackWriter {
-            buf: magic.to_vec(),
+            buf,
             entries: Vec::new(),
             crypto,
         }

@@ -11,8 +11,11 @@
 //! most `Repository::upload_slots` packs are being stored at a time (1 on a local disk, so
 //! writes happen in a fixed order; more on a network, where each put mostly waits): a flush
 //! waits for the oldest when all slots are busy, and `finish` waits for all, so a pack is
-//! durable before any index names it. Memory: one pack filling plus one per slot.
+//! durable before any index names it. Memory: one pack filling plus one per slot; a stored
+//! pack's buffer is handed back for the next one (fresh 32 MiB buffers cost a page fault per
+//! 4 KiB, ~10 % of a first backup's CPU).
 
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use super::storage::{Handle, Storage};
@@ -43,7 +46,12 @@ pub struct PackSink {
     bytes: u64,
     /// A dry run: packs are counted (without their trailers), never stored.
     dry: bool,
+    /// Buffers of stored packs, for the next packs to fill.
+    spare: Arc<Mutex<Vec<Vec<u8>>>>,
 }
+
+/// Stored packs' buffers kept for reuse, at most.
+const SPARE_PACKS: usize = 2;
 
 /// What a [`PackSink`] stored.
 pub struct Written {
@@ -58,13 +66,17 @@ impl PackSink {
         PackSink {
             storage: repo.storage().clone(),
             pack_size: repo.config().pack_size as usize,
-            pack: PackWriter::sealed(repo.storage().crypto().cloned()),
+            pack: PackWriter::sealed_into(
+                repo.storage().crypto().cloned(),
+                Vec::with_capacity(repo.config().pack_size as usize + (4 << 20)),
+            ),
             storing: Default::default(),
             uploads: repo.upload_slots(),
             stored: Vec::new(),
             deltas: Default::default(),
             bytes: 0,
             dry: false,
+            spare: Default::default(),
         }
     }
 
@@ -102,17 +114,29 @@ impl PackSink {
         while self.storing.len() >= self.uploads {
             self.wait_oldest()?;
         }
-        let next = PackWriter::sealed(self.storage.crypto().cloned());
+        let buf = self.spare.lock().expect("spare packs").pop();
+        let buf = buf.unwrap_or_else(|| Vec::with_capacity(self.pack_size + (4 << 20)));
+        let next = PackWriter::sealed_into(self.storage.crypto().cloned(), buf);
         let pack = std::mem::replace(&mut self.pack, next);
         if self.dry {
             self.bytes += pack.len() as u64;
             return Ok(());
         }
         let storage = self.storage.clone();
+        let spare = self.spare.clone();
         let store = move || -> Stored {
             let (id, bytes, entries) = pack.finish();
             let len = bytes.len() as u64;
-            storage.put_shared(&Handle::pack(&id), bytes.into())?;
+            let bytes = bytes::Bytes::from(bytes);
+            storage.put_shared(&Handle::pack(&id), bytes.clone())?;
+            // Unique once the backend let go of it (an upload's retries hold a copy only
+            // while they run).
+            if let Ok(buf) = bytes.try_into_mut() {
+                let mut spare = spare.lock().expect("spare packs");
+                if spare.len() < SPARE_PACKS {
+                    spare.push(buf.into());
+                }
+            }
             Ok((id, len, entries))
         };
         self.storing.push_back(std::thread::spawn(store));
