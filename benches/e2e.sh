@@ -5,10 +5,15 @@
 #     sequential write speed of the work directory's filesystem (`dd conv=fsync`);
 #   - baselines: `tar | zstd -3 -T0`; restic and borg when installed (skipped otherwise);
 #   - tvault: first backup, incremental backup of the unchanged tree, restore,
-#     `verify --read-data` (when this build has it), the second snapshot of `frozen`, the
-#     `finetune`, `fulltrain` and `resave` series (what each further step adds), the `finetune`
-#     series with a new folder per step, and peak memory backing up 1 GiB and 20 GiB files
-#     (sparse zeros: memory must not follow size).
+#     `verify --read-data` (when this build has it; also as GB/s of repository), the series
+#     (below), and peak memory backing up 1 GiB and 20 GiB files (sparse zeros: memory
+#     must not follow size).
+# Series: steps 0, 1, 2 of `frozen`, `finetune`, `fulltrain` and `resave` in one path, and the
+# `finetune` series in the layouts training runs write (`rolling`: a new folder per step;
+# `sharded`: 4 shards + index per folder; `resharded`: 2, 3, 4 shards), each in its own
+# repository: what each step adds (share of the checkpoint) and its backup speed against the
+# `single` first backup, then the restore of the last step and `verify --read-data` of the
+# repository (GB/s of repository), each as a ratio to the `single` checkpoint's in the same run.
 # Each line: seconds, input bytes/s, peak RSS. The page cache is warm (the input is read first).
 #
 #   bash benches/e2e.sh                                  # 2 GiB checkpoints, on disk (/tmp)
@@ -16,8 +21,9 @@
 #   SIZE=512MiB bash benches/e2e.sh                      # smaller checkpoints
 #   BEFORE=/path/to/old/tvault bash benches/e2e.sh       # also time another build, interleaved
 #   ONLY=single bash benches/e2e.sh                      # limits, baselines and the single checkpoint only
-#   ONLY=series bash benches/e2e.sh                      # the series alone (with BEFORE: its
-#                                                        # new-folder series too)
+#   ONLY=series bash benches/e2e.sh                      # the single checkpoint (the reference)
+#                                                        # and the series (with BEFORE: its
+#                                                        # `rolling` series too)
 #   ONLY=keyframes SIZE=256MiB bash benches/e2e.sh       # a STEPS-step (40) `finetune` series:
 #                                                        # each step's added share, max/mean
 #                                                        # (with BEFORE: that build's too)
@@ -45,10 +51,6 @@ TIME=/usr/bin/time
 
 rm -rf "$WORK"; mkdir -p "$WORK/data"
 $GEN single "$WORK/data/single/ckpt" --size "$SIZE" >/dev/null
-if [ "${ONLY:-}" != series ] && [ "${ONLY:-}" != keyframes ]; then
-  $GEN frozen "$WORK/data/frozen/ckpt" --size "$SIZE" --step 0 >/dev/null
-  $GEN frozen "$WORK/data/frozen1/ckpt" --size "$SIZE" --step 1 >/dev/null
-fi
 CKPT=$WORK/data/single/ckpt
 cat "$CKPT"/* >/dev/null   # page cache warm
 
@@ -59,7 +61,13 @@ measure() { # label, command...: prints "label  seconds  GB/s  peak-MiB"
   $TIME -f "%e %M" -o "$WORK/time" "$@" >"$WORK/out" 2>"$WORK/err" || { cat "$WORK/err" >&2; exit 1; }
   read -r secs kib <"$WORK/time"
   printf '%-36s %7.2f s %7s GB/s %6d MiB peak RSS\n' "$label" "$secs" "$(gbs "$bytes" "$secs")" $((kib / 1024))
+  LAST_SECS=$secs LAST_RATE=$(python3 -c "print($bytes / max($secs, 0.01))")
 }
+ratio() { # rate, reference rate (either may be empty): "1.23" or "n/a"
+  if [ -n "$1" ] && [ -n "$2" ]; then python3 -c "print(f'{$1 / $2:.2f}')"; else echo n/a; fi
+}
+# The `single` checkpoint's rates in this run (set by run_tvault), which the series compare to.
+SINGLE_BACKUP_RATE='' SINGLE_RESTORE_RATE='' SINGLE_VERIFY_RATE=''
 json() { python3 -c "import json; print(json.load(open('$WORK/out'))$1)"; }
 share() { python3 -c "print(round($1 / $bytes, 3))"; }
 
@@ -105,46 +113,108 @@ if [ -n "${S3:-}" ]; then
   rm -rf "$WORK"
   exit 0
 fi
-# Model-aware storage: each workload's steps 0, 1, 2 backed up one after the other; what every
-# further step adds, and the restore of the last step (deltas resolved through the chain). By
-# default every step is written to the same path (so each step's parent file is the previous
-# one); with `folders`, step N goes to a new `checkpoints/checkpoint-N/` and the previous folder
-# is deleted, as trainers do (the bases are then found by tensor identity). NAME and BIN: another
-# build than this one.
-series() { # scenario, label, [folders]
-  local scenario=$1 label=$2 folders=${3:-} name=${NAME:-tvault} bin=${BIN:-$B}
-  local top="$WORK/data/$scenario" repo="$WORK/$scenario-repo" src dir rel
-  echo "== $name: $scenario${folders:+, a new folder per step} ($label)"
+run_tvault() { # name, binary, init options
+  local name=$1 bin=$2 repo=$WORK/repo-$1
+  echo "== $name ($bin ${3:-})"
+  rm -rf "$repo"; $bin --repo "$repo" init -q ${3:-}
+  measure "$name backup (single, first)" $bin --repo "$repo" --json backup "$CKPT"
+  if [ "$name" = tvault ]; then SINGLE_BACKUP_RATE=$LAST_RATE; fi
+  echo "  stored: $(json "['bytes_added']") bytes = $(share "$(json "['bytes_added']")") of the input"
+  local id; id=$(json "['snapshot_id']")
+  measure "$name backup (unchanged, 2nd)" $bin --repo "$repo" --json backup "$CKPT"
+  echo "  bytes read: $(json "['bytes_read']"), bytes added: $(json "['bytes_added']")"
+  measure "$name restore (single)" $bin --repo "$repo" -q restore "$id" "$WORK/restored"
+  if [ "$name" = tvault ]; then SINGLE_RESTORE_RATE=$LAST_RATE; fi
+  cmp "$WORK/restored/ckpt/model.safetensors" "$CKPT/model.safetensors"
+  rm -rf "$WORK/restored"
+  if $bin verify --help >/dev/null 2>&1; then
+    local repo_bytes; repo_bytes=$(du -sb --apparent-size "$repo" | cut -f1)
+    measure "$name verify --read-data" $bin --repo "$repo" -q verify --read-data
+    echo "  of repository: $repo_bytes bytes, $(gbs "$repo_bytes" "$LAST_SECS") GB/s"
+    if [ "$name" = tvault ]; then
+      SINGLE_VERIFY_RATE=$(python3 -c "print($repo_bytes / max($LAST_SECS, 0.01))")
+    fi
+  else
+    echo "  verify --read-data: not in this build, skipped"
+  fi
+  rm -rf "$repo"
+}
+
+# Model-aware storage: each series' steps 0, 1, 2 backed up one after the other into its own
+# repository: what every further step adds (a share of that step's checkpoint) and its backup
+# speed against the `single` first backup, then the restore of the last step (deltas resolved
+# through their chains) and `verify --read-data` of the repository (GB/s of repository bytes),
+# each as a ratio to the `single` checkpoint's of this run (1.00: as fast). One-path scenarios
+# write every step over `ckpt/` (each file's parent version is at the same path); the layout
+# scenarios write a new `checkpoints/checkpoint-N/` per step, deleting the older folders, and
+# `checkpoints/` is backed up (bases are then found by tensor identity); the last step's folder
+# alone is restored (`--include`, when the build has it). NAME and BIN: another build than
+# this one.
+series() { # scenario, label
+  local scenario=$1 label=$2 name=${NAME:-tvault} bin=${BIN:-$B}
+  local top="$WORK/data/$scenario" repo="$WORK/$scenario-repo" src rel shares=() backup_ratio=''
+  echo "== $name: $scenario ($label)"
   rm -rf "$top" "$repo"; $bin --repo "$repo" init -q
   for step in 0 1 2; do
-    if [ -n "$folders" ]; then
-      rm -rf "$top/checkpoints"
-      rel=checkpoints/checkpoint-$(((step + 1) * 500)) src=$top/checkpoints
-    else
-      rel=ckpt src=$top/ckpt
-    fi
-    dir=$top/$rel
-    $GEN "$scenario" "$dir" --size "$SIZE" --step "$step" >/dev/null
-    local total; total=$(du -sb --apparent-size "$dir" | cut -f1)
+    case $scenario in
+      rolling | sharded | resharded) src=$top/checkpoints rel=checkpoints/checkpoint-$(((step + 1) * 500)) ;;
+      *) src=$top/ckpt rel=ckpt ;;
+    esac
+    $GEN "$scenario" "$src" --size "$SIZE" --step "$step" >/dev/null
+    local total; total=$(du -sb --apparent-size "$top/$rel" | cut -f1)
     bytes=$total measure "$name backup ($scenario, step $step)" $bin --repo "$repo" --json backup "$src"
     local added; added=$(json "['bytes_added']")
-    echo "  step $step added: $added bytes = $(python3 -c "print(round($added / $total, 4))") of the checkpoint; stored: $(json "['stored']")"
+    shares+=("$(python3 -c "print(f'{$added / $total:.4f}')")")
+    local speed=''
+    if [ "$step" -gt 0 ]; then
+      backup_ratio=$(ratio "$LAST_RATE" "$SINGLE_BACKUP_RATE")
+      speed=", backed up at ${backup_ratio}x the single first backup's speed"
+    fi
+    echo "  step $step added: $added bytes = ${shares[step]} of the checkpoint$speed; stored: $(json "['stored']")"
   done
-  local id; id=$(json "['snapshot_id']")
-  bytes=$(du -sb --apparent-size "$dir" | cut -f1) measure "$name restore ($scenario, step 2)" $bin --repo "$repo" -q restore "$id" "$WORK/restored"
-  cmp -s "$WORK/restored/$rel/model.safetensors" "$dir/model.safetensors" || { echo "e2e: $scenario restore differs" >&2; exit 1; }
+  local id what=$rel include=()
+  id=$(json "['snapshot_id']")
+  if [ "$rel" != ckpt ]; then
+    if $bin restore --help 2>/dev/null | grep -q -- --include; then
+      include=(--include "$rel")
+    else
+      what=checkpoints   # an older build: the whole tree, both kept folders
+    fi
+  fi
+  bytes=$(du -sb --apparent-size "$top/$what" | cut -f1) measure "$name restore ($scenario, step 2)" \
+    $bin --repo "$repo" -q restore "$id" "$WORK/restored" "${include[@]}"
+  local restore_ratio; restore_ratio=$(ratio "$LAST_RATE" "$SINGLE_RESTORE_RATE")
+  diff -r "$top/$what" "$WORK/restored/$what" >/dev/null || { echo "e2e: $scenario restore differs" >&2; exit 1; }
+  echo "  restore of step 2: ${restore_ratio}x the single restore's speed ($(gbs "$LAST_RATE" 1) vs $(gbs "${SINGLE_RESTORE_RATE:-0}" 1) GB/s)"
+  local verify_ratio=n/a
+  if $bin verify --help >/dev/null 2>&1; then
+    local repo_bytes; repo_bytes=$(du -sb --apparent-size "$repo" | cut -f1)
+    bytes=$repo_bytes measure "$name verify --read-data ($scenario)" $bin --repo "$repo" -q verify --read-data
+    verify_ratio=$(ratio "$LAST_RATE" "$SINGLE_VERIFY_RATE")
+    echo "  verify of $repo_bytes repository bytes: ${verify_ratio}x the single repository's speed ($(gbs "$LAST_RATE" 1) vs $(gbs "${SINGLE_VERIFY_RATE:-0}" 1) GB/s)"
+  fi
+  SUMMARY+=("$(printf '%-7s %-10s %8s %8s %8s %8s %8s' "$name" "$scenario" "${shares[1]}" "${shares[2]}" \
+    "$backup_ratio" "$restore_ratio" "$verify_ratio")")
   rm -rf "$WORK/restored" "$repo" "$top"
 }
 run_series() {
-  series finetune "about 1 % of bf16 values change per step"
+  SUMMARY=()
+  series frozen "about half the tensors bit-identical between steps"
+  series finetune "about 1 % of bf16 values change per step, one path"
+  series rolling "the finetune series, a new folder per step"
+  series sharded "the finetune series in 4 shards + index, a new folder per step"
+  series resharded "the finetune series over 2, 3, 4 shards, a new folder per step"
   series fulltrain "fp32 weights + Adam moments, every value changes a little"
   series resave "the same tensors saved in another order with other metadata"
-  series finetune "about 1 % of bf16 values change per step" folders
   if [ -n "${BEFORE:-}" ]; then
-    NAME=before BIN=$BEFORE series finetune "about 1 % of bf16 values change per step" folders
+    NAME=before BIN=$BEFORE series rolling "the finetune series, a new folder per step"
   fi
+  echo "== series: step adds (share of the checkpoint); step 2's backup, restore and verify speed / single's"
+  printf '%-7s %-10s %8s %8s %8s %8s %8s\n' build series step1 step2 backup restore verify
+  printf '%s\n' "${SUMMARY[@]}"
 }
 if [ "${ONLY:-}" = series ]; then
+  run_tvault tvault "$B"
   run_series
   rm -rf "$WORK"
   exit 0
@@ -211,25 +281,6 @@ else
   echo "  borg: not installed, skipped"
 fi
 
-run_tvault() { # name, binary, init options
-  local name=$1 bin=$2 repo=$WORK/repo-$1
-  echo "== $name ($bin ${3:-})"
-  rm -rf "$repo"; $bin --repo "$repo" init -q ${3:-}
-  measure "$name backup (single, first)" $bin --repo "$repo" --json backup "$CKPT"
-  echo "  stored: $(json "['bytes_added']") bytes = $(share "$(json "['bytes_added']")") of the input"
-  local id; id=$(json "['snapshot_id']")
-  measure "$name backup (unchanged, 2nd)" $bin --repo "$repo" --json backup "$CKPT"
-  echo "  bytes read: $(json "['bytes_read']"), bytes added: $(json "['bytes_added']")"
-  measure "$name restore (single)" $bin --repo "$repo" -q restore "$id" "$WORK/restored"
-  cmp "$WORK/restored/ckpt/model.safetensors" "$CKPT/model.safetensors"
-  rm -rf "$WORK/restored"
-  if $bin verify --help >/dev/null 2>&1; then
-    measure "$name verify --read-data" $bin --repo "$repo" -q verify --read-data
-  else
-    echo "  verify --read-data: not in this build, skipped"
-  fi
-  rm -rf "$repo"
-}
 for round in $(seq "$ROUNDS"); do
   [ -n "${BEFORE:-}" ] && run_tvault before "$BEFORE"
   run_tvault tvault "$B"
@@ -239,14 +290,6 @@ if [ "${ONLY:-}" = single ]; then
   rm -rf "$WORK"
   exit 0
 fi
-
-echo "== frozen (about half the tensors change between checkpoints)"
-$B --repo "$WORK/frozen-repo" init -q
-measure "tvault backup (frozen, step 0)" $B --repo "$WORK/frozen-repo" --json backup "$WORK/data/frozen/ckpt"
-cp "$WORK/data/frozen1/ckpt/model.safetensors" "$WORK/data/frozen/ckpt/model.safetensors"
-measure "tvault backup (frozen, step 1)" $B --repo "$WORK/frozen-repo" --json backup "$WORK/data/frozen/ckpt"
-echo "  step 1 added: $(json "['bytes_added']") bytes = $(share "$(json "['bytes_added']")") of the checkpoint"
-rm -rf "$WORK/frozen-repo" "$WORK/data/frozen" "$WORK/data/frozen1"
 
 run_series
 

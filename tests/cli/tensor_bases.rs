@@ -2,19 +2,17 @@
 //! stored as a delta against the same tensor (name, dtype, shape) wherever the repository holds
 //! it, so the layouts training runs really write get deltas too: a new folder per step (the
 //! previous one deleted), a renamed file, a checkpoint re-sharded over other files, and a
-//! fine-tune of a base model backed up earlier under other paths. Every snapshot restores
+//! fine-tune of a base model backed up earlier under other paths. The layouts come from the
+//! workload generator (`rolling`, `sharded`, `resharded`). Every snapshot restores
 //! byte-identical and `verify --read-data` is clean.
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use tvault_workload::{transformer_specs, write_safetensors, Dtype, Scenario};
+use tvault_workload::{checkpoint_folder, Scenario};
 
-use crate::testenv::{
-    num, safetensors_tensors, set_mtime, sources_manifest, text, Manifest, TestEnv,
-};
+use crate::testenv::{args, num, set_mtime, sources_manifest, text, Manifest, TestEnv};
 
 const SIZE: u64 = 2 << 20;
 const SEED: u64 = 7;
@@ -49,26 +47,59 @@ fn restore_all(env: &TestEnv, snaps: &[(String, Manifest)]) {
     env.tvault(["verify", "--read-data"]).expect_code(0);
 }
 
+/// Size of the layout series: large enough that a step's deltas are a small part of it.
+const LAYOUT_SIZE: u64 = 4 << 20;
+
+/// Backs up steps 0, 1 and 2 of a layout scenario (`checkpoints/checkpoint-N/`, a new folder per
+/// step, the older ones deleted as a trainer does) one after the other. No file of a step after
+/// the first is at a path the repository holds, so without bases by tensor identity it adds what
+/// a first backup of its folder into a new repository adds (measured beside it); it must add
+/// under a tenth of that. The last snapshot (steps 1 and 2, both stored as deltas) then
+/// restores byte for byte, and `verify --read-data` decodes every chunk.
+fn assert_layout_stored_as_deltas(scenario: Scenario) {
+    let env = TestEnv::with_repo();
+    let dir = env.root.join("src/checkpoints");
+    let mut last = (String::new(), Manifest::new());
+    for step in 0..3 {
+        env.checkpoint(&dir, scenario, LAYOUT_SIZE, SEED, step);
+        let report = env.backup(&[&dir], &[]);
+        if step > 0 {
+            let folder = dir.join(checkpoint_folder(step));
+            let fresh = env.fresh_path("fresh-repo");
+            env.tvault_at(&fresh, ["init"]).expect_code(0);
+            let first = env
+                .tvault_at(&fresh, args!["--json", "backup", &folder])
+                .expect_code(0)
+                .json();
+            let (added, alone) = (num(&report, "bytes_added"), num(&first, "bytes_added"));
+            assert!(
+                added * 10 < alone,
+                "{scenario} step {step} added {added} bytes, {:.3} of the {alone} a first backup \
+                 of its folder adds: its tensors found no bases in the earlier folders\n{report:#}",
+                added as f64 / alone as f64
+            );
+        }
+        last = (text(&report, "id"), sources_manifest(&[&dir]));
+    }
+    restore_all(&env, &[last]);
+}
+
 #[test]
 fn a_new_folder_per_step_stores_each_step_as_deltas() {
-    // `checkpoints/checkpoint-100/`, `checkpoint-200/`, …: each step in a new folder, the
-    // previous one deleted (a trainer keeping one checkpoint).
-    let env = TestEnv::with_repo();
-    let root = env.root.join("src/checkpoints");
-    let mut snaps = Vec::new();
-    for s in 0..4u32 {
-        if s > 0 {
-            fs::remove_dir_all(root.join(format!("checkpoint-{}", s * 100))).unwrap();
-        }
-        let rel = format!("src/checkpoints/checkpoint-{}", (s + 1) * 100);
-        env.checkpoint(&rel, Scenario::Finetune, SIZE, SEED, s);
-        let report = env.backup(&[&root], &[]);
-        if s > 0 {
-            assert_stored_as_deltas(&report, &format!("step {s}"));
-        }
-        snaps.push((text(&report, "id"), sources_manifest(&[&root])));
-    }
-    restore_all(&env, &snaps);
+    // `checkpoint-500/model.safetensors`, `checkpoint-1000/…`: the finetune steps.
+    assert_layout_stored_as_deltas(Scenario::Rolling);
+}
+
+#[test]
+fn sharded_steps_in_new_folders_are_stored_as_deltas() {
+    // Each step in 4 shards plus the index, in a new folder.
+    assert_layout_stored_as_deltas(Scenario::Sharded);
+}
+
+#[test]
+fn a_resharded_checkpoint_is_stored_as_deltas() {
+    // 2, then 3, then 4 shards: tensors move to other files (and offsets) every step.
+    assert_layout_stored_as_deltas(Scenario::Resharded);
 }
 
 #[test]
@@ -88,65 +119,6 @@ fn a_renamed_checkpoint_is_stored_as_deltas() {
     let report = env.backup(&[&dir], &[]);
     assert_stored_as_deltas(&report, "the renamed step");
     snaps.push((text(&report, "id"), sources_manifest(&[&dir])));
-    restore_all(&env, &snaps);
-}
-
-/// Rewrites `dir/model.safetensors` as `n` shards `model-0000k-of-0000n.safetensors` holding
-/// its tensors (same names, dtypes, shapes and bytes) in turn, plus the index JSON.
-fn reshard(dir: &Path, n: usize) -> Vec<PathBuf> {
-    let single = dir.join("model.safetensors");
-    let bytes = fs::read(&single).unwrap();
-    let at: BTreeMap<String, (usize, usize)> = safetensors_tensors(&single)
-        .into_iter()
-        .map(|t| (t.name, (t.start as usize, t.len as usize)))
-        .collect();
-    let specs = transformer_specs(SIZE, Dtype::BF16);
-    let per = specs.len().div_ceil(n);
-    let mut weight_map = serde_json::Map::new();
-    let mut shards = Vec::new();
-    for (k, part) in specs.chunks(per).enumerate() {
-        let name = format!("model-{:05}-of-{n:05}.safetensors", k + 1);
-        let path = dir.join(&name);
-        write_safetensors(&path, part, &BTreeMap::new(), |_, spec, buf| {
-            let (start, len) = at[&spec.name];
-            buf.copy_from_slice(&bytes[start..start + len]);
-        })
-        .unwrap();
-        for spec in part {
-            weight_map.insert(spec.name.clone(), Value::String(name.clone()));
-        }
-        shards.push(path);
-    }
-    let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
-    fs::write(
-        dir.join("model.safetensors.index.json"),
-        serde_json::to_vec_pretty(&index).unwrap(),
-    )
-    .unwrap();
-    fs::remove_file(&single).unwrap();
-    shards
-}
-
-#[test]
-fn a_resharded_checkpoint_is_stored_as_deltas() {
-    // Step 0 in one file, step 1 over three shards, step 2 over two: every tensor moves to
-    // another file (and offset) each time.
-    let env = TestEnv::with_repo();
-    let dir = env.checkpoint("src/ckpt", Scenario::Finetune, SIZE, SEED, 0);
-    let mut snaps = vec![(
-        text(&env.backup(&[&dir], &[]), "id"),
-        sources_manifest(&[&dir]),
-    )];
-    for (step, shards) in [(1, 3), (2, 2)] {
-        for f in fs::read_dir(&dir).unwrap() {
-            fs::remove_file(f.unwrap().path()).unwrap();
-        }
-        env.checkpoint("src/ckpt", Scenario::Finetune, SIZE, SEED, step);
-        assert_eq!(reshard(&dir, shards).len(), shards);
-        let report = env.backup(&[&dir], &[]);
-        assert_stored_as_deltas(&report, &format!("step {step} over {shards} shards"));
-        snaps.push((text(&report, "id"), sources_manifest(&[&dir])));
-    }
     restore_all(&env, &snaps);
 }
 
@@ -205,22 +177,9 @@ fn show_tensors_of_a_new_folder_says_delta_or_unchanged_not_new() {
     // per step never has: its tensors are still reported by how they are stored.
     let env = TestEnv::with_repo();
     let root = env.root.join("src/checkpoints");
-    env.checkpoint(
-        "src/checkpoints/checkpoint-100",
-        Scenario::Finetune,
-        SIZE,
-        SEED,
-        0,
-    );
+    env.checkpoint(&root, Scenario::Rolling, SIZE, SEED, 0);
     env.backup(&[&root], &[]);
-    fs::remove_dir_all(root.join("checkpoint-100")).unwrap();
-    env.checkpoint(
-        "src/checkpoints/checkpoint-200",
-        Scenario::Finetune,
-        SIZE,
-        SEED,
-        1,
-    );
+    env.checkpoint(&root, Scenario::Rolling, SIZE, SEED, 1);
     let id = text(&env.backup(&[&root], &[]), "id");
     let run = env
         .tvault(["--json", "show", "--tensors", &id])
@@ -229,8 +188,8 @@ fn show_tensors_of_a_new_folder_says_delta_or_unchanged_not_new() {
     let files = report["files"].as_array().unwrap();
     let model = files
         .iter()
-        .find(|f| text(f, "path").ends_with(".safetensors"))
-        .expect("a model file");
+        .find(|f| text(f, "path").ends_with("checkpoint-1000/model.safetensors"))
+        .expect("the new step's model file");
     let statuses: BTreeMap<String, usize> =
         model["tensors"]
             .as_array()

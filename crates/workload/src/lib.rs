@@ -64,9 +64,11 @@ pub(crate) mod tag {
     pub const SMALL: u64 = 9;
     pub const SMALL_SIZE: u64 = 10;
     pub const SMALL_CHANGE: u64 = 11;
+    pub const TRAINER_LOG: u64 = 12;
 }
 
 mod dtype;
+mod layouts;
 mod rng;
 mod scenarios;
 mod tensors;
@@ -74,6 +76,7 @@ mod torchzip;
 mod values;
 
 pub use dtype::*;
+pub use layouts::*;
 pub use rng::*;
 pub use scenarios::*;
 pub use tensors::*;

@@ -16,6 +16,9 @@ pub enum Scenario {
     Fulltrain,
     Resave,
     Shifted,
+    Rolling,
+    Sharded,
+    Resharded,
     Smallfiles,
     Torchzip,
 }
@@ -30,6 +33,9 @@ impl Scenario {
             Scenario::Fulltrain,
             Scenario::Resave,
             Scenario::Shifted,
+            Scenario::Rolling,
+            Scenario::Sharded,
+            Scenario::Resharded,
             Scenario::Smallfiles,
             Scenario::Torchzip,
         ]
@@ -44,6 +50,9 @@ impl Scenario {
             Scenario::Fulltrain => "fulltrain",
             Scenario::Resave => "resave",
             Scenario::Shifted => "shifted",
+            Scenario::Rolling => "rolling",
+            Scenario::Sharded => "sharded",
+            Scenario::Resharded => "resharded",
             Scenario::Smallfiles => "smallfiles",
             Scenario::Torchzip => "torchzip",
         }
@@ -67,6 +76,11 @@ impl Scenario {
             Scenario::Fulltrain => "fp32 weights + Adam exp_avg/exp_avg_sq; every value changes",
             Scenario::Resave => "bf16; same tensors, other order and metadata from step 1",
             Scenario::Shifted => "opaque blob; step k inserts k*4099 bytes near the start",
+            Scenario::Rolling => {
+                "finetune step k in DIR/checkpoint-{(k+1)*500}/; the newest 2 folders kept"
+            }
+            Scenario::Sharded => "rolling, the model in 4 shards + model.safetensors.index.json",
+            Scenario::Resharded => "sharded over 2 + k%3 shards: tensors move between files",
             Scenario::Smallfiles => "2000 small files + 3 bf16 shards; a few small files change",
             Scenario::Torchzip => "the single bf16 model as torch.save writes it (step ignored)",
         }
@@ -84,7 +98,9 @@ impl std::fmt::Display for Scenario {
 /// (relative paths). Files are overwritten in place, so step 0 then step 1 on the same dir gives
 /// the next checkpoint. A file that already holds exactly what this call would write is left
 /// untouched (small files are compared in full; a checkpoint by its length and header, whose
-/// metadata names scenario, seed, size and step), so unchanged files keep their mtime.
+/// metadata names scenario, seed, size and step), so unchanged files keep their mtime. The
+/// layout scenarios (rolling, sharded, resharded) write a new `checkpoint-N/` folder below `dir`
+/// per step and delete the older ones, as a trainer does (see `layouts.rs`).
 pub fn generate(
     scenario: Scenario,
     dir: &Path,
@@ -100,6 +116,9 @@ pub fn generate(
         Scenario::Resave => gen_resave(dir, size, seed, step),
         Scenario::Shifted => gen_shifted(dir, size, seed, step),
         Scenario::Smallfiles => gen_smallfiles(dir, size, seed, step),
+        Scenario::Rolling | Scenario::Sharded | Scenario::Resharded => {
+            super::layouts::gen_layout(scenario, dir, size, seed, step)
+        }
         Scenario::Torchzip => super::torchzip::gen_torchzip(dir, size, seed),
     }
 }
@@ -191,13 +210,7 @@ pub(crate) fn gen_model(
                 let key = mix(&[seed, tag::TRAIN, i as u64, u64::from(step)]);
                 fill_normal_keyed(key, 0, spec.dtype, (init_mean(spec), WEIGHT_STD), buf);
             }
-            Scenario::Finetune => {
-                fill_base(seed, i, spec, buf);
-                for s in 1..=step {
-                    let key = [seed, tag::FINETUNE, i as u64, u64::from(s)];
-                    finetune_step(&mut Rng::keyed(&key), buf);
-                }
-            }
+            Scenario::Finetune => fill_finetune(seed, i, spec, step, buf),
             _ => fill_base(seed, i, spec, buf),
         },
     )?;

@@ -607,6 +607,220 @@ fn smallfiles_writes_many_small_files_and_changes_few() {
     assert_ne!(small_file_sizes(size, 7), small_file_sizes(size, 8));
 }
 
+/// The tensors of `finetune` step `step` at `size`, in file order.
+fn finetune_tensors(size: u64, step: u32) -> Vec<Tensor> {
+    let dir = tempfile::tempdir().unwrap();
+    gen_step(Scenario::Finetune, dir.path(), size, step);
+    read_safetensors(&dir.path().join("model.safetensors")).tensors
+}
+
+/// The `checkpoint-N` folders in `dir`, sorted by N.
+fn checkpoint_folders(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort_by_key(|n| n["checkpoint-".len()..].parse::<u64>().unwrap());
+    names
+}
+
+#[test]
+fn rolling_writes_each_finetune_step_in_a_new_folder_and_keeps_the_newest_two() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = 2 * MIB;
+    let mut states = Vec::new();
+    for step in 0..4 {
+        let files = gen_step(Scenario::Rolling, dir.path(), size, step);
+        let kept: Vec<String> = (step.saturating_sub(1)..=step)
+            .map(checkpoint_folder)
+            .collect();
+        assert_eq!(checkpoint_folders(dir.path()), kept, "step {step}");
+        let tree = read_tree(dir.path());
+        assert_eq!(files.iter().collect::<HashSet<_>>().len(), files.len());
+        assert_eq!(
+            tree.keys().collect::<HashSet<_>>(),
+            files.iter().collect::<HashSet<_>>(),
+            "step {step}: returned list vs tree"
+        );
+        let newest = Path::new(&kept[kept.len() - 1]).to_path_buf();
+        assert_eq!(
+            newest,
+            Path::new(&format!("checkpoint-{}", (step + 1) * 500))
+        );
+        // The finetune step's file itself, header included.
+        let finetune = tempfile::tempdir().unwrap();
+        gen_step(Scenario::Finetune, finetune.path(), size, step);
+        assert!(
+            tree[&newest.join("model.safetensors")]
+                == fs::read(finetune.path().join("model.safetensors")).unwrap(),
+            "step {step}: not the finetune checkpoint"
+        );
+        let state: serde_json::Value =
+            serde_json::from_slice(&tree[&newest.join("trainer_state.json")]).unwrap();
+        assert_eq!(state["global_step"], (step + 1) * 500);
+        states.push(tree[&newest.join("trainer_state.json")].clone());
+        assert!(tree.contains_key(&newest.join("config.json")));
+    }
+    assert!(
+        states.windows(2).all(|w| w[0] != w[1]),
+        "trainer_state.json unchanged"
+    );
+
+    // Going on keeps the folder it does not rewrite (same mtime: a backup need not read it).
+    let kept = dir.path().join("checkpoint-2000/model.safetensors");
+    let mtime = fs::metadata(&kept).unwrap().modified().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    gen_step(Scenario::Rolling, dir.path(), size, 4);
+    assert_eq!(fs::metadata(&kept).unwrap().modified().unwrap(), mtime);
+
+    // The tree after step k does not depend on what ran before.
+    let fresh = tempfile::tempdir().unwrap();
+    gen_step(Scenario::Rolling, fresh.path(), size, 4);
+    assert!(
+        read_tree(fresh.path()) == read_tree(dir.path()),
+        "not deterministic"
+    );
+}
+
+/// Checks `folder` of a sharded step: `shards` valid safetensors shards named HF's way, an index
+/// mapping every tensor to the shard holding it with the total size, and the shards' tensors in
+/// order are exactly `expected`. Returns the index's weight map.
+#[track_caller]
+fn assert_sharded(folder: &Path, shards: usize, expected: &[Tensor]) -> BTreeMap<String, String> {
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(folder.join("model.safetensors.index.json")).unwrap())
+            .unwrap();
+    let weight_map: BTreeMap<String, String> =
+        serde_json::from_value(index["weight_map"].clone()).unwrap();
+    let total: u64 = expected.iter().map(|t| t.data.len() as u64).sum();
+    assert_eq!(index["metadata"]["total_size"], total);
+    let mut tensors = Vec::new();
+    for k in 1..=shards {
+        let name = format!("model-{k:05}-of-{shards:05}.safetensors");
+        let parsed = read_safetensors(&folder.join(&name));
+        assert!(!parsed.tensors.is_empty(), "{name} is empty");
+        for t in &parsed.tensors {
+            assert_eq!(weight_map.get(&t.name), Some(&name), "{}", t.name);
+        }
+        tensors.extend(parsed.tensors);
+    }
+    let shard_files = fs::read_dir(folder)
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            name.to_string_lossy().ends_with(".safetensors")
+        })
+        .count();
+    assert_eq!(shard_files, shards, "{}", folder.display());
+    assert_eq!(weight_map.len(), tensors.len(), "index vs shards");
+    assert_eq!(tensors.len(), expected.len());
+    for (got, want) in tensors.iter().zip(expected) {
+        assert_eq!(
+            (&got.name, got.dtype, &got.shape),
+            (&want.name, want.dtype, &want.shape)
+        );
+        assert!(
+            got.data == want.data,
+            "{}: other bytes than finetune",
+            got.name
+        );
+    }
+    weight_map
+}
+
+#[test]
+fn sharded_and_resharded_split_each_finetune_step_over_indexed_shards() {
+    let size = 2 * MIB;
+    let expected: Vec<Vec<Tensor>> = (0..3).map(|s| finetune_tensors(size, s)).collect();
+    for scenario in [Scenario::Sharded, Scenario::Resharded] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut maps = Vec::new();
+        for step in 0..3 {
+            let files = gen_step(scenario, dir.path(), size, step);
+            let kept: Vec<String> = (step.saturating_sub(1)..=step)
+                .map(checkpoint_folder)
+                .collect();
+            assert_eq!(
+                checkpoint_folders(dir.path()),
+                kept,
+                "{scenario} step {step}"
+            );
+            assert_eq!(read_tree(dir.path()).len(), files.len());
+            let shards = shard_count(scenario, step);
+            let want = if scenario == Scenario::Sharded {
+                4
+            } else {
+                [2, 3, 4][step as usize]
+            };
+            assert_eq!(shards, want);
+            let folder = dir.path().join(checkpoint_folder(step));
+            maps.push(assert_sharded(&folder, shards, &expected[step as usize]));
+            assert!(folder.join("trainer_state.json").is_file());
+            assert!(folder.join("config.json").is_file());
+        }
+        let moved = maps[1].iter().filter(|(t, f)| maps[2][*t] != **f).count();
+        match scenario {
+            Scenario::Sharded => assert!(maps[1] == maps[2], "sharded moved tensors"),
+            _ => assert!(moved > 0, "resharded moved no tensor"),
+        }
+        let fresh = tempfile::tempdir().unwrap();
+        gen_step(scenario, fresh.path(), size, 2);
+        assert!(
+            read_tree(fresh.path()) == read_tree(dir.path()),
+            "{scenario}: not deterministic"
+        );
+    }
+}
+
+#[test]
+fn a_layout_folder_holds_only_its_own_files() {
+    // Another layout's step written over the same DIR leaves no stale shard or model file.
+    let dir = tempfile::tempdir().unwrap();
+    gen_step(Scenario::Sharded, dir.path(), MIB, 1);
+    fs::create_dir(dir.path().join("checkpoint-99x")).unwrap();
+    fs::write(dir.path().join("notes.txt"), b"mine").unwrap();
+    let files = gen_step(Scenario::Rolling, dir.path(), MIB, 1);
+    let tree = read_tree(dir.path());
+    let layout: HashSet<&PathBuf> = tree
+        .keys()
+        .filter(|p| p.to_string_lossy().starts_with("checkpoint-"))
+        .collect();
+    assert_eq!(layout, files.iter().collect::<HashSet<_>>());
+    // What is not a checkpoint folder stays.
+    assert!(tree.contains_key(Path::new("notes.txt")));
+    assert!(dir.path().join("checkpoint-99x").is_dir());
+}
+
+#[test]
+fn shard_ranges_are_contiguous_non_empty_and_balanced() {
+    let specs = transformer_specs(8 * MIB, Dtype::BF16);
+    let total: usize = specs.iter().map(TensorSpec::byte_len).sum();
+    for n in 1..=6 {
+        let ranges = shard_ranges(&specs, n);
+        assert_eq!(ranges.len(), n);
+        assert_eq!(ranges[0].start, 0);
+        assert_eq!(ranges[n - 1].end, specs.len());
+        assert!(ranges.windows(2).all(|w| w[0].end == w[1].start));
+        assert!(ranges.iter().all(|r| !r.is_empty()));
+        let largest = ranges
+            .iter()
+            .map(|r| {
+                specs[r.clone()]
+                    .iter()
+                    .map(TensorSpec::byte_len)
+                    .sum::<usize>()
+            })
+            .max()
+            .unwrap();
+        let biggest_tensor = specs.iter().map(TensorSpec::byte_len).max().unwrap();
+        assert!(
+            largest <= total / n + biggest_tensor,
+            "n={n}: {largest} of {total}"
+        );
+    }
+    assert_eq!(shard_ranges(&specs[..2], 4).len(), 2);
+}
+
 #[test]
 fn names_and_sizes_parse() {
     for &s in Scenario::all() {

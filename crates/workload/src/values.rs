@@ -86,6 +86,16 @@ pub(crate) fn fill_base(seed: u64, i: usize, spec: &TensorSpec, buf: &mut [u8]) 
     fill_normal_keyed(key, 0, spec.dtype, (init_mean(spec), WEIGHT_STD), buf);
 }
 
+/// Tensor `i` of [`Scenario::Finetune`] step `step`: its initial values after `step` calls of
+/// [`finetune_step`], each from its own stream (so step k is step k-1 plus one more step).
+pub(crate) fn fill_finetune(seed: u64, i: usize, spec: &TensorSpec, step: u32, buf: &mut [u8]) {
+    fill_base(seed, i, spec, buf);
+    for s in 1..=step {
+        let key = [seed, tag::FINETUNE, i as u64, u64::from(s)];
+        finetune_step(&mut Rng::keyed(&key), buf);
+    }
+}
+
 /// One small-learning-rate step on bf16 data: each value is picked with probability
 /// [`FINETUNE_FRACTION`], gets Normal(0, 1e-4) added in f32 and is re-rounded; a pick that rounds
 /// back to the same bf16 moves one ulp instead, so every picked value really changes.

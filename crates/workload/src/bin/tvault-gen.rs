@@ -5,6 +5,7 @@
 //! cargo run --release -p tvault-workload --bin tvault-gen -- SCENARIO DIR [--size 64MiB] [--seed 1] [--step 0]
 //! cargo run --release -p tvault-workload --bin tvault-gen -- finetune /tmp/ft --size 1GiB            # step 0
 //! cargo run --release -p tvault-workload --bin tvault-gen -- finetune /tmp/ft --size 1GiB --step 1   # next checkpoint
+//! cargo run --release -p tvault-workload --bin tvault-gen -- sharded /tmp/run --step 1   # /tmp/run/checkpoint-{500,1000}/
 //! ```
 
 use std::path::PathBuf;
@@ -27,6 +28,8 @@ fn usage() -> String {
          \n\
          Writes step K of SCENARIO into DIR (created if missing; rerun with the next --step on\n\
          the same DIR to get the next checkpoint). Output is a pure function of the arguments.\n\
+         rolling, sharded and resharded write DIR/checkpoint-{(K+1)*500}/ and keep step K-1's\n\
+         folder beside it (deleting older ones), as a trainer does: back up DIR.\n\
          \n\
          options:\n\
          \x20 --size SIZE  checkpoint bytes (default 64MiB); plain bytes or K/M/G/T (powers of\n\
