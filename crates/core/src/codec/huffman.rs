@@ -20,7 +20,15 @@ const STREAMS: usize = 4;
 pub const HEADER: usize = 128 + 4 * STREAMS;
 
 /// Byte frequencies of `data`.
+#[multiversion::multiversion(targets = "simd")]
 pub fn histogram(data: &[u8]) -> [u64; 256] {
+    histogram_portable(data)
+}
+
+/// [`histogram`] as written, compiled for whatever target includes it (the dispatched clones
+/// inline it; tests compare both).
+#[inline(always)]
+pub(crate) fn histogram_portable(data: &[u8]) -> [u64; 256] {
     // Four tables hide the store-to-load dependency of repeated bytes.
     let mut h = [[0u32; 256]; 4];
     let mut quads = data.chunks_exact(4);
@@ -180,7 +188,15 @@ impl<'a> BitWriter<'a> {
 }
 
 /// Appends `data` coded with `lens` (from [`code_lengths`] of its histogram) to `out`.
+#[multiversion::multiversion(targets = "simd")]
 pub fn encode(data: &[u8], lens: &[u8; 256], out: &mut Vec<u8>) {
+    encode_portable(data, lens, out)
+}
+
+/// [`encode`] as written, compiled for whatever target includes it (the dispatched clones
+/// inline it; tests compare both).
+#[inline(always)]
+pub(crate) fn encode_portable(data: &[u8], lens: &[u8; 256], out: &mut Vec<u8>) {
     for pair in lens.chunks(2) {
         out.push(pair[0] | pair[1] << 4);
     }
