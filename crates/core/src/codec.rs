@@ -248,6 +248,9 @@ fn split_planes_portable(elems: &[u8], w: usize, planes: &mut Vec<u8>) {
     let n = elems.len() / w;
     planes.clear();
     planes.resize(elems.len(), 0);
+    if n == 0 {
+        return;
+    }
     match w {
         2 => {
             let (p0, p1) = planes.split_at_mut(n);
