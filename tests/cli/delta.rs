@@ -265,6 +265,64 @@ fn verify_names_the_files_whose_deltas_lost_their_base() {
     assert_ne!(run.code(), Some(0), "{run}");
 }
 
+/// verify checks deltas chain by chain (each keyframe decoded once, each link applied once):
+/// a damaged link in the middle still names exactly the steps above it.
+#[test]
+fn verify_names_the_steps_above_a_damaged_link_of_a_chain_and_spares_those_below() {
+    let env = TestEnv::with_repo();
+    let dir = step(&env, Scenario::Finetune, SIZE, 0);
+    let s0 = text(&env.backup(&[&dir], &[]), "id");
+    let before = files_below(&env.repo.join("data"));
+    let dir = step(&env, Scenario::Finetune, SIZE, 1);
+    let s1 = text(&env.backup(&[&dir], &[]), "id");
+    let step1_packs: Vec<_> = files_below(&env.repo.join("data"))
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .collect();
+    let dir = step(&env, Scenario::Finetune, SIZE, 2);
+    let report = env.backup(&[&dir], &[]);
+    assert!(stored(&report, "delta") > 0);
+    let s2 = text(&report, "id");
+    env.tvault(["verify", "--read-data"]).expect_code(0);
+    // Damage the middle links: every blob step 1 stored (a byte in every 2 KiB).
+    for pack in &step1_packs {
+        for at in (200..fs::metadata(pack).unwrap().len() - 200).step_by(2048) {
+            flip_byte(pack, at);
+        }
+    }
+    let report = env
+        .tvault(["--json", "verify", "--read-data"])
+        .expect_code(4)
+        .json();
+    // (snapshot, path) of every file the problems name; step 1's tree was in its packs too.
+    let affected: Vec<(String, String)> = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["affected"].as_array().unwrap().clone())
+        .map(|a| (text(&a, "snapshot"), text(&a, "path")))
+        .collect();
+    let named = |s: &str| -> Vec<String> {
+        affected
+            .iter()
+            .filter(|(a, _)| s.starts_with(a.as_str()))
+            .map(|(_, path)| path.clone())
+            .collect()
+    };
+    assert!(!named(&s1).is_empty(), "step 1 is not named: {report:#}");
+    assert!(
+        named(&s2)
+            .iter()
+            .any(|path| path.ends_with("model.safetensors")),
+        "step 2's model, whose deltas sit on step 1's, is not named: {report:#}"
+    );
+    assert_eq!(
+        named(&s0).len(),
+        0,
+        "step 0 holds no damaged chunk: {report:#}"
+    );
+}
+
 #[test]
 fn crash_at_every_write_step_of_a_delta_backup_leaves_a_sound_repository() {
     let env = TestEnv::with_repo();

@@ -286,13 +286,15 @@ pub fn run(
         selected
             .par_iter()
             .map(|pack| {
-                let r = repo.check_pack(pack, &packs[*pack]);
+                let r = repo.check_pack_deferring_deltas(pack, &packs[*pack]);
                 progress.bytes(r.bytes);
                 r
             })
             .collect()
     });
+    let mut deferred = Vec::new();
     for r in results {
+        deferred.extend(r.deferred.iter().map(|id| (*id, r.pack)));
         report.packs_read += 1;
         report.bytes_read += r.bytes;
         report.blobs_read += r.blobs as u64;
@@ -323,6 +325,16 @@ pub fn run(
                 "pack content does not match its name (damage outside its chunks, e.g. in the trailer)".into(),
             );
         }
+    }
+
+    // The deltas of sound packs, chain by chain (see `Repository::check_deltas`).
+    for (blob, pack, reason) in repo.check_deltas(&deferred) {
+        let p = c.problem(
+            ProblemKind::DamagedChunk,
+            Handle::pack(&pack).to_string(),
+            format!("chunk {blob}: {reason}"),
+        );
+        c.damaged.insert(blob, p);
     }
 
     // A delta is lost with its base (and with a base no index lists), transitively.

@@ -23,6 +23,19 @@ pub struct PackCheck {
     /// The pack could not be read at all.
     pub unreadable: Option<Error>,
     pub bad_blobs: Vec<(Id, String)>,
+    /// Delta blobs authenticated but not yet decoded: left for [`Repository::check_deltas`].
+    pub deferred: Vec<Id>,
+}
+
+/// What is wrong with a blob that did not decode, in a verify report's words.
+fn blob_problem(err: Error) -> String {
+    match err {
+        Error::CorruptChunk { reason, .. } if reason.contains("does not match") => {
+            "content does not match its ID".into()
+        }
+        Error::CorruptChunk { reason, .. } => format!("cannot be decoded ({reason})"),
+        err => format!("cannot be decoded ({err})"),
+    }
 }
 
 impl Repository {
@@ -196,6 +209,17 @@ impl Repository {
     /// `entries` in it (`verify --read-data`, `repair packs`). Checked data blobs are kept in
     /// the base cache: the next snapshot's deltas may need them.
     pub fn check_pack(&self, pack: &Id, entries: &[PackEntry]) -> PackCheck {
+        self.check_pack_with(pack, entries, false)
+    }
+
+    /// [`Repository::check_pack`] that only authenticates the delta blobs of a pack whose hash
+    /// is right, and lists them in [`PackCheck::deferred`] for [`Repository::check_deltas`]:
+    /// decoded here, each would resolve its chain from its keyframe again.
+    pub fn check_pack_deferring_deltas(&self, pack: &Id, entries: &[PackEntry]) -> PackCheck {
+        self.check_pack_with(pack, entries, true)
+    }
+
+    fn check_pack_with(&self, pack: &Id, entries: &[PackEntry], defer: bool) -> PackCheck {
         let mut r = PackCheck {
             pack: *pack,
             bytes: 0,
@@ -203,6 +227,7 @@ impl Repository {
             hash_ok: false,
             unreadable: None,
             bad_blobs: Vec::new(),
+            deferred: Vec::new(),
         };
         let data = match self.storage.get(&Handle::pack(pack)) {
             Ok(d) => d,
@@ -213,39 +238,80 @@ impl Repository {
         };
         r.bytes = data.len() as u64;
         r.hash_ok = Id::of(&data) == *pack;
+        // A pack that does not hash to its name has every blob decoded here, so that the
+        // damage is named with the pack.
+        let defer = defer && r.hash_ok;
         // Blobs are checked in parallel: a pack of small deltas holds hundreds of blocks'
         // worth of decoding (each resolves its chain), which one thread did alone.
         r.blobs = entries.len();
-        let bad: Vec<Option<(Id, String)>> = entries
+        let checked: Vec<std::result::Result<bool, (Id, String)>> = entries
             .par_iter()
             .map(|e| {
                 let Some(stored) = data.get(blob_span(e)) else {
-                    return Some((e.id, "lies beyond the end of the pack".into()));
+                    return Err((e.id, "lies beyond the end of the pack".into()));
                 };
+                if defer && e.encoding == crate::codec::Encoding::Delta {
+                    return match self.unseal(&e.id, pack, stored) {
+                        Ok(_) => Ok(true),
+                        Err(err) => Err((e.id, blob_problem(err))),
+                    };
+                }
                 match self.decode_blob(&e.id, pack, e.encoding, stored, e.plain_len as usize) {
-                    Err(Error::CorruptChunk { reason, .. })
-                        if reason.contains("does not match") =>
-                    {
-                        Some((e.id, "content does not match its ID".into()))
-                    }
-                    Err(Error::CorruptChunk { reason, .. }) => {
-                        Some((e.id, format!("cannot be decoded ({reason})")))
-                    }
-                    Err(err) => Some((e.id, format!("cannot be decoded ({err})"))),
+                    Err(err) => Err((e.id, blob_problem(err))),
                     // Tensor blocks may be the base of the next snapshot's deltas.
                     Ok(plain) if e.kind == BlobKind::Data => {
                         self.remember(e.id, std::sync::Arc::new(plain));
-                        None
+                        Ok(false)
                     }
                     Ok(plain) => {
                         crate::codec::recycle(plain);
-                        None
+                        Ok(false)
                     }
                 }
             })
             .collect();
-        r.bad_blobs = bad.into_iter().flatten().collect();
+        for (e, c) in entries.iter().zip(checked) {
+            match c {
+                Ok(true) => r.deferred.push(e.id),
+                Ok(false) => {}
+                Err(bad) => r.bad_blobs.push(bad),
+            }
+        }
         r
+    }
+
+    /// Decodes and re-hashes the delta blobs `deltas` (with the pack each was found in), and
+    /// returns those that fail with their pack and what is wrong. The deltas of one keyframe
+    /// are checked together, from the shallowest up, each kept in the base cache for the next:
+    /// each keyframe is decoded once and each link applied once, where checking deltas pack
+    /// by pack resolved every delta's chain from its keyframe again.
+    pub fn check_deltas(&self, deltas: &[(Id, Id)]) -> Vec<(Id, Id, String)> {
+        let index = self.index();
+        let mut chains: IdMap<Vec<(u8, Id, Id)>> = IdMap::default();
+        for (id, pack) in deltas {
+            let depth = index.delta(id).map_or(0, |d| d.depth);
+            chains
+                .entry(index.keyframe_of(id))
+                .or_default()
+                .push((depth, *id, *pack));
+        }
+        let mut chains: Vec<Vec<(u8, Id, Id)>> = chains.into_values().collect();
+        chains.par_iter_mut().for_each(|c| c.sort_unstable());
+        self.with_read_slots(|| {
+            chains
+                .par_iter()
+                .flat_map_iter(|chain| {
+                    let mut bad = Vec::new();
+                    for (_, id, pack) in chain {
+                        match self.read_blob(id) {
+                            Ok(plain) => self.remember(*id, std::sync::Arc::new(plain)),
+                            Err(err) => bad.push((*id, *pack, blob_problem(err))),
+                        }
+                    }
+                    bad
+                })
+                .collect()
+        })
     }
 
     /// A pack's index entries rebuilt from the pack alone: its trailer, and each delta's base
@@ -316,5 +382,41 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    /// verify's second pass decodes the deltas the first only authenticated: one that
+    /// decodes to other content than its ID (a writer's bug; it seals and hashes fine) is named
+    /// with its pack, and a sound one beside it is not.
+    #[test]
+    fn deferred_deltas_are_decoded_and_a_wrong_one_is_named_with_its_pack() {
+        let mut repo =
+            Repository::init_with(Arc::new(MemBackend::default()), "mem".into()).unwrap();
+        let base: Vec<u8> = (0..64 * 1024u32).map(|i| (i * 7 % 251) as u8).collect();
+        let (mut good, mut wrong) = (base.clone(), base.clone());
+        good[100] ^= 1;
+        wrong[200] ^= 1;
+        let ids = repo.ids();
+        let (base_id, good_id, wrong_id) = (ids.of(&base), ids.of(&good), ids.of(b"other"));
+        let mut sink = PackSink::new(&repo);
+        sink.add(base_id, BlobKind::Data, Encoding::Raw, &base, base.len())
+            .unwrap();
+        let mut out = Vec::new();
+        for (id, plain) in [(good_id, &good), (wrong_id, &wrong)] {
+            crate::codec::encode_delta(plain, &base, &base_id, 0, 1, 1, &mut out).unwrap();
+            sink.add(id, BlobKind::Data, Encoding::Delta, &out, plain.len())
+                .unwrap();
+        }
+        let written = sink.finish().unwrap();
+        repo.save_index(&written.packs).unwrap();
+        repo.refresh_index().unwrap();
+        let (pack, entries, _) = &written.packs[0];
+        let r = repo.check_pack_deferring_deltas(pack, entries);
+        assert!(r.hash_ok && r.bad_blobs.is_empty(), "{:?}", r.bad_blobs);
+        assert_eq!(r.deferred, [good_id, wrong_id]);
+        let deferred: Vec<(Id, Id)> = r.deferred.iter().map(|id| (*id, *pack)).collect();
+        let bad = repo.check_deltas(&deferred);
+        assert_eq!(bad.len(), 1, "{bad:?}");
+        assert_eq!((bad[0].0, bad[0].1), (wrong_id, *pack));
+        assert!(bad[0].2.contains("does not match"), "{}", bad[0].2);
     }
 }
