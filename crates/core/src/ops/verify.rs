@@ -282,11 +282,19 @@ pub fn run(
         selected.len() as u64,
         selected.iter().map(|p| on_disk[*p]).sum(),
     );
+    // Keyframes that deltas build on are checked with their deltas (`check_deltas`).
+    let keyframes: IdSet = {
+        let index = repo.index();
+        index
+            .deltas()
+            .map(|(id, _)| index.keyframe_of(id))
+            .collect()
+    };
     let results: Vec<PackCheck> = repo.with_read_slots(|| {
         selected
             .par_iter()
             .map(|pack| {
-                let r = repo.check_pack_deferring_deltas(pack, &packs[*pack]);
+                let r = repo.check_pack_deferring_deltas(pack, &packs[*pack], &keyframes);
                 progress.bytes(r.bytes);
                 r
             })

@@ -11,7 +11,7 @@ use super::storage::{plan_reads, Handle, ObjectKind, PlannedRead, READ_GAP, READ
 use super::{PackSink, Repository};
 use crate::error::{Error, Result};
 use crate::id::Id;
-use crate::index::{self, IdMap};
+use crate::index::{self, IdMap, IdSet};
 use crate::pack::{BlobKind, PackEntry};
 
 /// What reading one whole pack found: whether it hashes to its name, and its damaged blobs.
@@ -209,17 +209,28 @@ impl Repository {
     /// `entries` in it (`verify --read-data`, `repair packs`). Checked data blobs are kept in
     /// the base cache: the next snapshot's deltas may need them.
     pub fn check_pack(&self, pack: &Id, entries: &[PackEntry]) -> PackCheck {
-        self.check_pack_with(pack, entries, false)
+        self.check_pack_with(pack, entries, None)
     }
 
     /// [`Repository::check_pack`] that only authenticates the delta blobs of a pack whose hash
-    /// is right, and lists them in [`PackCheck::deferred`] for [`Repository::check_deltas`]:
-    /// decoded here, each would resolve its chain from its keyframe again.
-    pub fn check_pack_deferring_deltas(&self, pack: &Id, entries: &[PackEntry]) -> PackCheck {
-        self.check_pack_with(pack, entries, true)
+    /// is right, and the keyframes in `keyframes` (those deltas build on), and lists them in
+    /// [`PackCheck::deferred`] for [`Repository::check_deltas`]: decoded here, each delta
+    /// would resolve its chain from its keyframe again.
+    pub fn check_pack_deferring_deltas(
+        &self,
+        pack: &Id,
+        entries: &[PackEntry],
+        keyframes: &IdSet,
+    ) -> PackCheck {
+        self.check_pack_with(pack, entries, Some(keyframes))
     }
 
-    fn check_pack_with(&self, pack: &Id, entries: &[PackEntry], defer: bool) -> PackCheck {
+    fn check_pack_with(
+        &self,
+        pack: &Id,
+        entries: &[PackEntry],
+        defer: Option<&IdSet>,
+    ) -> PackCheck {
         let mut r = PackCheck {
             pack: *pack,
             bytes: 0,
@@ -240,7 +251,7 @@ impl Repository {
         r.hash_ok = Id::of(&data) == *pack;
         // A pack that does not hash to its name has every blob decoded here, so that the
         // damage is named with the pack.
-        let defer = defer && r.hash_ok;
+        let defer = defer.filter(|_| r.hash_ok);
         // Blobs are checked in parallel: a pack of small deltas holds hundreds of blocks'
         // worth of decoding (each resolves its chain), which one thread did alone.
         r.blobs = entries.len();
@@ -250,7 +261,10 @@ impl Repository {
                 let Some(stored) = data.get(blob_span(e)) else {
                     return Err((e.id, "lies beyond the end of the pack".into()));
                 };
-                if defer && e.encoding == crate::codec::Encoding::Delta {
+                let deferred = defer.is_some_and(|keyframes| {
+                    e.encoding == crate::codec::Encoding::Delta || keyframes.contains(&e.id)
+                });
+                if deferred {
                     return match self.unseal(&e.id, pack, stored) {
                         Ok(_) => Ok(true),
                         Err(err) => Err((e.id, blob_problem(err))),
@@ -280,11 +294,12 @@ impl Repository {
         r
     }
 
-    /// Decodes and re-hashes the delta blobs `deltas` (with the pack each was found in), and
-    /// returns those that fail with their pack and what is wrong. The deltas of one keyframe
-    /// are checked together, from the shallowest up, each kept in the base cache for the next:
-    /// each keyframe is decoded once and each link applied once, where checking deltas pack
-    /// by pack resolved every delta's chain from its keyframe again.
+    /// Decodes and re-hashes the blobs `deltas` (deltas and their keyframes, with the pack
+    /// each was found in), and returns those that fail with their pack and what is wrong. A
+    /// keyframe and its deltas are checked together, from the shallowest up, each kept in the
+    /// base cache for the next: each keyframe is decoded once and each link applied once,
+    /// where checking deltas pack by pack resolved every delta's chain from its keyframe
+    /// again.
     pub fn check_deltas(&self, deltas: &[(Id, Id)]) -> Vec<(Id, Id, String)> {
         let index = self.index();
         let mut chains: IdMap<Vec<(u8, Id, Id)>> = IdMap::default();
@@ -410,9 +425,10 @@ mod tests {
         repo.save_index(&written.packs).unwrap();
         repo.refresh_index().unwrap();
         let (pack, entries, _) = &written.packs[0];
-        let r = repo.check_pack_deferring_deltas(pack, entries);
+        let keyframes: IdSet = [base_id].into_iter().collect();
+        let r = repo.check_pack_deferring_deltas(pack, entries, &keyframes);
         assert!(r.hash_ok && r.bad_blobs.is_empty(), "{:?}", r.bad_blobs);
-        assert_eq!(r.deferred, [good_id, wrong_id]);
+        assert_eq!(r.deferred, [base_id, good_id, wrong_id]);
         let deferred: Vec<(Id, Id)> = r.deferred.iter().map(|id| (*id, *pack)).collect();
         let bad = repo.check_deltas(&deferred);
         assert_eq!(bad.len(), 1, "{bad:?}");
