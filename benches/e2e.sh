@@ -67,7 +67,7 @@ ratio() { # rate, reference rate (either may be empty): "1.23" or "n/a"
   if [ -n "$1" ] && [ -n "$2" ]; then python3 -c "print(f'{$1 / $2:.2f}')"; else echo n/a; fi
 }
 # The `single` checkpoint's rates in this run (set by run_tvault), which the series compare to.
-SINGLE_BACKUP_RATE='' SINGLE_RESTORE_RATE='' SINGLE_VERIFY_RATE=''
+SINGLE_BACKUP_RATE='' SINGLE_RESTORE_RATE='' SINGLE_VERIFY_RATE='' SINGLE_VERIFY_CKPT_RATE=''
 json() { python3 -c "import json; print(json.load(open('$WORK/out'))$1)"; }
 share() { python3 -c "print(round($1 / $bytes, 3))"; }
 
@@ -133,6 +133,7 @@ run_tvault() { # name, binary, init options
     echo "  of repository: $repo_bytes bytes, $(gbs "$repo_bytes" "$LAST_SECS") GB/s"
     if [ "$name" = tvault ]; then
       SINGLE_VERIFY_RATE=$(python3 -c "print($repo_bytes / max($LAST_SECS, 0.01))")
+      SINGLE_VERIFY_CKPT_RATE=$LAST_RATE
     fi
   else
     echo "  verify --read-data: not in this build, skipped"
@@ -143,8 +144,8 @@ run_tvault() { # name, binary, init options
 # Model-aware storage: each series' steps 0, 1, 2 backed up one after the other into its own
 # repository: what every further step adds (a share of that step's checkpoint) and its backup
 # speed against the `single` first backup, then the restore of the last step (deltas resolved
-# through their chains) and `verify --read-data` of the repository (GB/s of repository bytes),
-# each as a ratio to the `single` checkpoint's of this run (1.00: as fast). One-path scenarios
+# through their chains) and `verify --read-data` of the repository (GB/s of repository bytes, and
+# of the 3 steps' checkpoint bytes, all of which it decodes and re-hashes), each as a ratio to the `single` checkpoint's of this run (1.00: as fast). One-path scenarios
 # write every step over `ckpt/` (each file's parent version is at the same path); the layout
 # scenarios write a new `checkpoints/checkpoint-N/` per step, deleting the older folders, and
 # `checkpoints/` is backed up (bases are then found by tensor identity); the last step's folder
@@ -153,6 +154,7 @@ run_tvault() { # name, binary, init options
 series() { # scenario, label
   local scenario=$1 label=$2 name=${NAME:-tvault} bin=${BIN:-$B}
   local top="$WORK/data/$scenario" repo="$WORK/$scenario-repo" src rel shares=() backup_ratio=''
+  local ckpt_bytes=0
   echo "== $name: $scenario ($label)"
   rm -rf "$top" "$repo"; $bin --repo "$repo" init -q
   for step in 0 1 2; do
@@ -162,6 +164,7 @@ series() { # scenario, label
     esac
     $GEN "$scenario" "$src" --size "$SIZE" --step "$step" >/dev/null
     local total; total=$(du -sb --apparent-size "$top/$rel" | cut -f1)
+    ckpt_bytes=$((ckpt_bytes + total))
     bytes=$total measure "$name backup ($scenario, step $step)" $bin --repo "$repo" --json backup "$src"
     local added; added=$(json "['bytes_added']")
     shares+=("$(python3 -c "print(f'{$added / $total:.4f}')")")
@@ -186,15 +189,19 @@ series() { # scenario, label
   local restore_ratio; restore_ratio=$(ratio "$LAST_RATE" "$SINGLE_RESTORE_RATE")
   diff -r "$top/$what" "$WORK/restored/$what" >/dev/null || { echo "e2e: $scenario restore differs" >&2; exit 1; }
   echo "  restore of step 2: ${restore_ratio}x the single restore's speed ($(gbs "$LAST_RATE" 1) vs $(gbs "${SINGLE_RESTORE_RATE:-0}" 1) GB/s)"
-  local verify_ratio=n/a
+  local verify_ratio=n/a verify_ckpt_ratio=n/a
   if $bin verify --help >/dev/null 2>&1; then
     local repo_bytes; repo_bytes=$(du -sb --apparent-size "$repo" | cut -f1)
     bytes=$repo_bytes measure "$name verify --read-data ($scenario)" $bin --repo "$repo" -q verify --read-data
     verify_ratio=$(ratio "$LAST_RATE" "$SINGLE_VERIFY_RATE")
     echo "  verify of $repo_bytes repository bytes: ${verify_ratio}x the single repository's speed ($(gbs "$LAST_RATE" 1) vs $(gbs "${SINGLE_VERIFY_RATE:-0}" 1) GB/s)"
+    # The same run per checkpoint byte: every step's content is decoded and re-hashed.
+    local ckpt_rate; ckpt_rate=$(python3 -c "print($ckpt_bytes / max($LAST_SECS, 0.01))")
+    verify_ckpt_ratio=$(ratio "$ckpt_rate" "$SINGLE_VERIFY_CKPT_RATE")
+    echo "  that is $(gbs "$ckpt_rate" 1) GB/s of the 3 steps' checkpoint bytes: ${verify_ckpt_ratio}x the single checkpoint's ($(gbs "${SINGLE_VERIFY_CKPT_RATE:-0}" 1) GB/s)"
   fi
-  SUMMARY+=("$(printf '%-7s %-10s %8s %8s %8s %8s %8s' "$name" "$scenario" "${shares[1]}" "${shares[2]}" \
-    "$backup_ratio" "$restore_ratio" "$verify_ratio")")
+  SUMMARY+=("$(printf '%-7s %-10s %8s %8s %8s %8s %8s %8s' "$name" "$scenario" "${shares[1]}" "${shares[2]}" \
+    "$backup_ratio" "$restore_ratio" "$verify_ratio" "$verify_ckpt_ratio")")
   rm -rf "$WORK/restored" "$repo" "$top"
 }
 run_series() {
@@ -209,8 +216,9 @@ run_series() {
   if [ -n "${BEFORE:-}" ]; then
     NAME=before BIN=$BEFORE series rolling "the finetune series, a new folder per step"
   fi
-  echo "== series: step adds (share of the checkpoint); step 2's backup, restore and verify speed / single's"
-  printf '%-7s %-10s %8s %8s %8s %8s %8s\n' build series step1 step2 backup restore verify
+  echo "== series: step adds (share of the checkpoint); step 2's backup and restore speed, verify's per"
+  echo "   repository byte and per checkpoint byte (the 3 steps), each / single's"
+  printf '%-7s %-10s %8s %8s %8s %8s %8s %8s\n' build series step1 step2 backup restore verify verify/ck
   printf '%s\n' "${SUMMARY[@]}"
 }
 if [ "${ONLY:-}" = series ]; then
