@@ -3,7 +3,8 @@
 # limits measured in the same run:
 #   - limits: plain read of the checkpoint (`cat`), BLAKE3 alone on every core (examples/b3),
 #     sequential write speed of the work directory's filesystem (`dd conv=fsync`);
-#   - baselines: `tar | zstd -3 -T0`; restic and borg when installed (skipped otherwise);
+#   - baselines: `tar | zstd -3 -T0` and back (`zstd -d | tar -x`); restic and borg when
+#     installed (backup, unchanged backup, restore; skipped otherwise);
 #   - tvault: first backup, incremental backup of the unchanged tree, restore,
 #     `verify --read-data` (when this build has it; also as GB/s of repository), the series
 #     (below), and peak memory backing up 1 GiB and 20 GiB files (sparse zeros: memory
@@ -269,13 +270,16 @@ rm -f "$WORK/dd.out"
 echo "== baselines"
 measure "tar | zstd -3 -T0" bash -c "tar -C '$WORK/data/single' -cf - ckpt | zstd -3 -T0 -q -o '$WORK/single.tar.zst'"
 echo "  stored: $(stat -c %s "$WORK/single.tar.zst") bytes = $(share "$(stat -c %s "$WORK/single.tar.zst")") of the input"
-rm -f "$WORK/single.tar.zst"
+mkdir -p "$WORK/restored"
+measure "zstd -d | tar -x" bash -c "zstd -d -q -c '$WORK/single.tar.zst' | tar -C '$WORK/restored' -xf -"
+rm -rf "$WORK/single.tar.zst" "$WORK/restored"
 if command -v restic >/dev/null; then
   export RESTIC_PASSWORD=bench
   restic init -q -r "$WORK/restic" >/dev/null
   measure "restic backup (first)" restic -q -r "$WORK/restic" backup "$CKPT"
   measure "restic backup (unchanged)" restic -q -r "$WORK/restic" backup "$CKPT"
-  rm -rf "$WORK/restic"
+  measure "restic restore" restic -q -r "$WORK/restic" restore latest --target "$WORK/restored"
+  rm -rf "$WORK/restic" "$WORK/restored"
 else
   echo "  restic: not installed, skipped"
 fi
@@ -284,7 +288,9 @@ if command -v borg >/dev/null; then
   borg init -e none "$WORK/borg" >/dev/null
   measure "borg create (first, zstd,3)" borg create -C zstd,3 "$WORK/borg::a" "$CKPT"
   measure "borg create (unchanged)" borg create -C zstd,3 "$WORK/borg::b" "$CKPT"
-  rm -rf "$WORK/borg"
+  mkdir -p "$WORK/restored"
+  measure "borg extract" bash -c "cd '$WORK/restored' && borg extract '$WORK/borg::a'"
+  rm -rf "$WORK/borg" "$WORK/restored"
 else
   echo "  borg: not installed, skipped"
 fi
