@@ -271,8 +271,9 @@ impl Repository {
                 }
                 match self.decode_blob(&e.id, pack, e.encoding, stored, e.plain_len as usize) {
                     Err(err) => Err((e.id, blob_problem(err))),
-                    // Tensor blocks may be the base of the next snapshot's deltas.
-                    Ok(plain) if e.kind == BlobKind::Data => {
+                    // Tensor blocks may be the base of the next snapshot's deltas (when
+                    // deferring, those are checked with their deltas: nothing else needs them).
+                    Ok(plain) if e.kind == BlobKind::Data && defer.is_none() => {
                         self.remember(e.id, std::sync::Arc::new(plain));
                         Ok(false)
                     }
