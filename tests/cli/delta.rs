@@ -223,6 +223,17 @@ fn prune_rewrites_deltas_whose_bases_only_forgotten_steps_used_as_keyframes() {
     env.tvault(["verify", "--read-data"]).expect_code(0);
 }
 
+/// (snapshot, path) of every file a verify report's problems name.
+fn affected_files(report: &Value) -> Vec<(String, String)> {
+    report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["affected"].as_array().unwrap().clone())
+        .map(|a| (text(&a, "snapshot"), text(&a, "path")))
+        .collect()
+}
+
 #[test]
 fn verify_names_the_files_whose_deltas_lost_their_base() {
     let env = TestEnv::with_repo();
@@ -243,13 +254,7 @@ fn verify_names_the_files_whose_deltas_lost_their_base() {
         .tvault(["--json", "verify", "--read-data"])
         .expect_code(4);
     let report = run.json();
-    let affected: Vec<(String, String)> = report["problems"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|p| p["affected"].as_array().unwrap().clone())
-        .map(|a| (text(&a, "snapshot"), text(&a, "path")))
-        .collect();
+    let affected = affected_files(&report);
     for s in [&s0, &s1] {
         assert!(
             affected
@@ -294,14 +299,8 @@ fn verify_names_the_steps_above_a_damaged_link_of_a_chain_and_spares_those_below
         .tvault(["--json", "verify", "--read-data"])
         .expect_code(4)
         .json();
-    // (snapshot, path) of every file the problems name; step 1's tree was in its packs too.
-    let affected: Vec<(String, String)> = report["problems"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|p| p["affected"].as_array().unwrap().clone())
-        .map(|a| (text(&a, "snapshot"), text(&a, "path")))
-        .collect();
+    // Step 1's tree was in its packs too.
+    let affected = affected_files(&report);
     let named = |s: &str| -> Vec<String> {
         affected
             .iter()

@@ -317,15 +317,22 @@ fn wait_for_stderr(log: &Path, needle: &str) {
     }
 }
 
+/// Two settled files, `watch` paused with its snapshot open, then SIGTERM: the watch process
+/// (still paused) and its stderr log, once it said it is stopping.
+fn sigterm_mid_snapshot(env: &TestEnv) -> (Child, PathBuf) {
+    set_mtime(&env.write("src/a.bin", &[1u8; 50_000]), ago(60), 0);
+    set_mtime(&env.write("src/b.bin", &[2u8; 50_000]), ago(60), 0);
+    let (mut watch, log) = spawn_watch_paused(env, args!["watch", &env.src, "--settle", "1s"]);
+    wait_paused(env, "backup-open", &mut watch);
+    signal(&watch, "-TERM");
+    wait_for_stderr(&log, "stopping");
+    (watch, log)
+}
+
 #[test]
 fn sigterm_mid_snapshot_finishes_it_and_exits_0_without_a_lock() {
     let env = TestEnv::with_repo();
-    set_mtime(&env.write("src/a.bin", &[1u8; 50_000]), ago(60), 0);
-    set_mtime(&env.write("src/b.bin", &[2u8; 50_000]), ago(60), 0);
-    let (mut watch, log) = spawn_watch_paused(&env, args!["watch", &env.src, "--settle", "1s"]);
-    wait_paused(&env, "backup-open", &mut watch);
-    signal(&watch, "-TERM");
-    wait_for_stderr(&log, "stopping");
+    let (mut watch, log) = sigterm_mid_snapshot(&env);
     resume(&env, "backup-open");
     let status = watch.wait().unwrap();
     let stderr = fs::read_to_string(&log).unwrap();
@@ -340,12 +347,7 @@ fn sigterm_mid_snapshot_finishes_it_and_exits_0_without_a_lock() {
 #[test]
 fn a_second_signal_abandons_the_snapshot_cleanly_and_exits_0() {
     let env = TestEnv::with_repo();
-    set_mtime(&env.write("src/a.bin", &[1u8; 50_000]), ago(60), 0);
-    set_mtime(&env.write("src/b.bin", &[2u8; 50_000]), ago(60), 0);
-    let (mut watch, log) = spawn_watch_paused(&env, args!["watch", &env.src, "--settle", "1s"]);
-    wait_paused(&env, "backup-open", &mut watch);
-    signal(&watch, "-TERM");
-    wait_for_stderr(&log, "stopping");
+    let (mut watch, log) = sigterm_mid_snapshot(&env);
     signal(&watch, "-INT");
     wait_for_stderr(&log, "abandoning");
     resume(&env, "backup-open");

@@ -53,6 +53,11 @@ pub struct PackSink {
 /// Stored packs' buffers kept for reuse, at most.
 const SPARE_PACKS: usize = 2;
 
+/// A buffer for a pack of `pack_size` bytes and the blob that ends it (at most a few MiB).
+fn pack_buffer(pack_size: usize) -> Vec<u8> {
+    Vec::with_capacity(pack_size + (4 << 20))
+}
+
 /// What a [`PackSink`] stored.
 pub struct Written {
     /// Every pack stored, with its blobs and deltas: what the index file naming them lists.
@@ -68,7 +73,7 @@ impl PackSink {
             pack_size: repo.config().pack_size as usize,
             pack: PackWriter::sealed_into(
                 repo.storage().crypto().cloned(),
-                Vec::with_capacity(repo.config().pack_size as usize + (4 << 20)),
+                pack_buffer(repo.config().pack_size as usize),
             ),
             storing: Default::default(),
             uploads: repo.upload_slots(),
@@ -115,7 +120,7 @@ impl PackSink {
             self.wait_oldest()?;
         }
         let buf = self.spare.lock().expect("spare packs").pop();
-        let buf = buf.unwrap_or_else(|| Vec::with_capacity(self.pack_size + (4 << 20)));
+        let buf = buf.unwrap_or_else(|| pack_buffer(self.pack_size));
         let next = PackWriter::sealed_into(self.storage.crypto().cloned(), buf);
         let pack = std::mem::replace(&mut self.pack, next);
         if self.dry {
