@@ -213,7 +213,7 @@ fn unsupported_format_version_is_refused_by_number() {
     let (env, snaps) = repo_with_snapshots();
     let mut config: Value =
         serde_json::from_slice(&fs::read(env.repo.join("config")).unwrap()).unwrap();
-    assert_eq!(config["version"], 3, "an encrypted repository");
+    assert_eq!(config["version"], 4, "a repository of this build");
     config["version"] = json!(99);
     let bytes = serde_json::to_vec_pretty(&config).unwrap();
     with_config(&env, &bytes, |run| {

@@ -416,6 +416,35 @@ fn copy_to_a_missing_destination_or_with_a_wrong_destination_password_fails_clea
 }
 
 #[test]
+fn copy_into_a_version_3_repository_stores_no_element_deltas_it_could_not_read() {
+    let src = TestEnv::with_repo();
+    let dir = src.root.join("src/ckpt");
+    for step in 0..3 {
+        if dir.exists() {
+            fs::remove_dir_all(&dir).unwrap();
+        }
+        src.checkpoint("src/ckpt", Scenario::Finetune, 2 << 20, 7, step);
+        src.backup(&[&dir], &[]);
+    }
+    assert!(crate::testenv::delta_methods(&src.open_repo()).contains(&4));
+    // A destination an older tvault made and still uses: version 3.
+    let dst = destination();
+    let path = dst.repo.join("config");
+    let mut config: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    config["version"] = Value::from(3);
+    fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    copy(&src, &dst.repo, &[]);
+    let password = || Ok(TO_PASSWORD.as_bytes().to_vec());
+    let repo = tvault_core::repo::Repository::open_local(&dst.repo, Some(&password)).unwrap();
+    assert_eq!(repo.config().version, 3);
+    let methods = crate::testenv::delta_methods(&repo);
+    assert!(methods.iter().all(|&m| m <= 3), "{methods:?}");
+    let copies = snapshots_at(&dst);
+    assert_restores_at(&dst, &text(&copies[2], "id"), &sources_manifest(&[&dir]));
+    verify_clean(&dst);
+}
+
+#[test]
 fn copy_of_a_finetune_series_stays_as_small_as_the_source() {
     let src = TestEnv::with_repo();
     let dir = src.root.join("src/ckpt");

@@ -98,14 +98,27 @@ fn finetune_series_stores_small_deltas_and_restores_every_step() {
 
 #[test]
 fn chains_end_at_staggered_steps_so_no_step_stores_the_whole_checkpoint() {
-    // Sparse deltas cost 1 each and chains stop at depth 32, so every block starts a new
-    // chain within any 33 steps; but not all in the same step: over 66 steps (the bound
+    // Version 3: sparse deltas cost 1 each and chains stop at depth 32, so every block starts
+    // a new chain within any 33 steps; but not all in the same step: over 66 steps (the bound
     // crossed twice) no step adds more than twice the mean of the steps after the first.
+    staggered_chains(3, 33, &[1, 32, 33, 34, 65, 66]);
+}
+
+#[test]
+fn version_4_chains_end_at_staggered_steps_within_65_steps() {
+    // Version 4: chains up to depth 64, so every block starts a new chain within 65 steps.
+    staggered_chains(4, 65, &[1, 64, 65, 66]);
+}
+
+/// 67 `finetune` steps into a repository of `version` whose sparse chains end within
+/// `period` steps; restores `check` and verifies all.
+fn staggered_chains(version: u32, period: usize, check: &[usize]) {
     let env = TestEnv::with_repo();
     // Small tensor blocks: many blocks in a small file, so turns spread as in a large one.
     let path = env.repo.join("config");
     let mut config: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
     config["tensor_block"] = Value::from(4096);
+    config["version"] = Value::from(version);
     fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
     let size = 1 << 20;
     let (mut snaps, mut added, mut keyframes, mut deltas) =
@@ -124,16 +137,23 @@ fn chains_end_at_staggered_steps_so_no_step_stores_the_whole_checkpoint() {
     assert!(max <= 2 * mean, "max {max} > 2 x mean {mean}: {added:?}");
     // Each step stores most blocks as deltas.
     assert!(deltas[1..].iter().all(|&d| d > size / 2), "{deltas:?}");
-    // Every block's chain ends within its bound: in each run of 33 steps, every tensor block
-    // stored whole by the first step is stored whole again.
-    for run in [&keyframes[1..=33], &keyframes[34..=66]] {
+    // Every block's chain ends within its bound: in each run of `period` steps, every tensor
+    // block stored whole by the first step is stored whole again.
+    for run in keyframes[1..].chunks_exact(period) {
         let sum: u64 = run.iter().sum();
         assert!(sum >= keyframes[0], "{sum} keyframe bytes: {keyframes:?}");
     }
+    // And spread over the period: half of it restarts about half of the blocks (a version-4
+    // chain outlives version 3's 33 steps).
+    let half: u64 = keyframes[1..=period / 2].iter().sum();
+    assert!(
+        half < keyframes[0] * 3 / 4,
+        "{half} keyframe bytes: {keyframes:?}"
+    );
 
     // Restores around both bounds (restoring all 67 takes too long for the suite); verify
     // decodes every stored chunk of them all.
-    for i in [1, 32, 33, 34, 65, 66] {
+    for &i in check {
         env.assert_restores(&snaps[i].0, &snaps[i].1);
     }
     env.tvault(["verify", "--read-data"]).expect_code(0);

@@ -74,7 +74,7 @@ fn the_repository_and_its_cache_hold_no_tensor_name_path_host_or_data_in_the_cle
     let (env, dir, snaps) = encrypted_repo();
     let config: Value =
         serde_json::from_slice(&fs::read(env.repo.join("config")).unwrap()).unwrap();
-    assert_eq!(config["version"], 3);
+    assert_eq!(config["version"], 4);
     assert_eq!(config["encryption"], "xchacha20poly1305");
     let tensor = safetensors_tensors(&dir.join("ckpt/model.safetensors"))
         .into_iter()
@@ -409,12 +409,12 @@ fn without_any_password_source_the_error_says_the_three_ways() {
 }
 
 #[test]
-fn no_encryption_makes_a_plaintext_version_2_repository_on_purpose() {
+fn no_encryption_makes_a_plaintext_repository_on_purpose() {
     let env = TestEnv::new();
     env.init_plain();
     let config: Value =
         serde_json::from_slice(&fs::read(env.repo.join("config")).unwrap()).unwrap();
-    assert_eq!(config["version"], 2);
+    assert_eq!(config["version"], 4);
     assert_eq!(config["encryption"], "none");
     env.write("src/x", MARKER);
     env.backup(&[&env.src], &[]);

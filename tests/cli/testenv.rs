@@ -539,6 +539,22 @@ impl TestEnv {
     }
 }
 
+/// The delta method (`codec::DeltaHeader::method`: 3 sparse runs, 4 sparse elements, 0-2
+/// dense) of every delta blob `repo`'s index lists.
+pub fn delta_methods(repo: &tvault_core::repo::Repository) -> Vec<u8> {
+    let ids: Vec<_> = repo.index().deltas().map(|(id, _)| *id).collect();
+    let methods = std::sync::Mutex::new(Vec::new());
+    repo.read_blobs_encoded(&ids, |_, _, encoded, _| {
+        methods
+            .lock()
+            .unwrap()
+            .push(tvault_core::codec::delta_header(encoded)?.method);
+        Ok(())
+    })
+    .expect("read every delta blob");
+    methods.into_inner().unwrap()
+}
+
 /// Every regular file below `dir` (none if it does not exist), without reading them.
 pub fn files_below(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

@@ -4,6 +4,7 @@
 //! encodings can be added without touching old data. Layouts: `repo/FORMAT.md`.
 
 pub mod huffman;
+mod sparse;
 
 use std::cell::RefCell;
 
@@ -380,9 +381,31 @@ pub fn decode(encoding: Encoding, stored: &[u8], plain_len: usize) -> Result<Vec
     }
 }
 
-/// A writer stores a delta only while its chain depth stays at or below this; past it, a
-/// keyframe (an ordinary encoding). See `repo/FORMAT.md`, "Encoding 3".
-pub const MAX_DELTA_DEPTH: u8 = 32;
+/// What a repository's format version lets a delta writer use (`repo/FORMAT.md`,
+/// "Encoding 3"). Readers take every method and depth whatever the version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeltaFormat {
+    /// A writer stores a delta only while its chain depth stays at or below this; past it, a
+    /// keyframe (an ordinary encoding).
+    pub max_depth: u8,
+    /// Sparse XORs of float tensors may be stored element by element (method 4).
+    pub sparse_elements: bool,
+}
+
+impl DeltaFormat {
+    /// Versions 2 and 3: sparse runs (method 3), chains up to depth 32.
+    pub const V2: DeltaFormat = DeltaFormat {
+        max_depth: 32,
+        sparse_elements: false,
+    };
+    /// Version 4: sparse elements (method 4), chains up to depth 64: a keyframe every 65
+    /// steps of a fine-tune instead of every 33 (its keyframes were ~0.02 of each step).
+    pub const V4: DeltaFormat = DeltaFormat {
+        max_depth: 64,
+        sparse_elements: true,
+    };
+}
+
 /// Depth a sparse delta adds to its base's (cheap to apply: only the changed bytes).
 pub const SPARSE_DEPTH_COST: u8 = 1;
 /// Depth a dense delta adds (applying it decodes a whole chunk's worth of XOR).
@@ -393,6 +416,8 @@ pub const MAX_READ_CHAIN: usize = 64;
 pub const DELTA_HEADER: usize = 34;
 /// Delta payload method: runs of the XOR's non-zero bytes, one zstd frame.
 pub(crate) const SPARSE: u8 = 3;
+/// Delta payload method (version 4): the XOR's changed elements, a stream per byte.
+pub(crate) const SPARSE_ELEMENTS: u8 = 4;
 
 /// What a delta blob's first [`DELTA_HEADER`] bytes say.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -401,7 +426,8 @@ pub struct DeltaHeader {
     pub base: crate::id::Id,
     /// Chain depth: the base's depth (0 for a keyframe) plus this delta's cost.
     pub depth: u8,
-    /// How the XOR is stored: 0 raw, 1 zstd, 2 byte planes (as encodings 0-2), 3 sparse.
+    /// How the XOR is stored: 0 raw, 1 zstd, 2 byte planes (as encodings 0-2), 3 sparse runs,
+    /// 4 sparse elements.
     pub method: u8,
 }
 
@@ -409,11 +435,16 @@ impl DeltaHeader {
     /// What this delta adds to its base's chain depth ([`SPARSE_DEPTH_COST`] or
     /// [`DENSE_DEPTH_COST`]).
     pub fn cost(&self) -> u8 {
-        if self.method == SPARSE {
+        if self.is_sparse() {
             SPARSE_DEPTH_COST
         } else {
             DENSE_DEPTH_COST
         }
+    }
+
+    /// True for the methods that store only the changed bytes (3 and 4).
+    pub fn is_sparse(&self) -> bool {
+        matches!(self.method, SPARSE | SPARSE_ELEMENTS)
     }
 }
 
@@ -428,7 +459,7 @@ pub fn delta_header(stored: &[u8]) -> Result<DeltaHeader> {
         depth: stored[32],
         method: stored[33],
     };
-    if h.depth == 0 || h.method > SPARSE {
+    if h.depth == 0 || h.method > SPARSE_ELEMENTS {
         return Err(bad(&format!(
             "bad header (depth {}, method {})",
             h.depth, h.method
@@ -441,25 +472,41 @@ thread_local! {
     /// The XOR and the sparse runs of the chunk being delta-encoded, reused per thread.
     static DELTA_SCRATCH: RefCell<(Vec<u8>, Vec<u8>, Vec<u8>)> =
         const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
+    /// The same for sparse elements.
+    static ELEMENT_SCRATCH: RefCell<sparse::Scratch> = RefCell::new(sparse::Scratch::default());
 }
 
-/// Encodes `plain` as its XOR with `base` (the plain bytes of blob `base_id`, same length,
-/// chain depth `base_depth`) into `out`: the header, then the XOR stored sparse (runs of its
-/// non-zero bytes, zstd) when it is mostly zeros, else as [`encode_typed`] stores a chunk.
-/// `None` when the chain would grow past [`MAX_DELTA_DEPTH`] or the lengths differ: store a
+/// The blob a delta is taken against.
+#[derive(Clone, Copy)]
+pub struct DeltaBase<'a> {
+    /// Its plain bytes (as long as the chunk being encoded).
+    pub plain: &'a [u8],
+    pub id: &'a crate::id::Id,
+    /// Its chain depth (0 for a keyframe).
+    pub depth: u8,
+}
+
+/// Encodes `plain` as its XOR with `base` into `out`: the header, then the XOR stored sparse when it is
+/// mostly zeros (element by element where `format` allows and `width` is a float's, else
+/// runs of its non-zero bytes, zstd), else as [`encode_typed`] stores a chunk.
+/// `None` when the chain would grow past `format.max_depth` or the lengths differ: store a
 /// keyframe; and when the XOR is dense and the base is itself a delta: a dense link sits only
 /// directly on a keyframe (the caller may try the chain's keyframe as the base), so that
 /// reading any chunk costs at most one dense decode beyond its keyframe, the sparse links
 /// above it being cheap. The caller compares the size with a plain encoding.
 pub fn encode_delta(
     plain: &[u8],
-    base: &[u8],
-    base_id: &crate::id::Id,
-    base_depth: u8,
+    base: DeltaBase,
     width: u8,
     zstd_level: i32,
+    format: DeltaFormat,
     out: &mut Vec<u8>,
 ) -> Option<u8> {
+    let DeltaBase {
+        plain: base,
+        id: base_id,
+        depth: base_depth,
+    } = base;
     if plain.len() != base.len() || plain.is_empty() {
         return None;
     }
@@ -467,7 +514,23 @@ pub fn encode_delta(
         let (xor, runs, enc) = &mut *cell.borrow_mut();
         xor.clear();
         xor.extend(plain.iter().zip(base).map(|(a, b)| a ^ b));
-        let (method, cost) = if sparse_runs(xor, plain.len() / 8, runs) {
+        let limit = plain.len() / 8;
+        if format.sparse_elements {
+            let depth = base_depth
+                .checked_add(SPARSE_DEPTH_COST)
+                .filter(|&d| d <= format.max_depth)?;
+            out.clear();
+            out.extend_from_slice(&base_id.0);
+            out.extend_from_slice(&[depth, SPARSE_ELEMENTS]);
+            let fits = ELEMENT_SCRATCH.with(|s| {
+                let s = &mut *s.borrow_mut();
+                sparse::encode(xor, width.into(), limit, zstd_level, s, out)
+            });
+            if fits {
+                return Some(depth);
+            }
+        }
+        let (method, cost) = if sparse_runs(xor, limit, runs) {
             (SPARSE, SPARSE_DEPTH_COST)
         } else if base_depth == 0 {
             (u8::MAX, DENSE_DEPTH_COST)
@@ -476,7 +539,7 @@ pub fn encode_delta(
         };
         let depth = base_depth
             .checked_add(cost)
-            .filter(|&d| d <= MAX_DELTA_DEPTH)?;
+            .filter(|&d| d <= format.max_depth)?;
         out.clear();
         out.extend_from_slice(&base_id.0);
         out.push(depth);
@@ -580,6 +643,9 @@ pub fn apply_delta(stored: &[u8], base: &mut [u8], plain_len: usize) -> Result<(
         )));
     }
     let payload = &stored[DELTA_HEADER..];
+    if h.method == SPARSE_ELEMENTS {
+        return sparse::apply(payload, base).map_err(bad);
+    }
     if h.method == SPARSE {
         let runs = unzstd(payload, plain_len + 64).map_err(|e| bad(format!("zstd: {e}")))?;
         let mut at = 0;
@@ -787,7 +853,19 @@ mod tests {
         for i in (0..new.len()).step_by(997) {
             new[i] ^= 0x5a;
         }
-        let depth = encode_delta(&new, &base, &base_id, 3, 2, 1, &mut out).unwrap();
+        let depth = encode_delta(
+            &new,
+            DeltaBase {
+                plain: &base,
+                id: &base_id,
+                depth: 3,
+            },
+            2,
+            1,
+            DeltaFormat::V2,
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(depth, 3 + SPARSE_DEPTH_COST);
         assert!(out.len() < new.len() / 50, "{}", out.len());
         let h = delta_header(&out).unwrap();
@@ -798,18 +876,159 @@ mod tests {
         // Dense: every element changed.
         let mut dense = base.clone();
         fill_weights(&mut Rng::new(8), Dtype::BF16, &mut dense);
-        let depth = encode_delta(&dense, &base, &base_id, 0, 2, 1, &mut out).unwrap();
+        let depth = encode_delta(
+            &dense,
+            DeltaBase {
+                plain: &base,
+                id: &base_id,
+                depth: 0,
+            },
+            2,
+            1,
+            DeltaFormat::V2,
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(depth, DENSE_DEPTH_COST);
         let mut plain = base.clone();
         apply_delta(&out, &mut plain, dense.len()).unwrap();
         assert_eq!(plain, dense);
         // Past the depth bound: no delta.
-        assert!(encode_delta(&new, &base, &base_id, MAX_DELTA_DEPTH, 2, 1, &mut out).is_none());
+        assert!(encode_delta(
+            &new,
+            DeltaBase {
+                plain: &base,
+                id: &base_id,
+                depth: DeltaFormat::V2.max_depth
+            },
+            2,
+            1,
+            DeltaFormat::V2,
+            &mut out
+        )
+        .is_none());
         // Damage is refused, never a panic.
-        encode_delta(&new, &base, &base_id, 0, 2, 1, &mut out).unwrap();
+        encode_delta(
+            &new,
+            DeltaBase {
+                plain: &base,
+                id: &base_id,
+                depth: 0,
+            },
+            2,
+            1,
+            DeltaFormat::V2,
+            &mut out,
+        )
+        .unwrap();
         let mut plain = base.clone();
         assert!(apply_delta(&out[..out.len() - 3], &mut plain, new.len()).is_err());
         assert!(apply_delta(&out, &mut plain[..100], new.len()).is_err());
+    }
+
+    #[test]
+    fn version_4_stores_sparse_xors_element_by_element_below_runs() {
+        use crate::id::Id;
+        use tvault_workload::{fill_weights, Dtype, Rng};
+        let mut base = vec![0u8; 512 * 1024];
+        fill_weights(&mut Rng::new(7), Dtype::BF16, &mut base);
+        let base_id = Id::of(&base);
+        // ~1 % of the elements nudged, as a fine-tuning step does.
+        let mut new = base.clone();
+        let mut rng = Rng::new(9);
+        for _ in 0..base.len() / 200 {
+            let e = (rng.next_u64() as usize % (base.len() / 2)) * 2;
+            new[e] ^= (rng.next_u64() % 7 + 1) as u8;
+        }
+        let (mut runs, mut elements) = (Vec::new(), Vec::new());
+        encode_delta(
+            &new,
+            DeltaBase {
+                plain: &base,
+                id: &base_id,
+                depth: 0,
+            },
+            2,
+            1,
+            DeltaFormat::V2,
+            &mut runs,
+        )
+        .unwrap();
+        let depth = encode_delta(
+            &new,
+            DeltaBase {
+                plain: &base,
+                id: &base_id,
+                depth: 40,
+            },
+            2,
+            1,
+            DeltaFormat::V4,
+            &mut elements,
+        )
+        .unwrap();
+        assert_eq!(depth, 41, "version 4 chains pass depth 32");
+        let h = delta_header(&elements).unwrap();
+        assert_eq!((h.method, h.cost()), (SPARSE_ELEMENTS, SPARSE_DEPTH_COST));
+        assert!(
+            elements.len() < runs.len(),
+            "{} vs {}",
+            elements.len(),
+            runs.len()
+        );
+        let mut plain = base.clone();
+        apply_delta(&elements, &mut plain, new.len()).unwrap();
+        assert_eq!(plain, new);
+        // The bound of version 4, and a width with no element streams (runs instead).
+        assert!(encode_delta(
+            &new,
+            DeltaBase {
+                plain: &base,
+                id: &base_id,
+                depth: 64
+            },
+            2,
+            1,
+            DeltaFormat::V4,
+            &mut elements
+        )
+        .is_none());
+        encode_delta(
+            &new,
+            DeltaBase {
+                plain: &base,
+                id: &base_id,
+                depth: 0,
+            },
+            1,
+            1,
+            DeltaFormat::V4,
+            &mut elements,
+        )
+        .unwrap();
+        assert_eq!(delta_header(&elements).unwrap().method, SPARSE);
+        // Damage is refused: a cut stream, a count past the elements, a stray byte.
+        encode_delta(
+            &new,
+            DeltaBase {
+                plain: &base,
+                id: &base_id,
+                depth: 0,
+            },
+            2,
+            1,
+            DeltaFormat::V4,
+            &mut elements,
+        )
+        .unwrap();
+        let mut plain = base.clone();
+        assert!(apply_delta(&elements[..elements.len() - 3], &mut plain, new.len()).is_err());
+        let mut extra = elements.clone();
+        extra.push(0);
+        assert!(apply_delta(&extra, &mut plain, new.len()).is_err());
+        let mut count = elements.clone();
+        count[DELTA_HEADER + 1..DELTA_HEADER + 5].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(apply_delta(&count, &mut plain, new.len()).is_err());
     }
 
     #[test]
@@ -834,7 +1053,19 @@ mod tests {
         fill_weights(&mut Rng::new(4), Dtype::BF16, &mut next[..300_000]);
         next[300_000] ^= 0x81;
         let id = crate::id::Id::of(&weights);
-        encode_delta(&next, &weights, &id, 0, 2, 1, &mut out).unwrap();
+        encode_delta(
+            &next,
+            DeltaBase {
+                plain: &weights,
+                id: &id,
+                depth: 0,
+            },
+            2,
+            1,
+            DeltaFormat::V2,
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(delta_header(&out).unwrap().method, Encoding::Planes as u8);
         recycle(vec![0xee; next.len()]);
         let mut plain = weights.clone();
@@ -881,11 +1112,30 @@ mod tests {
             }
             let id = crate::id::Id::of(&base);
             let mut out = Vec::new();
-            if encode_delta(&new, &base, &id, 0, 2, 1, &mut out).is_some() {
-                let mut plain = base.clone();
-                apply_delta(&out, &mut plain, new.len()).unwrap();
-                prop_assert_eq!(plain, new);
+            for (format, width) in [(DeltaFormat::V2, 2), (DeltaFormat::V4, 2), (DeltaFormat::V4, 4), (DeltaFormat::V4, 8)] {
+                if encode_delta(&new, DeltaBase { plain: &base, id: &id, depth: 0 }, width, 1, format, &mut out).is_some() {
+                    let mut plain = base.clone();
+                    apply_delta(&out, &mut plain, new.len()).unwrap();
+                    prop_assert_eq!(&plain, &new);
+                }
             }
+        }
+
+        #[test]
+        fn damaged_element_deltas_never_panic(flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..4)) {
+            let base: Vec<u8> = (0..4096u32).map(|i| (i * 7) as u8).collect();
+            let mut new = base.clone();
+            for i in (0..new.len()).step_by(61) {
+                new[i] ^= 3;
+            }
+            let mut out = Vec::new();
+            encode_delta(&new, DeltaBase { plain: &base, id: &crate::id::Id::of(&base), depth: 0 }, 2, 1, DeltaFormat::V4, &mut out).unwrap();
+            for (at, x) in flips {
+                let n = out.len() - DELTA_HEADER;
+                out[DELTA_HEADER + at % n] ^= x;
+            }
+            let mut plain = base.clone();
+            let _ = apply_delta(&out, &mut plain, new.len());
         }
 
         #[test]

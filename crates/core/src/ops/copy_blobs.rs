@@ -277,7 +277,12 @@ impl<'a> Copier<'a> {
         match encoding {
             Encoding::Delta if model_aware => {
                 let h = codec::delta_header(encoded)?;
-                let base = self.dest_id(&h.base).filter(|b| self.writer.contains(b));
+                let format = self.dst.config().delta_format();
+                // Sparse elements exist only in version 4: another destination gets a keyframe.
+                let readable = h.method != codec::SPARSE_ELEMENTS || format.sparse_elements;
+                let base = self
+                    .dest_id(&h.base)
+                    .filter(|b| readable && self.writer.contains(b));
                 if let Some(base) = base {
                     let base_depth =
                         self.depths.get(&base).copied().unwrap_or_else(|| {
@@ -287,7 +292,7 @@ impl<'a> Copier<'a> {
                     // A dense link only directly on a keyframe (FORMAT.md, "Encoding 3"): at
                     // most one dense decode beyond it, in the destination as in backups.
                     let dense_on_delta = h.cost() == codec::DENSE_DEPTH_COST && base_depth > 0;
-                    if depth <= codec::MAX_DELTA_DEPTH && !dense_on_delta {
+                    if depth <= format.max_depth && !dense_on_delta {
                         let mut out = encoded.to_vec();
                         out[..32].copy_from_slice(&base.0);
                         out[32] = depth;

@@ -372,10 +372,11 @@ fn encode_chunk(
     out: &mut Vec<u8>,
 ) -> Encoding {
     let level = repo.config().zstd_level;
+    let format = repo.config().delta_format();
     let delta = base.filter(|b| {
         let depth = repo.index().delta(b).map_or(0, |d| d.depth);
         repo.index().get(b).map(|l| l.plain_len as usize) == Some(plain.len())
-            && depth + codec::SPARSE_DEPTH_COST <= codec::MAX_DELTA_DEPTH
+            && depth + codec::SPARSE_DEPTH_COST <= format.max_depth
     });
     if let Some(parent) = delta {
         // A base that is itself a dense delta would only be refused: its successor is dense
@@ -394,13 +395,36 @@ fn encode_chunk(
         let key = index.keyframe_of(&b);
         let base_plain = repo.read_blob(&b);
         let mut encoded = base_plain.as_ref().is_ok_and(|base_plain| {
-            codec::encode_delta(plain, base_plain, &b, depth, width, level, out).is_some()
+            codec::encode_delta(
+                plain,
+                codec::DeltaBase {
+                    plain: base_plain,
+                    id: &b,
+                    depth,
+                },
+                width,
+                level,
+                format,
+                out,
+            )
+            .is_some()
         });
         if !encoded && depth > 0 && base_plain.is_ok() {
             // A dense XOR goes against the chain's keyframe, never on top of another delta.
             if let Ok(key_plain) = repo.read_blob(&key) {
-                encoded =
-                    codec::encode_delta(plain, &key_plain, &key, 0, width, level, out).is_some();
+                encoded = codec::encode_delta(
+                    plain,
+                    codec::DeltaBase {
+                        plain: &key_plain,
+                        id: &key,
+                        depth: 0,
+                    },
+                    width,
+                    level,
+                    format,
+                    out,
+                )
+                .is_some();
                 codec::recycle(key_plain);
             }
         }
@@ -520,7 +544,7 @@ mod tests {
                 )
                 .unwrap();
             let encoded = repo.unseal(id, &index.pack_id(loc), &stored).unwrap();
-            if codec::delta_header(&encoded).unwrap().method != codec::SPARSE {
+            if !codec::delta_header(&encoded).unwrap().is_sparse() {
                 dense += 1;
                 on_deltas += usize::from(index.delta(&d.base).is_some());
             }

@@ -212,7 +212,7 @@ mod tests {
         let backend = Arc::new(MemBackend::default());
         let mut repo =
             Repository::init_backend(backend.clone(), "mem".into(), Some(b"first")).unwrap();
-        assert_eq!(repo.config().version, 3);
+        assert_eq!(repo.config().version, crate::repo::FORMAT_VERSION);
         let opts = BackupOptions::new(vec![src.path().to_path_buf()]);
         let done = backup::run(&mut repo, &opts, &NoProgress).unwrap();
 

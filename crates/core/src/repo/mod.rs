@@ -42,14 +42,14 @@ use crate::pack::BlobKind;
 use crate::snapshot::Snapshot;
 use crate::tree::Tree;
 
-/// The repository format this build writes in new plaintext repositories. Version 2 adds
-/// model-aware chunking (`tensor_block`) and the byte-planes encoding; a version-1 repository
-/// is written as version 1 (see `FORMAT.md`, "Versions").
-pub const FORMAT_VERSION: u32 = 2;
-/// The format of new encrypted repositories: version 2 plus encryption at rest.
-pub const ENCRYPTED_VERSION: u32 = 3;
+/// The repository format this build writes in new repositories, plaintext or encrypted.
+/// Version 2 added model-aware chunking and the byte-planes and delta encodings, version 3
+/// encryption at rest, version 4 sparse deltas stored element by element and chains up to
+/// depth 64. Older repositories are written in their own version until `upgrade` raises
+/// them (see `FORMAT.md`, "Versions").
+pub const FORMAT_VERSION: u32 = 4;
 /// The repository formats this build opens.
-pub const SUPPORTED_VERSIONS: std::ops::RangeInclusive<u32> = 1..=3;
+pub const SUPPORTED_VERSIONS: std::ops::RangeInclusive<u32> = 1..=4;
 /// Fixed block size inside tensors in new repositories.
 pub const DEFAULT_TENSOR_BLOCK: u32 = 512 * 1024;
 const FORMAT_NAME: &str = "tvault-repository";
@@ -85,14 +85,10 @@ impl Config {
             now.to_rfc3339(),
             std::thread::current().id()
         );
-        let (version, encryption) = if encrypted {
-            (ENCRYPTED_VERSION, crypto::ALGORITHM)
-        } else {
-            (FORMAT_VERSION, "none")
-        };
+        let encryption = if encrypted { crypto::ALGORITHM } else { "none" };
         Config {
             format: FORMAT_NAME.to_string(),
-            version,
+            version: FORMAT_VERSION,
             id: if encrypted {
                 Id(crypto::random_bytes())
             } else {
@@ -110,6 +106,15 @@ impl Config {
     /// True when this repository uses the version-2 model-aware chunking and encodings.
     pub fn model_aware(&self) -> bool {
         self.version >= 2
+    }
+
+    /// The delta methods and chain depth this repository's version lets a writer use.
+    pub fn delta_format(&self) -> codec::DeltaFormat {
+        if self.version >= 4 {
+            codec::DeltaFormat::V4
+        } else {
+            codec::DeltaFormat::V2
+        }
     }
 
     /// True when the repository is encrypted at rest.

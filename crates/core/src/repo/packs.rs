@@ -417,7 +417,19 @@ mod tests {
             .unwrap();
         let mut out = Vec::new();
         for (id, plain) in [(good_id, &good), (wrong_id, &wrong)] {
-            crate::codec::encode_delta(plain, &base, &base_id, 0, 1, 1, &mut out).unwrap();
+            crate::codec::encode_delta(
+                plain,
+                crate::codec::DeltaBase {
+                    plain: &base,
+                    id: &base_id,
+                    depth: 0,
+                },
+                1,
+                1,
+                crate::codec::DeltaFormat::V2,
+                &mut out,
+            )
+            .unwrap();
             sink.add(id, BlobKind::Data, Encoding::Delta, &out, plain.len())
                 .unwrap();
         }
