@@ -136,6 +136,10 @@ pub enum Command {
     /// Copy snapshots into another repository (--to REPO2), sending only what it lacks; a
     /// second run copies nothing
     Copy(super::copy::CopyArgs),
+    /// Raise the repository to the newest format this tvault writes (version 4: smaller
+    /// fine-tuning steps); what it holds stays as it is, and older tvault builds can no
+    /// longer open it
+    Upgrade,
 }
 
 /// `tvault init`.

@@ -1,5 +1,5 @@
 //! The commands that check and clean the repository: `verify`, `prune`, `forget`, `repair`,
-//! `unlock`.
+//! `unlock`, `upgrade`.
 
 use anyhow::Result;
 
@@ -177,6 +177,30 @@ pub(super) fn unlock(ctx: &Ctx, args: UnlockArgs) -> Result<u8> {
     }
     out.json(&serde_json::to_value(super::output::UnlockJson {
         removed: &removed,
+    })?);
+    Ok(exit::SUCCESS)
+}
+
+pub(super) fn upgrade(ctx: &Ctx) -> Result<u8> {
+    let out = &ctx.out;
+    let mut repo = open(&ctx.repo_path, false, out, ctx.access)?;
+    let up = repo.upgrade()?;
+    if up.from == up.to {
+        out.line(&format!(
+            "the repository is already version {} (nothing to do)",
+            up.to
+        ));
+    } else {
+        out.line(&format!(
+            "upgraded the repository from version {} to {}: new backups store fine-tuning \
+             steps element by element and keep delta chains up to 64 steps; what it held \
+             is unchanged. tvault builds that know only version {} can no longer open it",
+            up.from, up.to, up.from
+        ));
+    }
+    out.json(&serde_json::to_value(super::output::UpgradeJson {
+        from: up.from,
+        to: up.to,
     })?);
     Ok(exit::SUCCESS)
 }

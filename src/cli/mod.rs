@@ -213,6 +213,7 @@ pub fn run() -> Result<u8> {
         Command::Unlock(args) => maintain::unlock(&ctx, args),
         Command::Key(args) => maintain::key(&ctx, args),
         Command::Copy(args) => copy::copy(&ctx, args),
+        Command::Upgrade => maintain::upgrade(&ctx),
         Command::Completions(args) => docs::completions(args),
         Command::Man => docs::man(),
     }

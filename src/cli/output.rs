@@ -86,6 +86,13 @@ pub struct UnlockJson<'a> {
     pub removed: &'a [String],
 }
 
+/// `upgrade --json`.
+#[derive(serde::Serialize)]
+pub struct UpgradeJson {
+    pub from: u32,
+    pub to: u32,
+}
+
 /// `backup --json`: the engine's report as the README documents it.
 #[derive(serde::Serialize)]
 struct BackupJson<'a> {

@@ -18,7 +18,9 @@ pub mod retry;
 pub mod s3;
 pub mod storage;
 pub mod testing;
+mod upgrade;
 mod writer;
+pub use upgrade::Upgraded;
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
