@@ -152,11 +152,12 @@ run_tvault() { # name, binary, init options
 # `checkpoints/` is backed up (bases are then found by tensor identity); the last step's folder
 # alone is restored (`--include`, when the build has it). NAME and BIN: another build than
 # this one.
-series() { # scenario, label
-  local scenario=$1 label=$2 name=${NAME:-tvault} bin=${BIN:-$B}
+series() { # scenario, label, [extra backup flags]
+  local scenario=$1 label=$2 flags=${3:-} name=${NAME:-tvault} bin=${BIN:-$B}
+  local shown=$scenario${3:+ $3}
   local top="$WORK/data/$scenario" repo="$WORK/$scenario-repo" src rel shares=() backup_ratio=''
   local ckpt_bytes=0
-  echo "== $name: $scenario ($label)"
+  echo "== $name: $shown ($label)"
   rm -rf "$top" "$repo"; $bin --repo "$repo" init -q
   for step in 0 1 2; do
     case $scenario in
@@ -166,7 +167,8 @@ series() { # scenario, label
     $GEN "$scenario" "$src" --size "$SIZE" --step "$step" >/dev/null
     local total; total=$(du -sb --apparent-size "$top/$rel" | cut -f1)
     ckpt_bytes=$((ckpt_bytes + total))
-    bytes=$total measure "$name backup ($scenario, step $step)" $bin --repo "$repo" --json backup "$src"
+    # shellcheck disable=SC2086 # flags: words
+    bytes=$total measure "$name backup ($shown, step $step)" $bin --repo "$repo" --json backup $flags "$src"
     local added; added=$(json "['bytes_added']")
     shares+=("$(python3 -c "print(f'{$added / $total:.4f}')")")
     local speed=''
@@ -185,7 +187,7 @@ series() { # scenario, label
       what=checkpoints   # an older build: the whole tree, both kept folders
     fi
   fi
-  bytes=$(du -sb --apparent-size "$top/$what" | cut -f1) measure "$name restore ($scenario, step 2)" \
+  bytes=$(du -sb --apparent-size "$top/$what" | cut -f1) measure "$name restore ($shown, step 2)" \
     $bin --repo "$repo" -q restore "$id" "$WORK/restored" "${include[@]}"
   local restore_ratio; restore_ratio=$(ratio "$LAST_RATE" "$SINGLE_RESTORE_RATE")
   diff -r "$top/$what" "$WORK/restored/$what" >/dev/null || { echo "e2e: $scenario restore differs" >&2; exit 1; }
@@ -193,7 +195,7 @@ series() { # scenario, label
   local verify_ratio=n/a verify_ckpt_ratio=n/a
   if $bin verify --help >/dev/null 2>&1; then
     local repo_bytes; repo_bytes=$(du -sb --apparent-size "$repo" | cut -f1)
-    bytes=$repo_bytes measure "$name verify --read-data ($scenario)" $bin --repo "$repo" -q verify --read-data
+    bytes=$repo_bytes measure "$name verify --read-data ($shown)" $bin --repo "$repo" -q verify --read-data
     verify_ratio=$(ratio "$LAST_RATE" "$SINGLE_VERIFY_RATE")
     echo "  verify of $repo_bytes repository bytes: ${verify_ratio}x the single repository's speed ($(gbs "$LAST_RATE" 1) vs $(gbs "${SINGLE_VERIFY_RATE:-0}" 1) GB/s)"
     # The same run per checkpoint byte: every step's content is decoded and re-hashed.
@@ -201,7 +203,7 @@ series() { # scenario, label
     verify_ckpt_ratio=$(ratio "$ckpt_rate" "$SINGLE_VERIFY_CKPT_RATE")
     echo "  that is $(gbs "$ckpt_rate" 1) GB/s of the 3 steps' checkpoint bytes: ${verify_ckpt_ratio}x the single checkpoint's ($(gbs "${SINGLE_VERIFY_CKPT_RATE:-0}" 1) GB/s)"
   fi
-  SUMMARY+=("$(printf '%-7s %-10s %8s %8s %8s %8s %8s %8s' "$name" "$scenario" "${shares[1]}" "${shares[2]}" \
+  SUMMARY+=("$(printf '%-7s %-24s %8s %8s %8s %8s %8s %8s' "$name" "$shown" "${shares[1]}" "${shares[2]}" \
     "$backup_ratio" "$restore_ratio" "$verify_ratio" "$verify_ckpt_ratio")")
   rm -rf "$WORK/restored" "$repo" "$top"
 }
@@ -213,13 +215,16 @@ run_series() {
   series sharded "the finetune series in 4 shards + index, a new folder per step"
   series resharded "the finetune series over 2, 3, 4 shards, a new folder per step"
   series fulltrain "fp32 weights + Adam moments, every value changes a little"
+  if $B backup --help | grep -q -- --dense-deltas; then
+    series fulltrain "the same, stored as dense XORs with keyframes" --dense-deltas
+  fi
   series resave "the same tensors saved in another order with other metadata"
   if [ -n "${BEFORE:-}" ]; then
     NAME=before BIN=$BEFORE series rolling "the finetune series, a new folder per step"
   fi
   echo "== series: step adds (share of the checkpoint); step 2's backup and restore speed, verify's per"
   echo "   repository byte and per checkpoint byte (the 3 steps), each / single's"
-  printf '%-7s %-10s %8s %8s %8s %8s %8s %8s\n' build series step1 step2 backup restore verify verify/ck
+  printf '%-7s %-24s %8s %8s %8s %8s %8s %8s\n' build series step1 step2 backup restore verify verify/ck
   printf '%s\n' "${SUMMARY[@]}"
 }
 if [ "${ONLY:-}" = series ]; then

@@ -48,6 +48,7 @@ pub(super) fn backup(ctx: &Ctx, args: BackupArgs) -> Result<u8> {
         from_tar,
         tags,
         full,
+        dense_deltas,
         parent,
         host,
         mut exclude,
@@ -75,6 +76,7 @@ pub(super) fn backup(ctx: &Ctx, args: BackupArgs) -> Result<u8> {
         read_limit,
         dry_run,
         skip_if_unchanged: false,
+        dense_deltas,
     };
     let mut outcome = Outcome::default();
     let result = measured(metrics_file, "backup", repo_path, || {

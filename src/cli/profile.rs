@@ -72,6 +72,7 @@ struct Profile {
     settle: Option<Dur>,
     settle_max: Option<Dur>,
     read_limit: Option<Rate>,
+    dense_deltas: Option<bool>,
     metrics_file: Option<PathBuf>,
     pre_hook: Option<String>,
     post_hook: Option<String>,
@@ -389,6 +390,7 @@ pub fn apply(cli: &mut Cli, m: &ArgMatches) -> Result<Vec<String>> {
             fill_list(&mut a.exclude, p.exclude.take());
             fill_list(&mut a.exclude_file, p.exclude_file.take());
             fill(&mut a.read_limit, p.read_limit.map(|r| r.0), true);
+            a.dense_deltas |= p.dense_deltas.unwrap_or(false);
         }
         Command::Verify(a) => fill(&mut a.metrics_file, metrics("verify"), true),
         Command::Prune(a) => {
@@ -448,6 +450,7 @@ fn backup(a: &mut BackupArgs, p: &mut Profile) {
     fill_list(&mut a.exclude, p.exclude.take());
     fill_list(&mut a.exclude_file, p.exclude_file.take());
     fill(&mut a.read_limit, p.read_limit.map(|r| r.0), true);
+    a.dense_deltas |= p.dense_deltas.unwrap_or(false);
     fill(&mut a.settle, p.settle.map(|d| d.0), true);
     if a.settle.is_some() {
         fill(&mut a.settle_max, p.settle_max.map(|d| d.0), true);

@@ -76,6 +76,10 @@ pub struct WatchArgs {
     /// Read file content at most this fast on average (e.g. 200MiB, per second)
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     pub read_limit: Option<u64>,
+    /// Also store tensor blocks that changed everywhere as XORs with earlier blocks, as
+    /// backup does
+    #[arg(long)]
+    pub dense_deltas: bool,
     #[command(flatten)]
     pub keep: super::commands::KeepArgs,
     /// After a cycle whose --keep-* policy forgot snapshots, also prune (collect their data)
@@ -149,6 +153,7 @@ pub(super) fn watch(ctx: &Ctx, args: WatchArgs) -> Result<u8> {
         mut exclude,
         exclude_file,
         read_limit,
+        dense_deltas,
         keep,
         prune,
         hooks,
@@ -205,6 +210,7 @@ pub(super) fn watch(ctx: &Ctx, args: WatchArgs) -> Result<u8> {
             settle_max,
             read_limit,
             skip_if_unchanged: true,
+            dense_deltas,
             ..BackupOptions::default()
         },
         policy: keep.policy(),

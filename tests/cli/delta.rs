@@ -455,3 +455,49 @@ fn show_tensors_and_diff_agree_on_what_a_step_changed() {
         crate::testenv::safetensors_tensors(&file).len()
     );
 }
+
+/// Size of the `fulltrain` tests' checkpoints (smaller ones are mostly tiny tensors).
+const FULL: u64 = 4 << 20;
+
+/// Steps of `fulltrain` (every value changes) backed up with `extra` flags: each step's report.
+fn full_training(extra: &[&str]) -> (TestEnv, Vec<Value>) {
+    let env = TestEnv::with_repo();
+    let reports = (0..3)
+        .map(|s| {
+            let dir = step(&env, Scenario::Fulltrain, FULL, s);
+            let report = env.backup(&[&dir], extra);
+            env.assert_restores(&text(&report, "id"), &manifest_of(&dir));
+            report
+        })
+        .collect();
+    env.tvault(["verify", "--read-data"]).expect_code(0);
+    (env, reports)
+}
+
+#[test]
+fn full_training_steps_are_stored_whole_unless_dense_deltas_are_asked_for() {
+    // Restore speed first: a block that changed everywhere restores from one blob, not from
+    // its keyframe and a dense XOR.
+    let (plain, reports) = full_training(&[]);
+    let methods = crate::testenv::delta_methods(&plain.open_repo());
+    assert!(
+        methods.iter().all(|&m| m >= 3),
+        "only sparse deltas: {methods:?}"
+    );
+    // Asked for: dense XORs with the keyframe, smaller steps.
+    let (dense, with) = full_training(&["--dense-deltas"]);
+    let methods = crate::testenv::delta_methods(&dense.open_repo());
+    assert!(methods.iter().any(|&m| m <= 2), "{methods:?}");
+    for s in 1..3 {
+        assert!(stored(&with[s], "delta") > FULL / 2, "{:#?}", with[s]);
+        assert!(stored(&reports[s], "delta") < FULL / 4, "{:#?}", reports[s]);
+        let (a, b) = (
+            num(&with[s], "bytes_added"),
+            num(&reports[s], "bytes_added"),
+        );
+        assert!(
+            a * 10 < b * 9,
+            "step {s}: {a} bytes with dense deltas, {b} without"
+        );
+    }
+}

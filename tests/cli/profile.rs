@@ -353,3 +353,19 @@ fn a_profiles_hooks_run_around_backup_and_the_command_line_overrides_them() {
     .stderr_has(&["timed out"]);
     assert!(started.elapsed().as_secs() < 20, "{:?}", started.elapsed());
 }
+
+#[test]
+fn a_profiles_dense_deltas_reach_backup() {
+    let env = TestEnv::with_repo();
+    trainer(&env, "dense-deltas = true");
+    for step in 0..2 {
+        let dir = env.src.join("ckpt");
+        if dir.exists() {
+            fs::remove_dir_all(&dir).unwrap();
+        }
+        env.checkpoint("src/ckpt", tvault_workload::Scenario::Fulltrain, 4 << 20, 3, step);
+        run(&env, &["--profile", "trainer", "backup"]).expect_code(0);
+    }
+    let methods = crate::testenv::delta_methods(&env.open_repo());
+    assert!(methods.iter().any(|&m| m <= 2), "dense XORs: {methods:?}");
+}

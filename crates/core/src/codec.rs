@@ -390,6 +390,11 @@ pub struct DeltaFormat {
     pub max_depth: u8,
     /// Sparse XORs of float tensors may be stored element by element (method 4).
     pub sparse_elements: bool,
+    /// Dense XORs (methods 0-2) may be stored. Every version allows them; a writer turns them
+    /// off when restore speed matters more than size: a block that changed everywhere then
+    /// restores from one blob instead of its keyframe and a dense delta (see
+    /// `BlobWriter::dense_deltas`).
+    pub dense: bool,
 }
 
 impl DeltaFormat {
@@ -397,12 +402,14 @@ impl DeltaFormat {
     pub const V2: DeltaFormat = DeltaFormat {
         max_depth: 32,
         sparse_elements: false,
+        dense: true,
     };
     /// Version 4: sparse elements (method 4), chains up to depth 64: a keyframe every 65
     /// steps of a fine-tune instead of every 33 (its keyframes were ~0.02 of each step).
     pub const V4: DeltaFormat = DeltaFormat {
         max_depth: 64,
         sparse_elements: true,
+        dense: true,
     };
 }
 
@@ -476,6 +483,18 @@ thread_local! {
     static ELEMENT_SCRATCH: RefCell<sparse::Scratch> = RefCell::new(sparse::Scratch::default());
 }
 
+/// Why [`encode_delta`] stored nothing: the block is to be stored as a keyframe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// Base and block differ in length (or are empty).
+    Length,
+    /// The chain would grow past its depth bound.
+    Depth,
+    /// The XOR is dense and may not be stored: dense links are off, or the base is itself a
+    /// delta (a dense link sits only directly on a keyframe).
+    Dense,
+}
+
 /// The blob a delta is taken against.
 #[derive(Clone, Copy)]
 pub struct DeltaBase<'a> {
@@ -489,11 +508,12 @@ pub struct DeltaBase<'a> {
 /// Encodes `plain` as its XOR with `base` into `out`: the header, then the XOR stored sparse when it is
 /// mostly zeros (element by element where `format` allows and `width` is a float's, else
 /// runs of its non-zero bytes, zstd), else as [`encode_typed`] stores a chunk.
-/// `None` when the chain would grow past `format.max_depth` or the lengths differ: store a
-/// keyframe; and when the XOR is dense and the base is itself a delta: a dense link sits only
-/// directly on a keyframe (the caller may try the chain's keyframe as the base), so that
-/// reading any chunk costs at most one dense decode beyond its keyframe, the sparse links
-/// above it being cheap. The caller compares the size with a plain encoding.
+/// Refused when the chain would grow past `format.max_depth` or the lengths differ: store a
+/// keyframe; and when the XOR is dense and `format.dense` is off or the base is itself a
+/// delta: a dense link sits only directly on a keyframe (the caller may try the chain's
+/// keyframe as the base), so that reading any chunk costs at most one dense decode beyond its
+/// keyframe, the sparse links above it being cheap. The caller compares the size with a plain
+/// encoding.
 pub fn encode_delta(
     plain: &[u8],
     base: DeltaBase,
@@ -501,24 +521,28 @@ pub fn encode_delta(
     zstd_level: i32,
     format: DeltaFormat,
     out: &mut Vec<u8>,
-) -> Option<u8> {
+) -> std::result::Result<u8, Refused> {
     let DeltaBase {
         plain: base,
         id: base_id,
         depth: base_depth,
     } = base;
     if plain.len() != base.len() || plain.is_empty() {
-        return None;
+        return Err(Refused::Length);
     }
+    let bounded = |depth: u8, cost: u8| {
+        depth
+            .checked_add(cost)
+            .filter(|&d| d <= format.max_depth)
+            .ok_or(Refused::Depth)
+    };
     DELTA_SCRATCH.with(|cell| {
         let (xor, runs, enc) = &mut *cell.borrow_mut();
         xor.clear();
         xor.extend(plain.iter().zip(base).map(|(a, b)| a ^ b));
         let limit = plain.len() / 8;
         if format.sparse_elements {
-            let depth = base_depth
-                .checked_add(SPARSE_DEPTH_COST)
-                .filter(|&d| d <= format.max_depth)?;
+            let depth = bounded(base_depth, SPARSE_DEPTH_COST)?;
             out.clear();
             out.extend_from_slice(&base_id.0);
             out.extend_from_slice(&[depth, SPARSE_ELEMENTS]);
@@ -527,32 +551,31 @@ pub fn encode_delta(
                 sparse::encode(xor, width.into(), limit, zstd_level, s, out)
             });
             if fits {
-                return Some(depth);
+                return Ok(depth);
             }
         }
         let (method, cost) = if sparse_runs(xor, limit, runs) {
             (SPARSE, SPARSE_DEPTH_COST)
-        } else if base_depth == 0 {
+        } else if base_depth == 0 && format.dense {
             (u8::MAX, DENSE_DEPTH_COST)
         } else {
-            return None;
+            return Err(Refused::Dense);
         };
-        let depth = base_depth
-            .checked_add(cost)
-            .filter(|&d| d <= format.max_depth)?;
+        let depth = bounded(base_depth, cost)?;
         out.clear();
         out.extend_from_slice(&base_id.0);
         out.push(depth);
         if method == SPARSE {
             out.push(SPARSE);
-            zstd_into(runs, zstd_level, enc)?;
+            // A frame of runs is at most plain/8 bytes: zstd never fails on it.
+            zstd_into(runs, zstd_level, enc).ok_or(Refused::Dense)?;
             out.extend_from_slice(enc);
         } else {
             let e = encode_typed(xor, width, zstd_level, enc);
             out.push(e as u8);
             out.extend_from_slice(if e == Encoding::Raw { xor } else { enc });
         }
-        Some(depth)
+        Ok(depth)
     })
 }
 
@@ -893,6 +916,24 @@ mod tests {
         let mut plain = base.clone();
         apply_delta(&out, &mut plain, dense.len()).unwrap();
         assert_eq!(plain, dense);
+        // Dense deltas off, or on top of another delta: refused as dense.
+        let key = |depth| DeltaBase {
+            plain: &base,
+            id: &base_id,
+            depth,
+        };
+        let off = DeltaFormat {
+            dense: false,
+            ..DeltaFormat::V4
+        };
+        let refused = encode_delta(&dense, key(0), 2, 1, off, &mut out);
+        assert_eq!(refused, Err(Refused::Dense));
+        let refused = encode_delta(&dense, key(1), 2, 1, DeltaFormat::V4, &mut out);
+        assert_eq!(refused, Err(Refused::Dense));
+        // A sparse one still goes through with dense deltas off.
+        assert_eq!(encode_delta(&new, key(0), 2, 1, off, &mut out), Ok(1));
+        let refused = encode_delta(&new, key(64), 2, 1, off, &mut out);
+        assert_eq!(refused, Err(Refused::Depth));
         // Past the depth bound: no delta.
         assert!(encode_delta(
             &new,
@@ -906,7 +947,7 @@ mod tests {
             DeltaFormat::V2,
             &mut out
         )
-        .is_none());
+        .is_err());
         // Damage is refused, never a panic.
         encode_delta(
             &new,
@@ -992,7 +1033,7 @@ mod tests {
             DeltaFormat::V4,
             &mut elements
         )
-        .is_none());
+        .is_err());
         encode_delta(
             &new,
             DeltaBase {
@@ -1113,7 +1154,7 @@ mod tests {
             let id = crate::id::Id::of(&base);
             let mut out = Vec::new();
             for (format, width) in [(DeltaFormat::V2, 2), (DeltaFormat::V4, 2), (DeltaFormat::V4, 4), (DeltaFormat::V4, 8)] {
-                if encode_delta(&new, DeltaBase { plain: &base, id: &id, depth: 0 }, width, 1, format, &mut out).is_some() {
+                if encode_delta(&new, DeltaBase { plain: &base, id: &id, depth: 0 }, width, 1, format, &mut out).is_ok() {
                     let mut plain = base.clone();
                     apply_delta(&out, &mut plain, new.len()).unwrap();
                     prop_assert_eq!(&plain, &new);

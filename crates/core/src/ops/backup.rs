@@ -53,6 +53,9 @@ pub struct BackupOptions {
     /// Write no snapshot when it would hold exactly what the parent holds (same tree, tags,
     /// problems and deferrals): the report says `unchanged` and names the parent (`watch`).
     pub skip_if_unchanged: bool,
+    /// Store tensor blocks that changed everywhere as dense XORs with their keyframes when
+    /// smaller (see `BlobWriter::dense_deltas`).
+    pub dense_deltas: bool,
 }
 
 impl BackupOptions {
@@ -261,6 +264,7 @@ pub fn run(
     } else {
         BlobWriter::new(repo)
     };
+    writer.dense_deltas = opts.dense_deltas;
     // Each file read: its entry, or the problem that leaves it out.
     let mut read: HashMap<usize, std::result::Result<Node, String>> = HashMap::new();
     for i in to_read {

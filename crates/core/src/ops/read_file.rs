@@ -6,11 +6,13 @@
 //! added to the pack in order, the full pack being stored in the background by `BlobWriter`.
 //! Memory is a few blocks plus their encoded chunks plus two packs, whatever the file's size.
 
+use std::collections::HashSet;
 use std::fs::{File, Metadata};
 use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Mutex;
 
 use rayon::prelude::*;
 
@@ -104,6 +106,8 @@ struct Encoded {
     width: u8,
     /// The chunk of the same block of the same tensor in an earlier file, the base for a delta.
     base: Option<Id>,
+    /// File offset of the tensor (span) the chunk is in, if any.
+    tensor: Option<u64>,
     /// `None`: already stored. `Raw`: stored as the plain bytes. Others: in `out`.
     encoding: Option<Encoding>,
     out: Vec<u8>,
@@ -246,6 +250,11 @@ pub(crate) fn store_stream<R: Read + Send>(
         .max_size
         .max(config.tensor_block.unwrap_or(0))) as usize;
     let planes = config.model_aware();
+    let dense_deltas = writer.dense_deltas;
+    // Tensors of this file whose XOR with their base came out dense while dense deltas are
+    // off: their other blocks are stored whole without reading a base (full training changes
+    // every value; reading and XORing the base only to refuse it halved a step's speed).
+    let dense_tensors: Mutex<HashSet<u64>> = Mutex::default();
     // File offset of the first byte of the data being cut.
     let mut base = 0u64;
     let mut chunks = Vec::new();
@@ -280,6 +289,7 @@ pub(crate) fn store_stream<R: Read + Send>(
                 .map(|(range, width)| Encoded {
                     id: Id([0; 32]),
                     base: bases.get(&(data_at + range.start as u64)).copied(),
+                    tensor: tensor_of(spans, data_at + range.start as u64),
                     range,
                     width: if planes { width } else { 0 },
                     encoding: None,
@@ -293,13 +303,20 @@ pub(crate) fn store_stream<R: Read + Send>(
                     let plain = &data[e.range.clone()];
                     e.id = ids.of(plain);
                     if !lookup.contains(&e.id) {
-                        e.encoding = Some(encode_chunk(
+                        let known_dense = |t| dense_tensors.lock().expect("dense").contains(&t);
+                        let base = e.base.filter(|_| !e.tensor.is_some_and(known_dense));
+                        let stored = encode_chunk(
                             lookup.repo,
                             plain,
-                            e.base,
+                            base,
                             e.width,
+                            dense_deltas,
                             &mut e.out,
-                        ));
+                        );
+                        if let (true, Some(t)) = (stored.dense, e.tensor) {
+                            dense_tensors.lock().expect("dense").insert(t);
+                        }
+                        e.encoding = Some(stored.encoding);
                     }
                 })
             };
@@ -359,105 +376,119 @@ const CLEARLY_SMALLER: usize = 8;
 const KEYFRAME_MARGIN_NUM: usize = 9;
 const KEYFRAME_MARGIN_DEN: usize = 10;
 
+/// The start of the span (tensor) of `spans` (sorted, disjoint) that holds file offset `at`.
+fn tensor_of(spans: &[Span], at: u64) -> Option<u64> {
+    let i = spans.partition_point(|s| s.start <= at).checked_sub(1)?;
+    (at < spans[i].end).then_some(spans[i].start)
+}
+
+/// How [`encode_chunk`] stored a chunk.
+struct Stored {
+    encoding: Encoding,
+    /// Its XOR with its base was dense, and dense deltas are off or the base was a delta: the
+    /// tensor's next blocks will be dense too (every value changes: full training).
+    dense: bool,
+}
+
 /// Encodes a new chunk into `out`: as an XOR with `base` (the same block of the same tensor in
 /// an earlier file) when that is smaller than the chunk's own encoding and the chain stays
-/// within its bound, else as [`codec::encode_typed`]. A dense XOR on a base that is itself a
-/// delta is taken with the chain's keyframe instead (see [`codec::encode_delta`]). A base that
-/// cannot be read only costs the delta.
+/// within its bound, else as [`codec::encode_typed`]. A dense XOR is stored only when `dense`
+/// allows it, and then against the chain's keyframe, never on top of another delta (see
+/// [`codec::encode_delta`]). A base that cannot be read only costs the delta.
 fn encode_chunk(
     repo: &Repository,
     plain: &[u8],
     base: Option<Id>,
     width: u8,
+    dense: bool,
     out: &mut Vec<u8>,
-) -> Encoding {
+) -> Stored {
     let level = repo.config().zstd_level;
-    let format = repo.config().delta_format();
+    let format = codec::DeltaFormat {
+        dense,
+        ..repo.config().delta_format()
+    };
+    let whole = |out: &mut Vec<u8>, dense| Stored {
+        encoding: codec::encode_typed(plain, width, level, out),
+        dense,
+    };
     let delta = base.filter(|b| {
         let depth = repo.index().delta(b).map_or(0, |d| d.depth);
         repo.index().get(b).map(|l| l.plain_len as usize) == Some(plain.len())
             && depth + codec::SPARSE_DEPTH_COST <= format.max_depth
     });
-    if let Some(parent) = delta {
-        // A base that is itself a dense delta would only be refused: its successor is dense
-        // too (every value changes each step), so go to the chain's keyframe directly.
-        let index = repo.index();
-        let dense_link = index.delta(&parent).is_some_and(|d| {
-            let below = index.delta(&d.base).map_or(0, |b| b.depth);
-            d.depth.saturating_sub(below) >= codec::DENSE_DEPTH_COST
-        });
-        let b = if dense_link {
-            index.keyframe_of(&parent)
-        } else {
-            parent
+    let Some(parent) = delta else {
+        return whole(out, false);
+    };
+    // A base that is itself a dense delta would only be refused: its successor is dense
+    // too (every value changes each step), so go to the chain's keyframe directly, or
+    // (dense deltas off) store the block whole without reading anything.
+    let index = repo.index();
+    let dense_link = index.delta(&parent).is_some_and(|d| {
+        let below = index.delta(&d.base).map_or(0, |b| b.depth);
+        d.depth.saturating_sub(below) >= codec::DENSE_DEPTH_COST
+    });
+    if dense_link && !dense {
+        return whole(out, true);
+    }
+    let b = if dense_link {
+        index.keyframe_of(&parent)
+    } else {
+        parent
+    };
+    let depth = index.delta(&b).map_or(0, |d| d.depth);
+    let key = index.keyframe_of(&b);
+    let Ok(base_plain) = repo.read_blob(&b) else {
+        return whole(out, false);
+    };
+    let against = |plain_of: &[u8], id: &Id, depth, out: &mut Vec<u8>| {
+        let base = codec::DeltaBase {
+            plain: plain_of,
+            id,
+            depth,
         };
-        let depth = index.delta(&b).map_or(0, |d| d.depth);
-        let key = index.keyframe_of(&b);
-        let base_plain = repo.read_blob(&b);
-        let mut encoded = base_plain.as_ref().is_ok_and(|base_plain| {
-            codec::encode_delta(
-                plain,
-                codec::DeltaBase {
-                    plain: base_plain,
-                    id: &b,
-                    depth,
-                },
-                width,
-                level,
-                format,
-                out,
-            )
-            .is_some()
-        });
-        if !encoded && depth > 0 && base_plain.is_ok() {
-            // A dense XOR goes against the chain's keyframe, never on top of another delta.
-            if let Ok(key_plain) = repo.read_blob(&key) {
-                encoded = codec::encode_delta(
-                    plain,
-                    codec::DeltaBase {
-                        plain: &key_plain,
-                        id: &key,
-                        depth: 0,
-                    },
-                    width,
-                    level,
-                    format,
-                    out,
-                )
-                .is_some();
-                codec::recycle(key_plain);
-            }
+        codec::encode_delta(plain, base, width, level, format, out)
+    };
+    let mut result = against(&base_plain, &b, depth, out);
+    codec::recycle(base_plain);
+    if result == Err(codec::Refused::Dense) && depth > 0 && dense {
+        // A dense XOR goes against the chain's keyframe, never on top of another delta.
+        if let Ok(key_plain) = repo.read_blob(&key) {
+            result = against(&key_plain, &key, 0, out);
+            codec::recycle(key_plain);
         }
-        if let Ok(base_plain) = base_plain {
-            codec::recycle(base_plain);
-        }
-        if encoded {
-            if out.len() * CLEARLY_SMALLER <= plain.len() {
-                return Encoding::Delta;
-            }
+    }
+    match result {
+        Err(refused) => return whole(out, refused == codec::Refused::Dense),
+        Ok(_) if out.len() * CLEARLY_SMALLER <= plain.len() => {}
+        Ok(_) => {
             // The same tensor's keyframe stands in for this block's own encoding (same
             // values but for small changes, so about the same size): a delta clearly below
             // it wins without encoding the block a second time (a `fulltrain` step's dense
             // deltas are ~0.84 of their keyframes; encoding both cost ~10 % of the backup).
             let key_len = index.get(&key).map_or(0, |l| l.stored_len as usize);
-            if out.len() * KEYFRAME_MARGIN_DEN <= key_len * KEYFRAME_MARGIN_NUM {
-                return Encoding::Delta;
+            if out.len() * KEYFRAME_MARGIN_DEN > key_len * KEYFRAME_MARGIN_NUM {
+                let mut own = Vec::new();
+                let enc = codec::encode_typed(plain, width, level, &mut own);
+                let own_len = if enc == Encoding::Raw {
+                    plain.len()
+                } else {
+                    own.len()
+                };
+                if out.len() >= own_len {
+                    *out = own;
+                    return Stored {
+                        encoding: enc,
+                        dense: false,
+                    };
+                }
             }
-            let mut own = Vec::new();
-            let enc = codec::encode_typed(plain, width, level, &mut own);
-            let own_len = if enc == Encoding::Raw {
-                plain.len()
-            } else {
-                own.len()
-            };
-            if out.len() < own_len {
-                return Encoding::Delta;
-            }
-            *out = own;
-            return enc;
         }
     }
-    codec::encode_typed(plain, width, level, out)
+    Stored {
+        encoding: Encoding::Delta,
+        dense: false,
+    }
 }
 
 #[cfg(test)]

@@ -232,6 +232,10 @@ pub struct BlobWriter<'r> {
     pub stored_by: crate::snapshot::StoredBy,
     /// Bytes of the index files [`BlobWriter::save_index_so_far`] wrote.
     index_bytes: u64,
+    /// Store a tensor block that changed everywhere as a dense XOR with its chain's keyframe
+    /// when that is smaller (full training: ~20 % smaller steps). Off by default: such a
+    /// block then restores from one blob instead of two (restore speed first).
+    pub dense_deltas: bool,
 }
 
 impl<'r> BlobWriter<'r> {
@@ -243,6 +247,7 @@ impl<'r> BlobWriter<'r> {
             blobs_added: 0,
             stored_by: Default::default(),
             index_bytes: 0,
+            dense_deltas: false,
         }
     }
 
