@@ -342,6 +342,49 @@ fn verify_names_the_steps_above_a_damaged_link_of_a_chain_and_spares_those_below
     );
 }
 
+/// Restore reads a chain's links together (per step, not per block): a damaged link in the
+/// middle of a chain still fails the file above it, and the error names the damaged link's pack.
+#[test]
+fn restore_fails_on_a_damaged_middle_link_of_a_chain_and_names_its_pack() {
+    let env = TestEnv::with_repo();
+    let (mut ids, mut manifests) = (Vec::new(), Vec::new());
+    let mut step1_packs = Vec::new();
+    for s in 0..3 {
+        let before = files_below(&env.repo.join("data"));
+        let dir = step(&env, Scenario::Finetune, SIZE, s);
+        ids.push(text(&env.backup(&[&dir], &[]), "id"));
+        manifests.push(manifest_of(&dir));
+        if s == 1 {
+            step1_packs = files_below(&env.repo.join("data"))
+                .into_iter()
+                .filter(|p| !before.contains(p))
+                .collect();
+        }
+    }
+    // One byte in the middle of step 1's largest pack: one link of one block's chain.
+    let pack = step1_packs
+        .iter()
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
+    flip_byte(pack, fs::metadata(pack).unwrap().len() / 2);
+    let pack_name = pack.file_name().unwrap().to_string_lossy().into_owned();
+    let target = env.fresh_path("restore");
+    let run = env.tvault(args!["--json", "restore", &ids[2], &target]);
+    assert_ne!(run.code(), Some(0), "{run}");
+    let report = run.json();
+    let failed = report["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{run}");
+    let failed = failed[0].as_str().unwrap();
+    assert!(failed.contains("model.safetensors"), "{run}");
+    assert!(
+        failed.contains("damaged") && failed.contains(&pack_name[..16]),
+        "the damaged link's pack {pack_name} is not named: {run}"
+    );
+    assert!(!target.join("ckpt/model.safetensors").exists(), "{run}");
+    // The steps below the damage restore.
+    env.assert_restores(&ids[0], &manifests[0]);
+}
+
 #[test]
 fn crash_at_every_write_step_of_a_delta_backup_leaves_a_sound_repository() {
     let env = TestEnv::with_repo();

@@ -643,4 +643,63 @@ mod tests {
         // One read for the tree, one for the file's 4 MiB of distinct chunks (one pack).
         assert_eq!(backend.ranged.load(Ordering::SeqCst), 2);
     }
+
+    /// The blocks of a fine-tune step are deltas on the previous step's: restoring the last
+    /// step of a chain reads each step's links of many blocks together (neighbours in that
+    /// step's pack), not one read per link per block (which was blocks x steps requests, each
+    /// waited for in turn: one GET per link on S3).
+    #[test]
+    fn restore_of_a_chain_reads_each_steps_links_together_not_per_block() {
+        let backend = Arc::new(CountingReads::default());
+        Repository::init_with(backend.clone(), "mem".into()).unwrap();
+        // Small tensor blocks: many blocks (hundreds) in a small checkpoint.
+        let mut config: serde_json::Value =
+            serde_json::from_slice(&backend.get("config").unwrap()).unwrap();
+        config["tensor_block"] = 4096.into();
+        backend
+            .put("config", &serde_json::to_vec(&config).unwrap())
+            .unwrap();
+        let mut repo = Repository::open_with(backend.clone(), "mem".into()).unwrap();
+        let src = tempfile::tempdir().unwrap();
+        let dir = src.path().join("ckpt");
+        let steps = 6;
+        let mut last = None;
+        for step in 0..steps {
+            if dir.exists() {
+                fs::remove_dir_all(&dir).unwrap();
+            }
+            tvault_workload::generate(tvault_workload::Scenario::Finetune, &dir, 1 << 20, 7, step)
+                .unwrap();
+            let opts = BackupOptions::new(vec![dir.clone()]);
+            last = Some(backup::run(&mut repo, &opts, &NoProgress).unwrap());
+        }
+        let last = last.unwrap();
+        let deltas = last.snapshot.summary.stored.delta;
+        assert!(
+            deltas > 1 << 19,
+            "step {steps} stored {deltas} bytes as deltas"
+        );
+        repo.load_index().unwrap();
+        let blocks = repo.index().deltas().count();
+        assert!(blocks > 500, "{blocks} delta blocks");
+
+        backend.ranged.store(0, Ordering::SeqCst);
+        let target = tempfile::tempdir().unwrap();
+        let id = last.snapshot_id.to_hex();
+        run(
+            &mut repo,
+            &RestoreOptions::new(&id, target.path()),
+            &NoProgress,
+        )
+        .unwrap();
+        let model = fs::read(target.path().join("ckpt/model.safetensors")).unwrap();
+        assert!(model == fs::read(dir.join("model.safetensors")).unwrap());
+        // The tree, then about one read per step's pack (each step's links of all the blocks
+        // sit side by side there).
+        let reads = backend.ranged.load(Ordering::SeqCst);
+        assert!(
+            reads <= steps as usize + 3,
+            "{reads} reads for {steps} steps"
+        );
+    }
 }

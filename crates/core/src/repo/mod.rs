@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod cache;
+mod chains;
 pub mod crypto;
 pub mod faults;
 pub mod keys;

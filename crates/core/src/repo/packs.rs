@@ -1,6 +1,6 @@
 //! Reading packs, for the commands that work pack by pack: planned reads of many blobs (one
-//! ranged read per stretch of neighbouring blobs of a pack, see `storage::plan_reads`; plain,
-//! or encoded as well for `copy`), the
+//! ranged read per stretch of neighbouring blobs of a pack, see `storage::plan_reads`; plain
+//! with deltas' chains read alongside, see `chains`, or encoded as well for `copy`), the
 //! whole-pack check of `verify --read-data` and `repair packs`, the checked copy of blobs into
 //! new packs (prune's repack, `repair packs`), and a pack's entries rebuilt from the pack
 //! itself (`repair index`). The pack layout stays in `pack.rs`; callers get entries and bytes.
@@ -67,7 +67,9 @@ impl Repository {
     /// Reads, decodes and re-hashes the blobs `ids` (repeats allowed) and hands each one's
     /// plain bytes to `each` with every position it has in `ids`. Reads are planned per pack
     /// (neighbouring blobs in one ranged read, in pack order) and run in parallel; memory holds
-    /// the reads in flight, a few MiB each. Stops at the first error.
+    /// the reads in flight, a few MiB each. A delta's chain of bases is read in the same
+    /// planned reads, a batch of deltas at a time (see `chains`), and held until the batch's
+    /// deltas are rebuilt: up to 64 MiB more. Stops at the first error.
     pub fn read_blobs_planned<F>(&self, ids: &[Id], each: F) -> Result<()>
     where
         F: Fn(&[usize], &[u8]) -> Result<()> + Sync,
@@ -84,12 +86,7 @@ impl Repository {
                 })
                 .push(i);
         }
-        self.read_stored_planned(&unique, |id, pack, loc, stored| {
-            let plain = self.decode_blob(id, pack, loc.encoding, stored, loc.plain_len as usize)?;
-            each(&positions[id], &plain)?;
-            crate::codec::recycle(plain);
-            Ok(())
-        })
+        self.read_chains_planned(&unique, &positions, &each)
     }
 
     /// Like [`Repository::read_blobs_planned`] for distinct `ids`, handing `each` a blob's
@@ -112,6 +109,21 @@ impl Repository {
     fn read_stored_planned<F>(&self, unique: &[Id], each: F) -> Result<()>
     where
         F: Fn(&Id, &Id, &index::Location, &[u8]) -> Result<()> + Sync,
+    {
+        self.read_stored_planned_sparing(unique, each, |_| false)
+    }
+
+    /// [`Repository::read_stored_planned`] where a read that fails is no error when every
+    /// blob it serves is `spared` (those blobs are left out: `each` never gets them).
+    pub(super) fn read_stored_planned_sparing<F, S>(
+        &self,
+        unique: &[Id],
+        each: F,
+        spared: S,
+    ) -> Result<()>
+    where
+        F: Fn(&Id, &Id, &index::Location, &[u8]) -> Result<()> + Sync,
+        S: Fn(&Id) -> bool + Sync,
     {
         let mut by_pack: IdMap<Vec<(Id, index::Location)>> = IdMap::default();
         for id in unique {
@@ -140,7 +152,11 @@ impl Repository {
         }
         self.with_read_slots(|| {
             reads.par_iter().try_for_each(|(pack, blobs, read)| {
-                let bytes = self.read_span(pack, read, |i| blobs[i].0)?;
+                let bytes = match self.read_span(pack, read, |i| blobs[i].0) {
+                    Ok(bytes) => bytes,
+                    Err(_) if read.parts.iter().all(|(i, _)| spared(&blobs[*i].0)) => return Ok(()),
+                    Err(e) => return Err(e),
+                };
                 // The parts of one read are decoded in parallel too: a read of small deltas
                 // holds hundreds of blocks' worth of decoding (each resolves its keyframe),
                 // which one thread did alone (a sharded fine-tune restored at 1.2 cores).
