@@ -6,7 +6,8 @@
 #
 #   bash benches/maintenance.sh                        # 4 checkpoints of 2 GiB, in /tmp
 #   STEPS=3 SIZE=512MiB WORK=/dev/shm/tm bash benches/maintenance.sh
-#   SCENARIO=fulltrain STEPS=10 SIZE=256MiB bash benches/maintenance.sh
+#   SCENARIO=finetune STEPS=10 SIZE=256MiB bash benches/maintenance.sh
+#   SCENARIO=fulltrain FLAGS=--dense-deltas STEPS=10 SIZE=256MiB bash benches/maintenance.sh
 set -euo pipefail
 # Repositories are encrypted by default (as `init` makes them): the benches give the password.
 export TVAULT_PASSWORD=${TVAULT_PASSWORD:-bench}
@@ -24,7 +25,8 @@ rm -rf "$WORK"; mkdir -p "$WORK"
 $B --repo "$WORK/repo" init -q
 for step in $(seq 0 $((STEPS - 1))); do
   $GEN "$SCENARIO" "$WORK/ckpt" --size "$SIZE" --step "$step" >/dev/null
-  $B --repo "$WORK/repo" -q backup "$WORK/ckpt" --tag "step$step"
+  # shellcheck disable=SC2086 # FLAGS: extra backup options, as words
+  $B --repo "$WORK/repo" -q backup "$WORK/ckpt" --tag "step$step" ${FLAGS:-}
 done
 repo_bytes() { du -sb "$WORK/repo" | cut -f1; }
 measure() { # label, command...

@@ -554,12 +554,11 @@ mod tests {
             let _ = std::fs::remove_dir_all(&dir);
             tvault_workload::generate(tvault_workload::Scenario::Fulltrain, &dir, 2 << 20, 3, step)
                 .unwrap();
-            backup::run(
-                &mut repo,
-                &BackupOptions::new(vec![dir.clone()]),
-                &NoProgress,
-            )
-            .unwrap();
+            let opts = BackupOptions {
+                dense_deltas: true,
+                ..BackupOptions::new(vec![dir.clone()])
+            };
+            backup::run(&mut repo, &opts, &NoProgress).unwrap();
         }
         repo.load_index().unwrap();
         let index = repo.index();

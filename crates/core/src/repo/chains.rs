@@ -312,8 +312,12 @@ mod tests {
         let mut out = Vec::new();
         for i in 1..plain.len() {
             let depth = i as u8 - 1;
-            codec::encode_delta(&plain[i], &plain[i - 1], &ids[i - 1], depth, 1, 1, &mut out)
-                .unwrap();
+            let base = codec::DeltaBase {
+                plain: &plain[i - 1],
+                id: &ids[i - 1],
+                depth,
+            };
+            codec::encode_delta(&plain[i], base, 1, 1, codec::DeltaFormat::V4, &mut out).unwrap();
             sink.add(
                 ids[i],
                 BlobKind::Data,
