@@ -10,6 +10,7 @@ mod copy_blobs;
 pub mod diff;
 pub mod drill;
 pub mod dump;
+mod encode_block;
 pub mod export;
 pub mod find;
 pub mod import;

@@ -6,24 +6,21 @@
 //! added to the pack in order, the full pack being stored in the background by `BlobWriter`.
 //! Memory is a few blocks plus their encoded chunks plus two packs, whatever the file's size.
 
-use std::collections::HashSet;
 use std::fs::{File, Metadata};
 use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::Mutex;
-
-use rayon::prelude::*;
 
 use crate::chunker::{cut_spans, Cutter, Span};
-use crate::codec::{self, Encoding};
+use crate::codec::Encoding;
 use crate::error::Result;
 use crate::id::Id;
 use crate::pack::BlobKind;
 use crate::progress::Progress;
-use crate::repo::{BlobWriter, PackSink, Repository};
+use crate::repo::{BlobWriter, PackSink};
 
+use super::encode_block::{encode_block, tensor_of, DenseTensors, Encoded};
 use super::tensors::Bases;
 
 /// Finds the delta bases of a file's tensor blocks: given its regions and the tensor block
@@ -96,21 +93,6 @@ fn read_blocks<R: Read>(
             return;
         }
     }
-}
-
-/// One chunk's result: its ID and length, and where its stored bytes are if it is new.
-struct Encoded {
-    id: Id,
-    range: std::ops::Range<usize>,
-    /// Element width of the float tensor the chunk is in (0: none).
-    width: u8,
-    /// The chunk of the same block of the same tensor in an earlier file, the base for a delta.
-    base: Option<Id>,
-    /// File offset of the tensor (span) the chunk is in, if any.
-    tensor: Option<u64>,
-    /// `None`: already stored. `Raw`: stored as the plain bytes. Others: in `out`.
-    encoding: Option<Encoding>,
-    out: Vec<u8>,
 }
 
 /// Reads and stores one file. `Err` only for repository failures (which end the backup);
@@ -254,7 +236,7 @@ pub(crate) fn store_stream<R: Read + Send>(
     // Tensors of this file whose XOR with their base came out dense while dense deltas are
     // off: their other blocks are stored whole without reading a base (full training changes
     // every value; reading and XORing the base only to refuse it halved a step's speed).
-    let dense_tensors: Mutex<HashSet<u64>> = Mutex::default();
+    let dense_tensors = DenseTensors::default();
     // File offset of the first byte of the data being cut.
     let mut base = 0u64;
     let mut chunks = Vec::new();
@@ -294,32 +276,12 @@ pub(crate) fn store_stream<R: Read + Send>(
                     width: if planes { width } else { 0 },
                     encoding: None,
                     out: spare.pop().unwrap_or_default(),
+                    first_of_tensor: false,
                 })
                 .collect();
             let (lookup, sink) = writer.split();
-            let ids = lookup.repo.ids();
-            let mut encode = || {
-                encoded.par_iter_mut().for_each(|e| {
-                    let plain = &data[e.range.clone()];
-                    e.id = ids.of(plain);
-                    if !lookup.contains(&e.id) {
-                        let known_dense = |t| dense_tensors.lock().expect("dense").contains(&t);
-                        let base = e.base.filter(|_| !e.tensor.is_some_and(known_dense));
-                        let stored = encode_chunk(
-                            lookup.repo,
-                            plain,
-                            base,
-                            e.width,
-                            dense_deltas,
-                            &mut e.out,
-                        );
-                        if let (true, Some(t)) = (stored.dense, e.tensor) {
-                            dense_tensors.lock().expect("dense").insert(t);
-                        }
-                        e.encoding = Some(stored.encoding);
-                    }
-                })
-            };
+            let mut encode =
+                || encode_block(&lookup, data, &mut encoded, dense_deltas, &dense_tensors);
             match &prev {
                 Some(p) => rayon::join(encode, || p.store(sink)).1?,
                 None => encode(),
@@ -367,137 +329,14 @@ pub(crate) fn store_stream<R: Read + Send>(
     Ok(read.map(|()| (chunks, bytes_read)))
 }
 
-/// A delta this much smaller than the chunk is kept without trying the chunk's own encoding
-/// (float weights never compress 8:1 on their own).
-const CLEARLY_SMALLER: usize = 8;
-
-/// A delta at most 9/10 of its chain's keyframe's stored size is kept without encoding the
-/// block on its own for comparison.
-const KEYFRAME_MARGIN_NUM: usize = 9;
-const KEYFRAME_MARGIN_DEN: usize = 10;
-
-/// The start of the span (tensor) of `spans` (sorted, disjoint) that holds file offset `at`.
-fn tensor_of(spans: &[Span], at: u64) -> Option<u64> {
-    let i = spans.partition_point(|s| s.start <= at).checked_sub(1)?;
-    (at < spans[i].end).then_some(spans[i].start)
-}
-
-/// How [`encode_chunk`] stored a chunk.
-struct Stored {
-    encoding: Encoding,
-    /// Its XOR with its base was dense, and dense deltas are off or the base was a delta: the
-    /// tensor's next blocks will be dense too (every value changes: full training).
-    dense: bool,
-}
-
-/// Encodes a new chunk into `out`: as an XOR with `base` (the same block of the same tensor in
-/// an earlier file) when that is smaller than the chunk's own encoding and the chain stays
-/// within its bound, else as [`codec::encode_typed`]. A dense XOR is stored only when `dense`
-/// allows it, and then against the chain's keyframe, never on top of another delta (see
-/// [`codec::encode_delta`]). A base that cannot be read only costs the delta.
-fn encode_chunk(
-    repo: &Repository,
-    plain: &[u8],
-    base: Option<Id>,
-    width: u8,
-    dense: bool,
-    out: &mut Vec<u8>,
-) -> Stored {
-    let level = repo.config().zstd_level;
-    let format = codec::DeltaFormat {
-        dense,
-        ..repo.config().delta_format()
-    };
-    let whole = |out: &mut Vec<u8>, dense| Stored {
-        encoding: codec::encode_typed(plain, width, level, out),
-        dense,
-    };
-    let delta = base.filter(|b| {
-        let depth = repo.index().delta(b).map_or(0, |d| d.depth);
-        repo.index().get(b).map(|l| l.plain_len as usize) == Some(plain.len())
-            && depth + codec::SPARSE_DEPTH_COST <= format.max_depth
-    });
-    let Some(parent) = delta else {
-        return whole(out, false);
-    };
-    // A base that is itself a dense delta would only be refused: its successor is dense
-    // too (every value changes each step), so go to the chain's keyframe directly, or
-    // (dense deltas off) store the block whole without reading anything.
-    let index = repo.index();
-    let dense_link = index.delta(&parent).is_some_and(|d| {
-        let below = index.delta(&d.base).map_or(0, |b| b.depth);
-        d.depth.saturating_sub(below) >= codec::DENSE_DEPTH_COST
-    });
-    if dense_link && !dense {
-        return whole(out, true);
-    }
-    let b = if dense_link {
-        index.keyframe_of(&parent)
-    } else {
-        parent
-    };
-    let depth = index.delta(&b).map_or(0, |d| d.depth);
-    let key = index.keyframe_of(&b);
-    let Ok(base_plain) = repo.read_blob(&b) else {
-        return whole(out, false);
-    };
-    let against = |plain_of: &[u8], id: &Id, depth, out: &mut Vec<u8>| {
-        let base = codec::DeltaBase {
-            plain: plain_of,
-            id,
-            depth,
-        };
-        codec::encode_delta(plain, base, width, level, format, out)
-    };
-    let mut result = against(&base_plain, &b, depth, out);
-    codec::recycle(base_plain);
-    if result == Err(codec::Refused::Dense) && depth > 0 && dense {
-        // A dense XOR goes against the chain's keyframe, never on top of another delta.
-        if let Ok(key_plain) = repo.read_blob(&key) {
-            result = against(&key_plain, &key, 0, out);
-            codec::recycle(key_plain);
-        }
-    }
-    match result {
-        Err(refused) => return whole(out, refused == codec::Refused::Dense),
-        Ok(_) if out.len() * CLEARLY_SMALLER <= plain.len() => {}
-        Ok(_) => {
-            // The same tensor's keyframe stands in for this block's own encoding (same
-            // values but for small changes, so about the same size): a delta clearly below
-            // it wins without encoding the block a second time (a `fulltrain` step's dense
-            // deltas are ~0.84 of their keyframes; encoding both cost ~10 % of the backup).
-            let key_len = index.get(&key).map_or(0, |l| l.stored_len as usize);
-            if out.len() * KEYFRAME_MARGIN_DEN > key_len * KEYFRAME_MARGIN_NUM {
-                let mut own = Vec::new();
-                let enc = codec::encode_typed(plain, width, level, &mut own);
-                let own_len = if enc == Encoding::Raw {
-                    plain.len()
-                } else {
-                    own.len()
-                };
-                if out.len() >= own_len {
-                    *out = own;
-                    return Stored {
-                        encoding: enc,
-                        dense: false,
-                    };
-                }
-            }
-        }
-    }
-    Stored {
-        encoding: Encoding::Delta,
-        dense: false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::codec;
     use crate::progress::NoProgress;
-    use crate::repo::MemBackend;
+    use crate::repo::{MemBackend, Repository};
 
     /// A pattern repeated across many read blocks is stored once, even where a repeat's chunks
     /// are in the very next block while the previous block's are still on their way into the

@@ -34,6 +34,7 @@ pub use backend::{Backend, LocalBackend, MemBackend};
 pub use keys::{KeyInfo, PasswordSource};
 pub use packs::PackCheck;
 pub use storage::{pack_key, Handle, ObjectKind, Storage};
+pub(crate) use writer::Lookup;
 pub use writer::{BlobWriter, PackSink, Written};
 
 use crate::chunker::ChunkerParams;
