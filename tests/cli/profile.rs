@@ -363,7 +363,13 @@ fn a_profiles_dense_deltas_reach_backup() {
         if dir.exists() {
             fs::remove_dir_all(&dir).unwrap();
         }
-        env.checkpoint("src/ckpt", tvault_workload::Scenario::Fulltrain, 4 << 20, 3, step);
+        env.checkpoint(
+            "src/ckpt",
+            tvault_workload::Scenario::Fulltrain,
+            4 << 20,
+            3,
+            step,
+        );
         run(&env, &["--profile", "trainer", "backup"]).expect_code(0);
     }
     let methods = crate::testenv::delta_methods(&env.open_repo());
