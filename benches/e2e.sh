@@ -26,8 +26,10 @@
 #                                                        # and the series (with BEFORE: its
 #                                                        # `rolling` series too)
 #   ONLY=keyframes SIZE=256MiB bash benches/e2e.sh       # a STEPS-step (40) `finetune` series:
-#                                                        # each step's added share, max/mean
-#                                                        # (with BEFORE: that build's too)
+#                                                        # each step's added share and backup
+#                                                        # time, max/mean, the restore of the
+#                                                        # first and the last step (the cost of
+#                                                        # chains) (with BEFORE: that build's too)
 #   S3=1 bash benches/e2e.sh                             # S3 mode (below), then stop
 #   PLAIN=1 bash benches/e2e.sh                          # also a plaintext repository (the cost of encryption)
 #
@@ -237,26 +239,34 @@ fi
 # the checkpoint), and the largest step after the first against the mean of those steps (the
 # goal: at most 2). Chains end at their depth bound; without staggering, all in the same step.
 keyframes() { # name, binary
-  local name=$1 bin=$2 top="$WORK/data/keyframes" repo="$WORK/keyframes-repo" adds=()
+  local name=$1 bin=$2 top="$WORK/data/keyframes" repo="$WORK/keyframes-repo" adds=() first
   echo "== $name: finetune, ${STEPS:-40} steps in one path"
   rm -rf "$top" "$repo"; $bin --repo "$repo" init -q
   for ((step = 0; step < ${STEPS:-40}; step++)); do
     rm -rf "$top/ckpt"
     $GEN finetune "$top/ckpt" --size "$SIZE" --step "$step" >/dev/null
     local total; total=$(du -sb --apparent-size "$top/ckpt" | cut -f1)
-    $bin --repo "$repo" --json backup "$top/ckpt" >"$WORK/out"
+    bytes=$total measure "$name backup (step $step)" $bin --repo "$repo" --json backup "$top/ckpt" >/dev/null
     local added; added=$(json "['bytes_added']")
     adds+=("$added")
-    echo "  step $step added $(python3 -c "print(f'{$added / $total:.4f}')") of the checkpoint"
+    [ "$step" -eq 0 ] && first=$(json "['snapshot_id']")
+    echo "  step $step added $(python3 -c "print(f'{$added / $total:.4f}')") of the checkpoint; backup $LAST_SECS s"
   done
   python3 -c "
 a = [int(x) for x in '${adds[*]}'.split()][1:]
 m = sum(a) / len(a)
 print(f'  steps 1..{len(a)}: mean {m / $total:.4f}, max {max(a) / $total:.4f} (step {a.index(max(a)) + 1}), max/mean {max(a) / m:.2f}')"
   local id; id=$(json "['snapshot_id']")
-  $bin --repo "$repo" -q restore "$id" "$WORK/restored"
+  # The cost of chains: the last step (every block at the end of a chain) against the first
+  # (keyframes only), restored from the same repository.
+  bytes=$total measure "$name restore (step 0)" $bin --repo "$repo" -q restore "$first" "$WORK/restored"
+  local first_rate=$LAST_RATE
+  rm -rf "$WORK/restored"
+  bytes=$total measure "$name restore (step $((${STEPS:-40} - 1)))" $bin --repo "$repo" -q restore "$id" "$WORK/restored"
+  echo "  the last step restores at $(ratio "$LAST_RATE" "$first_rate")x the first step's speed"
   cmp -s "$WORK/restored/ckpt/model.safetensors" "$top/ckpt/model.safetensors" || { echo "e2e: keyframes restore differs" >&2; exit 1; }
-  $bin --repo "$repo" -q verify --read-data
+  bytes=$(du -sb --apparent-size "$repo" | cut -f1) measure "$name verify --read-data" $bin --repo "$repo" -q verify --read-data
+  echo "  repository: $(du -sb --apparent-size "$repo" | cut -f1) bytes"
   rm -rf "$WORK/restored" "$repo" "$top"
 }
 if [ "${ONLY:-}" = keyframes ]; then
