@@ -982,32 +982,17 @@ mod tests {
             new[e] ^= (rng.next_u64() % 7 + 1) as u8;
         }
         let (mut runs, mut elements) = (Vec::new(), Vec::new());
-        encode_delta(
-            &new,
-            DeltaBase {
+        // The step's delta against `base` at `depth`, in `width`-byte elements.
+        let encode = |depth, width, format, out: &mut Vec<u8>| {
+            let base = DeltaBase {
                 plain: &base,
                 id: &base_id,
-                depth: 0,
-            },
-            2,
-            1,
-            DeltaFormat::V2,
-            &mut runs,
-        )
-        .unwrap();
-        let depth = encode_delta(
-            &new,
-            DeltaBase {
-                plain: &base,
-                id: &base_id,
-                depth: 40,
-            },
-            2,
-            1,
-            DeltaFormat::V4,
-            &mut elements,
-        )
-        .unwrap();
+                depth,
+            };
+            encode_delta(&new, base, width, 1, format, out)
+        };
+        encode(0, 2, DeltaFormat::V2, &mut runs).unwrap();
+        let depth = encode(40, 2, DeltaFormat::V4, &mut elements).unwrap();
         assert_eq!(depth, 41, "version 4 chains pass depth 32");
         let h = delta_header(&elements).unwrap();
         assert_eq!((h.method, h.cost()), (SPARSE_ELEMENTS, SPARSE_DEPTH_COST));
@@ -1021,47 +1006,11 @@ mod tests {
         apply_delta(&elements, &mut plain, new.len()).unwrap();
         assert_eq!(plain, new);
         // The bound of version 4, and a width with no element streams (runs instead).
-        assert!(encode_delta(
-            &new,
-            DeltaBase {
-                plain: &base,
-                id: &base_id,
-                depth: 64
-            },
-            2,
-            1,
-            DeltaFormat::V4,
-            &mut elements
-        )
-        .is_err());
-        encode_delta(
-            &new,
-            DeltaBase {
-                plain: &base,
-                id: &base_id,
-                depth: 0,
-            },
-            1,
-            1,
-            DeltaFormat::V4,
-            &mut elements,
-        )
-        .unwrap();
+        assert!(encode(64, 2, DeltaFormat::V4, &mut elements).is_err());
+        encode(0, 1, DeltaFormat::V4, &mut elements).unwrap();
         assert_eq!(delta_header(&elements).unwrap().method, SPARSE);
         // Damage is refused: a cut stream, a count past the elements, a stray byte.
-        encode_delta(
-            &new,
-            DeltaBase {
-                plain: &base,
-                id: &base_id,
-                depth: 0,
-            },
-            2,
-            1,
-            DeltaFormat::V4,
-            &mut elements,
-        )
-        .unwrap();
+        encode(0, 2, DeltaFormat::V4, &mut elements).unwrap();
         let mut plain = base.clone();
         assert!(apply_delta(&elements[..elements.len() - 3], &mut plain, new.len()).is_err());
         let mut extra = elements.clone();
