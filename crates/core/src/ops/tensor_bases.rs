@@ -21,7 +21,10 @@
 //! nearly the whole checkpoint again. So each block also starts a new chain (gets no base)
 //! when the backup's step in its series (how many snapshots precede it through their
 //! `parent`) reaches the block's turn: one step in every chain-bound-plus-one, at an offset
-//! given by a hash of the tensor's name and the block's index in it. About one block in that many starts a new chain
+//! given by a hash of the tensor's name plus the block's index in it, so a tensor's blocks
+//! take consecutive turns (a tensor of at least that many blocks restarts the same number of
+//! them every step; independent hashes per block left a step 15 % over the mean on a 1 GiB
+//! checkpoint). About one block in that many starts a new chain
 //! at each step, a block's first chain is cut short at its turn, and every later chain spans
 //! exactly the bound. Chains are never longer than before; the depth bound still holds.
 
@@ -234,16 +237,17 @@ impl<'a> BaseFinder<'a> {
     }
 }
 
-/// A block's turn to start a new chain, from its tensor's name and its index in the tensor (not
-/// its file offset, which moves when a header grows): FNV-1a, then a SplitMix64 finalizer.
+/// A block's turn to start a new chain: a hash of its tensor's name (FNV-1a, then a SplitMix64
+/// finalizer) plus its index in the tensor (not its file offset, which moves when a header
+/// grows), so the blocks of one tensor take consecutive turns.
 fn turn(name: &str, block: u64) -> u64 {
     let mut z = 0xcbf2_9ce4_8422_2325u64;
-    for b in name.bytes().chain(block.to_le_bytes()) {
+    for b in name.bytes() {
         z = (z ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
     }
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+    (z ^ (z >> 31)).wrapping_add(block)
 }
 
 /// The last component of a path.
@@ -296,6 +300,27 @@ mod tests {
             assert!(
                 *min.unwrap() >= share / 3 && *max.unwrap() <= share * 2,
                 "{per_turn:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_large_tensor_restarts_the_same_number_of_blocks_at_every_step() {
+        // Tensors of 200 blocks (100 MiB of 512 KiB blocks, as a 7B model's MLP weights):
+        // each turn of the period gets 200 / period of each tensor's blocks, rounded down or
+        // up, whatever the hashes of the names.
+        for period in [17u64, 33, 65] {
+            let mut per_turn = vec![0u64; period as usize];
+            for t in 0..12 {
+                let name = format!("model.layers.{t}.mlp.down_proj.weight");
+                for k in 0..200 {
+                    per_turn[(turn(&name, k) % period) as usize] += 1;
+                }
+            }
+            let (lo, hi) = (12 * (200 / period), 12 * 200u64.div_ceil(period));
+            assert!(
+                per_turn.iter().all(|&n| (lo..=hi).contains(&n)),
+                "period {period}: {per_turn:?}"
             );
         }
     }
