@@ -30,6 +30,8 @@
 #                                                        # time, max/mean, the restore of the
 #                                                        # first and the last step (the cost of
 #                                                        # chains) (with BEFORE: that build's too)
+#   ONLY=keyframes LAYOUT=rolling SIZE=256MiB bash ...  # the same, a new checkpoint-N/ folder per
+#                                                        # step, the previous one kept beside it
 #   S3=1 bash benches/e2e.sh                             # S3 mode (below), then stop
 #   PLAIN=1 bash benches/e2e.sh                          # also a plaintext repository (the cost of encryption)
 #
@@ -239,13 +241,17 @@ fi
 # the checkpoint), and the largest step after the first against the mean of those steps (the
 # goal: at most 2). Chains end at their depth bound; without staggering, all in the same step.
 keyframes() { # name, binary
+  # LAYOUT=rolling: the same steps, each in a new checkpoint-N/ folder beside the previous one
+  # (as a trainer keeps it), all of ckpt/ backed up.
   local name=$1 bin=$2 top="$WORK/data/keyframes" repo="$WORK/keyframes-repo" adds=() first
-  echo "== $name: finetune, ${STEPS:-40} steps in one path"
+  local layout=${LAYOUT:-finetune} newest=
+  echo "== $name: $layout, ${STEPS:-40} steps ($([ "$layout" = finetune ] && echo "in one path" || echo "a new folder per step"))"
   rm -rf "$top" "$repo"; $bin --repo "$repo" init -q
   for ((step = 0; step < ${STEPS:-40}; step++)); do
-    rm -rf "$top/ckpt"
-    $GEN finetune "$top/ckpt" --size "$SIZE" --step "$step" >/dev/null
-    local total; total=$(du -sb --apparent-size "$top/ckpt" | cut -f1)
+    [ "$layout" = finetune ] && rm -rf "$top/ckpt"
+    $GEN "$layout" "$top/ckpt" --size "$SIZE" --step "$step" >/dev/null
+    [ "$layout" = finetune ] || newest=checkpoint-$(( (step + 1) * 500 ))
+    local total; total=$(du -sb --apparent-size "$top/ckpt/$newest" | cut -f1)
     bytes=$total measure "$name backup (step $step)" $bin --repo "$repo" --json backup "$top/ckpt" >/dev/null
     local added; added=$(json "['bytes_added']")
     adds+=("$added")
@@ -258,13 +264,14 @@ m = sum(a) / len(a)
 print(f'  steps 1..{len(a)}: mean {m / $total:.4f}, max {max(a) / $total:.4f} (step {a.index(max(a)) + 1}), max/mean {max(a) / m:.2f}')"
   local id; id=$(json "['snapshot_id']")
   # The cost of chains: the last step (every block at the end of a chain) against the first
-  # (keyframes only), restored from the same repository.
+  # (keyframes only), restored from the same repository (per byte restored: the last step of
+  # a rolling series holds two folders).
   bytes=$total measure "$name restore (step 0)" $bin --repo "$repo" -q restore "$first" "$WORK/restored"
   local first_rate=$LAST_RATE
   rm -rf "$WORK/restored"
-  bytes=$total measure "$name restore (step $((${STEPS:-40} - 1)))" $bin --repo "$repo" -q restore "$id" "$WORK/restored"
+  bytes=$(du -sb --apparent-size "$top/ckpt" | cut -f1) measure "$name restore (step $((${STEPS:-40} - 1)))" $bin --repo "$repo" -q restore "$id" "$WORK/restored"
   echo "  the last step restores at $(ratio "$LAST_RATE" "$first_rate")x the first step's speed"
-  cmp -s "$WORK/restored/ckpt/model.safetensors" "$top/ckpt/model.safetensors" || { echo "e2e: keyframes restore differs" >&2; exit 1; }
+  cmp -s "$WORK/restored/ckpt/$newest/model.safetensors" "$top/ckpt/$newest/model.safetensors" || { echo "e2e: keyframes restore differs" >&2; exit 1; }
   bytes=$(du -sb --apparent-size "$repo" | cut -f1) measure "$name verify --read-data" $bin --repo "$repo" -q verify --read-data
   echo "  repository: $(du -sb --apparent-size "$repo" | cut -f1) bytes"
   rm -rf "$WORK/restored" "$repo" "$top"

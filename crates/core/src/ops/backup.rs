@@ -10,10 +10,12 @@ use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use chrono::{DateTime, Utc};
 
+use super::disk_bases::DiskBases;
 use super::read_file::{store_file, FindBases, ReadOutcome};
 use super::settle::{self, human, Settled, SettlingFile};
 use super::tensor_bases::BaseFinder;
@@ -237,12 +239,24 @@ pub fn run(
     };
     let mut late = HashSet::new();
     let settled = decide(&late);
-    // Delta bases by tensor identity, from the parent and recent snapshots.
+    // Delta bases by tensor identity, from the parent and recent snapshots; those in the
+    // parent's files still on disk as it stored them are read there.
+    let on_disk: HashMap<NodePath, PathBuf> = walked
+        .iter()
+        .filter(|w| {
+            parent_files
+                .get(&w.node.path)
+                .is_some_and(|p| unchanged(p, &w.node))
+        })
+        .map(|w| (w.node.path.clone(), w.abs.clone()))
+        .collect();
+    let disk_bases = Arc::new(DiskBases::new(on_disk));
     let finder = BaseFinder::new(
         repo,
         parent.as_ref().map(|(id, _)| *id),
         &parent_files,
         step,
+        disk_bases.clone(),
     );
 
     // A file stored as usual is read unless the parent's entry matches it (`reusable`).
@@ -265,6 +279,7 @@ pub fn run(
         BlobWriter::new(repo)
     };
     writer.dense_deltas = opts.dense_deltas;
+    writer.disk_bases = Some(disk_bases);
     // Each file read: its entry, or the problem that leaves it out.
     let mut read: HashMap<usize, std::result::Result<Node, String>> = HashMap::new();
     for i in to_read {

@@ -95,7 +95,7 @@ pub(super) fn encode_block(
                 _ => None,
             })
             .collect();
-        let bases = prefetch(repo, &wanted);
+        let bases = prefetch(lookup, &wanted);
         round.into_par_iter().zip(choices).for_each(|(e, choice)| {
             let base_plain = match choice {
                 Against::Blob(b) => bases.lock().expect("bases").remove(&b),
@@ -111,14 +111,26 @@ pub(super) fn encode_block(
     }
 }
 
-/// The plain bytes of the blobs `ids`, read together (chains planned once for all; see
-/// `Repository::read_blobs_planned`). Empty when any cannot be read: each base is then read on
-/// its own, and one that cannot be read only costs its delta.
-fn prefetch(repo: &Repository, ids: &[Id]) -> Mutex<IdMap<Vec<u8>>> {
-    let out = Mutex::new(IdMap::default());
+/// The plain bytes of the blobs `ids`: those still in files on disk read there (see
+/// `disk_bases.rs`), the others read together from the repository (chains planned once for
+/// all; see `Repository::read_blobs_planned`). Without the latter when any cannot be read:
+/// each base is then read on its own, and one that cannot be read only costs its delta.
+fn prefetch(lookup: &Lookup, ids: &[Id]) -> Mutex<IdMap<Vec<u8>>> {
+    let repo = lookup.repo;
+    let on_disk = match lookup.disk {
+        Some(disk) if !ids.is_empty() => disk.read(repo, ids),
+        _ => IdMap::default(),
+    };
+    let ids: Vec<Id> = ids
+        .iter()
+        .filter(|id| !on_disk.contains_key(id))
+        .copied()
+        .collect();
+    let out = Mutex::new(on_disk);
     if ids.is_empty() {
         return out;
     }
+    let ids = &ids[..];
     let read = repo.read_blobs_planned(ids, |positions, plain| {
         let mut copy = codec::plain_buffer(plain.len());
         copy.copy_from_slice(plain);
@@ -126,7 +138,7 @@ fn prefetch(repo: &Repository, ids: &[Id]) -> Mutex<IdMap<Vec<u8>>> {
         Ok(())
     });
     if read.is_err() {
-        out.lock().expect("bases").clear();
+        out.lock().expect("bases").retain(|id, _| !ids.contains(id));
     }
     out
 }

@@ -262,7 +262,13 @@ pub fn run(
 
     // Delta bases by tensor identity from the newest snapshots (an import has no parent).
     let no_parent = HashMap::new();
-    let finder = BaseFinder::new(repo, None, &no_parent, import_step(repo)?);
+    let finder = BaseFinder::new(
+        repo,
+        None,
+        &no_parent,
+        import_step(repo)?,
+        Default::default(),
+    );
     let tensor_block = repo.config().tensor_block;
 
     let mut rx = spawn_reader(reader);

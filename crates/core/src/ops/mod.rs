@@ -8,6 +8,7 @@ mod content;
 pub mod copy;
 mod copy_blobs;
 pub mod diff;
+pub(crate) mod disk_bases;
 pub mod drill;
 pub mod dump;
 mod encode_block;

@@ -580,11 +580,12 @@ mod tests {
     use crate::progress::NoProgress;
     use crate::repo::{Backend, MemBackend};
 
-    /// A backend that counts ranged reads.
+    /// A backend that counts ranged reads and the bytes they return.
     #[derive(Default)]
     struct CountingReads {
         inner: MemBackend,
         ranged: AtomicUsize,
+        bytes: AtomicUsize,
     }
 
     impl Backend for CountingReads {
@@ -596,6 +597,7 @@ mod tests {
         }
         fn get_range(&self, key: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
             self.ranged.fetch_add(1, Ordering::SeqCst);
+            self.bytes.fetch_add(len, Ordering::SeqCst);
             self.inner.get_range(key, offset, len)
         }
         fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
@@ -655,14 +657,7 @@ mod tests {
         backup::BackupReport,
     ) {
         let backend = Arc::new(CountingReads::default());
-        Repository::init_with(backend.clone(), "mem".into()).unwrap();
-        let mut config: serde_json::Value =
-            serde_json::from_slice(&backend.get("config").unwrap()).unwrap();
-        config["tensor_block"] = 4096.into();
-        backend
-            .put("config", &serde_json::to_vec(&config).unwrap())
-            .unwrap();
-        let mut repo = Repository::open_with(backend.clone(), "mem".into()).unwrap();
+        let mut repo = small_blocks(backend.clone());
         let src = tempfile::tempdir().unwrap().keep();
         let dir = src.join("ckpt");
         let mut last = None;
@@ -670,6 +665,75 @@ mod tests {
             last = Some(finetune_step(&mut repo, &dir, step));
         }
         (backend, repo, dir, last.unwrap())
+    }
+
+    /// A repository in `backend` whose tensor blocks are 4 KiB (many blocks in a small file).
+    fn small_blocks(backend: Arc<CountingReads>) -> Repository {
+        Repository::init_with(backend.clone(), "mem".into()).unwrap();
+        let mut config: serde_json::Value =
+            serde_json::from_slice(&backend.get("config").unwrap()).unwrap();
+        config["tensor_block"] = 4096.into();
+        backend
+            .put("config", &serde_json::to_vec(&config).unwrap())
+            .unwrap();
+        Repository::open_with(backend, "mem".into()).unwrap()
+    }
+
+    /// A trainer keeps the previous checkpoint folder beside the new one: the bases of the new
+    /// step's deltas are read from that folder's file (unchanged since the parent stored it;
+    /// each block hash-checked), not rebuilt from the repository's chains. Once the file's
+    /// metadata changes, they come from the repository again. Both steps restore exactly.
+    #[test]
+    fn a_backup_reads_bases_from_the_previous_checkpoint_folder_still_on_disk() {
+        let backend = Arc::new(CountingReads::default());
+        let mut repo = small_blocks(backend.clone());
+        let src = tempfile::tempdir().unwrap();
+        let ckpt = src.path().join("checkpoints");
+        let mut step = |k: u32| {
+            tvault_workload::generate(tvault_workload::Scenario::Rolling, &ckpt, 1 << 20, 7, k)
+                .unwrap();
+            backend.bytes.store(0, Ordering::SeqCst);
+            let opts = BackupOptions::new(vec![ckpt.clone()]);
+            let report = backup::run(&mut repo, &opts, &NoProgress).unwrap();
+            let delta = report.snapshot.summary.stored.delta;
+            assert!(
+                k == 0 || delta > 1 << 19,
+                "step {k}: {delta} bytes as deltas"
+            );
+            (report, backend.bytes.load(Ordering::SeqCst))
+        };
+        for k in 0..4 {
+            step(k);
+        }
+        let (on_disk, read_on_disk) = step(4);
+        // Step 4's previous folder, touched: same bytes, other metadata.
+        let previous = ckpt.join("checkpoint-2500/model.safetensors");
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
+        fs::File::options()
+            .write(true)
+            .open(&previous)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        let (from_repo, read_from_repo) = step(5);
+        // The chains' keyframes alone are ~0.67 of the 1 MiB model.
+        assert!(
+            read_from_repo > 512 << 10 && read_on_disk * 8 < read_from_repo,
+            "{read_on_disk} bytes read with the bases on disk, {read_from_repo} without"
+        );
+        for (report, folder) in [(on_disk, "checkpoint-2500"), (from_repo, "checkpoint-3000")] {
+            let target = tempfile::tempdir().unwrap();
+            let id = report.snapshot_id.to_hex();
+            run(
+                &mut repo,
+                &RestoreOptions::new(&id, target.path()),
+                &NoProgress,
+            )
+            .unwrap();
+            let name = format!("checkpoints/{folder}/model.safetensors");
+            let restored = fs::read(target.path().join(&name)).unwrap();
+            assert!(restored == fs::read(ckpt.join(folder).join("model.safetensors")).unwrap());
+        }
     }
 
     fn finetune_step(

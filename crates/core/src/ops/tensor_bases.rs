@@ -33,11 +33,14 @@ use std::cmp::Reverse;
 use std::collections::{HashMap, HashSet};
 
 use crate::codec::SPARSE_DEPTH_COST;
+use std::sync::Arc;
+
 use crate::format::{Region, MIN_TENSOR_REGION};
 use crate::id::Id;
 use crate::repo::Repository;
 use crate::tree::{Node, NodeKind, NodePath};
 
+use super::disk_bases::DiskBases;
 use super::tensors::{bases_for, stored_tensors, Bases};
 
 /// How many snapshots besides the parent are searched for bases (the newest ones).
@@ -67,6 +70,8 @@ struct Holder {
     /// 0: the parent snapshot; then 1, 2, … from the newest other snapshot.
     rank: usize,
     mtime_ns: i64,
+    /// The tensor's offset in the file.
+    start: u64,
     blocks: Vec<Option<Id>>,
 }
 
@@ -79,6 +84,8 @@ pub(crate) struct BaseFinder<'a> {
     step: u64,
     /// Every stored tensor of the searched files by identity, built on first need.
     index: OnceCell<HashMap<Identity, Vec<Holder>>>,
+    /// Where the chosen bases can be read on disk.
+    disk: Arc<DiskBases>,
 }
 
 impl<'a> BaseFinder<'a> {
@@ -87,12 +94,14 @@ impl<'a> BaseFinder<'a> {
         parent: Option<Id>,
         parent_files: &'a HashMap<NodePath, Node>,
         step: u64,
+        disk: Arc<DiskBases>,
     ) -> BaseFinder<'a> {
         BaseFinder {
             repo,
             parent,
             parent_files,
             step,
+            disk,
             index: OnceCell::new(),
         }
     }
@@ -172,9 +181,11 @@ impl<'a> BaseFinder<'a> {
             };
             for (k, base) in best.blocks.iter().enumerate() {
                 if let Some(base) = base {
-                    bases
-                        .entry(r.start + k as u64 * u64::from(block))
-                        .or_insert(*base);
+                    let at = k as u64 * u64::from(block);
+                    bases.entry(r.start + at).or_insert(*base);
+                    if best.rank == 0 {
+                        self.disk.note(&best.path, best.start + at, *base);
+                    }
                 }
             }
         }
@@ -228,6 +239,7 @@ impl<'a> BaseFinder<'a> {
                         path: node.path.clone(),
                         rank,
                         mtime_ns: node.mtime_ns,
+                        start: t.start,
                         blocks: t.blocks,
                     });
                 }

@@ -236,6 +236,8 @@ pub struct BlobWriter<'r> {
     /// when that is smaller (full training: ~20 % smaller steps). Off by default: such a
     /// block then restores from one blob instead of two (restore speed first).
     pub dense_deltas: bool,
+    /// Bases whose plain bytes can be read from files on disk (see `ops/disk_bases.rs`).
+    pub(crate) disk_bases: Option<std::sync::Arc<crate::ops::disk_bases::DiskBases>>,
 }
 
 impl<'r> BlobWriter<'r> {
@@ -248,6 +250,7 @@ impl<'r> BlobWriter<'r> {
             stored_by: Default::default(),
             index_bytes: 0,
             dense_deltas: false,
+            disk_bases: None,
         }
     }
 
@@ -301,6 +304,7 @@ impl<'r> BlobWriter<'r> {
         let lookup = Lookup {
             repo: self.repo,
             added: &self.added,
+            disk: self.disk_bases.as_deref(),
         };
         (lookup, &mut self.sink)
     }
@@ -379,6 +383,8 @@ impl<'r> BlobWriter<'r> {
 pub(crate) struct Lookup<'a> {
     pub repo: &'a Repository,
     added: &'a IdSet,
+    /// Where some bases can be read from disk instead of rebuilt from the repository.
+    pub disk: Option<&'a crate::ops::disk_bases::DiskBases>,
 }
 
 impl Lookup<'_> {
