@@ -20,11 +20,11 @@
 //! chains begun in the same backup would all end in the same later backup, which then stores
 //! nearly the whole checkpoint again. So each block also starts a new chain (gets no base)
 //! when the backup's step in its series (how many snapshots precede it through their
-//! `parent`) reaches the block's turn: one step in every chain-bound-plus-one, at an offset
-//! given by a hash of the tensor's name plus the block's index in it, so a tensor's blocks
-//! take consecutive turns (a tensor of at least that many blocks restarts the same number of
-//! them every step; independent hashes per block left a step 15 % over the mean on a 1 GiB
-//! checkpoint). About one block in that many starts a new chain
+//! `parent`) reaches the block's turn: one step in every chain-bound-plus-one. Turns are the
+//! blocks' numbers when the parent's tensors are put in order of name ([`Turns`]), so every
+//! step restarts the same number of blocks, give or take one, in whatever folders and shards
+//! the tensors lie (hashed turns left a 1 GiB step 15 % over the mean and some small steps
+//! none). About one block in that many starts a new chain
 //! at each step, a block's first chain is cut short at its turn, and every later chain spans
 //! exactly the bound. Chains are never longer than before; the depth bound still holds.
 
@@ -86,6 +86,8 @@ pub(crate) struct BaseFinder<'a> {
     index: OnceCell<HashMap<Identity, Vec<Holder>>>,
     /// Where the chosen bases can be read on disk.
     disk: Arc<DiskBases>,
+    /// The first turn of each tensor of the parent's model files (see [`Turns`]).
+    turns: OnceCell<Turns>,
 }
 
 impl<'a> BaseFinder<'a> {
@@ -103,6 +105,7 @@ impl<'a> BaseFinder<'a> {
             step,
             disk,
             index: OnceCell::new(),
+            turns: OnceCell::new(),
         }
     }
 
@@ -111,6 +114,10 @@ impl<'a> BaseFinder<'a> {
     /// a new chain.
     pub(crate) fn bases(&self, path: &NodePath, regions: &[Region], block: u32) -> Bases {
         let mut bases = self.find(path, regions, block);
+        if bases.is_empty() {
+            return bases;
+        }
+        let turns = self.turns.get_or_init(|| self.turns(block));
         for r in regions {
             let Some(info) = r.tensor() else { continue };
             let mut offset = r.start;
@@ -119,7 +126,7 @@ impl<'a> BaseFinder<'a> {
                     break;
                 }
                 if let Some(base) = bases.get(&offset) {
-                    if self.keyframe_due(turn(&info.name, k), base) {
+                    if self.keyframe_due(turns.of(&info.name, k), base) {
                         bases.remove(&offset);
                     }
                 }
@@ -192,12 +199,35 @@ impl<'a> BaseFinder<'a> {
         bases
     }
 
+    /// Numbers the blocks of the parent's model files' tensors in order of tensor name.
+    fn turns(&self, block: u32) -> Turns {
+        let mut blocks: HashMap<String, u64> = HashMap::new();
+        let mut seen: HashSet<&[Id]> = HashSet::new();
+        for node in self.parent_files.values().filter(|n| searched(n)) {
+            if seen.insert(node.chunks.as_slice()) {
+                for t in stored_tensors(self.repo, node, block) {
+                    let n = (t.end - t.start).div_ceil(u64::from(block));
+                    blocks.entry(t.info.name).or_insert(n);
+                }
+            }
+        }
+        let mut names: Vec<(String, u64)> = blocks.into_iter().collect();
+        names.sort_unstable();
+        let mut next = 0u64;
+        let first = names
+            .into_iter()
+            .map(|(name, n)| {
+                let at = next;
+                next += n;
+                (name, at)
+            })
+            .collect();
+        Turns { first }
+    }
+
     /// Parses the tensors of the model files of the parent and the recent snapshots. A snapshot
     /// or file that cannot be read only costs its bases.
     fn build(&self, block: u32) -> HashMap<Identity, Vec<Holder>> {
-        let searched = |n: &Node| {
-            n.kind == NodeKind::File && n.size >= MIN_TENSOR_REGION && is_model_name(&n.path)
-        };
         let parent = self.parent_files.values().filter(|n| searched(n)).cloned();
         let mut sources: Vec<Vec<Node>> = vec![parent.collect()];
         if let Ok(all) = self.repo.snapshots() {
@@ -246,6 +276,28 @@ impl<'a> BaseFinder<'a> {
             }
         }
         index
+    }
+}
+
+/// A file whose header is parsed for tensors.
+fn searched(n: &Node) -> bool {
+    n.kind == NodeKind::File && n.size >= MIN_TENSOR_REGION && is_model_name(&n.path)
+}
+
+/// Turns by block number: the blocks of the parent's tensors, numbered in order of tensor name
+/// (the same whatever folder or shard holds a tensor), take consecutive turns, so each step
+/// restarts the same number of blocks, floor or ceiling of blocks / period. A tensor the parent
+/// lacks (its blocks have no base from the parent) falls back to [`turn`].
+struct Turns {
+    first: HashMap<String, u64>,
+}
+
+impl Turns {
+    fn of(&self, name: &str, block: u64) -> u64 {
+        match self.first.get(name) {
+            Some(first) => first + block,
+            None => turn(name, block),
+        }
     }
 }
 
