@@ -143,8 +143,6 @@ fn staggered_chains(version: u32, period: usize, check: &[usize]) {
         let sum: u64 = run.iter().sum();
         assert!(sum >= keyframes[0], "{sum} keyframe bytes: {keyframes:?}");
     }
-    // And spread over the period: half of it restarts about half of the blocks (a version-4
-    // chain outlives version 3's 33 steps).
     // Turns follow the blocks in order of tensor name, so every step restarts about as many
     // blocks as any other (hashed turns left some steps none and others twice the mean).
     let (lo, hi) = (keyframes[1..].iter().min(), keyframes[1..].iter().max());
@@ -153,6 +151,8 @@ fn staggered_chains(version: u32, period: usize, check: &[usize]) {
         lo > 0 && hi <= 2 * lo,
         "{lo}..{hi} keyframe bytes: {keyframes:?}"
     );
+    // And spread over the period: half of it restarts about half of the blocks (a version-4
+    // chain outlives version 3's 33 steps).
     let half: u64 = keyframes[1..=period / 2].iter().sum();
     assert!(
         half < keyframes[0] * 3 / 4,

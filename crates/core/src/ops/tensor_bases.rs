@@ -28,20 +28,21 @@
 //! at each step, a block's first chain is cut short at its turn, and every later chain spans
 //! exactly the bound. Chains are never longer than before; the depth bound still holds.
 
-use std::cell::OnceCell;
+use std::cell::{OnceCell, RefCell};
 use std::cmp::Reverse;
 use std::collections::{HashMap, HashSet};
 
-use crate::codec::SPARSE_DEPTH_COST;
+use std::rc::Rc;
 use std::sync::Arc;
 
+use crate::codec::SPARSE_DEPTH_COST;
 use crate::format::{Region, MIN_TENSOR_REGION};
 use crate::id::Id;
 use crate::repo::Repository;
 use crate::tree::{Node, NodeKind, NodePath};
 
 use super::disk_bases::DiskBases;
-use super::tensors::{bases_for, stored_tensors, Bases};
+use super::tensors::{bases_for, stored_tensors, Bases, StoredTensor};
 
 /// How many snapshots besides the parent are searched for bases (the newest ones).
 pub(crate) const RECENT: usize = 8;
@@ -88,6 +89,9 @@ pub(crate) struct BaseFinder<'a> {
     disk: Arc<DiskBases>,
     /// The first turn of each tensor of the parent's model files (see [`Turns`]).
     turns: OnceCell<Turns>,
+    /// The parent's files parsed so far, by path: each header is read from the repository
+    /// once per backup, whether for the same path, the turns or the index by identity.
+    parsed: RefCell<HashMap<NodePath, Rc<Vec<StoredTensor>>>>,
 }
 
 impl<'a> BaseFinder<'a> {
@@ -106,7 +110,20 @@ impl<'a> BaseFinder<'a> {
             disk,
             index: OnceCell::new(),
             turns: OnceCell::new(),
+            parsed: RefCell::default(),
         }
+    }
+
+    /// The stored tensors of the parent's file `node`, parsed on first need.
+    fn parent_tensors(&self, node: &Node, block: u32) -> Rc<Vec<StoredTensor>> {
+        if let Some(t) = self.parsed.borrow().get(&node.path) {
+            return t.clone();
+        }
+        let t = Rc::new(stored_tensors(self.repo, node, block));
+        self.parsed
+            .borrow_mut()
+            .insert(node.path.clone(), t.clone());
+        t
     }
 
     /// The base of each tensor block of the file at `path` whose tensors are `regions` (see
@@ -154,8 +171,10 @@ impl<'a> BaseFinder<'a> {
     /// [`Self::bases`] before staggering.
     fn find(&self, path: &NodePath, regions: &[Region], block: u32) -> Bases {
         let mut bases = match self.parent_files.get(path) {
-            Some(p) => bases_for(self.repo, p, regions, block),
-            None => Bases::new(),
+            Some(p) if regions.iter().any(|r| r.tensor().is_some()) => {
+                bases_for(&self.parent_tensors(p, block), regions, block)
+            }
+            _ => Bases::new(),
         };
         let unmatched: Vec<&Region> = regions
             .iter()
@@ -205,9 +224,9 @@ impl<'a> BaseFinder<'a> {
         let mut seen: HashSet<&[Id]> = HashSet::new();
         for node in self.parent_files.values().filter(|n| searched(n)) {
             if seen.insert(node.chunks.as_slice()) {
-                for t in stored_tensors(self.repo, node, block) {
+                for t in self.parent_tensors(node, block).iter() {
                     let n = (t.end - t.start).div_ceil(u64::from(block));
-                    blocks.entry(t.info.name).or_insert(n);
+                    blocks.entry(t.info.name.clone()).or_insert(n);
                 }
             }
         }
@@ -258,19 +277,23 @@ impl<'a> BaseFinder<'a> {
                 if !seen.insert(node.chunks.clone()) {
                     continue;
                 }
-                for t in stored_tensors(self.repo, &node, block) {
+                let tensors = match rank {
+                    0 => self.parent_tensors(&node, block),
+                    _ => Rc::new(stored_tensors(self.repo, &node, block)),
+                };
+                for t in tensors.iter() {
                     let id = Identity {
                         len: t.end - t.start,
-                        name: t.info.name,
-                        dtype: t.info.dtype,
-                        shape: t.info.shape,
+                        name: t.info.name.clone(),
+                        dtype: t.info.dtype.clone(),
+                        shape: t.info.shape.clone(),
                     };
                     index.entry(id).or_default().push(Holder {
                         path: node.path.clone(),
                         rank,
                         mtime_ns: node.mtime_ns,
                         start: t.start,
-                        blocks: t.blocks,
+                        blocks: t.blocks.clone(),
                     });
                 }
             }

@@ -119,18 +119,10 @@ pub(crate) fn stored_tensors(repo: &Repository, node: &Node, block: u32) -> Vec<
 /// same block of the same tensor (name, dtype, shape) in the parent's version of the file.
 pub(crate) type Bases = HashMap<u64, Id>;
 
-/// Pairs the new file's tensor `regions` with the parent file's stored tensors.
-pub(crate) fn bases_for(
-    repo: &Repository,
-    parent: &Node,
-    regions: &[format::Region],
-    block: u32,
-) -> Bases {
+/// Pairs the new file's tensor `regions` with the parent file's stored tensors `stored` (see
+/// [`stored_tensors`]).
+pub(crate) fn bases_for(stored: &[StoredTensor], regions: &[format::Region], block: u32) -> Bases {
     let mut bases = Bases::new();
-    if !regions.iter().any(|r| r.tensor().is_some()) {
-        return bases;
-    }
-    let stored = stored_tensors(repo, parent, block);
     let old: HashMap<&str, &StoredTensor> =
         stored.iter().map(|t| (t.info.name.as_str(), t)).collect();
     for r in regions {
