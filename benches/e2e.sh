@@ -13,8 +13,9 @@
 # `finetune` series in the layouts training runs write (`rolling`: a new folder per step;
 # `sharded`: 4 shards + index per folder; `resharded`: 2, 3, 4 shards), each in its own
 # repository: what each step adds (share of the checkpoint) and its backup speed against the
-# `single` first backup, then the restore of the last step and `verify --read-data` of the
-# repository (GB/s of repository), each as a ratio to the `single` checkpoint's in the same run.
+# `single` first backup, then the restore of the last step, its `drill` (the same without disk
+# writes) and `verify --read-data` of the repository (per repository byte), each as a ratio to
+# the `single` checkpoint's, the two timed in turns, fastest of REPS (3) each.
 # Each line: seconds, input bytes/s, peak RSS. The page cache is warm (the input is read first).
 #
 #   bash benches/e2e.sh                                  # 2 GiB checkpoints, on disk (/tmp)
@@ -72,7 +73,7 @@ ratio() { # rate, reference rate (either may be empty): "1.23" or "n/a"
   if [ -n "$1" ] && [ -n "$2" ]; then python3 -c "print(f'{$1 / $2:.2f}')"; else echo n/a; fi
 }
 # The `single` checkpoint's rates in this run (set by run_tvault), which the series compare to.
-SINGLE_BACKUP_RATE='' SINGLE_RESTORE_RATE='' SINGLE_VERIFY_RATE='' SINGLE_VERIFY_CKPT_RATE=''
+SINGLE_BACKUP_RATE='' SINGLE_REPO='' SINGLE_ID=''
 json() { python3 -c "import json; print(json.load(open('$WORK/out'))$1)"; }
 share() { python3 -c "print(round($1 / $bytes, 3))"; }
 
@@ -129,28 +130,59 @@ run_tvault() { # name, binary, init options
   measure "$name backup (unchanged, 2nd)" $bin --repo "$repo" --json backup "$CKPT"
   echo "  bytes read: $(json "['bytes_read']"), bytes added: $(json "['bytes_added']")"
   measure "$name restore (single)" $bin --repo "$repo" -q restore "$id" "$WORK/restored"
-  if [ "$name" = tvault ]; then SINGLE_RESTORE_RATE=$LAST_RATE; fi
   cmp "$WORK/restored/ckpt/model.safetensors" "$CKPT/model.safetensors"
   rm -rf "$WORK/restored"
   if $bin verify --help >/dev/null 2>&1; then
     local repo_bytes; repo_bytes=$(du -sb --apparent-size "$repo" | cut -f1)
     measure "$name verify --read-data" $bin --repo "$repo" -q verify --read-data
     echo "  of repository: $repo_bytes bytes, $(gbs "$repo_bytes" "$LAST_SECS") GB/s"
-    if [ "$name" = tvault ]; then
-      SINGLE_VERIFY_RATE=$(python3 -c "print($repo_bytes / max($LAST_SECS, 0.01))")
-      SINGLE_VERIFY_CKPT_RATE=$LAST_RATE
-    fi
   else
     echo "  verify --read-data: not in this build, skipped"
   fi
-  rm -rf "$repo"
+  # This build's repository stays for the series, which time their steps against it in turns.
+  if [ "$name" = tvault ]; then SINGLE_REPO=$repo SINGLE_ID=$id; else rm -rf "$repo"; fi
+}
+
+# Seconds of one run of a command (its output dropped).
+seconds() {
+  $TIME -f "%e" -o "$WORK/time1" "$@" >/dev/null 2>"$WORK/err" || { cat "$WORK/err" >&2; exit 1; }
+  cat "$WORK/time1"
+}
+# `restore`, `drill` (the restore pipeline into a hashing sink: no disk writes) or `verify
+# --read-data` of a series (its last step; for verify, its repository) and of the `single`
+# checkpoint, taken in turns REPS times (default 3): PAIR_RATIO is the ratio of the fastest
+# rate per byte of each, PAIR_SECS the fastest times. Turns and the fastest run keep this
+# machine's drifts (up to 30 % between two runs) out of the ratio.
+pair() { # kind, series bytes, single bytes, binary, series repository, series snapshot, [restore args]
+  local kind=$1 bytes_s=$2 bytes_1=$3 bin=$4 repo=$5 id=$6; shift 6
+  local best_s=1e9 best_1=1e9 t
+  for _ in $(seq "${REPS:-3}"); do
+    rm -rf "$WORK/restored"
+    case $kind in
+      restore) t=$(seconds $bin --repo "$repo" -q restore "$id" "$WORK/restored" "$@") ;;
+      drill) t=$(seconds $bin --repo "$repo" -q drill "$id") ;;
+      verify) t=$(seconds $bin --repo "$repo" -q verify --read-data) ;;
+    esac
+    best_s=$(python3 -c "print(min($best_s, $t))")
+    rm -rf "$WORK/restored"
+    case $kind in
+      restore) t=$(seconds $B --repo "$SINGLE_REPO" -q restore "$SINGLE_ID" "$WORK/restored") ;;
+      drill) t=$(seconds $B --repo "$SINGLE_REPO" -q drill "$SINGLE_ID") ;;
+      verify) t=$(seconds $B --repo "$SINGLE_REPO" -q verify --read-data) ;;
+    esac
+    best_1=$(python3 -c "print(min($best_1, $t))")
+  done
+  rm -rf "$WORK/restored"
+  PAIR_SECS="$best_s / $best_1 s"
+  PAIR_RATIO=$(python3 -c "print(f'{($bytes_s / max($best_s, 0.01)) / ($bytes_1 / max($best_1, 0.01)):.2f}')")
 }
 
 # Model-aware storage: each series' steps 0, 1, 2 backed up one after the other into its own
 # repository: what every further step adds (a share of that step's checkpoint) and its backup
 # speed against the `single` first backup, then the restore of the last step (deltas resolved
-# through their chains) and `verify --read-data` of the repository (GB/s of repository bytes, and
-# of the 3 steps' checkpoint bytes, all of which it decodes and re-hashes), each as a ratio to the `single` checkpoint's of this run (1.00: as fast). One-path scenarios
+# through their chains), its `drill` and `verify --read-data` of the repository (per repository
+# byte, and per byte of the 3 steps' checkpoints, all of which it decodes and re-hashes), each as a
+# ratio to the `single` checkpoint's (1.00: as fast; see `pair`). One-path scenarios
 # write every step over `ckpt/` (each file's parent version is at the same path); the layout
 # scenarios write a new `checkpoints/checkpoint-N/` per step, deleting the older folders, and
 # `checkpoints/` is backed up (bases are then found by tensor identity); the last step's folder
@@ -193,22 +225,33 @@ series() { # scenario, label, [extra backup flags]
   fi
   bytes=$(du -sb --apparent-size "$top/$what" | cut -f1) measure "$name restore ($shown, step 2)" \
     $bin --repo "$repo" -q restore "$id" "$WORK/restored" "${include[@]}"
-  local restore_ratio; restore_ratio=$(ratio "$LAST_RATE" "$SINGLE_RESTORE_RATE")
   diff -r "$top/$what" "$WORK/restored/$what" >/dev/null || { echo "e2e: $scenario restore differs" >&2; exit 1; }
-  echo "  restore of step 2: ${restore_ratio}x the single restore's speed ($(gbs "$LAST_RATE" 1) vs $(gbs "${SINGLE_RESTORE_RATE:-0}" 1) GB/s)"
-  local verify_ratio=n/a verify_ckpt_ratio=n/a
-  if $bin verify --help >/dev/null 2>&1; then
-    local repo_bytes; repo_bytes=$(du -sb --apparent-size "$repo" | cut -f1)
-    bytes=$repo_bytes measure "$name verify --read-data ($shown)" $bin --repo "$repo" -q verify --read-data
-    verify_ratio=$(ratio "$LAST_RATE" "$SINGLE_VERIFY_RATE")
-    echo "  verify of $repo_bytes repository bytes: ${verify_ratio}x the single repository's speed ($(gbs "$LAST_RATE" 1) vs $(gbs "${SINGLE_VERIFY_RATE:-0}" 1) GB/s)"
-    # The same run per checkpoint byte: every step's content is decoded and re-hashed.
-    local ckpt_rate; ckpt_rate=$(python3 -c "print($ckpt_bytes / max($LAST_SECS, 0.01))")
-    verify_ckpt_ratio=$(ratio "$ckpt_rate" "$SINGLE_VERIFY_CKPT_RATE")
-    echo "  that is $(gbs "$ckpt_rate" 1) GB/s of the 3 steps' checkpoint bytes: ${verify_ckpt_ratio}x the single checkpoint's ($(gbs "${SINGLE_VERIFY_CKPT_RATE:-0}" 1) GB/s)"
+  local single_bytes restore_ratio=n/a drill_ratio=n/a verify_ratio=n/a verify_ckpt_ratio=n/a
+  single_bytes=$(du -sb --apparent-size "$CKPT" | cut -f1)
+  if [ -n "${SINGLE_REPO:-}" ]; then
+    pair restore "$(du -sb --apparent-size "$top/$what" | cut -f1)" "$single_bytes" $bin "$repo" "$id" "${include[@]}"
+    restore_ratio=$PAIR_RATIO
+    echo "  restore of step 2 against the single checkpoint's, in turns, fastest of ${REPS:-3} each ($PAIR_SECS): ${restore_ratio}x its speed"
+    if $bin drill --help >/dev/null 2>&1; then
+      # The whole snapshot (a layout's previous folder too), without writing it.
+      pair drill "$(du -sb --apparent-size "$src" | cut -f1)" "$single_bytes" $bin "$repo" "$id"
+      drill_ratio=$PAIR_RATIO
+      echo "  drill of step 2 (no disk writes; $PAIR_SECS): ${drill_ratio}x the single checkpoint's speed"
+    fi
+    if $bin verify --help >/dev/null 2>&1; then
+      local repo_bytes single_repo_bytes
+      repo_bytes=$(du -sb --apparent-size "$repo" | cut -f1)
+      single_repo_bytes=$(du -sb --apparent-size "$SINGLE_REPO" | cut -f1)
+      pair verify "$repo_bytes" "$single_repo_bytes" $bin "$repo" "$id"
+      verify_ratio=$PAIR_RATIO
+      echo "  verify --read-data of $repo_bytes repository bytes ($PAIR_SECS): ${verify_ratio}x the single repository's speed per byte"
+      # The same per checkpoint byte: every step's content is decoded and re-hashed.
+      verify_ckpt_ratio=$(python3 -c "print(f'{$verify_ratio * $ckpt_bytes * $single_repo_bytes / ($repo_bytes * $single_bytes):.2f}')")
+      echo "  that is ${verify_ckpt_ratio}x per checkpoint byte (the 3 steps' $ckpt_bytes bytes)"
+    fi
   fi
-  SUMMARY+=("$(printf '%-7s %-24s %8s %8s %8s %8s %8s %8s' "$name" "$shown" "${shares[1]}" "${shares[2]}" \
-    "$backup_ratio" "$restore_ratio" "$verify_ratio" "$verify_ckpt_ratio")")
+  SUMMARY+=("$(printf '%-7s %-24s %8s %8s %8s %8s %8s %8s %8s' "$name" "$shown" "${shares[1]}" "${shares[2]}" \
+    "$backup_ratio" "$restore_ratio" "$drill_ratio" "$verify_ratio" "$verify_ckpt_ratio")")
   rm -rf "$WORK/restored" "$repo" "$top"
 }
 run_series() {
@@ -226,9 +269,9 @@ run_series() {
   if [ -n "${BEFORE:-}" ]; then
     NAME=before BIN=$BEFORE series rolling "the finetune series, a new folder per step"
   fi
-  echo "== series: step adds (share of the checkpoint); step 2's backup and restore speed, verify's per"
-  echo "   repository byte and per checkpoint byte (the 3 steps), each / single's"
-  printf '%-7s %-24s %8s %8s %8s %8s %8s %8s\n' build series step1 step2 backup restore verify verify/ck
+  echo "== series: step adds (share of the checkpoint); step 2's backup, restore and drill speed, verify's"
+  echo "   per repository byte and per checkpoint byte (the 3 steps), each / single's"
+  printf '%-7s %-24s %8s %8s %8s %8s %8s %8s %8s\n' build series step1 step2 backup restore drill verify verify/ck
   printf '%s\n' "${SUMMARY[@]}"
 }
 if [ "${ONLY:-}" = series ]; then
