@@ -399,4 +399,50 @@ mod tests {
         assert_eq!(read_all(&repo, &ids[3..]), [plain[3].clone()]);
         assert_eq!(read_all(&repo, &ids), plain);
     }
+
+    /// `verify`'s check of chains: a linear chain is applied link by link in place, a base
+    /// of two deltas serves both, and a link that does not hash to its ID is named alone
+    /// (the in-place path gives it back to the blob-by-blob one, which names it).
+    #[test]
+    fn check_deltas_passes_a_chain_and_its_branch_and_names_a_link_that_does_not_hash() {
+        let mut repo =
+            Repository::init_with(Arc::new(MemBackend::default()), "mem".into()).unwrap();
+        let plain = steps(5, 0);
+        store_chain(&mut repo, &plain, None);
+        let ids: Vec<Id> = plain.iter().map(|p| repo.ids().of(p)).collect();
+        // A second delta on step 2, and on top of step 4 a delta stored under another ID.
+        let mut branch = plain[2].clone();
+        branch[7] ^= 0x40;
+        let branch_id = repo.ids().of(&branch);
+        let mut wrong = plain[4].clone();
+        wrong[9] ^= 0x20;
+        let wrong_id = Id::of(b"not the hash of these bytes");
+        let mut sink = PackSink::new(&repo);
+        let mut out = Vec::new();
+        for (target, id, below, depth) in [(&branch, branch_id, 2, 2), (&wrong, wrong_id, 4, 4)] {
+            let base = codec::DeltaBase {
+                plain: &plain[below],
+                id: &ids[below],
+                depth,
+            };
+            codec::encode_delta(target, base, 1, 1, codec::DeltaFormat::V4, &mut out).unwrap();
+            sink.add(id, BlobKind::Data, Encoding::Delta, &out, target.len())
+                .unwrap();
+        }
+        let written = sink.finish().unwrap();
+        repo.save_index(&written.packs).unwrap();
+        repo.refresh_index().unwrap();
+
+        let index = repo.index();
+        let all: Vec<(Id, Id)> = ids
+            .iter()
+            .chain([&branch_id, &wrong_id])
+            .map(|id| (*id, index.pack_id(index.get(id).unwrap())))
+            .collect();
+        let bad = repo.check_deltas(&all);
+        let named: Vec<Id> = bad.iter().map(|(id, _, _)| *id).collect();
+        assert_eq!(named, [wrong_id], "{bad:?}");
+        assert!(bad[0].2.contains("does not match"), "{bad:?}");
+        assert_eq!(bad[0].1, all[6].1, "named with its pack");
+    }
 }
