@@ -4,6 +4,9 @@ use std::process::ExitCode;
 
 mod cli;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     match cli::run() {
         Ok(code) => ExitCode::from(code),
