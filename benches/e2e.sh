@@ -15,7 +15,7 @@
 # repository: what each step adds (share of the checkpoint) and its backup speed against the
 # `single` first backup, then the restore of the last step, its `drill` (the same without disk
 # writes) and `verify --read-data` of the repository (per repository byte), each as a ratio to
-# the `single` checkpoint's, the two timed in turns, fastest of REPS (3) each.
+# the `single` checkpoint's, the two timed in turns, fastest of REPS (5) each.
 # Each line: seconds, input bytes/s, peak RSS. The page cache is warm (the input is read first).
 #
 #   bash benches/e2e.sh                                  # 2 GiB checkpoints, on disk (/tmp)
@@ -150,13 +150,13 @@ seconds() {
 }
 # `restore`, `drill` (the restore pipeline into a hashing sink: no disk writes) or `verify
 # --read-data` of a series (its last step; for verify, its repository) and of the `single`
-# checkpoint, taken in turns REPS times (default 3): PAIR_RATIO is the ratio of the fastest
+# checkpoint, taken in turns REPS times (default 5): PAIR_RATIO is the ratio of the fastest
 # rate per byte of each, PAIR_SECS the fastest times. Turns and the fastest run keep this
 # machine's drifts (up to 30 % between two runs) out of the ratio.
 pair() { # kind, series bytes, single bytes, binary, series repository, series snapshot, [restore args]
   local kind=$1 bytes_s=$2 bytes_1=$3 bin=$4 repo=$5 id=$6; shift 6
   local best_s=1e9 best_1=1e9 t
-  for _ in $(seq "${REPS:-3}"); do
+  for _ in $(seq "${REPS:-5}"); do
     rm -rf "$WORK/restored"
     case $kind in
       restore) t=$(seconds $bin --repo "$repo" -q restore "$id" "$WORK/restored" "$@") ;;
@@ -231,7 +231,7 @@ series() { # scenario, label, [extra backup flags]
   if [ -n "${SINGLE_REPO:-}" ]; then
     pair restore "$(du -sb --apparent-size "$top/$what" | cut -f1)" "$single_bytes" $bin "$repo" "$id" "${include[@]}"
     restore_ratio=$PAIR_RATIO
-    echo "  restore of step 2 against the single checkpoint's, in turns, fastest of ${REPS:-3} each ($PAIR_SECS): ${restore_ratio}x its speed"
+    echo "  restore of step 2 against the single checkpoint's, in turns, fastest of ${REPS:-5} each ($PAIR_SECS): ${restore_ratio}x its speed"
     if $bin drill --help >/dev/null 2>&1; then
       # The whole snapshot (a layout's previous folder too), without writing it.
       pair drill "$(du -sb --apparent-size "$src" | cut -f1)" "$single_bytes" $bin "$repo" "$id"
