@@ -602,6 +602,12 @@ impl Repository {
     /// Reads, decodes and re-hashes one blob. A delta blob (encoding 3) is resolved through its
     /// chain of bases, each read once (and not at all when the base cache has it).
     pub fn read_blob(&self, id: &Id) -> Result<Vec<u8>> {
+        let (loc, pack, stored) = self.read_stored(id)?;
+        self.decode_blob(id, &pack, loc.encoding, &stored, loc.plain_len as usize)
+    }
+
+    /// One blob's stored bytes (still sealed), with where the index puts it and its pack.
+    pub(crate) fn read_stored(&self, id: &Id) -> Result<(index::Location, Id, Vec<u8>)> {
         let loc = *self
             .index
             .get(id)
@@ -612,7 +618,7 @@ impl Repository {
             loc.offset as u64,
             loc.stored_len as usize,
         )?;
-        self.decode_blob(id, &pack, loc.encoding, &stored, loc.plain_len as usize)
+        Ok((loc, pack, stored))
     }
 
     /// A blob's encoded bytes from its stored bytes: in an encrypted repository they are

@@ -385,16 +385,7 @@ impl Repository {
     /// Applies the delta `id`, whose base is `below`, onto `plain` (the base's plain bytes)
     /// and checks the result's hash. On error `plain` holds anything.
     fn apply_checked(&self, id: &Id, below: &Id, plain: &mut [u8]) -> Result<()> {
-        let loc = *self
-            .index
-            .get(id)
-            .ok_or_else(|| Error::MissingChunk { id: id.to_hex() })?;
-        let pack = self.index.pack_id(&loc);
-        let stored = self.storage.get_range(
-            &Handle::pack(&pack),
-            loc.offset as u64,
-            loc.stored_len as usize,
-        )?;
+        let (loc, pack, stored) = self.read_stored(id)?;
         let encoded = self.unseal(id, &pack, &stored)?;
         let wrong = |what: &str| Error::Invalid(format!("{}: {what}", id.short()));
         if crate::codec::delta_header(&encoded)?.base != *below {
