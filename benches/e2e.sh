@@ -153,8 +153,10 @@ seconds() {
 # checkpoint, taken in turns REPS times (default 5): PAIR_RATIO is the ratio of the fastest
 # rate per byte of each, PAIR_SECS the fastest times. Turns and the fastest run keep this
 # machine's drifts (up to 30 % between two runs) out of the ratio.
+# REF_REPO, REF_ID, REF_BIN: another reference than the `single` checkpoint.
 pair() { # kind, series bytes, single bytes, binary, series repository, series snapshot, [restore args]
   local kind=$1 bytes_s=$2 bytes_1=$3 bin=$4 repo=$5 id=$6; shift 6
+  local ref_repo=${REF_REPO:-$SINGLE_REPO} ref_id=${REF_ID:-$SINGLE_ID} ref_bin=${REF_BIN:-$B}
   local best_s=1e9 best_1=1e9 t
   for _ in $(seq "${REPS:-5}"); do
     rm -rf "$WORK/restored"
@@ -166,9 +168,9 @@ pair() { # kind, series bytes, single bytes, binary, series repository, series s
     best_s=$(python3 -c "print(min($best_s, $t))")
     rm -rf "$WORK/restored"
     case $kind in
-      restore) t=$(seconds $B --repo "$SINGLE_REPO" -q restore "$SINGLE_ID" "$WORK/restored") ;;
-      drill) t=$(seconds $B --repo "$SINGLE_REPO" -q drill "$SINGLE_ID") ;;
-      verify) t=$(seconds $B --repo "$SINGLE_REPO" -q verify --read-data) ;;
+      restore) t=$(seconds $ref_bin --repo "$ref_repo" -q restore "$ref_id" "$WORK/restored") ;;
+      drill) t=$(seconds $ref_bin --repo "$ref_repo" -q drill "$ref_id") ;;
+      verify) t=$(seconds $ref_bin --repo "$ref_repo" -q verify --read-data) ;;
     esac
     best_1=$(python3 -c "print(min($best_1, $t))")
   done
@@ -308,13 +310,14 @@ print(f'  steps 1..{len(a)}: mean {m / $total:.4f}, max {max(a) / $total:.4f} (s
   local id; id=$(json "['snapshot_id']")
   # The cost of chains: the last step (every block at the end of a chain) against the first
   # (keyframes only), restored from the same repository (per byte restored: the last step of
-  # a rolling series holds two folders).
-  bytes=$total measure "$name restore (step 0)" $bin --repo "$repo" -q restore "$first" "$WORK/restored"
-  local first_rate=$LAST_RATE
-  rm -rf "$WORK/restored"
-  bytes=$(du -sb --apparent-size "$top/ckpt" | cut -f1) measure "$name restore (step $((${STEPS:-40} - 1)))" $bin --repo "$repo" -q restore "$id" "$WORK/restored"
-  echo "  the last step restores at $(ratio "$LAST_RATE" "$first_rate")x the first step's speed"
+  # a rolling series holds two folders), then both again in turns (`pair`).
+  local last_bytes; last_bytes=$(du -sb --apparent-size "$top/ckpt" | cut -f1)
+  bytes=$last_bytes measure "$name restore (step $((${STEPS:-40} - 1)))" $bin --repo "$repo" -q restore "$id" "$WORK/restored"
   cmp -s "$WORK/restored/ckpt/$newest/model.safetensors" "$top/ckpt/$newest/model.safetensors" || { echo "e2e: keyframes restore differs" >&2; exit 1; }
+  REF_REPO=$repo REF_ID=$first REF_BIN=$bin pair restore "$last_bytes" "$total" $bin "$repo" "$id"
+  echo "  the last step restores at ${PAIR_RATIO}x the first step's speed (in turns, fastest of ${REPS:-5} each: $PAIR_SECS)"
+  REF_REPO=$repo REF_ID=$first REF_BIN=$bin pair drill "$last_bytes" "$total" $bin "$repo" "$id"
+  echo "  and drills at ${PAIR_RATIO}x ($PAIR_SECS)"
   bytes=$(du -sb --apparent-size "$repo" | cut -f1) measure "$name verify --read-data" $bin --repo "$repo" -q verify --read-data
   echo "  repository: $(du -sb --apparent-size "$repo" | cut -f1) bytes"
   rm -rf "$WORK/restored" "$repo" "$top"
