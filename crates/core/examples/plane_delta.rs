@@ -25,6 +25,23 @@ fn data(path: &Path) -> Vec<u8> {
     bytes[8 + n..].to_vec()
 }
 
+/// `new`'s elements with the bytes `xored(i)` (by position in the element) taken from `xor`.
+fn mix(new: &[u8], xor: &[u8], xored: impl Fn(usize) -> bool) -> Vec<u8> {
+    new.iter()
+        .zip(xor)
+        .enumerate()
+        .map(|(i, (q, d))| if xored(i % 4) { *d } else { *q })
+        .collect()
+}
+
+/// `old`'s elements with only the bytes `kept(i)` (by position in the element), others zero.
+fn only(old: &[u8], kept: impl Fn(usize) -> bool) -> Vec<u8> {
+    old.iter()
+        .enumerate()
+        .map(|(i, p)| if kept(i % 4) { *p } else { 0 })
+        .collect()
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (old, new) = (Path::new(&args[1]), Path::new(&args[2]));
@@ -49,38 +66,16 @@ fn main() {
             let xor: Vec<u8> = x.iter().zip(y).map(|(p, q)| p ^ q).collect();
             codec::encode_typed(&xor, 4, 1, &mut out);
             dense += out.len();
-            // Bytes 2 and 3 of each element XORed with the base's, bytes 0 and 1 as they are.
-            let mixed: Vec<u8> = y
-                .iter()
-                .zip(&xor)
-                .enumerate()
-                .map(|(i, (q, d))| if i % 4 >= 2 { *d } else { *q })
-                .collect();
-            codec::encode_typed(&mixed, 4, 1, &mut out);
+            // Bytes 2 and 3 of each element XORed with the base's, bytes 0 and 1 as they are;
+            // then the base's high planes alone (its low planes zeroed store next to nothing).
+            codec::encode_typed(&mix(y, &xor, |b| b >= 2), 4, 1, &mut out);
             high += out.len();
-            // The base's high planes alone (its low planes zeroed store next to nothing).
-            let top: Vec<u8> = x
-                .iter()
-                .enumerate()
-                .map(|(i, p)| if i % 4 >= 2 { *p } else { 0 })
-                .collect();
-            codec::encode_typed(&top, 4, 1, &mut out);
+            codec::encode_typed(&only(x, |b| b >= 2), 4, 1, &mut out);
             base_high += out.len();
             // The same with the top plane alone (sign and 7 exponent bits).
-            let mixed: Vec<u8> = y
-                .iter()
-                .zip(&xor)
-                .enumerate()
-                .map(|(i, (q, d))| if i % 4 == 3 { *d } else { *q })
-                .collect();
-            codec::encode_typed(&mixed, 4, 1, &mut out);
+            codec::encode_typed(&mix(y, &xor, |b| b == 3), 4, 1, &mut out);
             top1 += out.len();
-            let top: Vec<u8> = x
-                .iter()
-                .enumerate()
-                .map(|(i, p)| if i % 4 == 3 { *p } else { 0 })
-                .collect();
-            codec::encode_typed(&top, 4, 1, &mut out);
+            codec::encode_typed(&only(x, |b| b == 3), 4, 1, &mut out);
             base_top1 += out.len();
             // The elements' difference as integers (wrapping), not their XOR: a small move of
             // a float changes its low bits without the XOR's carries into higher ones.

@@ -126,21 +126,24 @@ fn prefetch(lookup: &Lookup, ids: &[Id]) -> Mutex<IdMap<Vec<u8>>> {
         .filter(|id| !on_disk.contains_key(id))
         .copied()
         .collect();
-    let out = Mutex::new(on_disk);
     if ids.is_empty() {
-        return out;
+        return Mutex::new(on_disk);
     }
-    let ids = &ids[..];
-    let read = repo.read_blobs_planned(ids, |positions, plain| {
+    let from_repo = Mutex::new(IdMap::default());
+    let read = repo.read_blobs_planned(&ids, |positions, plain| {
         let mut copy = codec::plain_buffer(plain.len());
         copy.copy_from_slice(plain);
-        out.lock().expect("bases").insert(ids[positions[0]], copy);
+        from_repo
+            .lock()
+            .expect("bases")
+            .insert(ids[positions[0]], copy);
         Ok(())
     });
-    if read.is_err() {
-        out.lock().expect("bases").retain(|id, _| !ids.contains(id));
+    let mut bases = on_disk;
+    if read.is_ok() {
+        bases.extend(from_repo.into_inner().expect("bases"));
     }
-    out
+    Mutex::new(bases)
 }
 
 /// A delta this much smaller than the chunk is kept without trying the chunk's own encoding
