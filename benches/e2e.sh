@@ -33,6 +33,8 @@
 #                                                        # chains) (with BEFORE: that build's too)
 #   ONLY=keyframes LAYOUT=rolling SIZE=256MiB bash ...  # the same, a new checkpoint-N/ folder per
 #                                                        # step, the previous one kept beside it
+#   ONLY=keyframes FLAGS='--max-chain 8' SIZE=256MiB … # the same with backup options (here:
+#                                                        # chains bounded to 8 links)
 #   S3=1 bash benches/e2e.sh                             # S3 mode (below), then stop
 #   PLAIN=1 bash benches/e2e.sh                          # also a plaintext repository (the cost of encryption)
 #
@@ -290,14 +292,15 @@ keyframes() { # name, binary
   # (as a trainer keeps it), all of ckpt/ backed up.
   local name=$1 bin=$2 top="$WORK/data/keyframes" repo="$WORK/keyframes-repo" adds=() first
   local layout=${LAYOUT:-finetune} newest=
-  echo "== $name: $layout, ${STEPS:-40} steps ($([ "$layout" = finetune ] && echo "in one path" || echo "a new folder per step"))"
+  echo "== $name: $layout${FLAGS:+ $FLAGS}, ${STEPS:-40} steps ($([ "$layout" = finetune ] && echo "in one path" || echo "a new folder per step"))"
   rm -rf "$top" "$repo"; $bin --repo "$repo" init -q
   for ((step = 0; step < ${STEPS:-40}; step++)); do
     [ "$layout" = finetune ] && rm -rf "$top/ckpt"
     $GEN "$layout" "$top/ckpt" --size "$SIZE" --step "$step" >/dev/null
     [ "$layout" = finetune ] || newest=checkpoint-$(( (step + 1) * 500 ))
     local total; total=$(du -sb --apparent-size "$top/ckpt/$newest" | cut -f1)
-    bytes=$total measure "$name backup (step $step)" $bin --repo "$repo" --json backup "$top/ckpt" >/dev/null
+    # shellcheck disable=SC2086 # FLAGS: words
+    bytes=$total measure "$name backup (step $step)" $bin --repo "$repo" --json backup ${FLAGS:-} "$top/ckpt" >/dev/null
     local added; added=$(json "['bytes_added']")
     adds+=("$added")
     [ "$step" -eq 0 ] && first=$(json "['snapshot_id']")

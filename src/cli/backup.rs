@@ -49,6 +49,7 @@ pub(super) fn backup(ctx: &Ctx, args: BackupArgs) -> Result<u8> {
         tags,
         full,
         dense_deltas,
+        max_chain,
         parent,
         host,
         mut exclude,
@@ -77,6 +78,7 @@ pub(super) fn backup(ctx: &Ctx, args: BackupArgs) -> Result<u8> {
         dry_run,
         skip_if_unchanged: false,
         dense_deltas,
+        max_chain,
     };
     let mut outcome = Outcome::default();
     let result = measured(metrics_file, "backup", repo_path, || {
@@ -91,6 +93,7 @@ pub(super) fn backup(ctx: &Ctx, args: BackupArgs) -> Result<u8> {
                     archive: archive.clone(),
                     tags: opts.tags.clone(),
                     host: opts.host.clone(),
+                    max_chain,
                 };
                 import::run(&mut repo, &opts, &progress)?
             }

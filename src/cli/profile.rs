@@ -73,6 +73,7 @@ struct Profile {
     settle_max: Option<Dur>,
     read_limit: Option<Rate>,
     dense_deltas: Option<bool>,
+    max_chain: Option<MaxChain>,
     metrics_file: Option<PathBuf>,
     pre_hook: Option<String>,
     post_hook: Option<String>,
@@ -128,6 +129,20 @@ impl<'de> Deserialize<'de> for Threads {
             n @ 1..=1024 => Ok(Threads(n as u16)),
             n => Err(serde::de::Error::custom(format!(
                 "invalid threads {n}: use 1 to 1024"
+            ))),
+        }
+    }
+}
+
+/// `max-chain`: 0 to 64, as `--max-chain`.
+#[derive(Debug, Clone, Copy)]
+struct MaxChain(u8);
+impl<'de> Deserialize<'de> for MaxChain {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match i64::deserialize(d)? {
+            n @ 0..=64 => Ok(MaxChain(n as u8)),
+            n => Err(serde::de::Error::custom(format!(
+                "invalid max-chain {n}: use 0 to 64"
             ))),
         }
     }
@@ -391,6 +406,7 @@ pub fn apply(cli: &mut Cli, m: &ArgMatches) -> Result<Vec<String>> {
             fill_list(&mut a.exclude_file, p.exclude_file.take());
             fill(&mut a.read_limit, p.read_limit.map(|r| r.0), true);
             a.dense_deltas |= p.dense_deltas.unwrap_or(false);
+            fill(&mut a.max_chain, p.max_chain.map(|n| n.0), true);
         }
         Command::Verify(a) => fill(&mut a.metrics_file, metrics("verify"), true),
         Command::Prune(a) => {
@@ -443,6 +459,7 @@ fn hooks(a: &mut super::hooks::HookArgs, p: &mut Profile, m: Option<&ArgMatches>
 fn backup(a: &mut BackupArgs, p: &mut Profile) {
     fill_list(&mut a.tags, p.tags.take());
     fill(&mut a.host, p.host.take(), true);
+    fill(&mut a.max_chain, p.max_chain.map(|n| n.0), true);
     if a.from_tar.is_some() {
         return;
     }

@@ -80,6 +80,9 @@ pub struct WatchArgs {
     /// backup does
     #[arg(long)]
     pub dense_deltas: bool,
+    /// Bound delta chains to N links, as backup does
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=64))]
+    pub max_chain: Option<u8>,
     #[command(flatten)]
     pub keep: super::commands::KeepArgs,
     /// After a cycle whose --keep-* policy forgot snapshots, also prune (collect their data)
@@ -154,6 +157,7 @@ pub(super) fn watch(ctx: &Ctx, args: WatchArgs) -> Result<u8> {
         exclude_file,
         read_limit,
         dense_deltas,
+        max_chain,
         keep,
         prune,
         hooks,
@@ -211,6 +215,7 @@ pub(super) fn watch(ctx: &Ctx, args: WatchArgs) -> Result<u8> {
             read_limit,
             skip_if_unchanged: true,
             dense_deltas,
+            max_chain,
             ..BackupOptions::default()
         },
         policy: keep.policy(),

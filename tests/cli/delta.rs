@@ -4,6 +4,7 @@
 //! files whose deltas lost their base; a crash at any write step of a delta backup leaves a
 //! sound repository.
 
+use std::collections::HashMap;
 use std::fs;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -165,6 +166,78 @@ fn staggered_chains(version: u32, period: usize, check: &[usize]) {
         env.assert_restores(&snaps[i].0, &snaps[i].1);
     }
     env.tvault(["verify", "--read-data"]).expect_code(0);
+}
+
+#[test]
+fn max_chain_bounds_every_chain_and_staggers_the_keyframes_it_costs() {
+    // Chains grown to depth 6, then `--max-chain 4`: no new link is deeper than 4 (the first
+    // capped step restarts the deeper chains at once), and from the next step on every block
+    // starts a new chain within any 5 steps, about a fifth of them at each step.
+    let env = TestEnv::with_repo();
+    let path = env.repo.join("config");
+    let mut config: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    config["tensor_block"] = Value::from(4096);
+    fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    let size = 1 << 20;
+    let depths = |env: &TestEnv| -> HashMap<tvault_core::id::Id, u8> {
+        let repo = env.open_repo();
+        let index = repo.index();
+        index.deltas().map(|(id, d)| (*id, d.depth)).collect()
+    };
+    let (mut keyframes, mut last, mut grown) = (Vec::new(), None, HashMap::new());
+    for s in 0..=17 {
+        let dir = step(&env, Scenario::Finetune, size, s);
+        let capped: &[&str] = if s < 7 { &[] } else { &["--max-chain", "4"] };
+        let report = env.backup(&[&dir], capped);
+        keyframes.push(stored(&report, "byte_planes"));
+        assert!(stored(&report, "delta") > 0 || s == 0, "{report:#}");
+        last = Some((text(&report, "id"), manifest_of(&dir)));
+        if s == 6 {
+            grown = depths(&env);
+        }
+    }
+    let deepest = grown.values().max().copied();
+    assert!(
+        deepest >= Some(5),
+        "chains of depth {deepest:?} before the cap"
+    );
+    let capped: Vec<u8> = depths(&env)
+        .into_iter()
+        .filter(|(id, _)| !grown.contains_key(id))
+        .map(|(_, d)| d)
+        .collect();
+    assert!(capped.len() > 100, "{} links under the cap", capped.len());
+    assert_eq!(
+        capped.iter().max(),
+        Some(&4),
+        "the deepest link under the cap"
+    );
+    let after_cap = keyframes[8..].to_vec();
+    for run in after_cap.chunks_exact(5) {
+        let sum: u64 = run.iter().sum();
+        assert!(sum >= keyframes[0], "{sum} keyframe bytes: {keyframes:?}");
+    }
+    let (lo, hi) = (after_cap.iter().min(), after_cap.iter().max());
+    let (lo, hi) = (*lo.unwrap(), *hi.unwrap());
+    assert!(
+        lo * 8 > keyframes[0] && hi <= 2 * lo,
+        "{lo}..{hi} keyframe bytes: {keyframes:?}"
+    );
+    let (id, manifest) = last.unwrap();
+    env.assert_restores(&id, &manifest);
+
+    // 0 stores no deltas; without the option chains grow past the cap again.
+    let dir = step(&env, Scenario::Finetune, size, 18);
+    assert_eq!(
+        stored(&env.backup(&[&dir], &["--max-chain", "0"]), "delta"),
+        0
+    );
+    let dir = step(&env, Scenario::Finetune, size, 19);
+    assert!(stored(&env.backup(&[&dir], &[]), "delta") > size / 2);
+    env.tvault(["verify", "--read-data"]).expect_code(0);
+    env.tvault(["backup", "--max-chain", "65", dir.to_str().unwrap()])
+        .expect_code(2)
+        .stderr_has(&["--max-chain"]);
 }
 
 #[test]

@@ -375,3 +375,24 @@ fn a_profiles_dense_deltas_reach_backup() {
     let methods = crate::testenv::delta_methods(&env.open_repo());
     assert!(methods.iter().any(|&m| m <= 2), "dense XORs: {methods:?}");
 }
+
+#[test]
+fn a_profiles_max_chain_reaches_backup_and_a_bad_one_names_its_key() {
+    let env = TestEnv::with_repo();
+    trainer(&env, "max-chain = 0");
+    for step in 0..2 {
+        let dir = env.src.join("ckpt");
+        if dir.exists() {
+            fs::remove_dir_all(&dir).unwrap();
+        }
+        let scenario = tvault_workload::Scenario::Finetune;
+        env.checkpoint("src/ckpt", scenario, 2 << 20, 3, step);
+        run(&env, &["--profile", "trainer", "backup"]).expect_code(0);
+    }
+    // 0: no chains at all (the same steps store deltas without the profile).
+    assert_eq!(env.open_repo().index().deltas().count(), 0);
+    trainer(&env, "max-chain = 65");
+    run(&env, &["--profile", "trainer", "backup"])
+        .expect_code(1)
+        .stderr_has(&["invalid max-chain 65", "0 to 64"]);
+}

@@ -411,6 +411,16 @@ impl DeltaFormat {
         sparse_elements: true,
         dense: true,
     };
+
+    /// This format with chains bounded to `max_chain` (a depth: a sparse link counts
+    /// [`SPARSE_DEPTH_COST`], a dense one [`DENSE_DEPTH_COST`]) when that is shorter than the
+    /// format's own bound: a writer's choice of restore speed over size. 0 stores no deltas.
+    pub fn with_max_chain(self, max_chain: Option<u8>) -> DeltaFormat {
+        DeltaFormat {
+            max_depth: max_chain.map_or(self.max_depth, |c| c.min(self.max_depth)),
+            ..self
+        }
+    }
 }
 
 /// Depth a sparse delta adds to its base's (cheap to apply: only the changed bytes).

@@ -58,6 +58,9 @@ pub struct BackupOptions {
     /// Store tensor blocks that changed everywhere as dense XORs with their keyframes when
     /// smaller (see `BlobWriter::dense_deltas`).
     pub dense_deltas: bool,
+    /// Bound delta chains to this depth, below the format's (see
+    /// `DeltaFormat::with_max_chain`): faster restores of late steps, larger steps.
+    pub max_chain: Option<u8>,
 }
 
 impl BackupOptions {
@@ -256,6 +259,10 @@ pub fn run(
         parent.as_ref().map(|(id, _)| *id),
         &parent_files,
         step,
+        repo.config()
+            .delta_format()
+            .with_max_chain(opts.max_chain)
+            .max_depth,
         disk_bases.clone(),
     );
 
@@ -279,6 +286,7 @@ pub fn run(
         BlobWriter::new(repo)
     };
     writer.dense_deltas = opts.dense_deltas;
+    writer.max_chain = opts.max_chain;
     writer.disk_bases = Some(disk_bases);
     // Each file read: its entry, or the problem that leaves it out.
     let mut read: HashMap<usize, std::result::Result<Node, String>> = HashMap::new();

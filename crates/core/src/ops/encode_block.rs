@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 
 use crate::chunker::Span;
-use crate::codec::{self, Encoding};
+use crate::codec::{self, DeltaFormat, Encoding};
 use crate::id::Id;
 use crate::index::IdMap;
 use crate::repo::{Lookup, Repository};
@@ -64,7 +64,7 @@ pub(super) fn encode_block(
     lookup: &Lookup,
     data: &[u8],
     encoded: &mut [Encoded],
-    dense: bool,
+    format: DeltaFormat,
     dense_tensors: &DenseTensors,
 ) {
     let repo = lookup.repo;
@@ -85,7 +85,7 @@ pub(super) fn encode_block(
             .iter()
             .map(|e| {
                 let base = e.base.filter(|_| !dense_tensors.contains(e.tensor));
-                against(repo, base, e.range.len(), dense)
+                against(repo, base, e.range.len(), format)
             })
             .collect();
         let wanted: Vec<Id> = choices
@@ -102,7 +102,7 @@ pub(super) fn encode_block(
                 _ => None,
             };
             let plain = &data[e.range.clone()];
-            let stored = encode_chunk(repo, plain, choice, base_plain, e.width, dense, &mut e.out);
+            let stored = encode_chunk(repo, plain, choice, base_plain, e.width, format, &mut e.out);
             if stored.dense {
                 dense_tensors.insert(e.tensor);
             }
@@ -167,9 +167,9 @@ enum Against {
     Blob(Id),
 }
 
-fn against(repo: &Repository, base: Option<Id>, plain_len: usize, dense: bool) -> Against {
+fn against(repo: &Repository, base: Option<Id>, plain_len: usize, format: DeltaFormat) -> Against {
     let index = repo.index();
-    let max_depth = repo.config().delta_format().max_depth;
+    let max_depth = format.max_depth;
     let Some(parent) = base.filter(|b| {
         let depth = index.delta(b).map_or(0, |d| d.depth);
         index.get(b).map(|l| l.plain_len as usize) == Some(plain_len)
@@ -183,7 +183,7 @@ fn against(repo: &Repository, base: Option<Id>, plain_len: usize, dense: bool) -
         let below = index.delta(&d.base).map_or(0, |b| b.depth);
         d.depth.saturating_sub(below) >= codec::DENSE_DEPTH_COST
     });
-    match (dense_link, dense) {
+    match (dense_link, format.dense) {
         (true, false) => Against::DenseLink,
         (true, true) => Against::Blob(index.keyframe_of(&parent)),
         (false, _) => Against::Blob(parent),
@@ -200,7 +200,7 @@ struct Stored {
 
 /// Encodes a new chunk into `out`: as an XOR with the blob `against` names (whose plain bytes
 /// `base_plain` holds when they were read ahead) when that is smaller than the chunk's own
-/// encoding, else as [`codec::encode_typed`]. A dense XOR is stored only when `dense` allows
+/// encoding, else as [`codec::encode_typed`]. A dense XOR is stored only when `format.dense` allows
 /// it, and then against the chain's keyframe, never on top of another delta (see
 /// [`codec::encode_delta`]). A base that cannot be read only costs the delta.
 fn encode_chunk(
@@ -209,14 +209,10 @@ fn encode_chunk(
     against: Against,
     base_plain: Option<Vec<u8>>,
     width: u8,
-    dense: bool,
+    format: DeltaFormat,
     out: &mut Vec<u8>,
 ) -> Stored {
     let level = repo.config().zstd_level;
-    let format = codec::DeltaFormat {
-        dense,
-        ..repo.config().delta_format()
-    };
     let whole = |out: &mut Vec<u8>, dense| Stored {
         encoding: codec::encode_typed(plain, width, level, out),
         dense,
@@ -242,7 +238,7 @@ fn encode_chunk(
     };
     let mut result = delta_on(&base_plain, &b, depth, out);
     codec::recycle(base_plain);
-    if result == Err(codec::Refused::Dense) && depth > 0 && dense {
+    if result == Err(codec::Refused::Dense) && depth > 0 && format.dense {
         // A dense XOR goes against the chain's keyframe, never on top of another delta.
         if let Ok(key_plain) = repo.read_blob(&key) {
             result = delta_on(&key_plain, &key, 0, out);

@@ -35,6 +35,8 @@ pub struct ImportOptions {
     pub archive: std::path::PathBuf,
     pub tags: Vec<String>,
     pub host: Option<String>,
+    /// Bound delta chains to this depth (see `BackupOptions::max_chain`).
+    pub max_chain: Option<u8>,
 }
 
 /// The archive's bytes, gunzipped when they start with the gzip magic.
@@ -267,6 +269,10 @@ pub fn run(
         None,
         &no_parent,
         import_step(repo)?,
+        repo.config()
+            .delta_format()
+            .with_max_chain(opts.max_chain)
+            .max_depth,
         Default::default(),
     );
     let tensor_block = repo.config().tensor_block;
@@ -275,6 +281,7 @@ pub fn run(
     let mut nodes: BTreeMap<NodePath, Node> = BTreeMap::new();
     let mut warnings = Vec::new();
     let mut writer = BlobWriter::new(repo);
+    writer.max_chain = opts.max_chain;
     let mut summary = Summary::default();
     let mut entries = 0u64;
     loop {

@@ -232,7 +232,7 @@ pub(crate) fn store_stream<R: Read + Send>(
         .max_size
         .max(config.tensor_block.unwrap_or(0))) as usize;
     let planes = config.model_aware();
-    let dense_deltas = writer.dense_deltas;
+    let format = writer.delta_format();
     // Tensors of this file whose XOR with their base came out dense while dense deltas are
     // off: their other blocks are stored whole without reading a base (full training changes
     // every value; reading and XORing the base only to refuse it halved a step's speed).
@@ -280,8 +280,7 @@ pub(crate) fn store_stream<R: Read + Send>(
                 })
                 .collect();
             let (lookup, sink) = writer.split();
-            let mut encode =
-                || encode_block(&lookup, data, &mut encoded, dense_deltas, &dense_tensors);
+            let mut encode = || encode_block(&lookup, data, &mut encoded, format, &dense_tensors);
             match &prev {
                 Some(p) => rayon::join(encode, || p.store(sink)).1?,
                 None => encode(),

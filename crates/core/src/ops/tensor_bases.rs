@@ -83,6 +83,8 @@ pub(crate) struct BaseFinder<'a> {
     parent_files: &'a HashMap<NodePath, Node>,
     /// This backup's step in its series, which staggers keyframes (see the module doc).
     step: u64,
+    /// The writer's chain bound (see `DeltaFormat::with_max_chain`): the period of turns.
+    max_depth: u8,
     /// Every stored tensor of the searched files by identity, built on first need.
     index: OnceCell<HashMap<Identity, Vec<Holder>>>,
     /// Where the chosen bases can be read on disk.
@@ -100,6 +102,7 @@ impl<'a> BaseFinder<'a> {
         parent: Option<Id>,
         parent_files: &'a HashMap<NodePath, Node>,
         step: u64,
+        max_depth: u8,
         disk: Arc<DiskBases>,
     ) -> BaseFinder<'a> {
         BaseFinder {
@@ -107,6 +110,7 @@ impl<'a> BaseFinder<'a> {
             parent,
             parent_files,
             step,
+            max_depth,
             disk,
             index: OnceCell::new(),
             turns: OnceCell::new(),
@@ -163,8 +167,7 @@ impl<'a> BaseFinder<'a> {
             let below = index.delta(&d.base).map_or(0, |b| b.depth);
             d.depth.saturating_sub(below).max(1)
         });
-        let max_depth = self.repo.config().delta_format().max_depth;
-        let period = u64::from(max_depth / cost) + 1;
+        let period = u64::from(self.max_depth / cost) + 1;
         (self.step + turn % period) % period == 0
     }
 

@@ -236,6 +236,9 @@ pub struct BlobWriter<'r> {
     /// when that is smaller (full training: ~20 % smaller steps). Off by default: such a
     /// block then restores from one blob instead of two (restore speed first).
     pub dense_deltas: bool,
+    /// Bound on the chains this writer grows (see [`DeltaFormat::with_max_chain`]); the
+    /// format's bound when `None`.
+    pub max_chain: Option<u8>,
     /// Bases whose plain bytes can be read from files on disk (see `ops/disk_bases.rs`).
     pub(crate) disk_bases: Option<std::sync::Arc<crate::ops::disk_bases::DiskBases>>,
 }
@@ -250,6 +253,7 @@ impl<'r> BlobWriter<'r> {
             stored_by: Default::default(),
             index_bytes: 0,
             dense_deltas: false,
+            max_chain: None,
             disk_bases: None,
         }
     }
@@ -371,6 +375,15 @@ impl<'r> BlobWriter<'r> {
 
     pub fn config(&self) -> &super::Config {
         self.repo.config()
+    }
+
+    /// The deltas this writer may store: the repository format's, with its chain bound and
+    /// dense-delta choice.
+    pub fn delta_format(&self) -> crate::codec::DeltaFormat {
+        crate::codec::DeltaFormat {
+            dense: self.dense_deltas,
+            ..self.config().delta_format().with_max_chain(self.max_chain)
+        }
     }
 
     pub fn repo(&self) -> &'r Repository {
