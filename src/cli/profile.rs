@@ -120,33 +120,27 @@ parsed!(Dur, Duration, args::parse_duration);
 parsed!(Rate, u64, args::parse_rate);
 parsed!(Within, retention::Within, retention::Within::parse);
 
-/// `threads`: 1 to 1024, as `--threads`.
-#[derive(Debug, Clone, Copy)]
-struct Threads(u16);
-impl<'de> Deserialize<'de> for Threads {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match i64::deserialize(d)? {
-            n @ 1..=1024 => Ok(Threads(n as u16)),
-            n => Err(serde::de::Error::custom(format!(
-                "invalid threads {n}: use 1 to 1024"
-            ))),
+/// An integer value in the same range as its command-line option, so that a bad one is
+/// reported with its line.
+macro_rules! ranged {
+    ($name:ident, $t:ty, $key:literal, $lo:literal..=$hi:literal) => {
+        #[derive(Debug, Clone, Copy)]
+        struct $name($t);
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                match i64::deserialize(d)? {
+                    n @ $lo..=$hi => Ok($name(n as $t)),
+                    n => Err(serde::de::Error::custom(format!(
+                        concat!("invalid ", $key, " {}: use ", $lo, " to ", $hi),
+                        n
+                    ))),
+                }
+            }
         }
-    }
+    };
 }
-
-/// `max-chain`: 0 to 64, as `--max-chain`.
-#[derive(Debug, Clone, Copy)]
-struct MaxChain(u8);
-impl<'de> Deserialize<'de> for MaxChain {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match i64::deserialize(d)? {
-            n @ 0..=64 => Ok(MaxChain(n as u8)),
-            n => Err(serde::de::Error::custom(format!(
-                "invalid max-chain {n}: use 0 to 64"
-            ))),
-        }
-    }
-}
+ranged!(Threads, u16, "threads", 1..=1024);
+ranged!(MaxChain, u8, "max-chain", 0..=64);
 
 /// The config file's default location.
 fn default_file() -> Option<PathBuf> {
