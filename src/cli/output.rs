@@ -804,6 +804,14 @@ impl Out {
             HumanBytes(s.chunks.stored_bytes),
         ));
         self.encodings(&s.chunks);
+        if s.chains.bases > 0 {
+            self.line(&format!(
+                "  delta chains up to {} deep: a restore reads {} (with {} of earlier steps)",
+                s.chains.deepest,
+                HumanBytes(s.chains.read_bytes),
+                plural(s.chains.bases, "base"),
+            ));
+        }
         if s.missing_chunks > 0 {
             self.warn(&format!(
                 "{} of this snapshot in no index: run `tvault verify`",

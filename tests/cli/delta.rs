@@ -184,12 +184,14 @@ fn max_chain_bounds_every_chain_and_staggers_the_keyframes_it_costs() {
         let index = repo.index();
         index.deltas().map(|(id, d)| (*id, d.depth)).collect()
     };
-    let (mut keyframes, mut last, mut grown) = (Vec::new(), None, HashMap::new());
+    let (mut keyframes, mut ids, mut last, mut grown) =
+        (Vec::new(), Vec::new(), None, HashMap::new());
     for s in 0..=17 {
         let dir = step(&env, Scenario::Finetune, size, s);
         let capped: &[&str] = if s < 7 { &[] } else { &["--max-chain", "4"] };
         let report = env.backup(&[&dir], capped);
         keyframes.push(stored(&report, "byte_planes"));
+        ids.push(text(&report, "id"));
         assert!(stored(&report, "delta") > 0 || s == 0, "{report:#}");
         last = Some((text(&report, "id"), manifest_of(&dir)));
         if s == 6 {
@@ -225,6 +227,28 @@ fn max_chain_bounds_every_chain_and_staggers_the_keyframes_it_costs() {
     );
     let (id, manifest) = last.unwrap();
     env.assert_restores(&id, &manifest);
+
+    // `stats` tells what chains a restore goes through: none for the first step; for the
+    // last, links up to the cap and the bases of earlier steps, read beside its own chunks.
+    let stats = |id: &str| env.tvault(["--json", "stats", id]).expect_code(0).json();
+    let first = stats(&ids[0]);
+    assert_eq!(first["chains"]["deepest"], 0, "{first:#}");
+    assert_eq!(num(&first["chains"], "bases"), 0);
+    assert_eq!(
+        num(&first["chains"], "read_bytes"),
+        num(&first, "stored_bytes")
+    );
+    let late = stats(&id);
+    assert_eq!(late["chains"]["deepest"], 4, "{late:#}");
+    assert!(num(&late["chains"], "bases") > 100, "{late:#}");
+    let own = num(&late, "stored_bytes");
+    let read = num(&late["chains"], "read_bytes");
+    assert!(
+        read > own + keyframes[0] / 2,
+        "reads {read}, stores {own}: {late:#}"
+    );
+    let human = env.tvault(["stats", &id]).expect_code(0).stdout;
+    assert!(human.contains("delta chains up to 4 deep"), "{human}");
 
     // 0 stores no deltas; without the option chains grow past the cap again.
     let dir = step(&env, Scenario::Finetune, size, 18);

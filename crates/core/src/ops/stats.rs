@@ -74,6 +74,20 @@ pub struct SnapshotStats {
     pub dedup_ratio: f64,
     /// Chunks no index lists (a damaged repository; `tvault verify` names them).
     pub missing_chunks: u64,
+    /// What restoring it costs beyond its own chunks: the delta chains they end.
+    pub chains: Chains,
+}
+
+/// The delta chains a snapshot's chunks end, from the index alone: what `backup --max-chain`
+/// bounds, and what a restore reads.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Chains {
+    /// The deepest chain's depth (links after its keyframe; a dense link counts 4).
+    pub deepest: u8,
+    /// Blobs a restore reads only as bases of the snapshot's chunks (earlier steps' blocks).
+    pub bases: u64,
+    /// Stored bytes a restore reads: the chunks and every base of their chains, each once.
+    pub read_bytes: u64,
 }
 
 /// `stats` without an ID.
@@ -113,6 +127,7 @@ pub fn snapshot(repo: &mut Repository, id: &Id) -> Result<SnapshotStats> {
         chunks: ChunkTotals::default(),
         dedup_ratio: 1.0,
         missing_chunks: 0,
+        chains: Chains::default(),
     };
     let mut seen = IdSet::default();
     for node in &tree.nodes {
@@ -138,7 +153,39 @@ pub fn snapshot(repo: &mut Repository, id: &Id) -> Result<SnapshotStats> {
         }
     }
     s.dedup_ratio = ratio(s.restore_size, s.chunks.plain_bytes);
+    s.chains = chains(repo, &seen);
     Ok(s)
+}
+
+/// The chains `chunks` end (see [`Chains`]); a walk is bounded like decoding, so a damaged
+/// index with a cycle cannot loop forever.
+fn chains(repo: &Repository, chunks: &IdSet) -> Chains {
+    let index = repo.index();
+    let mut c = Chains::default();
+    let mut read = chunks.clone();
+    for id in chunks {
+        let Some(first) = index.delta(id) else {
+            continue;
+        };
+        c.deepest = c.deepest.max(first.depth);
+        let mut at = first.base;
+        for _ in 0..crate::codec::MAX_READ_CHAIN {
+            if !read.insert(at) {
+                break;
+            }
+            c.bases += 1;
+            match index.delta(&at) {
+                Some(d) => at = d.base,
+                None => break,
+            }
+        }
+    }
+    c.read_bytes = read
+        .iter()
+        .filter_map(|id| index.get(id))
+        .map(|l| l.stored_len as u64)
+        .sum();
+    c
 }
 
 pub fn repository(repo: &mut Repository) -> Result<RepoStats> {
