@@ -112,15 +112,34 @@ pub(super) fn apply(payload: &[u8], base: &mut [u8]) -> Result<(), String> {
             return Err(format!("plane {p} holds {got} bytes, not {n}"));
         }
     }
+    match width {
+        2 => scatter::<2>(&gaps, &planes, n, base),
+        4 => scatter::<4>(&gaps, &planes, n, base),
+        _ => scatter::<8>(&gaps, &planes, n, base),
+    }
+}
+
+/// XORs `n` changed `W`-byte elements into `base`: their positions as the varint gaps
+/// `gaps`, their bytes as `W` planes of `n` bytes each. One copy per width, so that an
+/// element is one fixed-size XOR (the general loop cost ~7 ns per element: a 40-step chain's
+/// restore spent 15 % of its time here).
+fn scatter<const W: usize>(
+    gaps: &[u8],
+    planes: &[u8],
+    n: usize,
+    base: &mut [u8],
+) -> Result<(), String> {
+    let planes: [&[u8]; W] = std::array::from_fn(|p| &planes[p * n..(p + 1) * n]);
+    let elements = base.len() / W;
     let (mut g, mut next) = (0, 0usize);
     for i in 0..n {
-        let e = get_varint(&gaps, &mut g)
+        let e = get_varint(gaps, &mut g)
             .and_then(|gap| next.checked_add(gap))
             .filter(|&e| e < elements)
             .ok_or("element position past the end")?;
-        let element = &mut base[e * width..(e + 1) * width];
-        for (p, b) in element.iter_mut().enumerate() {
-            *b ^= planes[p * n + i];
+        let element: &mut [u8; W] = (&mut base[e * W..e * W + W]).try_into().expect("W bytes");
+        for (b, plane) in element.iter_mut().zip(planes) {
+            *b ^= plane[i];
         }
         next = e + 1;
     }
