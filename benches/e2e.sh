@@ -34,7 +34,8 @@
 #   ONLY=keyframes LAYOUT=rolling SIZE=256MiB bash ...  # the same, a new checkpoint-N/ folder per
 #                                                        # step, the previous one kept beside it
 #   ONLY=keyframes FLAGS='--max-chain 8' SIZE=256MiB … # the same with backup options (here:
-#                                                        # chains bounded to 8 links)
+#                                                        # chains bounded to 8 links; a BEFORE
+#                                                        # build gets them too)
 #   S3=1 bash benches/e2e.sh                             # S3 mode (below), then stop
 #   PLAIN=1 bash benches/e2e.sh                          # also a plaintext repository (the cost of encryption)
 #

@@ -203,10 +203,11 @@ pub struct BackupArgs {
     /// a step reads and decodes about twice as much
     #[arg(long)]
     pub dense_deltas: bool,
-    /// Bound delta chains to N links after their keyframe (0 to 64, the format's bound and the
-    /// default; a dense delta counts 4): restoring a late step of a long series decodes at most
-    /// N deltas per block, and each step stores about 1/(N+1) of its blocks whole again (see
-    /// the README, "Deltas and restore speed")
+    /// Bound delta chains to N links after their keyframe (0 to 64: the format's bound and the
+    /// default, 32 in repositories older than version 4; a dense delta counts 4, so below 4
+    /// there are none): restoring a late step of a long series decodes at most N deltas per
+    /// block, and each step stores about 1/(N+1) of its blocks whole again. Not kept: a backup
+    /// without it lets chains grow again (see the README, "Deltas and restore speed")
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=64))]
     pub max_chain: Option<u8>,
     /// Parent snapshot [default: the latest with the same host and paths]

@@ -389,7 +389,29 @@ fn a_profiles_max_chain_reaches_backup_and_a_bad_one_names_its_key() {
         env.checkpoint("src/ckpt", scenario, 2 << 20, 3, step);
         run(&env, &["--profile", "trainer", "backup"]).expect_code(0);
     }
-    // 0: no chains at all (the same steps store deltas without the profile).
+    // 0: no chains at all (the same steps store deltas without the profile), also for an
+    // import.
+    let tar = env.path("step.tar");
+    for step in 2..4 {
+        fs::remove_dir_all(env.src.join("ckpt")).unwrap();
+        let scenario = tvault_workload::Scenario::Finetune;
+        env.checkpoint("src/ckpt", scenario, 2 << 20, 3, step);
+        let status = std::process::Command::new("tar")
+            .arg("-cf")
+            .arg(&tar)
+            .arg("-C")
+            .arg(&env.src)
+            .arg("ckpt")
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let archive = tar.to_str().unwrap();
+        run(
+            &env,
+            &["--profile", "trainer", "backup", "--from-tar", archive],
+        )
+        .expect_code(0);
+    }
     assert_eq!(env.open_repo().index().deltas().count(), 0);
     trainer(&env, "max-chain = 65");
     run(&env, &["--profile", "trainer", "backup"])

@@ -115,7 +115,8 @@ pub(super) fn apply(payload: &[u8], base: &mut [u8]) -> Result<(), String> {
     match width {
         2 => scatter::<2>(&gaps, &planes, n, base),
         4 => scatter::<4>(&gaps, &planes, n, base),
-        _ => scatter::<8>(&gaps, &planes, n, base),
+        8 => scatter::<8>(&gaps, &planes, n, base),
+        _ => Err(format!("element width {width}")),
     }
 }
 

@@ -82,7 +82,9 @@ pub struct SnapshotStats {
 /// bounds, and what a restore reads.
 #[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct Chains {
-    /// The deepest chain's depth (links after its keyframe; a dense link counts 4).
+    /// The deepest chain's depth (links after its keyframe; a dense link counts 4), as its
+    /// deltas recorded it when written: after prune stored a chain's lowest kept link again
+    /// as a keyframe, the links above still count the ones that went.
     pub deepest: u8,
     /// Blobs a restore reads only as bases of the snapshot's chunks (earlier steps' blocks).
     pub bases: u64,

@@ -236,8 +236,8 @@ pub struct BlobWriter<'r> {
     /// when that is smaller (full training: ~20 % smaller steps). Off by default: such a
     /// block then restores from one blob instead of two (restore speed first).
     pub dense_deltas: bool,
-    /// Bound on the chains this writer grows (see [`DeltaFormat::with_max_chain`]); the
-    /// format's bound when `None`.
+    /// Bound on the chains this writer grows (see
+    /// [`crate::codec::DeltaFormat::with_max_chain`]); the format's bound when `None`.
     pub max_chain: Option<u8>,
     /// Bases whose plain bytes can be read from files on disk (see `ops/disk_bases.rs`).
     pub(crate) disk_bases: Option<std::sync::Arc<crate::ops::disk_bases::DiskBases>>,
@@ -378,11 +378,14 @@ impl<'r> BlobWriter<'r> {
     }
 
     /// The deltas this writer may store: the repository format's, with its chain bound and
-    /// dense-delta choice.
+    /// dense-delta choice. A bound below one dense link's cost rules dense deltas out, so a
+    /// tensor found dense is known as such (and its other blocks spared their bases) instead of
+    /// each block being refused for depth after its XOR was taken.
     pub fn delta_format(&self) -> crate::codec::DeltaFormat {
+        let format = self.config().delta_format().with_max_chain(self.max_chain);
         crate::codec::DeltaFormat {
-            dense: self.dense_deltas,
-            ..self.config().delta_format().with_max_chain(self.max_chain)
+            dense: self.dense_deltas && format.max_depth >= crate::codec::DENSE_DEPTH_COST,
+            ..format
         }
     }
 
