@@ -254,16 +254,21 @@ pub fn run(
         .map(|w| (w.node.path.clone(), w.abs.clone()))
         .collect();
     let disk_bases = Arc::new(DiskBases::new(on_disk));
+    let mut writer = if opts.dry_run {
+        BlobWriter::dry(repo)
+    } else {
+        BlobWriter::new(repo)
+    };
+    writer.dense_deltas = opts.dense_deltas;
+    writer.max_chain = opts.max_chain;
+    writer.disk_bases = Some(disk_bases.clone());
     let finder = BaseFinder::new(
         repo,
         parent.as_ref().map(|(id, _)| *id),
         &parent_files,
         step,
-        repo.config()
-            .delta_format()
-            .with_max_chain(opts.max_chain)
-            .max_depth,
-        disk_bases.clone(),
+        writer.delta_format().max_depth,
+        disk_bases,
     );
 
     // A file stored as usual is read unless the parent's entry matches it (`reusable`).
@@ -280,14 +285,6 @@ pub fn run(
     let mut summary = Summary::default();
     let read_bytes: u64 = to_read.iter().map(|&i| walked[i].node.size).sum();
     progress.start(to_read.len() as u64, read_bytes);
-    let mut writer = if opts.dry_run {
-        BlobWriter::dry(repo)
-    } else {
-        BlobWriter::new(repo)
-    };
-    writer.dense_deltas = opts.dense_deltas;
-    writer.max_chain = opts.max_chain;
-    writer.disk_bases = Some(disk_bases);
     // Each file read: its entry, or the problem that leaves it out.
     let mut read: HashMap<usize, std::result::Result<Node, String>> = HashMap::new();
     for i in to_read {

@@ -264,15 +264,14 @@ pub fn run(
 
     // Delta bases by tensor identity from the newest snapshots (an import has no parent).
     let no_parent = HashMap::new();
+    let mut writer = BlobWriter::new(repo);
+    writer.max_chain = opts.max_chain;
     let finder = BaseFinder::new(
         repo,
         None,
         &no_parent,
         import_step(repo)?,
-        repo.config()
-            .delta_format()
-            .with_max_chain(opts.max_chain)
-            .max_depth,
+        writer.delta_format().max_depth,
         Default::default(),
     );
     let tensor_block = repo.config().tensor_block;
@@ -280,8 +279,6 @@ pub fn run(
     let mut rx = spawn_reader(reader);
     let mut nodes: BTreeMap<NodePath, Node> = BTreeMap::new();
     let mut warnings = Vec::new();
-    let mut writer = BlobWriter::new(repo);
-    writer.max_chain = opts.max_chain;
     let mut summary = Summary::default();
     let mut entries = 0u64;
     loop {
